@@ -1,0 +1,35 @@
+# Set-up and the two quick-start commands. Everything installs into .venv with exact pins from
+# constraints.txt (torch 2.13.0: the CPU wheel; any other torch request pulls a multi-GB CUDA build).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo test lint model clean
+
+$(BIN)/alignlab: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(BIN)/alignlab
+
+setup: $(BIN)/alignlab
+
+demo: setup
+	$(BIN)/alignlab demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check alignlab tests bench
+
+# Rebuild the embedded model from its generated corpus (about 11 minutes on 2 cores).
+model: setup
+	$(BIN)/python -m alignlab.models.tiny --out alignlab/assets/tiny-llama
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,7 @@
+"""alignlab: align language models with preferences — train, decode, diagnose — on one reward–KL frontier."""
+
+from alignlab.errors import AlignlabError, ConfigError, DataError, ModelNotFoundError
+
+__version__ = "0.1.0"
+
+__all__ = ["AlignlabError", "ConfigError", "DataError", "ModelNotFoundError", "__version__"]

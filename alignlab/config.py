@@ -1,0 +1,264 @@
+"""Typed run configs: dataclasses loaded from YAML, overridable with ``--set key=value``.
+
+A config file has the sections of `RunConfig`; every key is checked against the dataclass fields
+and types before any work starts, and a misspelt key gets a "did you mean". The objective section
+holds the objective's name and its hyperparameters (``objective: {name: dpo, beta: 0.1}``); the
+hyperparameters are checked against the objective's signature.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from alignlab.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    path: str = "alignlab/tiny-llama"
+    """A local folder, a hub id, or ``alignlab/tiny-llama`` for the embedded model."""
+    dtype: str = "auto"
+    """``auto`` (float32 on a CPU, bfloat16 on a GPU that supports it), ``float32``, ``bfloat16``, ``float16``."""
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataConfig:
+    train: str = ""
+    """Preference records: .jsonl, .json, .csv, .parquet, or a `datasets` folder saved to disk."""
+    eval: str | None = None
+    max_length: int = 512
+    """Tokens of prompt + completion; completions are cut from the right to fit."""
+    max_prompt_length: int = 256
+    """Tokens of prompt; prompts are cut from the left (the end of a prompt matters most)."""
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "dpo"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ReferenceConfig:
+    mode: str = "precompute"
+    """``precompute``: reference log-probs computed once before training and cached on disk, so the
+    reference never runs during training; ``model``: a frozen copy scored at every step."""
+    cache_dir: str | None = None
+    """Where precomputed reference log-probs are kept; default ``~/.cache/alignlab/reference``."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1
+    max_steps: int | None = None
+    """Optimizer steps; when set it overrides `epochs`."""
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 5e-6
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    scheduler: str = "linear"
+    """``linear``, ``cosine`` or ``constant`` after the warm-up."""
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+    precision: str = "auto"
+    """``auto`` (float32 on a CPU, bf16 autocast on a GPU that supports it), ``fp32``, ``bf16``, ``fp16``."""
+    log_every: int = 1
+    eval_every: int = 0
+    save_every: int = 0
+    keep_checkpoints: int = 2
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out_dir: str = "runs/run"
+
+
+CHOICES = {
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "reference.mode": ("precompute", "model"),
+    "train.scheduler": ("linear", "cosine", "constant"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
+}
+
+
+def _did_you_mean(word: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _check_type(value: Any, annotation: Any, key: str) -> Any:
+    """Return `value` converted to `annotation` (int → float allowed) or raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(value, option, key)
+            except ConfigError:
+                continue
+        names = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
+        raise ConfigError(f"{key}: expected {names}, got {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return value
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if annotation is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+    if not isinstance(value, annotation):
+        raise ConfigError(f"{key}: expected {annotation.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"unknown config key '{prefix}{key}'.{_did_you_mean(key, names)}")
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            values[key] = _build(annotation, value, f"{prefix}{key}.")
+        else:
+            values[key] = _check_type(value, annotation, f"{prefix}{key}")
+        allowed = CHOICES.get(f"{prefix}{key}")
+        if allowed and values[key] not in allowed:
+            raise ConfigError(
+                f"{prefix}{key}: '{values[key]}' is not one of {', '.join(allowed)}."
+                + _did_you_mean(str(values[key]), allowed)
+            )
+    return cls(**values)
+
+
+def _objective_section(section: Any) -> dict[str, Any]:
+    """``{name: dpo, beta: 0.1}`` → ``{name: dpo, params: {beta: 0.1}}``."""
+    if isinstance(section, str):
+        return {"name": section, "params": {}}
+    if not isinstance(section, dict):
+        raise ConfigError(f"objective: expected a mapping like {{name: dpo, beta: 0.1}}, got {section!r}")
+    section = dict(section)
+    name = section.pop("name", "dpo")
+    params = dict(section.pop("params", {}) or {})
+    params.update(section)
+    return {"name": name, "params": params}
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """Build and validate a `RunConfig` from nested plain data (as read from YAML)."""
+    data = dict(data or {})
+    if "objective" in data:
+        data["objective"] = _objective_section(data["objective"])
+    config = _build(RunConfig, data, "")
+    validate(config)
+    return config
+
+
+def validate(config: RunConfig) -> None:
+    """Checks that span several fields, and the objective's name and hyperparameters."""
+    from alignlab import objectives
+
+    if config.data.max_prompt_length >= config.data.max_length:
+        raise ConfigError(
+            f"data.max_prompt_length ({config.data.max_prompt_length}) must be smaller than "
+            f"data.max_length ({config.data.max_length}), or no completion token would fit."
+        )
+    positive = {
+        "train.batch_size": config.train.batch_size,
+        "train.grad_accum": config.train.grad_accum,
+        "train.epochs": config.train.epochs,
+        "data.max_length": config.data.max_length,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}")
+    if config.train.lr <= 0:
+        raise ConfigError(f"train.lr must be positive, got {config.train.lr}")
+    if not 0 <= config.train.warmup_ratio < 1:
+        raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {config.train.warmup_ratio}")
+    objectives.check_hparams(config.objective.name, config.objective.params)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` → (['a', 'b'], value parsed as YAML, so numbers and booleans keep their type)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got '{text}'")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"--set expects key=value, got '{text}'")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each ``key=value`` override into nested `data` (objective keys may skip ``params``)."""
+    data = dict(data or {})
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        if path[0] == "objective" and isinstance(node.get("objective"), str):
+            node["objective"] = {"name": node["objective"]}
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"--set {text}: '{part}' is not a section")
+            else:
+                child = node[part] = dict(child)
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or start from defaults when `path` is None) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return config_from_dict(apply_overrides(data, overrides or []))
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    """Plain data of `config`, with the objective written the way a user writes it."""
+    data = dataclasses.asdict(config)
+    data["objective"] = {"name": config.objective.name, **config.objective.params}
+    return data
+
+
+def save_config(config: RunConfig, path: Path, header: str = "") -> None:
+    """Write `config` as YAML that `load_config` reads back; `header` lines become YAML comments."""
+    comments = "".join(f"# {line}\n" for line in header.splitlines())
+    path.write_text(comments + yaml.safe_dump(config_to_dict(config), sort_keys=False))

@@ -1,0 +1,138 @@
+"""Tokenization with a stated truncation policy, and batches for the scoring engine.
+
+Truncation policy (counted, and reported by the caller):
+- a prompt longer than `max_prompt_length` tokens keeps its last `max_prompt_length` tokens
+  (cut from the left: the end of a prompt is what the completion answers);
+- completions are then cut from the right so that prompt + completion ≤ `max_length`.
+
+Plain-text completions end with the tokenizer's end-of-sequence token; chat completions end as the
+chat template ends an assistant turn. An empty plain-text prompt is replaced by the
+end-of-sequence token so that the first completion token has a context to be scored from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from alignlab.data.formats import PreferenceExample, Text
+from alignlab.errors import DataError
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    prompt: list[int]
+    chosen: list[int]
+    rejected: list[int]
+
+
+@dataclass
+class TruncationStats:
+    examples: int = 0
+    prompt_truncated: int = 0
+    completion_truncated: int = 0
+    truncated_locations: list[str] = field(default_factory=list)
+
+    @property
+    def truncated(self) -> int:
+        return len(self.truncated_locations)
+
+    def summary(self) -> str:
+        return (f"{self.examples} examples; {self.truncated} truncated "
+                f"({self.prompt_truncated} prompts cut from the left, "
+                f"{self.completion_truncated} with completions cut from the right)")
+
+    def as_dict(self) -> dict:
+        return {"examples": self.examples, "truncated": self.truncated,
+                "prompt_truncated": self.prompt_truncated, "completion_truncated": self.completion_truncated,
+                "first_truncated": self.truncated_locations[:20]}
+
+
+def _as_messages(text: Text, role: str) -> list[dict[str, str]]:
+    return text if isinstance(text, list) else [{"role": role, "content": text}]
+
+
+def encode_prompt_and_completion(
+    tokenizer, prompt: Text, completion: Text, location: str
+) -> tuple[list[int], list[int]]:
+    """Token ids of (prompt, completion), rendered as plain text or through the chat template."""
+    if isinstance(prompt, str) and isinstance(completion, str):
+        prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"] if prompt else []
+        if not prompt_ids:
+            prompt_ids = [tokenizer.eos_token_id]
+        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        if tokenizer.eos_token_id is not None:
+            completion_ids = [*completion_ids, tokenizer.eos_token_id]
+        return prompt_ids, completion_ids
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError("the record uses chat messages but the tokenizer has no chat template",
+                        location=location)
+    prompt_messages = _as_messages(prompt, "user")
+    prompt_text = tokenizer.apply_chat_template(prompt_messages, tokenize=False, add_generation_prompt=True)
+    full_text = tokenizer.apply_chat_template(
+        prompt_messages + _as_messages(completion, "assistant"), tokenize=False
+    )
+    if not full_text.startswith(prompt_text):
+        raise DataError("the chat template renders the prompt differently when the completion follows, "
+                        "so the completion cannot be separated", location=location)
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
+    return prompt_ids, completion_ids
+
+
+def truncate_pair(
+    prompt: list[int], chosen: list[int], rejected: list[int], max_length: int, max_prompt_length: int
+) -> tuple[TokenizedPair, bool, bool]:
+    """Apply the truncation policy; returns the pair and (prompt cut?, completion cut?)."""
+    prompt_cut = len(prompt) > max_prompt_length
+    if prompt_cut:
+        prompt = prompt[-max_prompt_length:]
+    budget = max_length - len(prompt)
+    completion_cut = len(chosen) > budget or len(rejected) > budget
+    return TokenizedPair(prompt, chosen[:budget], rejected[:budget]), prompt_cut, completion_cut
+
+
+def tokenize_preferences(
+    examples: list[PreferenceExample], tokenizer, max_length: int, max_prompt_length: int
+) -> tuple[list[TokenizedPair], TruncationStats]:
+    """Tokenize and truncate every example; nothing is dropped, truncations are counted."""
+    pairs, stats = [], TruncationStats()
+    for example in examples:
+        prompt, chosen = encode_prompt_and_completion(tokenizer, example.prompt, example.chosen, example.location)
+        prompt_again, rejected = encode_prompt_and_completion(
+            tokenizer, example.prompt, example.rejected, example.location
+        )
+        if prompt_again != prompt:
+            raise DataError("the prompt tokenizes differently before chosen and rejected", location=example.location)
+        pair, prompt_cut, completion_cut = truncate_pair(prompt, chosen, rejected, max_length, max_prompt_length)
+        stats.examples += 1
+        stats.prompt_truncated += prompt_cut
+        stats.completion_truncated += completion_cut
+        if prompt_cut or completion_cut:
+            stats.truncated_locations.append(example.location)
+        pairs.append(pair)
+    return pairs, stats
+
+
+def pad_rows(rows: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(row) for row in rows)
+    return torch.tensor([row + [value] * (width - len(row)) for row in rows], dtype=torch.long)
+
+
+def collate_sequences(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded rows of prompt + completion with `attention_mask` and `completion_mask`."""
+    rows = [p + c for p, c in zip(prompts, completions, strict=True)]
+    masks = [[0] * len(p) + [1] * len(c) for p, c in zip(prompts, completions, strict=True)]
+    return {
+        "input_ids": pad_rows(rows, pad_id),
+        "attention_mask": pad_rows([[1] * len(r) for r in rows], 0),
+        "completion_mask": pad_rows(masks, 0),
+    }
+
+
+def collate_pairs(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
+    """One batch of `2B` rows: the B chosen sequences, then the B rejected ones (one forward pass)."""
+    prompts = [p.prompt for p in pairs] * 2
+    completions = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    return collate_sequences(prompts, completions, pad_id)

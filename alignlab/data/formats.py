@@ -1,0 +1,155 @@
+"""Record formats and their validation: paired preferences and SFT.
+
+Paired: ``prompt``, ``chosen``, ``rejected`` — each a string, or a list of chat messages
+``{"role": ..., "content": ...}``. With message lists the prompt may be left out: it is then the
+messages that chosen and rejected share before they differ (the "implicit prompt" convention).
+
+SFT: ``prompt`` and ``completion``, or ``messages`` (a conversation whose last message is the
+assistant's completion).
+
+Every problem raises `DataError` naming file, line/row and field; no record is dropped silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from alignlab.data.loading import read_records
+from alignlab.errors import DataError
+
+ROLES = ("system", "user", "assistant")
+Message = dict[str, str]
+Text = str | list[Message]
+
+
+@dataclass(frozen=True)
+class PreferenceExample:
+    prompt: Text
+    chosen: Text
+    rejected: Text
+    location: str
+    """Where the record came from, e.g. ``data/train.jsonl:line 4``."""
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    prompt: Text
+    completion: Text
+    location: str
+
+
+class _RecordChecker:
+    """Raises DataErrors located at one record."""
+
+    def __init__(self, source: str, location: str) -> None:
+        self.source, self.location = source, location
+
+    def error(self, message: str, field: str | None = None) -> DataError:
+        return DataError(message, source=self.source, location=self.location, field=field)
+
+    def record(self, record: Any, fields: str) -> dict[str, Any]:
+        if not isinstance(record, dict):
+            raise self.error(f"expected an object with fields {fields}, got {type(record).__name__}")
+        return record
+
+    def required(self, record: dict[str, Any], name: str) -> Any:
+        if name not in record or record[name] is None:
+            present = ", ".join(record) or "none"
+            raise self.error(f"missing (fields present: {present})", field=name)
+        return record[name]
+
+    def messages(self, value: list, name: str) -> list[Message]:
+        if not value:
+            raise self.error("empty list of messages", field=name)
+        for i, message in enumerate(value):
+            where = f"{name}[{i}]"
+            if not isinstance(message, dict):
+                raise self.error(f"expected a message {{role, content}}, got {type(message).__name__}", field=where)
+            role = message.get("role")
+            if role not in ROLES:
+                raise self.error(f"role must be one of {', '.join(ROLES)}, got {role!r}", field=f"{where}.role")
+            if not isinstance(message.get("content"), str):
+                raise self.error(f"content must be a string, got {type(message.get('content')).__name__}",
+                                 field=f"{where}.content")
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+
+    def text(self, value: Any, name: str, allow_empty: bool) -> Text:
+        if isinstance(value, str):
+            if not allow_empty and not value.strip():
+                raise self.error("empty text", field=name)
+            return value
+        if isinstance(value, list):
+            return self.messages(value, name)
+        raise self.error(f"expected a string or a list of {{role, content}} messages, got {type(value).__name__}",
+                         field=name)
+
+    def completion_messages(self, messages: list[Message], name: str) -> None:
+        if messages[0]["role"] != "assistant":
+            raise self.error(f"a completion must start with an assistant message, got role '{messages[0]['role']}'",
+                             field=f"{name}[0].role")
+        if not any(m["content"].strip() for m in messages):
+            raise self.error("empty completion", field=name)
+
+
+def _split_implicit_prompt(chosen: list[Message], rejected: list[Message]) -> tuple[list[Message], ...]:
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+        shared += 1
+    return chosen[:shared], chosen[shared:], rejected[shared:]
+
+
+def parse_preference(record: Any, source: str, location: str) -> PreferenceExample:
+    """Validate one paired record and return it as a `PreferenceExample`."""
+    check = _RecordChecker(source, location)
+    record = check.record(record, "prompt, chosen, rejected")
+    chosen = check.text(check.required(record, "chosen"), "chosen", allow_empty=False)
+    rejected = check.text(check.required(record, "rejected"), "rejected", allow_empty=False)
+    if record.get("prompt") is None and isinstance(chosen, list) and isinstance(rejected, list):
+        prompt, chosen, rejected = _split_implicit_prompt(chosen, rejected)
+        if not prompt:
+            raise check.error("missing, and chosen and rejected share no leading messages to use as prompt",
+                              field="prompt")
+    else:
+        prompt = check.text(check.required(record, "prompt"), "prompt", allow_empty=True)
+    for name, value in (("chosen", chosen), ("rejected", rejected)):
+        if isinstance(value, list):
+            check.completion_messages(value, name)
+    return PreferenceExample(prompt, chosen, rejected, f"{source}:{location}")
+
+
+def parse_sft(record: Any, source: str, location: str) -> SFTExample:
+    """Validate one SFT record (``prompt``/``completion`` or ``messages``) and return an `SFTExample`."""
+    check = _RecordChecker(source, location)
+    record = check.record(record, "prompt and completion, or messages")
+    if "messages" in record and "completion" not in record:
+        messages = check.messages(record["messages"], "messages") if isinstance(record["messages"], list) else None
+        if messages is None:
+            raise check.error(f"expected a list of messages, got {type(record['messages']).__name__}",
+                              field="messages")
+        if messages[-1]["role"] != "assistant" or len(messages) < 2:
+            raise check.error("the last message must be the assistant's answer to at least one earlier message",
+                              field=f"messages[{len(messages) - 1}].role")
+        prompt, completion = messages[:-1], messages[-1:]
+    else:
+        prompt = check.text(check.required(record, "prompt"), "prompt", allow_empty=True)
+        completion = check.text(check.required(record, "completion"), "completion", allow_empty=False)
+    if isinstance(completion, list):
+        check.completion_messages(completion, "completion")
+    return SFTExample(prompt, completion, f"{source}:{location}")
+
+
+def load_preferences(path: str) -> list[PreferenceExample]:
+    """All paired records of `path`, validated; the first bad record raises DataError."""
+    examples = [parse_preference(record, str(path), location) for location, record in read_records(path)]
+    if not examples:
+        raise DataError("no records", source=str(path))
+    return examples
+
+
+def load_sft(path: str) -> list[SFTExample]:
+    """All SFT records of `path`, validated; the first bad record raises DataError."""
+    examples = [parse_sft(record, str(path), location) for location, record in read_records(path)]
+    if not examples:
+        raise DataError("no records", source=str(path))
+    return examples

@@ -1,0 +1,111 @@
+"""Reading records from .jsonl, .json, .csv, .parquet files and `datasets` folders saved to disk.
+
+`read_records` yields ``(location, record)`` pairs, where location names the line (text formats) or
+row (tabular formats) of the record, so that every later error can point the user at it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from alignlab.errors import DataError
+
+SUPPORTED = ".jsonl, .json, .csv, .parquet, or a folder written by datasets' save_to_disk"
+
+
+def _jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            location = f"line {number}"
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(f"not valid UTF-8 ({error.reason} at byte {error.start})",
+                                source=str(path), location=location) from None
+            if not text.strip():
+                continue
+            try:
+                yield location, json.loads(text)
+            except json.JSONDecodeError as error:
+                raise DataError(f"not valid JSON: {error.msg} (column {error.colno})",
+                                source=str(path), location=location) from None
+
+
+def _json(path: Path) -> Iterator[tuple[str, Any]]:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise DataError(f"not valid UTF-8 ({error.reason} at byte {error.start})", source=str(path)) from None
+    except json.JSONDecodeError as error:
+        raise DataError(f"not valid JSON: {error.msg}", source=str(path), location=f"line {error.lineno}") from None
+    if not isinstance(data, list):
+        raise DataError(f"expected a JSON list of records, got {type(data).__name__}", source=str(path))
+    for number, record in enumerate(data, start=1):
+        yield f"record {number}", record
+
+
+def _csv(path: Path) -> Iterator[tuple[str, Any]]:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            for record in reader:
+                location = f"line {reader.line_num}"
+                if None in record:
+                    raise DataError("more cells than header columns", source=str(path), location=location)
+                missing = [key for key, value in record.items() if value is None]
+                if missing:
+                    raise DataError("fewer cells than header columns", source=str(path), location=location,
+                                    field=missing[0])
+                yield location, record
+    except UnicodeDecodeError as error:
+        raise DataError(f"not valid UTF-8 ({error.reason} at byte {error.start})", source=str(path)) from None
+    except csv.Error as error:
+        raise DataError(f"not valid CSV: {error}", source=str(path)) from None
+
+
+def _rows(rows: list[dict[str, Any]]) -> Iterator[tuple[str, Any]]:
+    for number, record in enumerate(rows, start=1):
+        yield f"row {number}", record
+
+
+def _parquet(path: Path) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as error:  # pyarrow raises several types for a broken file
+        raise DataError(f"not a readable parquet file: {error}", source=str(path)) from None
+    yield from _rows(table.to_pylist())
+
+
+def _saved_dataset(path: Path) -> Iterator[tuple[str, Any]]:
+    import datasets
+
+    try:
+        dataset = datasets.load_from_disk(str(path))
+    except Exception as error:  # datasets raises FileNotFoundError or its own errors
+        raise DataError(f"not a dataset saved with save_to_disk: {error}", source=str(path)) from None
+    if isinstance(dataset, datasets.DatasetDict):
+        if "train" not in dataset:
+            raise DataError(f"a DatasetDict without a 'train' split (splits: {', '.join(dataset)}); "
+                            "point to one split's folder", source=str(path))
+        dataset = dataset["train"]
+    yield from _rows(dataset.to_list())
+
+
+def read_records(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """Yield ``(location, record)`` for every record in `path`; unreadable input raises DataError."""
+    path = Path(path)
+    if path.is_dir():
+        return _saved_dataset(path)
+    if not path.exists():
+        raise DataError("file not found", source=str(path))
+    readers = {".jsonl": _jsonl, ".json": _json, ".csv": _csv, ".parquet": _parquet}
+    reader = readers.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(f"unsupported file type '{path.suffix}'; use {SUPPORTED}", source=str(path))
+    return reader(path)

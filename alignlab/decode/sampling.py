@@ -1,0 +1,87 @@
+"""Ancestral sampling: `generate(prompts, n, ...)` → completions with their token ids.
+
+With temperature 1 and no top-k/top-p cut (the defaults) the samples come from the model's own
+distribution, which is what a sampled KL estimate or best-of-N needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from alignlab.data.collate import pad_rows
+
+
+@dataclass
+class Samples:
+    """`n` completions per prompt, flattened: entry i belongs to prompt ``prompts[i]``."""
+
+    prompts: list[str]
+    completions: list[str]
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.completions)
+
+
+def prompt_token_ids(tokenizer, prompt: str) -> list[int]:
+    """Prompt ids as the data pipeline makes them (an empty prompt becomes the end-of-sequence token)."""
+    ids = tokenizer(prompt, add_special_tokens=True)["input_ids"] if prompt else []
+    return ids or [tokenizer.eos_token_id]
+
+
+def _cut_at_eos(ids: list[int], eos_id: int | None, pad_id: int | None) -> list[int]:
+    """Generated ids up to and including the first end-of-sequence token (padding dropped)."""
+    if eos_id is not None and eos_id in ids:
+        return ids[: ids.index(eos_id) + 1]
+    return [i for i in ids if i != pad_id] if pad_id != eos_id else ids
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    n: int = 1,
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    batch_size: int = 64,
+    seed: int | None = None,
+    progress: bool = True,
+) -> Samples:
+    """`n` sampled completions for every prompt, `batch_size` sequences per `generate` call."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    expanded = [p for p in prompts for _ in range(n)]
+    encoded = [prompt_token_ids(tokenizer, p) for p in expanded]
+    completion_ids: list[list[int]] = []
+    was_training = model.training
+    model.eval()
+    for start in tqdm(range(0, len(expanded), batch_size), desc="sampling", unit="batch", disable=not progress):
+        rows = encoded[start: start + batch_size]
+        width = max(len(r) for r in rows)
+        input_ids = pad_rows([[pad_id] * (width - len(r)) + r for r in rows], pad_id).to(device)
+        attention_mask = pad_rows([[0] * (width - len(r)) + [1] * len(r) for r in rows], 0).to(device)
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            do_sample=True,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        for row in output[:, width:].tolist():
+            completion_ids.append(_cut_at_eos(row, tokenizer.eos_token_id, pad_id))
+    model.train(was_training)
+    completions = [tokenizer.decode(ids, skip_special_tokens=True) for ids in completion_ids]
+    return Samples(expanded, completions, encoded, completion_ids)

@@ -1,0 +1,77 @@
+"""Reward and KL of a policy, and best-of-N, for the reward–KL frontier.
+
+KL(π ‖ π_ref) is estimated from samples y ~ π(·|x) as the mean of log π(y|x) − log π_ref(y|x),
+both scored by the one scoring engine. Best-of-N's KL uses the common closed form
+log N − (N − 1)/N (Stiennon et al., 2020), which is an upper bound (Beirami et al., 2024), and is
+labelled as such.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from alignlab.data.collate import collate_sequences
+from alignlab.decode.sampling import Samples
+from alignlab.models.scoring import completion_logps
+
+
+@torch.no_grad()
+def sample_logps(model, samples: Samples, pad_id: int, batch_size: int = 64) -> torch.Tensor:
+    """Summed log-prob `[N]` of every sampled completion (its ids, not re-tokenized text) under `model`."""
+    device = next(model.parameters()).device
+    totals = []
+    for start in range(0, len(samples), batch_size):
+        prompts = samples.prompt_ids[start: start + batch_size]
+        completions = samples.completion_ids[start: start + batch_size]
+        batch = {k: v.to(device) for k, v in collate_sequences(prompts, completions, pad_id).items()}
+        logps = completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+        totals.append(logps.sum(-1).cpu())
+    return torch.cat(totals)
+
+
+def sampled_kl(policy, reference, samples: Samples, pad_id: int, batch_size: int = 64) -> float:
+    """Mean over samples y ~ π of log π(y|x) − log π_ref(y|x)."""
+    gap = sample_logps(policy, samples, pad_id, batch_size) - sample_logps(reference, samples, pad_id, batch_size)
+    return gap.mean().item()
+
+
+def best_of_n_kl_bound(n: int) -> float:
+    """log N − (N − 1)/N: the usual analytic best-of-N KL, an upper bound on the true KL."""
+    return math.log(n) - (n - 1) / n
+
+
+def best_of_n_reward(rewards: torch.Tensor, n: int) -> float:
+    """Mean over prompts of the best reward among the first `n` samples; `rewards` is `[prompts, samples]`."""
+    if n > rewards.shape[1]:
+        raise ValueError(f"best-of-{n} needs {n} samples per prompt, got {rewards.shape[1]}")
+    return rewards[:, :n].max(dim=1).values.mean().item()
+
+
+def plot_frontier(methods: dict[str, dict], best_of_n: dict[int, dict], path, title: str) -> None:
+    """Reward against KL: one marker per trained method, one line for best-of-N."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    if best_of_n:
+        ns = sorted(best_of_n)
+        ax.plot([best_of_n[n]["kl"] for n in ns], [best_of_n[n]["reward"] for n in ns], "o--", color="gray",
+                label="best-of-N (KL: upper bound)")
+        for n in ns:
+            ax.annotate(f"N={n}", (best_of_n[n]["kl"], best_of_n[n]["reward"]), textcoords="offset points",
+                        xytext=(4, -10), fontsize=8, color="gray")
+    markers = iter("s^Dv<>p*")
+    for name, point in methods.items():
+        ax.plot([point["kl"]], [point["reward"]], next(markers, "o"), markersize=9, label=name)
+    ax.set_xlabel("KL(π ‖ π_ref)  [nats per completion]")
+    ax.set_ylabel("mean reward")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,98 @@
+"""Loading causal LMs and tokenizers: the embedded model, local folders, or hub ids.
+
+Weights load from safetensors only; `trust_remote_code` stays off unless the config asks for it.
+A model that cannot be found raises `ModelNotFoundError` with one line saying what was looked for
+and where, instead of a hub traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from alignlab.errors import ConfigError, ModelNotFoundError
+from alignlab.models.tiny import EMBEDDED_MODEL_DIR, EMBEDDED_MODEL_NAME
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype:
+    """``auto`` is float32 on a CPU (bf16 matmuls are far slower there) and bfloat16 on a GPU that has it."""
+    if name != "auto":
+        if name not in DTYPES:
+            raise ConfigError(f"model.dtype: unknown dtype '{name}'; use auto, {', '.join(DTYPES)}")
+        return DTYPES[name]
+    if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def resolve_model_path(name_or_path: str) -> tuple[str, bool]:
+    """(what to pass to `from_pretrained`, whether it is a local folder)."""
+    if name_or_path == EMBEDDED_MODEL_NAME:
+        if not (EMBEDDED_MODEL_DIR / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"the embedded model is missing from {EMBEDDED_MODEL_DIR}; "
+                "rebuild it with: python -m alignlab.models.tiny"
+            )
+        return str(EMBEDDED_MODEL_DIR), True
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} is a folder but holds no config.json, so it is not a saved model")
+        return str(path), True
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or path.suffix != ""
+    if looks_local:
+        raise ModelNotFoundError(f"no model folder at {path}")
+    return name_or_path, False
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    location, local = resolve_model_path(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            location, trust_remote_code=trust_remote_code, local_files_only=local or _offline()
+        )
+    except OSError as error:
+        raise ModelNotFoundError(_not_found_message(name_or_path, "tokenizer", error)) from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name_or_path: str, dtype: str = "auto", trust_remote_code: bool = False, device: str = "cpu"):
+    """A causal LM in `dtype` on `device`, in eval mode; weights from safetensors only."""
+    from transformers import AutoModelForCausalLM
+
+    location, local = resolve_model_path(name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            location,
+            dtype=resolve_dtype(dtype, device),
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+            local_files_only=local or _offline(),
+        )
+    except OSError as error:
+        raise ModelNotFoundError(_not_found_message(name_or_path, "model", error)) from None
+    return model.to(device).eval()
+
+
+def _not_found_message(name: str, what: str, error: Exception) -> str:
+    offline = " The machine is offline (HF_HUB_OFFLINE=1), so only the local cache was searched." if _offline() else ""
+    return (f"could not load {what} '{name}': it is not a local folder and was not found in the Hugging Face "
+            f"cache or on the hub.{offline} ({type(error).__name__}: {str(error).splitlines()[0][:200]})")
+
+
+def load_model_and_tokenizer(name_or_path: str, dtype: str = "auto", trust_remote_code: bool = False,
+                             device: str = "cpu"):
+    tokenizer = load_tokenizer(name_or_path, trust_remote_code)
+    return load_model(name_or_path, dtype, trust_remote_code, device), tokenizer

@@ -1,0 +1,108 @@
+"""The one scoring engine: per-token log-probs of completion tokens under a causal LM.
+
+Every place that needs log-probs of a completion (training, reference caching, KL estimates,
+evaluation) calls `completion_logps`. It never builds a float32 `[batch, seq, vocab]` tensor: it
+runs the transformer body once, keeps only the hidden states that predict completion tokens, and
+applies the LM head to those in chunks, taking the target token's logit minus a logsumexp over the
+vocabulary for each chunk:
+
+    log p(x_t | x_<t) = z_t[x_t] − logsumexp_v z_t[v],   z_t = head(h_{t−1})
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+DEFAULT_CHUNK_TOKENS = 1024
+
+
+def _body_and_head(model):
+    """(transformer body, LM head) of a causal LM, or (None, None) when they cannot be split."""
+    body = getattr(model, "base_model", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if body is None or body is model or head is None:
+        return None, None
+    return body, head
+
+
+def _logit_postprocess(config):
+    """Transforms some architectures apply to the head's output (logit scale, final soft-capping)."""
+    scale = getattr(config, "logit_scale", None)
+    softcap = getattr(config, "final_logit_softcapping", None)
+
+    def apply(logits: torch.Tensor) -> torch.Tensor:
+        if scale is not None:
+            logits = logits * scale
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
+    return apply
+
+
+def target_logps_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log-softmax of `logits` `[N, V]` at `targets` `[N]`, in float32, without the full log-softmax."""
+    logits = logits.float()
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def chunked_head_logps(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    head: torch.nn.Module,
+    postprocess=lambda logits: logits,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    recompute: bool = False,
+) -> torch.Tensor:
+    """Log-probs of `targets` `[N]` from hidden states `[N, H]`, through the LM head `chunk_tokens` rows at a time.
+
+    With `recompute` (and gradients on) each chunk's logits are recomputed in the backward pass
+    instead of being kept, so at most one chunk of logits is alive at any time.
+    """
+
+    def one_chunk(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return target_logps_from_logits(postprocess(head(h)), t)
+
+    pieces = []
+    for h, t in zip(hidden.split(chunk_tokens), targets.split(chunk_tokens), strict=True):
+        if recompute and torch.is_grad_enabled():
+            pieces.append(checkpoint(one_chunk, h, t, use_reentrant=False))
+        else:
+            pieces.append(one_chunk(h, t))
+    return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def completion_logps(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_mask: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    recompute_head: bool = False,
+) -> torch.Tensor:
+    """Per-token log-probs `[N, L]` (float32) of the tokens where `completion_mask` is 1.
+
+    Entry t of a row is log p(input_ids[t] | input_ids[:t]); entries outside the completion are 0.
+    The first position of a row has no context, so its mask must be 0.
+    """
+    if completion_mask[:, 0].any():
+        raise ValueError("completion_mask is 1 at position 0: the first token has no context to be scored from")
+    target_mask = completion_mask[:, 1:].bool()
+    targets = input_ids[:, 1:][target_mask]
+    body, head = _body_and_head(model)
+    if body is not None:
+        hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+        selected = hidden[:, :-1][target_mask]
+        token_logps = chunked_head_logps(
+            selected, targets, head, _logit_postprocess(model.config), chunk_tokens, recompute_head
+        )
+    else:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        selected = logits[:, :-1][target_mask]
+        token_logps = chunked_head_logps(selected, targets, torch.nn.Identity(), chunk_tokens=chunk_tokens)
+    shifted = torch.zeros(target_mask.shape, dtype=torch.float32, device=input_ids.device)
+    shifted = shifted.masked_scatter(target_mask, token_logps)
+    return F.pad(shifted, (1, 0))

@@ -1,0 +1,88 @@
+"""Checkpoints that let a run continue exactly: weights, optimizer, scheduler, RNG states, data position.
+
+Weights are stored as safetensors; the optimizer, scheduler and RNG states in a file read back with
+``torch.load(weights_only=True)``, which refuses pickled code. A checkpoint is written to a
+temporary folder and renamed into place, so a run killed while writing leaves no half checkpoint
+under a final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class TrainerState:
+    step: int = 0
+    """Optimizer steps done."""
+    epoch: int = 0
+    micro_batch: int = 0
+    """Micro-batches of `epoch` already consumed."""
+
+
+def rng_states() -> dict:
+    states = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_checkpoint(folder: Path, model, optimizer, scheduler, state: TrainerState) -> Path:
+    """Write checkpoint `folder/step-N` atomically and return its path."""
+    final = folder / f"step-{state.step}"
+    temporary = folder / f".step-{state.step}.tmp"
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    save_model(model, str(temporary / "model.safetensors"))
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states()},
+        temporary / "training_state.pt",
+    )
+    (temporary / "trainer_state.json").write_text(json.dumps(asdict(state)) + "\n")
+    for path in temporary.iterdir():
+        with path.open("rb") as handle:
+            os.fsync(handle.fileno())
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(temporary, final)
+    return final
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoints in `folder`, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
+    return [path for _, path in sorted(found)]
+
+
+def prune_checkpoints(folder: Path, keep: int) -> None:
+    for path in list_checkpoints(folder)[:-keep] if keep > 0 else []:
+        shutil.rmtree(path)
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> TrainerState:
+    """Restore weights, optimizer, scheduler and RNG states from `path`; return the data position."""
+    load_model(model, str(path / "model.safetensors"))
+    saved = torch.load(path / "training_state.pt", weights_only=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    set_rng_states(saved["rng"])
+    return TrainerState(**json.loads((path / "trainer_state.json").read_text()))

@@ -1,0 +1,257 @@
+"""The one training loop, for every objective.
+
+The objective declares what it needs (reference log-probs, a data format) and the loop provides
+it. Read top to bottom: set up → reference log-probs → steps (micro-batches, backward, clip,
+optimizer and schedule) → metrics, evaluation and checkpoints as it goes → final weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import subprocess
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import alignlab
+from alignlab import objectives
+from alignlab.config import RunConfig, save_config
+from alignlab.data import TokenizedPair, collate_pairs, load_preferences, tokenize_preferences
+from alignlab.errors import ConfigError
+from alignlab.models.loading import load_model, load_tokenizer
+from alignlab.models.scoring import completion_logps
+from alignlab.train.checkpoint import (
+    TrainerState,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from alignlab.train.reference import ReferenceLogps, cached_reference_logps
+from alignlab.train.schedule import make_scheduler
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    final_dir: Path
+    model: torch.nn.Module
+    tokenizer: object
+    last_metrics: dict
+
+
+def micro_batches(n_examples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The epoch's shuffled example indices cut into micro-batches; a function of (seed, epoch) only."""
+    order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+    return [order[i: i + batch_size] for i in range(0, n_examples, batch_size)]
+
+
+def total_steps(config: RunConfig, n_examples: int) -> int:
+    if config.train.max_steps:
+        return config.train.max_steps
+    per_epoch = math.ceil(math.ceil(n_examples / config.train.batch_size) / config.train.grad_accum)
+    return per_epoch * config.train.epochs
+
+
+def mixed_precision(precision: str) -> str:
+    """Accelerate's mixed-precision setting: float32 on a CPU unless asked, bf16 autocast on a GPU that has it."""
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+
+
+def _code_version() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"alignlab {alignlab.__version__}" + (f" (git {commit})" if commit else "")
+
+
+class MetricsLog:
+    """metrics.jsonl, appended as training goes; on resume, lines past the checkpoint are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        self.path = path
+        if resume_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        elif path.exists():
+            path.unlink()
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+class PreferenceScorer:
+    """Builds `PreferenceLogps` for a micro-batch: policy log-probs plus reference ones if needed."""
+
+    def __init__(self, model, reference: ReferenceLogps | torch.nn.Module | None, pad_id: int, device) -> None:
+        self.model, self.reference, self.pad_id, self.device = model, reference, pad_id, device
+
+    def __call__(self, pairs: list[TokenizedPair], indices: list[int]) -> objectives.PreferenceLogps:
+        batch = {k: v.to(self.device) for k, v in collate_pairs(pairs, self.pad_id).items()}
+        n = len(pairs)
+        logps = completion_logps(self.model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+        chosen_mask, rejected_mask = batch["completion_mask"][:n], batch["completion_mask"][n:]
+        ref_chosen = ref_rejected = None
+        if isinstance(self.reference, ReferenceLogps):
+            ref_chosen, ref_rejected = self.reference.for_batch(indices, chosen_mask, rejected_mask)
+        elif self.reference is not None:
+            with torch.no_grad():
+                ref = completion_logps(self.reference, batch["input_ids"], batch["attention_mask"],
+                                       batch["completion_mask"])
+            ref_chosen, ref_rejected = ref[:n], ref[n:]
+        return objectives.PreferenceLogps(logps[:n], logps[n:], ref_chosen, ref_rejected,
+                                          chosen_mask.float(), rejected_mask.float())
+
+
+def _reference_for(config, reference_model, pairs, pad_id, device, say) -> ReferenceLogps | torch.nn.Module:
+    if config.reference.mode == "model":
+        return reference_model
+    reference, path, hit = cached_reference_logps(
+        reference_model, pairs, pad_id, config.train.batch_size * 2, device, config.reference.cache_dir,
+        progress=config.train.progress,
+    )
+    say(f"reference log-probs {'read from' if hit else 'computed and cached in'} {path}")
+    return reference
+
+
+@torch.no_grad()
+def evaluate_pairs(scorer: PreferenceScorer, pairs, objective, params, batch_size: int) -> dict[str, float]:
+    """Loss and metrics of the objective on `pairs`, averaged over examples."""
+    scorer.model.eval()
+    sums: dict[str, float] = defaultdict(float)
+    for start in range(0, len(pairs), batch_size):
+        indices = list(range(start, min(start + batch_size, len(pairs))))
+        output = objective(scorer([pairs[i] for i in indices], indices), **params)
+        sums["loss"] += output.loss.item() * len(indices)
+        for key, value in output.metrics.items():
+            sums[key] += value * len(indices)
+    scorer.model.train()
+    return {f"eval/{k}": v / len(pairs) for k, v in sums.items()}
+
+
+def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
+    """Train `config.model` with `config.objective` on `config.data`; everything lands in `config.out_dir`."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    spec = objectives.spec(config.objective.name)
+    if spec.data_format != "paired":
+        raise ConfigError(f"objective '{spec.name}' needs {spec.data_format} data, which this loop does not read yet")
+    run_dir = Path(config.out_dir)
+    checkpoints_dir = run_dir / "checkpoints"
+    latest = list_checkpoints(checkpoints_dir)[-1] if resume and list_checkpoints(checkpoints_dir) else None
+    if resume and latest is None:
+        log(f"--resume: no checkpoint in {checkpoints_dir}; starting from the beginning")
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              mixed_precision=mixed_precision(config.train.precision))
+    say = log if accelerator.is_main_process else (lambda *_: None)
+    set_seed(config.train.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml", header=_code_version())
+
+    # data
+    tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
+    train_examples = load_preferences(config.data.train)
+    pairs, stats = tokenize_preferences(train_examples, tokenizer, config.data.max_length,
+                                        config.data.max_prompt_length)
+    say(f"train data {config.data.train}: {stats.summary()}")
+    eval_pairs = []
+    if config.data.eval:
+        eval_pairs, eval_stats = tokenize_preferences(load_preferences(config.data.eval), tokenizer,
+                                                      config.data.max_length, config.data.max_prompt_length)
+        say(f"eval data {config.data.eval}: {eval_stats.summary()}")
+    (run_dir / "data_report.json").write_text(json.dumps(
+        {"train": stats.as_dict(), "eval": eval_stats.as_dict() if eval_pairs else None}, indent=2) + "\n")
+
+    # model and reference (the reference is the model as loaded, before any step or checkpoint)
+    weights_dtype = "float32" if config.model.dtype == "auto" else config.model.dtype
+    model = load_model(config.model.path, weights_dtype, config.model.trust_remote_code, str(accelerator.device))
+    pad_id = tokenizer.pad_token_id
+    reference = eval_reference = None
+    if spec.needs_reference:
+        frozen = copy.deepcopy(model).requires_grad_(False).eval()
+        reference = _reference_for(config, frozen, pairs, pad_id, accelerator.device, say)
+        if eval_pairs:
+            eval_reference = _reference_for(config, frozen, eval_pairs, pad_id, accelerator.device, say)
+        if config.reference.mode == "precompute":
+            del frozen
+
+    # optimizer, schedule, position
+    steps = total_steps(config, len(pairs))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
+    scheduler = make_scheduler(optimizer, int(config.train.warmup_ratio * steps), steps, config.train.scheduler)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state = TrainerState()
+    if latest is not None:
+        state = load_checkpoint(latest, accelerator.unwrap_model(model), optimizer, scheduler)
+        say(f"resumed from {latest} at step {state.step}")
+    metrics_log = MetricsLog(run_dir / "metrics.jsonl", state.step if latest is not None else None)
+    objective, params = spec.fn, config.objective.params
+    scorer = PreferenceScorer(model, reference, pad_id, accelerator.device)
+    eval_scorer = PreferenceScorer(model, eval_reference, pad_id, accelerator.device)
+
+    model.train()
+    progress = tqdm(total=steps, initial=state.step, desc=f"train {spec.name}", unit="step",
+                    disable=not (config.train.progress and accelerator.is_main_process))
+    last: dict = {}
+    started = time.time()
+    while state.step < steps:
+        batches = micro_batches(len(pairs), config.train.batch_size, config.train.seed, state.epoch)
+        while state.micro_batch < len(batches) and state.step < steps:
+            group = batches[state.micro_batch: state.micro_batch + config.train.grad_accum]
+            totals: dict[str, float] = defaultdict(float)
+            for indices in group:
+                with accelerator.autocast():
+                    output = objective(scorer([pairs[i] for i in indices], indices), **params)
+                accelerator.backward(output.loss / len(group))
+                totals["loss"] += output.loss.item() / len(group)
+                for key, value in output.metrics.items():
+                    totals[key] += value / len(group)
+            max_norm = config.train.max_grad_norm or float("inf")
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.micro_batch += len(group)
+            state.step += 1
+            last = {"step": state.step, "epoch": state.epoch + state.micro_batch / len(batches),
+                    "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), **totals,
+                    "elapsed_s": round(time.time() - started, 2)}
+            progress.update(1)
+            progress.set_postfix(loss=f"{totals['loss']:.4f}")
+            if accelerator.is_main_process and (state.step % config.train.log_every == 0 or state.step == steps):
+                metrics_log.write(last)
+            if eval_pairs and config.train.eval_every and state.step % config.train.eval_every == 0:
+                metrics_log.write({"step": state.step, **evaluate_pairs(
+                    eval_scorer, eval_pairs, objective, params, config.train.batch_size)})
+            if config.train.save_every and state.step % config.train.save_every == 0 and accelerator.is_main_process:
+                save_checkpoint(checkpoints_dir, accelerator.unwrap_model(model), optimizer, scheduler, state)
+                prune_checkpoints(checkpoints_dir, config.train.keep_checkpoints)
+        if state.micro_batch >= len(batches):
+            state.epoch, state.micro_batch = state.epoch + 1, 0
+    progress.close()
+
+    if eval_pairs:
+        final_eval = evaluate_pairs(eval_scorer, eval_pairs, objective, params, config.train.batch_size)
+        metrics_log.write({"step": state.step, **final_eval})
+        last.update(final_eval)
+    model.eval()
+    unwrapped = accelerator.unwrap_model(model)
+    final_dir = run_dir / "final"
+    if accelerator.is_main_process:
+        unwrapped.save_pretrained(final_dir, safe_serialization=True)
+        tokenizer.save_pretrained(final_dir)
+        say(f"done: {state.step} steps; weights in {final_dir}, metrics in {run_dir / 'metrics.jsonl'}")
+    return TrainResult(run_dir, final_dir, unwrapped, tokenizer, last)
