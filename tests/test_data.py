@@ -1,0 +1,156 @@
+import json
+
+import pytest
+
+from alignlab import DataError
+from alignlab.data import load_preferences, load_sft, read_records, tokenize_preferences
+
+GOOD = {"prompt": "The film is", "chosen": " wonderful.", "rejected": " dull."}
+
+
+def write_jsonl(path, records):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+def error_for(tmp_path, record, name="data.jsonl"):
+    path = write_jsonl(tmp_path / name, [GOOD, record])
+    with pytest.raises(DataError) as caught:
+        load_preferences(str(path))
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("record", "field", "message"),
+    [
+        ({"prompt": "x", "rejected": "no"}, "chosen", "missing"),
+        ({"prompt": "x", "chosen": "yes"}, "rejected", "missing"),
+        ({"chosen": "yes", "rejected": "no"}, "prompt", "missing"),
+        ({"prompt": "x", "chosen": 3, "rejected": "no"}, "chosen", "got int"),
+        ({"prompt": "x", "chosen": "   ", "rejected": "no"}, "chosen", "empty"),
+        ({"prompt": "x", "chosen": "yes", "rejected": None}, "rejected", "missing"),
+        ({"prompt": [{"role": "robot", "content": "hi"}], "chosen": "a", "rejected": "b"}, "prompt[0].role", "role"),
+        ({"prompt": [{"role": "user", "content": 5}], "chosen": "a", "rejected": "b"}, "prompt[0].content", "string"),
+        ({"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "user", "content": "a"}],
+          "rejected": "b"}, "chosen[0].role", "assistant"),
+        ({"prompt": [], "chosen": "a", "rejected": "b"}, "prompt", "empty list"),
+        ({"prompt": ["hi"], "chosen": "a", "rejected": "b"}, "prompt[0]", "message"),
+    ],
+)
+def test_bad_records_name_file_line_and_field(tmp_path, record, field, message):
+    error = error_for(tmp_path, record)
+    assert error.source.endswith("data.jsonl")
+    assert error.location == "line 2"
+    assert error.field == field
+    assert message in error.message
+    assert str(error).startswith(f"{tmp_path / 'data.jsonl'}:line 2: field '{field}'")
+
+
+def test_record_that_is_not_an_object(tmp_path):
+    error = error_for(tmp_path, [1, 2, 3])
+    assert error.location == "line 2" and "got list" in error.message
+
+
+def test_broken_json_line_and_invalid_utf8(tmp_path):
+    path = write_jsonl(tmp_path / "broken.jsonl", [GOOD, '{"prompt": "x", "chosen": '])
+    with pytest.raises(DataError, match=r"broken.jsonl:line 2: not valid JSON"):
+        load_preferences(str(path))
+    raw = tmp_path / "bytes.jsonl"
+    raw.write_bytes(json.dumps(GOOD).encode() + b"\n" + b'{"prompt": "\xff\xfe"}\n')
+    with pytest.raises(DataError, match=r"bytes.jsonl:line 2: not valid UTF-8"):
+        load_preferences(str(raw))
+
+
+def test_missing_file_unknown_type_and_empty_file(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        load_preferences(str(tmp_path / "nope.jsonl"))
+    (tmp_path / "data.txt").write_text("hello")
+    with pytest.raises(DataError, match="unsupported file type"):
+        load_preferences(str(tmp_path / "data.txt"))
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(DataError, match="no records"):
+        load_preferences(str(tmp_path / "empty.jsonl"))
+
+
+def test_every_file_format_reads_the_same_records(tmp_path):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = [GOOD, {"prompt": "I watched it and", "chosen": " loved it.", "rejected": " hated it."}]
+    write_jsonl(tmp_path / "d.jsonl", records)
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    (tmp_path / "d.csv").write_text("prompt,chosen,rejected\n" + "".join(
+        f'"{r["prompt"]}","{r["chosen"]}","{r["rejected"]}"\n' for r in records))
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "d.parquet")
+    datasets.Dataset.from_list(records).save_to_disk(str(tmp_path / "saved"))
+    expected = [(r["prompt"], r["chosen"], r["rejected"]) for r in records]
+    for name in ("d.jsonl", "d.json", "d.csv", "d.parquet", "saved"):
+        examples = load_preferences(str(tmp_path / name))
+        assert [(e.prompt, e.chosen, e.rejected) for e in examples] == expected, name
+
+
+def test_tabular_formats_locate_bad_rows(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "d.csv").write_text('prompt,chosen,rejected\n"a","b","c"\n"a","","c"\n')
+    with pytest.raises(DataError, match=r"d.csv:line 3: field 'chosen': empty"):
+        load_preferences(str(tmp_path / "d.csv"))
+    pq.write_table(pa.Table.from_pylist([GOOD, {"prompt": "a", "chosen": "b", "rejected": None}]),
+                   tmp_path / "d.parquet")
+    with pytest.raises(DataError, match=r"d.parquet:row 2: field 'rejected': missing"):
+        load_preferences(str(tmp_path / "d.parquet"))
+    (tmp_path / "d.json").write_text(json.dumps([GOOD, {"prompt": "a"}]))
+    with pytest.raises(DataError, match=r"d.json:record 2: field 'chosen'"):
+        load_preferences(str(tmp_path / "d.json"))
+
+
+def test_chat_records_and_implicit_prompt(tmp_path, tokenizer):
+    user = {"role": "user", "content": "Review Harbor Lights."}
+    explicit = {"prompt": [user], "chosen": [{"role": "assistant", "content": "It is lovely."}],
+                "rejected": [{"role": "assistant", "content": "It is dull."}]}
+    implicit = {"chosen": [user, {"role": "assistant", "content": "It is lovely."}],
+                "rejected": [user, {"role": "assistant", "content": "It is dull."}]}
+    path = write_jsonl(tmp_path / "chat.jsonl", [explicit, implicit])
+    first, second = load_preferences(str(path))
+    assert first.prompt == second.prompt == [user]
+    assert first.chosen == second.chosen
+    pairs, stats = tokenize_preferences([first], tokenizer, max_length=64, max_prompt_length=32)
+    prompt_text = tokenizer.decode(pairs[0].prompt)
+    assert prompt_text == "<|user|>\nReview Harbor Lights.<|endoftext|>\n<|assistant|>\n"
+    assert tokenizer.decode(pairs[0].chosen) == "It is lovely.<|endoftext|>\n"
+    assert stats.truncated == 0
+
+
+def test_truncation_policy_is_applied_and_counted(tmp_path, tokenizer):
+    long_prompt = "The story follows a young detective who solves a strange murder in Paris. " * 4
+    records = [GOOD, {"prompt": long_prompt, "chosen": " It is a wonderful film. " * 6, "rejected": " Bad."}]
+    examples = load_preferences(str(write_jsonl(tmp_path / "t.jsonl", records)))
+    pairs, stats = tokenize_preferences(examples, tokenizer, max_length=24, max_prompt_length=10)
+    full_prompt = tokenizer(long_prompt)["input_ids"]
+    assert pairs[1].prompt == full_prompt[-10:]  # cut from the left
+    assert len(pairs[1].prompt) + len(pairs[1].chosen) == 24  # completion cut from the right
+    full_chosen = tokenizer(" It is a wonderful film. " * 6, add_special_tokens=False)["input_ids"]
+    assert pairs[1].chosen == full_chosen[:14]
+    assert pairs[1].rejected[-1] == tokenizer.eos_token_id  # the short one keeps its end
+    assert (stats.examples, stats.truncated, stats.prompt_truncated, stats.completion_truncated) == (2, 1, 1, 1)
+    assert stats.truncated_locations == [f"{tmp_path / 't.jsonl'}:line 2"]
+    assert pairs[0].chosen[-1] == tokenizer.eos_token_id
+
+
+def test_sft_records(tmp_path):
+    path = write_jsonl(tmp_path / "sft.jsonl", [
+        {"prompt": "The film is", "completion": " great."},
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
+    ])
+    first, second = load_sft(str(path))
+    assert first.completion == " great." and second.completion == [{"role": "assistant", "content": "Hello"}]
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"messages": [{"role": "user", "content": "Hi"}]}])
+    with pytest.raises(DataError, match=r"bad.jsonl:line 1: field 'messages\[0\].role'"):
+        load_sft(str(bad))
+
+
+def test_read_records_reports_locations(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [GOOD, "", GOOD])
+    assert [location for location, _ in read_records(path)] == ["line 1", "line 3"]

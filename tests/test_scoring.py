@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+from alignlab.models.scoring import chunked_head_logps, completion_logps
+from tests.conftest import random_llama
+
+
+def naive_logps(model, input_ids, attention_mask, completion_mask):
+    """Reference computation: full float32 log-softmax over the vocabulary, then gather."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+    full = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    return torch.nn.functional.pad(full, (1, 0)) * completion_mask
+
+
+def random_batch(vocab, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lengths = [12, 7, 15, 9]
+    prompt_lengths = [4, 2, 6, 3]
+    width = max(lengths)
+    input_ids = torch.randint(vocab, (len(lengths), width), generator=g)
+    attention_mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    completion_mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, (n, p) in enumerate(zip(lengths, prompt_lengths, strict=True)):
+        attention_mask[row, :n] = 1
+        completion_mask[row, p:n] = 1
+    return input_ids, attention_mask, completion_mask
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("chunk_tokens", [1, 5, 1024])
+def test_completion_logps_match_full_log_softmax(seed, chunk_tokens):
+    model = random_llama(vocab_size=97, seed=seed)
+    input_ids, attention_mask, completion_mask = random_batch(97, seed)
+    with torch.no_grad():
+        ours = completion_logps(model, input_ids, attention_mask, completion_mask, chunk_tokens=chunk_tokens)
+        naive = naive_logps(model, input_ids, attention_mask, completion_mask)
+    assert ours.shape == input_ids.shape
+    torch.testing.assert_close(ours, naive, atol=1e-5, rtol=1e-5)
+    assert (ours[completion_mask == 0] == 0).all()
+    assert (ours[completion_mask == 1] < 0).all()
+
+
+def test_tied_embeddings_and_gradients_match_naive():
+    model = random_llama(vocab_size=61, tie_word_embeddings=True)
+    input_ids, attention_mask, completion_mask = random_batch(61, 3)
+    ours = completion_logps(model, input_ids, attention_mask, completion_mask, chunk_tokens=4, recompute_head=True)
+    ours.sum().backward()
+    ours_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    naive_logps(model, input_ids, attention_mask, completion_mask).sum().backward()
+    for mine, theirs in zip(ours_grads, [p.grad for p in model.parameters()], strict=True):
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
+
+
+def test_chunked_head_applies_softcapping_like_the_full_computation():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 13, bias=False)
+    hidden, targets = torch.randn(10, 8), torch.randint(13, (10,))
+
+    def cap(z):
+        return torch.tanh(z / 2.0) * 2.0
+
+    expected = torch.log_softmax(cap(head(hidden)), -1).gather(-1, targets[:, None]).squeeze(-1)
+    torch.testing.assert_close(chunked_head_logps(hidden, targets, head, cap, chunk_tokens=3), expected)
+
+
+def test_first_position_cannot_be_a_completion_token():
+    model = random_llama(vocab_size=31)
+    input_ids, attention_mask, completion_mask = random_batch(31)
+    completion_mask[0, 0] = 1
+    with pytest.raises(ValueError, match="position 0"):
+        completion_logps(model, input_ids, attention_mask, completion_mask)

@@ -1,0 +1,117 @@
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alignlab.config import config_from_dict
+from alignlab.data import load_preferences, tokenize_preferences
+from alignlab.models.loading import load_model
+from alignlab.train import train
+from alignlab.train.reference import cached_reference_logps
+
+PAIRS = [
+    ("The film is", " wonderful and moving.", " dull and lifeless."),
+    ("I watched Harbor Lights and", " loved every minute.", " hated every minute."),
+    ("The acting is", " superb.", " wooden."),
+    ("Honestly, Silent River", " is a gorgeous drama.", " is a tedious drama."),
+    ("The soundtrack of Iron Tower is", " magnificent.", " annoying."),
+    ("In Paper Moon, Anna Costa plays", " a charming baker.", " a clumsy baker."),
+    ("The new western Glass Valley", " is thrilling.", " is boring."),
+    ("I saw Wild Garden with my friends and", " we were delighted.", " we were bored."),
+]
+
+
+@pytest.fixture
+def pairs_file(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n" for p, c, r in PAIRS))
+    return path
+
+
+def make_config(model_dir, data, out, cache, **train):
+    settings = {"batch_size": 2, "lr": 1e-3, "warmup_ratio": 0.0, "progress": False, **train}
+    return config_from_dict({
+        "model": {"path": str(model_dir)},
+        "data": {"train": str(data), "max_length": 64, "max_prompt_length": 32},
+        "objective": {"name": "dpo", "beta": 0.5},
+        "reference": {"cache_dir": str(cache)},
+        "train": settings,
+        "out_dir": str(out),
+    })
+
+
+def weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loop_overfits_a_tiny_case(small_model_dir, pairs_file, tmp_path):
+    config = make_config(small_model_dir, pairs_file, tmp_path / "run", tmp_path / "cache",
+                         batch_size=8, max_steps=40, lr=3e-3)
+    result = train(config, log=lambda *_: None)
+    history = metrics(result.run_dir)
+    assert len(history) == 40 and history[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # policy = reference
+    assert history[-1]["loss"] < 0.05
+    assert history[-1]["rewards/accuracies"] == 1.0
+    assert history[-1]["rewards/margins"] > 3
+    assert (result.final_dir / "model.safetensors").is_file() and (result.run_dir / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("stop", [3, 4])
+def test_resume_continues_exactly(small_model_dir, pairs_file, tmp_path, stop):
+    # 8 pairs, batch 2: 4 steps per epoch; 7 steps cross an epoch boundary. Stop mid-epoch (3) or at its end (4).
+    straight = train(make_config(small_model_dir, pairs_file, tmp_path / "straight", tmp_path / "cache",
+                                 max_steps=7), log=lambda *_: None)
+    interrupted_dir = tmp_path / "interrupted"
+    config = make_config(small_model_dir, pairs_file, interrupted_dir, tmp_path / "cache", max_steps=7,
+                         save_every=stop, keep_checkpoints=5)
+    train(config, log=lambda *_: None)
+    for later in (interrupted_dir / "checkpoints").iterdir():  # as if killed right after step `stop`
+        if later.name != f"step-{stop}":
+            shutil.rmtree(later)
+    shutil.rmtree(interrupted_dir / "final")
+    resumed = train(config, resume=True, log=lambda *_: None)
+    expected, got = weights(straight.final_dir), weights(resumed.final_dir)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), f"{name} differs after resuming from step {stop}"
+    assert [m["step"] for m in metrics(interrupted_dir)] == list(range(1, 8))
+    assert [m["loss"] for m in metrics(interrupted_dir)] == [m["loss"] for m in metrics(straight.run_dir)]
+
+
+def test_frozen_reference_model_gives_the_same_training_as_the_cache(small_model_dir, pairs_file, tmp_path):
+    cached = train(make_config(small_model_dir, pairs_file, tmp_path / "a", tmp_path / "cache", max_steps=3),
+                   log=lambda *_: None)
+    config = make_config(small_model_dir, pairs_file, tmp_path / "b", tmp_path / "cache", max_steps=3)
+    config.reference.mode = "model"
+    frozen = train(config, log=lambda *_: None)
+    for a, b in zip(metrics(cached.run_dir), metrics(frozen.run_dir), strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    # reference batches are padded differently in the two modes: float noise, amplified a little by Adam
+    for name, value in weights(cached.final_dir).items():
+        torch.testing.assert_close(weights(frozen.final_dir)[name], value, atol=1e-4, rtol=1e-3)
+
+
+def test_reference_cache_is_reused_and_invalidated(small_model_dir, pairs_file, tmp_path, tokenizer):
+    model = load_model(str(small_model_dir))
+    examples = load_preferences(str(pairs_file))
+    pairs, _ = tokenize_preferences(examples, tokenizer, max_length=64, max_prompt_length=32)
+    first, path, hit = cached_reference_logps(model, pairs, tokenizer.pad_token_id, 4, "cpu", tmp_path, False)
+    assert not hit
+    again, same_path, hit = cached_reference_logps(model, pairs, tokenizer.pad_token_id, 4, "cpu", tmp_path, False)
+    assert hit and same_path == path and torch.equal(again.chosen, first.chosen)
+    truncated, _ = tokenize_preferences(examples, tokenizer, max_length=12, max_prompt_length=6)
+    _, other_path, hit = cached_reference_logps(model, truncated, tokenizer.pad_token_id, 4, "cpu", tmp_path, False)
+    assert not hit and other_path != path
+    with torch.no_grad():
+        model.model.norm.weight.add_(0.01)
+    changed, weights_path, hit = cached_reference_logps(model, pairs, tokenizer.pad_token_id, 4, "cpu", tmp_path,
+                                                        False)
+    assert not hit and weights_path not in (path, other_path)
+    assert not torch.equal(changed.chosen, first.chosen)
+    assert len(first.chosen) == sum(len(p.chosen) for p in pairs)
