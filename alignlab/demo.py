@@ -38,18 +38,25 @@ BEST_OF_N = (1, 2, 4, 8, 16)
 
 
 def preference_pairs(samples, rewards: torch.Tensor, per_prompt: int, min_gap: float) -> tuple[list[dict], int]:
-    """Best vs worst completion of each prompt; prompts whose rewards differ by < `min_gap` are skipped (counted)."""
+    """Best vs worst non-empty completion of each prompt.
+
+    Prompts with fewer than two non-empty completions, or whose best and worst rewards differ by
+    less than `min_gap`, give no pair; they are counted and returned as the second value.
+    """
     pairs, skipped = [], 0
-    by_prompt = rewards.view(-1, per_prompt)
-    for p, row in enumerate(by_prompt):
-        best, worst = int(row.argmax()), int(row.argmin())
-        if row[best] - row[worst] < min_gap:
+    for p in range(len(rewards) // per_prompt):
+        candidates = [i for i in range(p * per_prompt, (p + 1) * per_prompt) if samples.completions[i].strip()]
+        if len(candidates) < 2:
             skipped += 1
             continue
-        i, j = p * per_prompt + best, p * per_prompt + worst
-        pairs.append({"prompt": samples.prompts[i], "chosen": samples.completions[i],
-                      "rejected": samples.completions[j], "chosen_reward": round(float(rewards[i]), 4),
-                      "rejected_reward": round(float(rewards[j]), 4)})
+        best = max(candidates, key=lambda i: float(rewards[i]))
+        worst = min(candidates, key=lambda i: float(rewards[i]))
+        if rewards[best] - rewards[worst] < min_gap:
+            skipped += 1
+            continue
+        pairs.append({"prompt": samples.prompts[best], "chosen": samples.completions[best],
+                      "rejected": samples.completions[worst], "chosen_reward": round(float(rewards[best]), 4),
+                      "rejected_reward": round(float(rewards[worst]), 4)})
     return pairs, skipped
 
 
@@ -61,13 +68,13 @@ def run_demo(
     out_dir: str | Path = "runs/demo",
     model_path: str = EMBEDDED_MODEL_NAME,
     seed: int = 0,
-    train_prompts: int = 384,
+    train_prompts: int = 1024,
     samples_per_prompt: int = 4,
     eval_prompts: int = 64,
     max_new_tokens: int = 32,
     beta: float = 0.1,
     lr: float = 1e-4,
-    epochs: int = 2,
+    epochs: int = 3,
     progress: bool = True,
     log=print,
 ) -> dict:
@@ -86,7 +93,8 @@ def run_demo(
     rewards = reward.score(samples.prompts, samples.completions)
     pairs, skipped = preference_pairs(samples, rewards, samples_per_prompt, min_gap=0.1)
     _write_jsonl(out / "pairs.jsonl", pairs)
-    log(f"   {len(pairs)} pairs ({skipped} prompts skipped: best and worst reward within 0.1)")
+    log(f"   {len(pairs)} pairs ({skipped} prompts skipped: fewer than two non-empty completions, "
+        "or best and worst reward within 0.1)")
 
     log("4. training with DPO")
     config = RunConfig(

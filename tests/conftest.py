@@ -4,12 +4,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
+from transformers.utils import logging as transformers_logging
 
-from transformers.utils import logging as transformers_logging  # noqa: E402
-
-from alignlab.models.tiny import EMBEDDED_MODEL_DIR  # noqa: E402
+from alignlab.models.tiny import EMBEDDED_MODEL_DIR
 
 transformers_logging.disable_progress_bar()
 

@@ -43,10 +43,18 @@ def best_of_n_kl_bound(n: int) -> float:
 
 
 def best_of_n_reward(rewards: torch.Tensor, n: int) -> float:
-    """Mean over prompts of the best reward among the first `n` samples; `rewards` is `[prompts, samples]`."""
-    if n > rewards.shape[1]:
-        raise ValueError(f"best-of-{n} needs {n} samples per prompt, got {rewards.shape[1]}")
-    return rewards[:, :n].max(dim=1).values.mean().item()
+    """Expected best-of-`n` reward, averaged over prompts; `rewards` is `[prompts, k]` with k ≥ n samples each.
+
+    Uses every sample: with a prompt's rewards sorted ascending r_(1) ≤ … ≤ r_(k), the expected
+    maximum of n of them drawn without replacement is Σ_i r_(i)·C(i−1, n−1)/C(k, n). For n = 1 this
+    is the plain mean; for n = k the maximum. Unbiased, and less noisy than using only n samples.
+    """
+    k = rewards.shape[1]
+    if not 1 <= n <= k:
+        raise ValueError(f"best-of-{n} needs between 1 and {k} samples per prompt")
+    weights = torch.tensor([math.comb(i - 1, n - 1) for i in range(1, k + 1)], dtype=torch.float64) / math.comb(k, n)
+    ordered = rewards.double().sort(dim=1).values
+    return (ordered @ weights).mean().item()
 
 
 def plot_frontier(methods: dict[str, dict], best_of_n: dict[int, dict], path, title: str) -> None:

@@ -1,0 +1,48 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from alignlab.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_help_lists_the_commands():
+    result = subprocess.run([sys.executable, "-m", "alignlab.cli", "--help"], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 0
+    for command in ("train", "demo", "objectives"):
+        assert command in result.stdout
+
+
+def test_train_example_config_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", str(ROOT / "examples" / "dpo.yaml"), "--out", str(out),
+                 "--set", "train.max_steps=3", "--set", "train.progress=false",
+                 "--set", f"reference.cache_dir={tmp_path / 'cache'}",
+                 "--set", f"data.train={ROOT / 'examples' / 'data' / 'sentiment_pairs.jsonl'}"])
+    assert code == 0
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in history] == [1, 2, 3]
+    assert history[0]["loss"] > 0 and "rewards/margins" in history[0]
+    assert (out / "final" / "model.safetensors").is_file()
+    saved = (out / "config.yaml").read_text()
+    assert saved.startswith("# alignlab ") and "max_steps: 3" in saved
+    assert "examples" in capsys.readouterr().out
+
+
+def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("objective: {name: dpoo}\n")
+    assert main(["train", str(bad)]) == 2
+    assert "unknown objective 'dpoo'. Did you mean 'dpo'?" in capsys.readouterr().err
+    config = tmp_path / "missing-model.yaml"
+    config.write_text(f"model: {{path: {tmp_path / 'no-such-model'}}}\ndata: {{train: x.jsonl}}\n")
+    assert main(["train", str(config)]) == 2
+    assert "no model folder at" in capsys.readouterr().err
+
+
+def test_objectives_listing(capsys):
+    assert main(["objectives"]) == 0
+    assert "dpo" in capsys.readouterr().out
