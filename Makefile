@@ -11,7 +11,6 @@ export TOKENIZERS_PARALLELISM ?= false
 
 $(BIN)/alignlab: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(BIN)/alignlab

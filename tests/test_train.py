@@ -5,6 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from alignlab import ConfigError
 from alignlab.config import config_from_dict
 from alignlab.data import load_preferences, tokenize_preferences
 from alignlab.models.loading import load_model
@@ -115,3 +116,27 @@ def test_reference_cache_is_reused_and_invalidated(small_model_dir, pairs_file, 
     assert not hit and weights_path not in (path, other_path)
     assert not torch.equal(changed.chosen, first.chosen)
     assert len(first.chosen) == sum(len(p.chosen) for p in pairs)
+
+
+def test_gradient_accumulation_matches_one_large_batch(small_model_dir, pairs_file, tmp_path):
+    large = train(make_config(small_model_dir, pairs_file, tmp_path / "large", tmp_path / "cache",
+                              batch_size=4, max_steps=2), log=lambda *_: None)
+    accumulated = train(make_config(small_model_dir, pairs_file, tmp_path / "acc", tmp_path / "cache",
+                                    batch_size=2, grad_accum=2, max_steps=2), log=lambda *_: None)
+    # the epoch order is the same permutation, so micro-batches 2 + 2 hold the same examples as one batch of 4
+    for a, b in zip(metrics(large.run_dir), metrics(accumulated.run_dir), strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    for name, value in weights(large.final_dir).items():
+        torch.testing.assert_close(weights(accumulated.final_dir)[name], value, atol=1e-5, rtol=1e-4)
+
+
+def test_evaluation_every_n_steps_and_fresh_run_guard(small_model_dir, pairs_file, tmp_path):
+    config = make_config(small_model_dir, pairs_file, tmp_path / "run", tmp_path / "cache",
+                         max_steps=4, eval_every=2, save_every=4)
+    config.data.eval = str(pairs_file)
+    train(config, log=lambda *_: None)
+    evals = [m for m in metrics(tmp_path / "run") if "eval/loss" in m]
+    assert [m["step"] for m in evals] == [2, 4, 4]  # every 2 steps, and once at the end
+    assert evals[-1]["eval/rewards/accuracies"] >= 0.0 and "eval/rewards/margins" in evals[-1]
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        train(config, log=lambda *_: None)

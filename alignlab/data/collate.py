@@ -67,7 +67,7 @@ def encode_prompt_and_completion(
         return prompt_ids, completion_ids
     if not getattr(tokenizer, "chat_template", None):
         raise DataError("the record uses chat messages but the tokenizer has no chat template",
-                        location=location)
+                        location=location, field="prompt")
     prompt_messages = _as_messages(prompt, "user")
     prompt_text = tokenizer.apply_chat_template(prompt_messages, tokenize=False, add_generation_prompt=True)
     full_text = tokenizer.apply_chat_template(

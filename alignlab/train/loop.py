@@ -154,6 +154,9 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
     latest = list_checkpoints(checkpoints_dir)[-1] if resume and list_checkpoints(checkpoints_dir) else None
     if resume and latest is None:
         log(f"--resume: no checkpoint in {checkpoints_dir}; starting from the beginning")
+    if not resume and list_checkpoints(checkpoints_dir):
+        raise ConfigError(f"{run_dir} already holds checkpoints of an earlier run; pass --resume to continue it, "
+                          "or choose another out_dir (--out)")
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                               mixed_precision=mixed_precision(config.train.precision))
     say = log if accelerator.is_main_process else (lambda *_: None)
@@ -181,12 +184,11 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
     pad_id = tokenizer.pad_token_id
     reference = eval_reference = None
     if spec.needs_reference:
-        frozen = copy.deepcopy(model).requires_grad_(False).eval()
-        reference = _reference_for(config, frozen, pairs, pad_id, accelerator.device, say)
+        # precomputed log-probs come from the model itself, before any step; a frozen copy only in "model" mode
+        scorer_model = copy.deepcopy(model).requires_grad_(False).eval() if config.reference.mode == "model" else model
+        reference = _reference_for(config, scorer_model, pairs, pad_id, accelerator.device, say)
         if eval_pairs:
-            eval_reference = _reference_for(config, frozen, eval_pairs, pad_id, accelerator.device, say)
-        if config.reference.mode == "precompute":
-            del frozen
+            eval_reference = _reference_for(config, scorer_model, eval_pairs, pad_id, accelerator.device, say)
 
     # optimizer, schedule, position
     steps = total_steps(config, len(pairs))
