@@ -45,6 +45,10 @@ class DataConfig:
 class ObjectiveConfig:
     name: str = "dpo"
     params: dict[str, Any] = field(default_factory=dict)
+    weight: float = 1.0
+    """Weight of this objective when several are mixed (the loss is the weighted sum)."""
+    tilt: float = 0.0
+    """Tilted empirical risk: (1/t)·log mean exp(t·loss_i) over the batch instead of the mean; 0 = mean."""
 
 
 @dataclass
@@ -83,7 +87,8 @@ class TrainConfig:
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    objective: list[ObjectiveConfig] = field(default_factory=lambda: [ObjectiveConfig()])
+    """One objective ``{name: dpo, beta: 0.1}`` or several ``[{name: dpo, weight: 1}, {name: sft, weight: 0.2}]``."""
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     out_dir: str = "runs/run"
@@ -148,8 +153,13 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         if key not in names:
             raise ConfigError(f"unknown config key '{prefix}{key}'.{_did_you_mean(key, names)}")
         annotation = hints[key]
+        item = (typing.get_args(annotation) or (None,))[0]
         if dataclasses.is_dataclass(annotation):
             values[key] = _build(annotation, value, f"{prefix}{key}.")
+        elif typing.get_origin(annotation) is list and dataclasses.is_dataclass(item):
+            if not isinstance(value, list):
+                raise ConfigError(f"{prefix}{key}: expected a list, got {value!r}")
+            values[key] = [_build(item, element, f"{prefix}{key}[{i}].") for i, element in enumerate(value)]
         else:
             values[key] = _check_type(value, annotation, f"{prefix}{key}")
         allowed = CHOICES.get(f"{prefix}{key}")
@@ -161,17 +171,30 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     return cls(**values)
 
 
-def _objective_section(section: Any) -> dict[str, Any]:
-    """``{name: dpo, beta: 0.1}`` → ``{name: dpo, params: {beta: 0.1}}``."""
-    if isinstance(section, str):
-        return {"name": section, "params": {}}
-    if not isinstance(section, dict):
-        raise ConfigError(f"objective: expected a mapping like {{name: dpo, beta: 0.1}}, got {section!r}")
-    section = dict(section)
-    name = section.pop("name", "dpo")
-    params = dict(section.pop("params", {}) or {})
-    params.update(section)
-    return {"name": name, "params": params}
+OBJECTIVE_KEYS = ("name", "params", "weight", "tilt")
+
+
+def _objective_entry(entry: Any, where: str) -> dict[str, Any]:
+    """``{name: dpo, beta: 0.1, weight: 1}`` → ``{name: dpo, weight: 1, params: {beta: 0.1}}``."""
+    if isinstance(entry, str):
+        return {"name": entry}
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected a mapping like {{name: dpo, beta: 0.1}}, got {entry!r}")
+    entry = dict(entry)
+    out = {key: entry.pop(key) for key in ("name", "weight", "tilt") if key in entry}
+    params = dict(entry.pop("params", {}) or {})
+    params.update(entry)
+    out["params"] = params
+    return out
+
+
+def _objective_section(section: Any) -> list[dict[str, Any]]:
+    """The objective section as a list of entries (one objective, or several mixed)."""
+    if isinstance(section, list):
+        if not section:
+            raise ConfigError("objective: the list is empty")
+        return [_objective_entry(entry, f"objective[{i}]") for i, entry in enumerate(section)]
+    return [_objective_entry(section, "objective")]
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
@@ -206,7 +229,14 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"train.lr must be positive, got {config.train.lr}")
     if not 0 <= config.train.warmup_ratio < 1:
         raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {config.train.warmup_ratio}")
-    objectives.check_hparams(config.objective.name, config.objective.params)
+    objectives.Objective(objective_terms(config))
+
+
+def objective_terms(config: RunConfig) -> list:
+    """The config's objectives as `alignlab.objectives.ObjectiveTerm`s."""
+    from alignlab.objectives import ObjectiveTerm
+
+    return [ObjectiveTerm(o.name, dict(o.params), o.weight, o.tilt) for o in config.objective]
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -224,18 +254,28 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     data = dict(data or {})
     for text in overrides:
         path, value = parse_override(text)
-        node = data
+        node: Any = data
         if path[0] == "objective" and isinstance(node.get("objective"), str):
             node["objective"] = {"name": node["objective"]}
         for part in path[:-1]:
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"--set {text}: '{part}' is not an index of the list (0 to {len(node) - 1})")
+                node[int(part)] = child = dict(node[int(part)])
+                node = child
+                continue
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
+            elif isinstance(child, list):
+                child = node[part] = list(child)
             elif not isinstance(child, dict):
                 raise ConfigError(f"--set {text}: '{part}' is not a section")
             else:
                 child = node[part] = dict(child)
             node = child
+        if isinstance(node, list):
+            raise ConfigError(f"--set {text}: name a field of one list entry, e.g. objective.0.beta=0.1")
         node[path[-1]] = value
     return data
 
@@ -259,7 +299,15 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:
     """Plain data of `config`, with the objective written the way a user writes it."""
     data = dataclasses.asdict(config)
-    data["objective"] = {"name": config.objective.name, **config.objective.params}
+    entries = []
+    for objective in config.objective:
+        entry = {"name": objective.name, **objective.params}
+        if objective.weight != 1.0 or len(config.objective) > 1:
+            entry["weight"] = objective.weight
+        if objective.tilt:
+            entry["tilt"] = objective.tilt
+        entries.append(entry)
+    data["objective"] = entries[0] if len(entries) == 1 else entries
     return data
 
 

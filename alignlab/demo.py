@@ -100,7 +100,7 @@ def run_demo(
     config = RunConfig(
         model=ModelConfig(path=model_path),
         data=DataConfig(train=str(out / "pairs.jsonl"), max_length=128, max_prompt_length=64),
-        objective=ObjectiveConfig(name="dpo", params={"beta": beta}),
+        objective=[ObjectiveConfig(name="dpo", params={"beta": beta})],
         reference=ReferenceConfig(mode="precompute", cache_dir=str(out / "reference_cache")),
         train=TrainConfig(epochs=epochs, batch_size=16, lr=lr, warmup_ratio=0.1, scheduler="linear",
                           seed=seed, progress=progress),

@@ -46,3 +46,13 @@ def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
 def test_objectives_listing(capsys):
     assert main(["objectives"]) == 0
     assert "dpo" in capsys.readouterr().out
+
+
+def test_every_example_config_is_valid():
+    from alignlab.config import load_config
+
+    configs = sorted((ROOT / "examples").glob("*.yaml"))
+    assert len(configs) >= 5
+    for path in configs:
+        config = load_config(path)
+        assert (ROOT / config.data.train).is_file(), path

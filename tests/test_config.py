@@ -6,7 +6,7 @@ from alignlab.config import apply_overrides, config_from_dict, load_config, save
 
 def test_defaults_and_objective_section():
     config = config_from_dict({"objective": {"name": "dpo", "beta": 0.2}, "train": {"lr": 1}})
-    assert config.objective.name == "dpo" and config.objective.params == {"beta": 0.2}
+    assert config.objective[0].name == "dpo" and config.objective[0].params == {"beta": 0.2}
     assert config.train.lr == 1.0 and isinstance(config.train.lr, float)
 
 
@@ -35,7 +35,7 @@ def test_overrides_keep_types_and_reach_objective_params():
                                                             "train.max_steps=7", "train.progress=false"])
     config = config_from_dict(data)
     assert config.train.lr == 1e-5 and config.train.max_steps == 7 and config.train.progress is False
-    assert config.objective.params == {"beta": 0.3}
+    assert config.objective[0].params == {"beta": 0.3}
     with pytest.raises(ConfigError, match="key=value"):
         apply_overrides({}, ["train.lr"])
 

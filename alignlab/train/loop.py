@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 import alignlab
 from alignlab import objectives
-from alignlab.config import RunConfig, save_config
+from alignlab.config import RunConfig, objective_terms, save_config
 from alignlab.data import TokenizedPair, collate_pairs, load_preferences, tokenize_preferences
 from alignlab.errors import ConfigError
 from alignlab.models.loading import load_model, load_tokenizer
@@ -127,13 +127,13 @@ def _reference_for(config, reference_model, pairs, pad_id, device, say) -> Refer
 
 
 @torch.no_grad()
-def evaluate_pairs(scorer: PreferenceScorer, pairs, objective, params, batch_size: int) -> dict[str, float]:
+def evaluate_pairs(scorer: PreferenceScorer, pairs, objective, batch_size: int) -> dict[str, float]:
     """Loss and metrics of the objective on `pairs`, averaged over examples."""
     scorer.model.eval()
     sums: dict[str, float] = defaultdict(float)
     for start in range(0, len(pairs), batch_size):
         indices = list(range(start, min(start + batch_size, len(pairs))))
-        output = objective(scorer([pairs[i] for i in indices], indices), **params)
+        output = objective(scorer([pairs[i] for i in indices], indices))
         sums["loss"] += output.loss.item() * len(indices)
         for key, value in output.metrics.items():
             sums[key] += value * len(indices)
@@ -146,9 +146,10 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    spec = objectives.spec(config.objective.name)
-    if spec.data_format != "paired":
-        raise ConfigError(f"objective '{spec.name}' needs {spec.data_format} data, which this loop does not read yet")
+    objective = objectives.Objective(objective_terms(config))
+    if objective.data_format != "paired":
+        raise ConfigError(f"objective '{objective.name}' needs {objective.data_format} data, "
+                          "which this loop does not read yet")
     run_dir = Path(config.out_dir)
     checkpoints_dir = run_dir / "checkpoints"
     latest = list_checkpoints(checkpoints_dir)[-1] if resume and list_checkpoints(checkpoints_dir) else None
@@ -183,7 +184,7 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
     model = load_model(config.model.path, weights_dtype, config.model.trust_remote_code, str(accelerator.device))
     pad_id = tokenizer.pad_token_id
     reference = eval_reference = None
-    if spec.needs_reference:
+    if objective.needs_reference:
         # precomputed log-probs come from the model itself, before any step; a frozen copy only in "model" mode
         scorer_model = copy.deepcopy(model).requires_grad_(False).eval() if config.reference.mode == "model" else model
         reference = _reference_for(config, scorer_model, pairs, pad_id, accelerator.device, say)
@@ -200,12 +201,11 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
         state = load_checkpoint(latest, accelerator.unwrap_model(model), optimizer, scheduler)
         say(f"resumed from {latest} at step {state.step}")
     metrics_log = MetricsLog(run_dir / "metrics.jsonl", state.step if latest is not None else None)
-    objective, params = spec.fn, config.objective.params
     scorer = PreferenceScorer(model, reference, pad_id, accelerator.device)
     eval_scorer = PreferenceScorer(model, eval_reference, pad_id, accelerator.device)
 
     model.train()
-    progress = tqdm(total=steps, initial=state.step, desc=f"train {spec.name}", unit="step",
+    progress = tqdm(total=steps, initial=state.step, desc=f"train {objective.name}", unit="step",
                     disable=not (config.train.progress and accelerator.is_main_process))
     last: dict = {}
     started = time.time()
@@ -216,7 +216,7 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
             totals: dict[str, float] = defaultdict(float)
             for indices in group:
                 with accelerator.autocast():
-                    output = objective(scorer([pairs[i] for i in indices], indices), **params)
+                    output = objective(scorer([pairs[i] for i in indices], indices))
                 accelerator.backward(output.loss / len(group))
                 totals["loss"] += output.loss.item() / len(group)
                 for key, value in output.metrics.items():
@@ -237,7 +237,7 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
                 metrics_log.write(last)
             if eval_pairs and config.train.eval_every and state.step % config.train.eval_every == 0:
                 metrics_log.write({"step": state.step, **evaluate_pairs(
-                    eval_scorer, eval_pairs, objective, params, config.train.batch_size)})
+                    eval_scorer, eval_pairs, objective, config.train.batch_size)})
             if config.train.save_every and state.step % config.train.save_every == 0 and accelerator.is_main_process:
                 save_checkpoint(checkpoints_dir, accelerator.unwrap_model(model), optimizer, scheduler, state)
                 prune_checkpoints(checkpoints_dir, config.train.keep_checkpoints)
@@ -246,7 +246,7 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
     progress.close()
 
     if eval_pairs:
-        final_eval = evaluate_pairs(eval_scorer, eval_pairs, objective, params, config.train.batch_size)
+        final_eval = evaluate_pairs(eval_scorer, eval_pairs, objective, config.train.batch_size)
         metrics_log.write({"step": state.step, **final_eval})
         last.update(final_eval)
     model.eval()

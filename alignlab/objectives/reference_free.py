@@ -1,0 +1,111 @@
+"""Reference-free paired objectives: SimPO, ORPO, CPO, and plain SFT on the chosen completion.
+
+Notation as in `alignlab.objectives.dpo`; ac = Pc/nc and ar = Pr/nr are length-averaged log-probs.
+Their metrics report rewards as β × the log-probs each loss compares (TRL's convention for these).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from alignlab.errors import ConfigError
+from alignlab.objectives import ObjectiveOutput, PreferenceLogps, register
+from alignlab.objectives.dpo import check_beta, chosen_nll, chosen_nll_per_example, sequence_logps
+
+
+def policy_logps(batch: PreferenceLogps) -> tuple[torch.Tensor, ...]:
+    """(Pc, Pr, nc, nr) of a batch."""
+    return (
+        sequence_logps(batch.policy_chosen, batch.chosen_mask),
+        sequence_logps(batch.policy_rejected, batch.rejected_mask),
+        batch.chosen_mask.sum(-1).clamp(min=1),
+        batch.rejected_mask.sum(-1).clamp(min=1),
+    )
+
+
+def reference_free_metrics(beta: float, chosen: torch.Tensor, rejected: torch.Tensor, pc, pr) -> dict[str, float]:
+    with torch.no_grad():
+        chosen_rewards, rejected_rewards = beta * chosen, beta * rejected
+        return {
+            "rewards/chosen": chosen_rewards.mean().item(),
+            "rewards/rejected": rejected_rewards.mean().item(),
+            "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
+            "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
+            "logps/chosen": pc.mean().item(),
+            "logps/rejected": pr.mean().item(),
+        }
+
+
+@register("simpo", needs_reference=False)
+def simpo(batch: PreferenceLogps, beta: float = 2.0, gamma: float = 0.5) -> ObjectiveOutput:
+    """SimPO (Meng et al., 2024, "SimPO: Simple Preference Optimization with a Reference-Free Reward"):
+    the length-averaged log-prob as implicit reward, with a target margin γ:
+
+        loss = −log σ(β·(ac − ar) − γ)
+
+    Equal average log-probs ⇒ −log σ(−γ) (= 0.974077 at γ = 0.5).
+    """
+    check_beta("simpo", beta)
+    pc, pr, nc, nr = policy_logps(batch)
+    ac, ar = pc / nc, pr / nr
+    losses = -F.logsigmoid(beta * (ac - ar) - gamma)
+    return ObjectiveOutput(losses.mean(), reference_free_metrics(beta, ac, ar, pc, pr), losses)
+
+
+def log1m_exp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 − eˣ) for x < 0, computed stably; x is clamped just below 0 so a certain token stays finite."""
+    x = torch.clamp(x, max=-1e-6)
+    return torch.where(x > -0.6931, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+@register("orpo", needs_reference=False)
+def orpo(batch: PreferenceLogps, beta: float = 0.1) -> ObjectiveOutput:
+    """ORPO (Hong et al., 2024, "ORPO: Monolithic Preference Optimization without Reference Model"):
+    SFT on chosen plus an odds-ratio penalty, β = λ:
+
+        loss = NLL(chosen) − β·mean log σ(log_odds),
+        log_odds = (ac − ar) − (log(1 − e^ac) − log(1 − e^ar))
+
+    NLL(chosen) is a mean over all chosen tokens of the batch. Rewards in the metrics are β·ac, β·ar.
+    """
+    check_beta("orpo", beta)
+    pc, pr, nc, nr = policy_logps(batch)
+    ac, ar = pc / nc, pr / nr
+    log_odds = (ac - ar) - (log1m_exp(ac) - log1m_exp(ar))
+    ratio = F.logsigmoid(log_odds)
+    losses = chosen_nll_per_example(batch) - beta * ratio
+    metrics = reference_free_metrics(beta, ac, ar, pc, pr)
+    metrics.update({"nll_loss": chosen_nll(batch).item(), "log_odds_ratio": ratio.mean().item(),
+                    "log_odds_chosen": log_odds.mean().item()})
+    return ObjectiveOutput(chosen_nll(batch) - beta * ratio.mean(), metrics, losses)
+
+
+@register("cpo", needs_reference=False)
+def cpo(batch: PreferenceLogps, beta: float = 0.1, alpha: float = 1.0) -> ObjectiveOutput:
+    """CPO (Xu et al., 2024, "Contrastive Preference Optimization: Pushing the Boundaries of LLM
+    Performance in Machine Translation"): DPO without a reference plus `alpha` × NLL of chosen,
+
+        loss = −log σ(β·(Pc − Pr)) + α·NLL(chosen)
+    """
+    check_beta("cpo", beta)
+    pc, pr, _, _ = policy_logps(batch)
+    preference = -F.logsigmoid(beta * (pc - pr))
+    losses = preference + alpha * chosen_nll_per_example(batch)
+    metrics = reference_free_metrics(beta, pc, pr, pc, pr)
+    metrics["nll_loss"] = chosen_nll(batch).item()
+    return ObjectiveOutput(preference.mean() + alpha * chosen_nll(batch), metrics, losses)
+
+
+@register("sft", needs_reference=False)
+def sft(batch: PreferenceLogps) -> ObjectiveOutput:
+    """Supervised fine-tuning (the first stage of Ouyang et al., 2022, "Training language models to follow
+    instructions with human feedback"): negative log-likelihood of the chosen completion, a mean over
+    all its tokens in the batch (on paired data the rejected completion is ignored).
+    """
+    if batch.chosen_mask.sum() == 0:
+        raise ConfigError("sft: the batch has no completion tokens")
+    nll = chosen_nll(batch)
+    pc = sequence_logps(batch.policy_chosen, batch.chosen_mask)
+    return ObjectiveOutput(nll, {"nll_loss": nll.item(), "logps/chosen": pc.mean().item()},
+                           chosen_nll_per_example(batch))
