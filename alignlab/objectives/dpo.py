@@ -67,20 +67,12 @@ def pair_logps(batch: PreferenceLogps, objective: str) -> PairLogps:
     )
 
 
-def preference_metrics(
-    beta: float,
-    policy_chosen: torch.Tensor,
+def reward_metrics(
+    chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, policy_chosen: torch.Tensor,
     policy_rejected: torch.Tensor,
-    ref_chosen: torch.Tensor,
-    ref_rejected: torch.Tensor,
 ) -> dict[str, float]:
-    """The metrics every paired objective reports, named as TRL users know them.
-
-    Arguments are summed sequence log-probs `[B]`; rewards are β·(log π − log π_ref).
-    """
+    """The metrics every paired objective reports, named as TRL users know them (all arguments `[B]`)."""
     with torch.no_grad():
-        chosen_rewards = beta * (policy_chosen - ref_chosen)
-        rejected_rewards = beta * (policy_rejected - ref_rejected)
         return {
             "rewards/chosen": chosen_rewards.mean().item(),
             "rewards/rejected": rejected_rewards.mean().item(),
@@ -89,6 +81,18 @@ def preference_metrics(
             "logps/chosen": policy_chosen.mean().item(),
             "logps/rejected": policy_rejected.mean().item(),
         }
+
+
+def preference_metrics(
+    beta: float,
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+) -> dict[str, float]:
+    """`reward_metrics` with the implicit rewards β·(log π − log π_ref) of summed sequence log-probs."""
+    return reward_metrics(beta * (policy_chosen - ref_chosen), beta * (policy_rejected - ref_rejected),
+                          policy_chosen, policy_rejected)
 
 
 def check_beta(objective: str, beta: float) -> None:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from alignlab.errors import ConfigError
 from alignlab.objectives import ObjectiveOutput, PreferenceLogps, register
-from alignlab.objectives.dpo import check_beta, chosen_nll, chosen_nll_per_example, sequence_logps
+from alignlab.objectives.dpo import check_beta, chosen_nll, chosen_nll_per_example, reward_metrics, sequence_logps
 
 
 def policy_logps(batch: PreferenceLogps) -> tuple[torch.Tensor, ...]:
@@ -25,16 +25,8 @@ def policy_logps(batch: PreferenceLogps) -> tuple[torch.Tensor, ...]:
 
 
 def reference_free_metrics(beta: float, chosen: torch.Tensor, rejected: torch.Tensor, pc, pr) -> dict[str, float]:
-    with torch.no_grad():
-        chosen_rewards, rejected_rewards = beta * chosen, beta * rejected
-        return {
-            "rewards/chosen": chosen_rewards.mean().item(),
-            "rewards/rejected": rejected_rewards.mean().item(),
-            "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
-            "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
-            "logps/chosen": pc.mean().item(),
-            "logps/rejected": pr.mean().item(),
-        }
+    """Metrics with rewards β × the log-probs the loss compares."""
+    return reward_metrics(beta * chosen, beta * rejected, pc, pr)
 
 
 @register("simpo", needs_reference=False)
