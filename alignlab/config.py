@@ -49,6 +49,10 @@ class ObjectiveConfig:
     """Weight of this objective when several are mixed (the loss is the weighted sum)."""
     tilt: float = 0.0
     """Tilted empirical risk: (1/t)·log mean exp(t·loss_i) over the batch instead of the mean; 0 = mean."""
+    use_weighting: bool = False
+    """WPO: weight each pair's loss by the policy's probability of its two responses (no gradient)."""
+    ld_alpha: float | None = None
+    """LD-DPO: weight α on the log-probs of tokens past the shorter response's length (policy and reference)."""
 
 
 @dataclass
@@ -58,6 +62,10 @@ class ReferenceConfig:
     reference never runs during training; ``model``: a frozen copy scored at every step."""
     cache_dir: str | None = None
     """Where precomputed reference log-probs are kept; default ``~/.cache/alignlab/reference``."""
+    sync_ref: bool = False
+    """TR-DPO: every `sync_steps` steps set π_ref ← α·π_θ + (1 − α)·π_ref (α = `sync_alpha`); needs mode ``model``."""
+    sync_steps: int = 512
+    sync_alpha: float = 0.6
 
 
 @dataclass
@@ -171,7 +179,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     return cls(**values)
 
 
-OBJECTIVE_KEYS = ("name", "params", "weight", "tilt")
+TERM_KEYS = ("name", "weight", "tilt", "use_weighting", "ld_alpha")
 
 
 def _objective_entry(entry: Any, where: str) -> dict[str, Any]:
@@ -181,7 +189,7 @@ def _objective_entry(entry: Any, where: str) -> dict[str, Any]:
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: expected a mapping like {{name: dpo, beta: 0.1}}, got {entry!r}")
     entry = dict(entry)
-    out = {key: entry.pop(key) for key in ("name", "weight", "tilt") if key in entry}
+    out = {key: entry.pop(key) for key in TERM_KEYS if key in entry}
     params = dict(entry.pop("params", {}) or {})
     params.update(entry)
     out["params"] = params
@@ -225,6 +233,11 @@ def validate(config: RunConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be at least 1, got {value}")
+    if config.reference.sync_ref and config.reference.mode != "model":
+        raise ConfigError("reference.sync_ref (TR-DPO) updates the reference model during training, so it cannot use "
+                          "precomputed reference log-probs: set reference.mode: model")
+    if config.reference.sync_ref and not (0 < config.reference.sync_alpha <= 1 and config.reference.sync_steps >= 1):
+        raise ConfigError("reference.sync_alpha must be in (0, 1] and reference.sync_steps at least 1")
     if config.train.lr <= 0:
         raise ConfigError(f"train.lr must be positive, got {config.train.lr}")
     if not 0 <= config.train.warmup_ratio < 1:
@@ -236,7 +249,8 @@ def objective_terms(config: RunConfig) -> list:
     """The config's objectives as `alignlab.objectives.ObjectiveTerm`s."""
     from alignlab.objectives import ObjectiveTerm
 
-    return [ObjectiveTerm(o.name, dict(o.params), o.weight, o.tilt) for o in config.objective]
+    return [ObjectiveTerm(o.name, dict(o.params), o.weight, o.tilt, o.use_weighting, o.ld_alpha)
+            for o in config.objective]
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -304,8 +318,9 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
         entry = {"name": objective.name, **objective.params}
         if objective.weight != 1.0 or len(config.objective) > 1:
             entry["weight"] = objective.weight
-        if objective.tilt:
-            entry["tilt"] = objective.tilt
+        for key in ("tilt", "use_weighting", "ld_alpha"):
+            if getattr(objective, key):
+                entry[key] = getattr(objective, key)
         entries.append(entry)
     data["objective"] = entries[0] if len(entries) == 1 else entries
     return data

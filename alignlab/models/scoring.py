@@ -48,6 +48,12 @@ def target_logps_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> tor
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
+def log_square_mass(logits: torch.Tensor) -> torch.Tensor:
+    """log Σ_v p(v)² of the softmax of `logits` `[N, V]`: logsumexp(2z) − 2·logsumexp(z), in float32."""
+    logits = logits.float()
+    return torch.logsumexp(2 * logits, dim=-1) - 2 * torch.logsumexp(logits, dim=-1)
+
+
 def chunked_head_logps(
     hidden: torch.Tensor,
     targets: torch.Tensor,
@@ -55,23 +61,39 @@ def chunked_head_logps(
     postprocess=lambda logits: logits,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     recompute: bool = False,
-) -> torch.Tensor:
+    with_square_mass: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of `targets` `[N]` from hidden states `[N, H]`, through the LM head `chunk_tokens` rows at a time.
 
     With `recompute` (and gradients on) each chunk's logits are recomputed in the backward pass
-    instead of being kept, so at most one chunk of logits is alive at any time.
+    instead of being kept, so at most one chunk of logits is alive at any time. With
+    `with_square_mass` also returns log Σ_v p(v)² per row (without gradient).
     """
 
-    def one_chunk(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return target_logps_from_logits(postprocess(head(h)), t)
+    def one_chunk(h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = postprocess(head(h))
+        square = log_square_mass(logits.detach()) if with_square_mass else logits.new_zeros(0)
+        return target_logps_from_logits(logits, t), square
 
-    pieces = []
+    logps, squares = [], []
     for h, t in zip(hidden.split(chunk_tokens), targets.split(chunk_tokens), strict=True):
         if recompute and torch.is_grad_enabled():
-            pieces.append(checkpoint(one_chunk, h, t, use_reentrant=False))
+            logp, square = checkpoint(one_chunk, h, t, use_reentrant=False)
         else:
-            pieces.append(one_chunk(h, t))
-    return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+            logp, square = one_chunk(h, t)
+        logps.append(logp)
+        squares.append(square)
+    empty = hidden.new_zeros(0, dtype=torch.float32)
+    logps_out = torch.cat(logps) if logps else empty
+    if not with_square_mass:
+        return logps_out
+    return logps_out, torch.cat(squares) if squares else empty
+
+
+def _scatter_back(values: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+    """Per-target values `[M]` back into `[N, L]` rows aligned with `input_ids` (0 elsewhere)."""
+    shifted = torch.zeros(target_mask.shape, dtype=torch.float32, device=target_mask.device)
+    return F.pad(shifted.masked_scatter(target_mask, values), (1, 0))
 
 
 def completion_logps(
@@ -82,11 +104,13 @@ def completion_logps(
     position_ids: torch.Tensor | None = None,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     recompute_head: bool = False,
-) -> torch.Tensor:
+    with_square_mass: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs `[N, L]` (float32) of the tokens where `completion_mask` is 1.
 
     Entry t of a row is log p(input_ids[t] | input_ids[:t]); entries outside the completion are 0.
-    The first position of a row has no context, so its mask must be 0.
+    The first position of a row has no context, so its mask must be 0. With `with_square_mass`
+    also returns log Σ_v p_t(v)² `[N, L]` at the same positions (no gradient; used by WPO).
     """
     if completion_mask[:, 0].any():
         raise ValueError("completion_mask is 1 at position 0: the first token has no context to be scored from")
@@ -95,14 +119,12 @@ def completion_logps(
     body, head = _body_and_head(model)
     if body is not None:
         hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
-        selected = hidden[:, :-1][target_mask]
-        token_logps = chunked_head_logps(
-            selected, targets, head, _logit_postprocess(model.config), chunk_tokens, recompute_head
-        )
+        postprocess = _logit_postprocess(model.config)
     else:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-        selected = logits[:, :-1][target_mask]
-        token_logps = chunked_head_logps(selected, targets, torch.nn.Identity(), chunk_tokens=chunk_tokens)
-    shifted = torch.zeros(target_mask.shape, dtype=torch.float32, device=input_ids.device)
-    shifted = shifted.masked_scatter(target_mask, token_logps)
-    return F.pad(shifted, (1, 0))
+        hidden = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        head, postprocess = torch.nn.Identity(), lambda logits: logits
+    result = chunked_head_logps(hidden[:, :-1][target_mask], targets, head, postprocess, chunk_tokens,
+                                recompute_head, with_square_mass)
+    if not with_square_mass:
+        return _scatter_back(result, target_mask)
+    return _scatter_back(result[0], target_mask), _scatter_back(result[1], target_mask)

@@ -32,6 +32,9 @@ class PreferenceLogps:
     ref_rejected: torch.Tensor | None
     chosen_mask: torch.Tensor
     rejected_mask: torch.Tensor
+    policy_chosen_square_mass: torch.Tensor | None = None
+    """log Σ_v π_θ(v | context)² per token `[B, T]`, without gradient; only when an objective asks (WPO)."""
+    policy_rejected_square_mass: torch.Tensor | None = None
 
     @property
     def has_reference(self) -> bool:
@@ -125,6 +128,10 @@ class ObjectiveTerm:
     params: dict = field(default_factory=dict)
     weight: float = 1.0
     tilt: float = 0.0
+    use_weighting: bool = False
+    """WPO: weight each pair's loss by w_chosen·w_rejected (`alignlab.objectives.modifiers.wpo_weights`)."""
+    ld_alpha: float | None = None
+    """LD-DPO: weight α on the log-probs of tokens past the shorter response's length."""
 
 
 class Objective:
@@ -140,31 +147,54 @@ class Objective:
             raise ConfigError("no objective given")
         for term in terms:
             check_hparams(term.name, term.params)
+            modified = term.use_weighting or term.ld_alpha is not None
+            if modified and not (spec(term.name).needs_reference and spec(term.name).data_format == "paired"):
+                raise ConfigError(f"use_weighting and ld_alpha apply to reference-based paired objectives, "
+                                  f"not to '{term.name}'")
+            if term.ld_alpha is not None and not 0 <= term.ld_alpha <= 1:
+                raise ConfigError(f"ld_alpha must be in [0, 1], got {term.ld_alpha}")
         formats = {spec(term.name).data_format for term in terms}
         if len(formats) > 1:
             raise ConfigError(f"objectives mixed in one run need one data format, got {', '.join(sorted(formats))}")
         self.terms = terms
         self.data_format = formats.pop()
         self.needs_reference = any(spec(term.name).needs_reference for term in terms)
+        self.needs_square_mass = any(term.use_weighting for term in terms)
 
     @property
     def name(self) -> str:
         return "+".join(term.name for term in self.terms)
 
+    def term_loss(self, term: ObjectiveTerm, batch) -> ObjectiveOutput:
+        """One term's output, with its modifiers and aggregation applied to `.loss`."""
+        from alignlab.objectives import modifiers
+
+        if term.ld_alpha is not None:
+            batch = modifiers.length_desensitized(batch, term.ld_alpha)
+        output = spec(term.name).fn(batch, **term.params)
+        losses = output.losses
+        if term.use_weighting:
+            if losses is None:
+                raise ConfigError(f"objective '{term.name}' gives no per-example losses, so it cannot be weighted")
+            weights = modifiers.wpo_weights(batch)
+            losses = losses * weights
+            output.loss = losses.mean()
+            output.metrics["wpo/weights"] = weights.mean().item()
+        if term.tilt:
+            if losses is None:
+                raise ConfigError(f"objective '{term.name}' gives no per-example losses, so it cannot be tilted")
+            output.loss = tilted_mean(losses, term.tilt)
+        return output
+
     def __call__(self, batch) -> ObjectiveOutput:
         total, metrics = None, {}
         for index, term in enumerate(self.terms):
-            output = spec(term.name).fn(batch, **term.params)
-            loss = output.loss
-            if term.tilt:
-                if output.losses is None:
-                    raise ConfigError(f"objective '{term.name}' gives no per-example losses, so it cannot be tilted")
-                loss = tilted_mean(output.losses, term.tilt)
-            total = term.weight * loss if total is None else total + term.weight * loss
+            output = self.term_loss(term, batch)
+            total = term.weight * output.loss if total is None else total + term.weight * output.loss
             if index == 0:
                 metrics.update(output.metrics)
             if len(self.terms) > 1:
-                metrics[f"loss/{term.name}"] = loss.item()
+                metrics[f"loss/{term.name}"] = output.loss.item()
         return ObjectiveOutput(total, metrics)
 
 

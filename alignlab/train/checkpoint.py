@@ -45,13 +45,18 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_checkpoint(folder: Path, model, optimizer, scheduler, state: TrainerState) -> Path:
-    """Write checkpoint `folder/step-N` atomically and return its path."""
+def save_checkpoint(folder: Path, model, optimizer, scheduler, state: TrainerState, reference=None) -> Path:
+    """Write checkpoint `folder/step-N` atomically and return its path.
+
+    `reference` is saved too when training changes it (TR-DPO reference syncing).
+    """
     final = folder / f"step-{state.step}"
     temporary = folder / f".step-{state.step}.tmp"
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
     save_model(model, str(temporary / "model.safetensors"))
+    if reference is not None:
+        save_model(reference, str(temporary / "reference.safetensors"))
     torch.save(
         {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states()},
         temporary / "training_state.pt",
@@ -78,9 +83,13 @@ def prune_checkpoints(folder: Path, keep: int) -> None:
         shutil.rmtree(path)
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> TrainerState:
-    """Restore weights, optimizer, scheduler and RNG states from `path`; return the data position."""
+def load_checkpoint(path: Path, model, optimizer, scheduler, reference=None) -> TrainerState:
+    """Restore weights (and a synced reference), optimizer, scheduler and RNG states; return the data position."""
     load_model(model, str(path / "model.safetensors"))
+    if reference is not None:
+        if not (path / "reference.safetensors").is_file():
+            raise FileNotFoundError(f"{path} holds no reference.safetensors, which reference.sync_ref needs to resume")
+        load_model(reference, str(path / "reference.safetensors"))
     saved = torch.load(path / "training_state.pt", weights_only=True)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])

@@ -95,13 +95,19 @@ class MetricsLog:
 class PreferenceScorer:
     """Builds `PreferenceLogps` for a micro-batch: policy log-probs plus reference ones if needed."""
 
-    def __init__(self, model, reference: ReferenceLogps | torch.nn.Module | None, pad_id: int, device) -> None:
+    def __init__(self, model, reference: ReferenceLogps | torch.nn.Module | None, pad_id: int, device,
+                 with_square_mass: bool = False) -> None:
         self.model, self.reference, self.pad_id, self.device = model, reference, pad_id, device
+        self.with_square_mass = with_square_mass
 
     def __call__(self, pairs: list[TokenizedPair], indices: list[int]) -> objectives.PreferenceLogps:
         batch = {k: v.to(self.device) for k, v in collate_pairs(pairs, self.pad_id).items()}
         n = len(pairs)
-        logps = completion_logps(self.model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+        logps = completion_logps(self.model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
+                                 with_square_mass=self.with_square_mass)
+        square_mass = None
+        if self.with_square_mass:
+            logps, square_mass = logps
         chosen_mask, rejected_mask = batch["completion_mask"][:n], batch["completion_mask"][n:]
         ref_chosen = ref_rejected = None
         if isinstance(self.reference, ReferenceLogps):
@@ -111,8 +117,10 @@ class PreferenceScorer:
                 ref = completion_logps(self.reference, batch["input_ids"], batch["attention_mask"],
                                        batch["completion_mask"])
             ref_chosen, ref_rejected = ref[:n], ref[n:]
-        return objectives.PreferenceLogps(logps[:n], logps[n:], ref_chosen, ref_rejected,
-                                          chosen_mask.float(), rejected_mask.float())
+        return objectives.PreferenceLogps(
+            logps[:n], logps[n:], ref_chosen, ref_rejected, chosen_mask.float(), rejected_mask.float(),
+            None if square_mass is None else square_mass[:n], None if square_mass is None else square_mass[n:],
+        )
 
 
 def _reference_for(config, reference_model, pairs, pad_id, device, say) -> ReferenceLogps | torch.nn.Module:
@@ -124,6 +132,14 @@ def _reference_for(config, reference_model, pairs, pad_id, device, say) -> Refer
     )
     say(f"reference log-probs {'read from' if hit else 'computed and cached in'} {path}")
     return reference
+
+
+@torch.no_grad()
+def mix_into_reference(reference: torch.nn.Module, policy: torch.nn.Module, alpha: float) -> None:
+    """TR-DPO (Gorbatovski et al., 2024, "Learn Your Reference Model for Real Good Alignment"), soft update:
+    π_ref ← α·π_θ + (1 − α)·π_ref, parameter by parameter."""
+    for ref_param, param in zip(reference.parameters(), policy.parameters(), strict=True):
+        ref_param.mul_(1 - alpha).add_(param.detach(), alpha=alpha)
 
 
 @torch.no_grad()
@@ -197,12 +213,13 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
     scheduler = make_scheduler(optimizer, int(config.train.warmup_ratio * steps), steps, config.train.scheduler)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = TrainerState()
+    synced_reference = reference if config.reference.sync_ref else None
     if latest is not None:
-        state = load_checkpoint(latest, accelerator.unwrap_model(model), optimizer, scheduler)
+        state = load_checkpoint(latest, accelerator.unwrap_model(model), optimizer, scheduler, synced_reference)
         say(f"resumed from {latest} at step {state.step}")
     metrics_log = MetricsLog(run_dir / "metrics.jsonl", state.step if latest is not None else None)
-    scorer = PreferenceScorer(model, reference, pad_id, accelerator.device)
-    eval_scorer = PreferenceScorer(model, eval_reference, pad_id, accelerator.device)
+    scorer = PreferenceScorer(model, reference, pad_id, accelerator.device, objective.needs_square_mass)
+    eval_scorer = PreferenceScorer(model, eval_reference, pad_id, accelerator.device, objective.needs_square_mass)
 
     model.train()
     progress = tqdm(total=steps, initial=state.step, desc=f"train {objective.name}", unit="step",
@@ -228,6 +245,8 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
             optimizer.zero_grad(set_to_none=True)
             state.micro_batch += len(group)
             state.step += 1
+            if config.reference.sync_ref and state.step % config.reference.sync_steps == 0:
+                mix_into_reference(reference, accelerator.unwrap_model(model), config.reference.sync_alpha)
             last = {"step": state.step, "epoch": state.epoch + state.micro_batch / len(batches),
                     "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), **totals,
                     "elapsed_s": round(time.time() - started, 2)}
@@ -239,7 +258,8 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
                 metrics_log.write({"step": state.step, **evaluate_pairs(
                     eval_scorer, eval_pairs, objective, config.train.batch_size)})
             if config.train.save_every and state.step % config.train.save_every == 0 and accelerator.is_main_process:
-                save_checkpoint(checkpoints_dir, accelerator.unwrap_model(model), optimizer, scheduler, state)
+                save_checkpoint(checkpoints_dir, accelerator.unwrap_model(model), optimizer, scheduler, state,
+                                synced_reference)
                 prune_checkpoints(checkpoints_dir, config.train.keep_checkpoints)
         if state.micro_batch >= len(batches):
             state.epoch, state.micro_batch = state.epoch + 1, 0

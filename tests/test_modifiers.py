@@ -1,0 +1,117 @@
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alignlab import ConfigError
+from alignlab.config import config_from_dict
+from alignlab.models.scoring import completion_logps
+from alignlab.objectives import Objective, ObjectiveTerm, PreferenceLogps
+from alignlab.objectives.modifiers import length_desensitized, wpo_weights
+from alignlab.train import train
+from alignlab.train.loop import mix_into_reference
+from tests.conftest import random_llama
+from tests.test_train import PAIRS
+
+
+def logsig(x):
+    return -math.log1p(math.exp(-x))
+
+
+def ld_batch():
+    # chosen has 3 tokens, rejected 2 (one pair); padding past them holds garbage
+    policy_chosen = torch.tensor([[0.0, -1.0, -2.0, -3.0, 9.0]])
+    policy_rejected = torch.tensor([[0.0, -1.0, -1.0, 9.0, 9.0]])
+    ref_chosen = torch.tensor([[0.0, -1.5, -1.5, -1.0, 9.0]])
+    ref_rejected = torch.tensor([[0.0, -0.5, -0.5, 9.0, 9.0]])
+    chosen_mask = torch.tensor([[0.0, 1, 1, 1, 0]])
+    rejected_mask = torch.tensor([[0.0, 1, 1, 0, 0]])
+    return PreferenceLogps(policy_chosen, policy_rejected, ref_chosen, ref_rejected, chosen_mask, rejected_mask)
+
+
+def test_ld_dpo_scales_tokens_past_the_shorter_response():
+    batch = length_desensitized(ld_batch(), 0.5)
+    assert (batch.policy_chosen * batch.chosen_mask).sum().item() == pytest.approx(-1 - 2 + 0.5 * -3)
+    assert (batch.ref_chosen * batch.chosen_mask).sum().item() == pytest.approx(-1.5 - 1.5 + 0.5 * -1)
+    assert (batch.policy_rejected * batch.rejected_mask).sum().item() == pytest.approx(-2.0)
+    # DPO on it: Δ = (-4.5 - -3.5) - (-2 - -1) = 0
+    loss = Objective([ObjectiveTerm("dpo", {"beta": 1.0}, ld_alpha=0.5)])(ld_batch()).loss.item()
+    assert loss == pytest.approx(math.log(2))
+    plain = Objective([ObjectiveTerm("dpo", {"beta": 1.0})])(ld_batch()).loss.item()
+    # without LD: Δ = (-6 - -4) - (-2 - -1) = -1
+    assert plain == pytest.approx(-logsig(-1.0))
+    unchanged = Objective([ObjectiveTerm("dpo", {"beta": 1.0}, ld_alpha=1.0)])(ld_batch())
+    assert unchanged.loss.item() == pytest.approx(plain)
+
+
+def test_wpo_weights_hand_computed_and_applied():
+    batch = ld_batch()
+    batch.policy_chosen_square_mass = torch.tensor([[0.0, -0.5, -1.0, -2.5, 0.0]])
+    batch.policy_rejected_square_mass = torch.tensor([[0.0, -0.2, -0.4, 0.0, 0.0]])
+    # chosen: mean of (-1+0.5, -2+1, -3+2.5) = -2/3; rejected: mean of (-1+0.2, -1+0.4) = -0.7
+    expected = math.exp(-2 / 3 - 0.7)
+    assert wpo_weights(batch).item() == pytest.approx(expected, rel=1e-6)
+    weighted = Objective([ObjectiveTerm("dpo", {"beta": 1.0}, use_weighting=True)])(batch)
+    assert weighted.loss.item() == pytest.approx(-logsig(-1.0) * expected, rel=1e-6)
+    assert weighted.metrics["wpo/weights"] == pytest.approx(expected, rel=1e-6)
+    batch.policy_chosen_square_mass = batch.policy_chosen.clone() - 5  # very likely tokens: clamped at 1
+    assert wpo_weights(batch).item() == 1.0
+
+
+def test_scoring_engine_square_mass_matches_full_softmax():
+    model = random_llama(vocab_size=41, seed=4)
+    input_ids = torch.randint(41, (2, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 0, 0, 0, 0]])
+    with torch.no_grad():
+        logps, square = completion_logps(model, input_ids, torch.ones_like(mask), mask, chunk_tokens=3,
+                                         with_square_mass=True)
+        probs = torch.softmax(model(input_ids=input_ids).logits[:, :-1].float(), -1)
+    expected = torch.nn.functional.pad(torch.log((probs**2).sum(-1)), (1, 0)) * mask
+    torch.testing.assert_close(square, expected, atol=1e-5, rtol=1e-5)
+    assert logps.shape == square.shape
+
+
+def test_modifiers_only_on_reference_based_paired_losses():
+    with pytest.raises(ConfigError, match="reference-based"):
+        Objective([ObjectiveTerm("simpo", use_weighting=True)])
+    with pytest.raises(ConfigError, match="ld_alpha must be"):
+        Objective([ObjectiveTerm("dpo", ld_alpha=1.5)])
+
+
+def test_tr_dpo_mixes_the_reference_and_refuses_a_precomputed_one():
+    policy, reference = random_llama(19, seed=1), random_llama(19, seed=2)
+    before = [p.clone() for p in reference.parameters()]
+    mix_into_reference(reference, policy, 0.6)
+    for new, old, theirs in zip(reference.parameters(), before, policy.parameters(), strict=True):
+        torch.testing.assert_close(new, 0.6 * theirs + 0.4 * old)
+    with pytest.raises(ConfigError, match=r"reference\.mode: model"):
+        config_from_dict({"reference": {"sync_ref": True}})
+
+
+def test_wpo_ld_and_tr_dpo_train_and_resume_exactly(small_model_dir, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n" for p, c, r in PAIRS))
+
+    def config(out, **train):
+        return config_from_dict({
+            "model": {"path": str(small_model_dir)},
+            "data": {"train": str(data), "max_length": 64, "max_prompt_length": 32},
+            "objective": {"name": "dpo", "use_weighting": True, "ld_alpha": 0.5},
+            "reference": {"mode": "model", "sync_ref": True, "sync_steps": 2, "sync_alpha": 0.5},
+            "train": {"batch_size": 2, "max_steps": 5, "lr": 1e-3, "progress": False, **train},
+            "out_dir": str(out),
+        })
+
+    straight = train(config(tmp_path / "a"), log=lambda *_: None)
+    history = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 < m["wpo/weights"] <= 1 for m in history)
+    interrupted = config(tmp_path / "b", save_every=3)
+    train(interrupted, log=lambda *_: None)
+    shutil.rmtree(tmp_path / "b" / "final")
+    assert (tmp_path / "b" / "checkpoints" / "step-3" / "reference.safetensors").is_file()
+    resumed = train(interrupted, resume=True, log=lambda *_: None)
+    for name, value in load_file(str(straight.final_dir / "model.safetensors")).items():
+        assert torch.equal(load_file(str(resumed.final_dir / "model.safetensors"))[name], value), name
