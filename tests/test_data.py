@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from alignlab import DataError
 from alignlab.data import load_preferences, load_sft, read_records, tokenize_preferences
@@ -154,3 +155,18 @@ def test_sft_records(tmp_path):
 def test_read_records_reports_locations(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [GOOD, "", GOOD])
     assert [location for location, _ in read_records(path)] == ["line 1", "line 3"]
+
+
+def test_reward_fields_become_margins(tmp_path, tokenizer):
+    from alignlab.data import collate_pairs
+
+    records = [{**GOOD, "chosen_reward": 0.9, "rejected_reward": -0.5},
+               {**GOOD, "chosen_reward": 1, "rejected_reward": 0.5}]
+    examples = load_preferences(str(write_jsonl(tmp_path / "r.jsonl", records)))
+    assert examples[0].reward_margin == pytest.approx((1.4,))
+    pairs, _ = tokenize_preferences(examples, tokenizer, max_length=32, max_prompt_length=16)
+    torch.testing.assert_close(collate_pairs(pairs, 1)["reward_margins"], torch.tensor([[1.4], [0.5]]))
+    family = {**GOOD, "chosen_reward": [1.0, 2.0], "rejected_reward": [0.0]}
+    assert error_for(tmp_path, family).field == "rejected_reward"
+    assert error_for(tmp_path, {**GOOD, "chosen_reward": 1.0}).field == "rejected_reward"
+    assert "number" in error_for(tmp_path, {**GOOD, "chosen_reward": "high", "rejected_reward": 0}).message

@@ -204,3 +204,34 @@ def test_every_registered_objective_is_documented():
         assert spec.summary, spec.name
         doc = spec.fn.__doc__
         assert "20" in doc, f"{spec.name}: cite the paper (author, year)"
+
+
+def test_asft_sanity_value_and_tempered_form():
+    # λ = 1, P_w = e^-1, P_l = e^-2 ⇒ 2 − log(1 − e^-2) = 2.145413
+    batch = make_batch([(-2.0, -4.0, 0.0, 0.0, 2, 2)])
+    assert objectives.get("asft")(batch).loss.item() == pytest.approx(2.145413, abs=1e-6)
+
+    def odds(a):
+        return a - math.log(1 - math.exp(a))
+
+    expected = 1.0 - 0.5 * (logsig(2.0 * odds(-1.0)) + logsig(-2.0 * odds(-2.0)))
+    assert objectives.get("asft")(batch, lam=0.5, beta=2.0).loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_distill_sanity_values():
+    def with_margins(examples, margins):
+        batch = make_batch(examples)
+        batch.reward_margins = torch.tensor(margins)
+        return batch
+
+    # h = (Pc - Rc) - (Pr - Rr) = (-3 + 4) - (-6 + 5) = 2; β·h = 1 with β = 0.5
+    example = [(-3.0, -6.0, -4.0, -5.0, 3, 2)]
+    distill = objectives.get("distill")
+    assert distill(with_margins(example, [[1.0]]), beta=0.5).loss.item() == pytest.approx(0.0)
+    flat = [(-1.0, -1.0, -1.0, -1.0, 1, 1)]  # h = 0, margin 1 ⇒ 1
+    assert distill(with_margins(flat, [[1.0]])).loss.item() == pytest.approx(1.0)
+    # margins 1 and 3 with β·h = 1 ⇒ members 0 and 4; pessimistic 4, mean 2
+    assert distill(with_margins(example, [[1.0, 3.0]]), beta=0.5).loss.item() == pytest.approx(4.0)
+    assert distill(with_margins(example, [[1.0, 3.0]]), beta=0.5, pessimistic=False).loss.item() == pytest.approx(2.0)
+    with pytest.raises(ConfigError, match="chosen_reward"):
+        distill(make_batch(example))

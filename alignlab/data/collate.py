@@ -25,6 +25,7 @@ class TokenizedPair:
     prompt: list[int]
     chosen: list[int]
     rejected: list[int]
+    reward_margin: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -82,7 +83,8 @@ def encode_prompt_and_completion(
 
 
 def truncate_pair(
-    prompt: list[int], chosen: list[int], rejected: list[int], max_length: int, max_prompt_length: int
+    prompt: list[int], chosen: list[int], rejected: list[int], max_length: int, max_prompt_length: int,
+    reward_margin: tuple[float, ...] | None = None,
 ) -> tuple[TokenizedPair, bool, bool]:
     """Apply the truncation policy; returns the pair and (prompt cut?, completion cut?)."""
     prompt_cut = len(prompt) > max_prompt_length
@@ -90,7 +92,7 @@ def truncate_pair(
         prompt = prompt[-max_prompt_length:]
     budget = max_length - len(prompt)
     completion_cut = len(chosen) > budget or len(rejected) > budget
-    return TokenizedPair(prompt, chosen[:budget], rejected[:budget]), prompt_cut, completion_cut
+    return TokenizedPair(prompt, chosen[:budget], rejected[:budget], reward_margin), prompt_cut, completion_cut
 
 
 def tokenize_preferences(
@@ -105,7 +107,8 @@ def tokenize_preferences(
         )
         if prompt_again != prompt:
             raise DataError("the prompt tokenizes differently before chosen and rejected", location=example.location)
-        pair, prompt_cut, completion_cut = truncate_pair(prompt, chosen, rejected, max_length, max_prompt_length)
+        pair, prompt_cut, completion_cut = truncate_pair(prompt, chosen, rejected, max_length, max_prompt_length,
+                                                         example.reward_margin)
         stats.examples += 1
         stats.prompt_truncated += prompt_cut
         stats.completion_truncated += completion_cut
@@ -132,7 +135,14 @@ def collate_sequences(prompts: list[list[int]], completions: list[list[int]], pa
 
 
 def collate_pairs(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
-    """One batch of `2B` rows: the B chosen sequences, then the B rejected ones (one forward pass)."""
+    """One batch of `2B` rows: the B chosen sequences, then the B rejected ones (one forward pass).
+
+    With reward margins on every pair, also ``reward_margins`` `[B, M]` (M reward models).
+    """
     prompts = [p.prompt for p in pairs] * 2
     completions = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    return collate_sequences(prompts, completions, pad_id)
+    batch = collate_sequences(prompts, completions, pad_id)
+    margins = [p.reward_margin for p in pairs]
+    if all(m is not None for m in margins) and len({len(m) for m in margins}) == 1:
+        batch["reward_margins"] = torch.tensor(margins, dtype=torch.float32)
+    return batch

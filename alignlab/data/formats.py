@@ -3,6 +3,8 @@
 Paired: ``prompt``, ``chosen``, ``rejected`` — each a string, or a list of chat messages
 ``{"role": ..., "content": ...}``. With message lists the prompt may be left out: it is then the
 messages that chosen and rejected share before they differ (the "implicit prompt" convention).
+Optional ``chosen_reward`` and ``rejected_reward`` (a number each, or equal-length lists, one per
+reward model) carry reward-model scores for reward distillation.
 
 SFT: ``prompt`` and ``completion``, or ``messages`` (a conversation whose last message is the
 assistant's completion).
@@ -12,6 +14,7 @@ Every problem raises `DataError` naming file, line/row and field; no record is d
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +33,8 @@ class PreferenceExample:
     rejected: Text
     location: str
     """Where the record came from, e.g. ``data/train.jsonl:line 4``."""
+    reward_margin: tuple[float, ...] | None = None
+    """chosen_reward − rejected_reward from optional reward-model scores (one per reward model)."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,28 @@ class _RecordChecker:
         raise self.error(f"expected a string or a list of {{role, content}} messages, got {type(value).__name__}",
                          field=name)
 
+    def rewards(self, value: Any, name: str) -> tuple[float, ...]:
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            raise self.error(f"expected a number or a non-empty list of numbers, got {value!r}", field=name)
+        if not all(math.isfinite(v) for v in values):
+            raise self.error(f"rewards must be finite, got {value!r}", field=name)
+        return tuple(float(v) for v in values)
+
+    def reward_margin(self, record: dict[str, Any]) -> tuple[float, ...] | None:
+        """chosen_reward − rejected_reward when the record has both (a number each, or equal-length lists)."""
+        present = [name for name in ("chosen_reward", "rejected_reward") if record.get(name) is not None]
+        if not present:
+            return None
+        if len(present) == 1:
+            missing = "rejected_reward" if present[0] == "chosen_reward" else "chosen_reward"
+            raise self.error(f"missing while {present[0]} is given", field=missing)
+        chosen = self.rewards(record["chosen_reward"], "chosen_reward")
+        rejected = self.rewards(record["rejected_reward"], "rejected_reward")
+        if len(chosen) != len(rejected):
+            raise self.error(f"{len(rejected)} rewards but chosen_reward has {len(chosen)}", field="rejected_reward")
+        return tuple(c - r for c, r in zip(chosen, rejected, strict=True))
+
     def completion_messages(self, messages: list[Message], name: str) -> None:
         if messages[0]["role"] != "assistant":
             raise self.error(f"a completion must start with an assistant message, got role '{messages[0]['role']}'",
@@ -115,7 +142,7 @@ def parse_preference(record: Any, source: str, location: str) -> PreferenceExamp
     for name, value in (("chosen", chosen), ("rejected", rejected)):
         if isinstance(value, list):
             check.completion_messages(value, name)
-    return PreferenceExample(prompt, chosen, rejected, f"{source}:{location}")
+    return PreferenceExample(prompt, chosen, rejected, f"{source}:{location}", check.reward_margin(record))
 
 
 def parse_sft(record: Any, source: str, location: str) -> SFTExample:

@@ -35,6 +35,8 @@ class PreferenceLogps:
     policy_chosen_square_mass: torch.Tensor | None = None
     """log Σ_v π_θ(v | context)² per token `[B, T]`, without gradient; only when an objective asks (WPO)."""
     policy_rejected_square_mass: torch.Tensor | None = None
+    reward_margins: torch.Tensor | None = None
+    """Reward-model margins r(chosen) − r(rejected) `[B, M]`, one column per reward model, when the data has them."""
 
     @property
     def has_reference(self) -> bool:
@@ -198,4 +200,4 @@ class Objective:
         return ObjectiveOutput(total, metrics)
 
 
-from alignlab.objectives import dpo, reference_free  # noqa: E402,F401  (register the objectives)
+from alignlab.objectives import distill, dpo, reference_free  # noqa: E402,F401  (register the objectives)

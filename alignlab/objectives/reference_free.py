@@ -73,6 +73,28 @@ def orpo(batch: PreferenceLogps, beta: float = 0.1) -> ObjectiveOutput:
     return ObjectiveOutput(chosen_nll(batch) - beta * ratio.mean(), metrics, losses)
 
 
+@register("asft", needs_reference=False)
+def asft(batch: PreferenceLogps, lam: float = 1.0, beta: float = 1.0) -> ObjectiveOutput:
+    """ASFT (Wang et al., 2024, "ASFT: Aligned Supervised Fine-Tuning through Absolute Likelihood"), as
+    restated by Gorbatovski et al., 2025 ("The Differences Between Direct Alignment Algorithms are a
+    Blur"); no official code. With P = exp(length-averaged log-prob) and r(y) = log(P/(1 − P)):
+
+        loss = −log P_w − λ·[log σ(β·r(y_w)) + log σ(−β·r(y_l))]
+
+    which for β = 1 is −(1 + λ)·log P_w − λ·log(1 − P_l), a pointwise cross-entropy on absolute
+    likelihoods. λ = `lam` defaults to 1.0 (the paper gives no value; 1 weighs SFT and the alignment
+    term equally); β ≠ 1 is the tempered variant. Not LLaMA-Factory's "Anchored SFT".
+    """
+    check_beta("asft", beta)
+    if lam < 0:
+        raise ConfigError(f"asft: lam must be non-negative, got {lam}")
+    pc, pr, nc, nr = policy_logps(batch)
+    ac, ar = pc / nc, pr / nr
+    odds_chosen, odds_rejected = ac - log1m_exp(ac), ar - log1m_exp(ar)
+    losses = -ac - lam * (F.logsigmoid(beta * odds_chosen) + F.logsigmoid(-beta * odds_rejected))
+    return ObjectiveOutput(losses.mean(), reference_free_metrics(1.0, ac, ar, pc, pr), losses)
+
+
 @register("cpo", needs_reference=False)
 def cpo(batch: PreferenceLogps, beta: float = 0.1, alpha: float = 1.0) -> ObjectiveOutput:
     """CPO (Xu et al., 2024, "Contrastive Preference Optimization: Pushing the Boundaries of LLM

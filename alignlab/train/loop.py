@@ -120,6 +120,7 @@ class PreferenceScorer:
         return objectives.PreferenceLogps(
             logps[:n], logps[n:], ref_chosen, ref_rejected, chosen_mask.float(), rejected_mask.float(),
             None if square_mass is None else square_mass[:n], None if square_mass is None else square_mass[n:],
+            batch.get("reward_margins"),
         )
 
 
