@@ -40,9 +40,18 @@ def run(model_dir, data, out, objective, steps, lr=1e-3):
     return result, history
 
 
-@pytest.mark.parametrize("name", [spec.name for spec in objectives.available() if spec.data_format == "paired"])
-def test_every_objective_trains(name, small_model_dir, few_pairs, tmp_path):
-    result, history = run(small_model_dir, few_pairs, tmp_path / name, {"name": name}, steps=2)
+@pytest.fixture(scope="module")
+def few_unpaired(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "unpaired.jsonl"
+    path.write_text("".join((EXAMPLE_PAIRS.parent / "sentiment_unpaired.jsonl").read_text()
+                            .splitlines(keepends=True)[:16]))
+    return path
+
+
+@pytest.mark.parametrize("name", [spec.name for spec in objectives.available()])
+def test_every_objective_trains(name, small_model_dir, few_pairs, few_unpaired, tmp_path):
+    data = {"paired": few_pairs, "unpaired": few_unpaired}[objectives.spec(name).data_format]
+    result, history = run(small_model_dir, data, tmp_path / name, {"name": name}, steps=2)
     assert len(history) == 2
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in history)
     before, after = load_file(str(small_model_dir / "model.safetensors")), load_file(

@@ -105,7 +105,7 @@ def test_reference_cache_is_reused_and_invalidated(small_model_dir, pairs_file, 
     first, path, hit = cached_reference_logps(model, pairs, tokenizer.pad_token_id, 4, "cpu", tmp_path, False)
     assert not hit
     again, same_path, hit = cached_reference_logps(model, pairs, tokenizer.pad_token_id, 4, "cpu", tmp_path, False)
-    assert hit and same_path == path and torch.equal(again.chosen, first.chosen)
+    assert hit and same_path == path and torch.equal(again.values[0], first.values[0])
     truncated, _ = tokenize_preferences(examples, tokenizer, max_length=12, max_prompt_length=6)
     _, other_path, hit = cached_reference_logps(model, truncated, tokenizer.pad_token_id, 4, "cpu", tmp_path, False)
     assert not hit and other_path != path
@@ -114,8 +114,8 @@ def test_reference_cache_is_reused_and_invalidated(small_model_dir, pairs_file, 
     changed, weights_path, hit = cached_reference_logps(model, pairs, tokenizer.pad_token_id, 4, "cpu", tmp_path,
                                                         False)
     assert not hit and weights_path not in (path, other_path)
-    assert not torch.equal(changed.chosen, first.chosen)
-    assert len(first.chosen) == sum(len(p.chosen) for p in pairs)
+    assert not torch.equal(changed.values[0], first.values[0])
+    assert len(first.values[0]) == sum(len(p.chosen) for p in pairs)
 
 
 def test_gradient_accumulation_matches_one_large_batch(small_model_dir, pairs_file, tmp_path):

@@ -2,25 +2,40 @@
 
 from alignlab.data.collate import (
     TokenizedPair,
+    TokenizedUnpaired,
     TruncationStats,
+    collate_examples,
     collate_pairs,
     collate_sequences,
     encode_prompt_and_completion,
     tokenize_preferences,
+    tokenize_unpaired,
 )
-from alignlab.data.formats import PreferenceExample, SFTExample, load_preferences, load_sft
+from alignlab.data.formats import (
+    PreferenceExample,
+    SFTExample,
+    UnpairedExample,
+    load_preferences,
+    load_sft,
+    load_unpaired,
+)
 from alignlab.data.loading import read_records
 
 __all__ = [
     "PreferenceExample",
     "SFTExample",
     "TokenizedPair",
+    "TokenizedUnpaired",
     "TruncationStats",
+    "UnpairedExample",
+    "collate_examples",
     "collate_pairs",
     "collate_sequences",
     "encode_prompt_and_completion",
     "load_preferences",
     "load_sft",
+    "load_unpaired",
     "read_records",
     "tokenize_preferences",
+    "tokenize_unpaired",
 ]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from alignlab.data.formats import PreferenceExample, Text
+from alignlab.data.formats import PreferenceExample, Text, UnpairedExample
 from alignlab.errors import DataError
 
 
@@ -26,6 +26,24 @@ class TokenizedPair:
     chosen: list[int]
     rejected: list[int]
     reward_margin: tuple[float, ...] | None = None
+
+    @property
+    def completions(self) -> tuple[list[int], ...]:
+        """The completions scored after the shared prompt, in slot order (chosen, rejected)."""
+        return self.chosen, self.rejected
+
+
+@dataclass(frozen=True)
+class TokenizedUnpaired:
+    prompt: list[int]
+    completion: list[int]
+    mismatched: list[int]
+    """Another example's completion after this prompt, for KL-baseline estimates (KTO's z₀)."""
+    label: bool
+
+    @property
+    def completions(self) -> tuple[list[int], ...]:
+        return self.completion, self.mismatched
 
 
 @dataclass
@@ -134,15 +152,52 @@ def collate_sequences(prompts: list[list[int]], completions: list[list[int]], pa
     }
 
 
+def collate_slots(examples, pad_id: int) -> dict[str, torch.Tensor]:
+    """One batch of `S·B` rows for B examples with S completions each: all first completions, then all
+    second ones, … (one forward pass); every row is the example's prompt followed by that completion."""
+    slots = len(examples[0].completions)
+    prompts = [e.prompt for e in examples] * slots
+    completions = [e.completions[k] for k in range(slots) for e in examples]
+    return collate_sequences(prompts, completions, pad_id)
+
+
 def collate_pairs(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
-    """One batch of `2B` rows: the B chosen sequences, then the B rejected ones (one forward pass).
+    """One batch of `2B` rows: the B chosen sequences, then the B rejected ones.
 
     With reward margins on every pair, also ``reward_margins`` `[B, M]` (M reward models).
     """
-    prompts = [p.prompt for p in pairs] * 2
-    completions = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    batch = collate_sequences(prompts, completions, pad_id)
+    batch = collate_slots(pairs, pad_id)
     margins = [p.reward_margin for p in pairs]
     if all(m is not None for m in margins) and len({len(m) for m in margins}) == 1:
         batch["reward_margins"] = torch.tensor(margins, dtype=torch.float32)
     return batch
+
+
+def collate_examples(examples, pad_id: int) -> dict[str, torch.Tensor]:
+    """`collate_pairs` for pairs, `collate_slots` plus ``labels`` `[B]` for unpaired examples."""
+    if isinstance(examples[0], TokenizedPair):
+        return collate_pairs(examples, pad_id)
+    batch = collate_slots(examples, pad_id)
+    batch["labels"] = torch.tensor([e.label for e in examples], dtype=torch.bool)
+    return batch
+
+
+def tokenize_unpaired(
+    examples: list[UnpairedExample], tokenizer, max_length: int, max_prompt_length: int
+) -> tuple[list[TokenizedUnpaired], TruncationStats]:
+    """Tokenize and truncate unpaired examples; example i's mismatched completion is example i+1's (cyclic).
+
+    The mismatched pairing is fixed by the data order, so reference log-probs of it can be precomputed.
+    """
+    encoded = [encode_prompt_and_completion(tokenizer, e.prompt, e.completion, e.location) for e in examples]
+    out, stats = [], TruncationStats()
+    for i, (example, (prompt, completion)) in enumerate(zip(examples, encoded, strict=True)):
+        other = encoded[(i + 1) % len(encoded)][1]
+        pair, prompt_cut, completion_cut = truncate_pair(prompt, completion, other, max_length, max_prompt_length)
+        stats.examples += 1
+        stats.prompt_truncated += prompt_cut
+        stats.completion_truncated += completion_cut
+        if prompt_cut or completion_cut:
+            stats.truncated_locations.append(example.location)
+        out.append(TokenizedUnpaired(pair.prompt, pair.chosen, pair.rejected, example.label))
+    return out, stats

@@ -6,6 +6,8 @@ messages that chosen and rejected share before they differ (the "implicit prompt
 Optional ``chosen_reward`` and ``rejected_reward`` (a number each, or equal-length lists, one per
 reward model) carry reward-model scores for reward distillation.
 
+Unpaired: ``prompt``, ``completion`` and ``label`` (true for desirable, false for undesirable).
+
 SFT: ``prompt`` and ``completion``, or ``messages`` (a conversation whose last message is the
 assistant's completion).
 
@@ -35,6 +37,15 @@ class PreferenceExample:
     """Where the record came from, e.g. ``data/train.jsonl:line 4``."""
     reward_margin: tuple[float, ...] | None = None
     """chosen_reward − rejected_reward from optional reward-model scores (one per reward model)."""
+
+
+@dataclass(frozen=True)
+class UnpairedExample:
+    prompt: Text
+    completion: Text
+    label: bool
+    """True for a desirable completion, False for an undesirable one."""
+    location: str
 
 
 @dataclass(frozen=True)
@@ -145,6 +156,20 @@ def parse_preference(record: Any, source: str, location: str) -> PreferenceExamp
     return PreferenceExample(prompt, chosen, rejected, f"{source}:{location}", check.reward_margin(record))
 
 
+def parse_unpaired(record: Any, source: str, location: str) -> UnpairedExample:
+    """Validate one unpaired record (``prompt``, ``completion``, ``label`` true/false)."""
+    check = _RecordChecker(source, location)
+    record = check.record(record, "prompt, completion, label")
+    prompt = check.text(check.required(record, "prompt"), "prompt", allow_empty=True)
+    completion = check.text(check.required(record, "completion"), "completion", allow_empty=False)
+    if isinstance(completion, list):
+        check.completion_messages(completion, "completion")
+    label = check.required(record, "label")
+    if not isinstance(label, bool):
+        raise check.error(f"expected true (desirable) or false (undesirable), got {label!r}", field="label")
+    return UnpairedExample(prompt, completion, label, f"{source}:{location}")
+
+
 def parse_sft(record: Any, source: str, location: str) -> SFTExample:
     """Validate one SFT record (``prompt``/``completion`` or ``messages``) and return an `SFTExample`."""
     check = _RecordChecker(source, location)
@@ -169,6 +194,14 @@ def parse_sft(record: Any, source: str, location: str) -> SFTExample:
 def load_preferences(path: str) -> list[PreferenceExample]:
     """All paired records of `path`, validated; the first bad record raises DataError."""
     examples = [parse_preference(record, str(path), location) for location, record in read_records(path)]
+    if not examples:
+        raise DataError("no records", source=str(path))
+    return examples
+
+
+def load_unpaired(path: str) -> list[UnpairedExample]:
+    """All unpaired records of `path`, validated; the first bad record raises DataError."""
+    examples = [parse_unpaired(record, str(path), location) for location, record in read_records(path)]
     if not examples:
         raise DataError("no records", source=str(path))
     return examples

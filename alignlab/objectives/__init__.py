@@ -59,19 +59,31 @@ class ObjectiveSpec:
     needs_reference: bool
     data_format: str
     summary: str
+    running_mean: Callable[..., torch.Tensor] | None = None
+    """For objectives with a running statistic (BCO's δ): the per-example values the loop averages over
+    training; the mean is passed to `fn` as `running_mean_param`."""
+    running_mean_param: str = "delta"
+
+    @property
+    def user_params(self) -> list[str]:
+        """Hyperparameters a config may set (the loop provides the running mean)."""
+        names = list(inspect.signature(self.fn).parameters)[1:]
+        return [n for n in names if not (self.running_mean and n == self.running_mean_param)]
 
 
 _REGISTRY: dict[str, ObjectiveSpec] = {}
 
 
-def register(name: str, *, needs_reference: bool, data_format: str = "paired"):
+def register(name: str, *, needs_reference: bool, data_format: str = "paired",
+             running_mean: Callable[..., torch.Tensor] | None = None):
     """Decorator: make `fn` available as objective `name`."""
 
     def decorate(fn: Callable[..., ObjectiveOutput]) -> Callable[..., ObjectiveOutput]:
         if name in _REGISTRY:
             raise ValueError(f"objective '{name}' is registered twice")
-        summary = (inspect.getdoc(fn) or "").split("\n", 1)[0]
-        _REGISTRY[name] = ObjectiveSpec(name, fn, needs_reference, data_format, summary)
+        paragraph = " ".join((inspect.getdoc(fn) or "").split("\n\n", 1)[0].split())
+        summary = paragraph if len(paragraph) <= 110 else paragraph[:109].rstrip() + "…"
+        _REGISTRY[name] = ObjectiveSpec(name, fn, needs_reference, data_format, summary, running_mean)
         return fn
 
     return decorate
@@ -97,7 +109,7 @@ def available() -> list[ObjectiveSpec]:
 
 def check_hparams(name: str, hparams: dict) -> None:
     """Raise ConfigError when `hparams` names a parameter objective `name` does not take."""
-    parameters = list(inspect.signature(spec(name).fn).parameters)[1:]
+    parameters = spec(name).user_params
     for key in hparams:
         if key not in parameters:
             close = difflib.get_close_matches(key, parameters, n=1)
@@ -162,18 +174,47 @@ class Objective:
         self.data_format = formats.pop()
         self.needs_reference = any(spec(term.name).needs_reference for term in terms)
         self.needs_square_mass = any(term.use_weighting for term in terms)
+        self.training = True
+        self.running = [[0.0, 0] for _ in terms]
+        """Per term: [sum, count] of the values its running mean is taken over (e.g. BCO's rewards)."""
+
+    def train(self, mode: bool = True) -> Objective:
+        """In training, running statistics are updated; in evaluation they are frozen."""
+        self.training = mode
+        return self
+
+    def state_dict(self) -> dict:
+        return {"running": [list(r) for r in self.running]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["running"]) != len(self.terms):
+            raise ValueError("objective state does not match the configured objectives")
+        self.running = [[float(total), int(count)] for total, count in state["running"]]
+
+    def _params(self, index: int, term: ObjectiveTerm, batch) -> dict:
+        term_spec = spec(term.name)
+        if term_spec.running_mean is None:
+            return term.params
+        running = self.running[index]
+        if self.training:
+            with torch.no_grad():
+                values = term_spec.running_mean(batch, **term.params)
+            running[0] += values.sum().item()
+            running[1] += values.numel()
+        mean = running[0] / running[1] if running[1] else 0.0
+        return {**term.params, term_spec.running_mean_param: mean}
 
     @property
     def name(self) -> str:
         return "+".join(term.name for term in self.terms)
 
-    def term_loss(self, term: ObjectiveTerm, batch) -> ObjectiveOutput:
+    def term_loss(self, index: int, term: ObjectiveTerm, batch) -> ObjectiveOutput:
         """One term's output, with its modifiers and aggregation applied to `.loss`."""
         from alignlab.objectives import modifiers
 
         if term.ld_alpha is not None:
             batch = modifiers.length_desensitized(batch, term.ld_alpha)
-        output = spec(term.name).fn(batch, **term.params)
+        output = spec(term.name).fn(batch, **self._params(index, term, batch))
         losses = output.losses
         if term.use_weighting:
             if losses is None:
@@ -191,7 +232,7 @@ class Objective:
     def __call__(self, batch) -> ObjectiveOutput:
         total, metrics = None, {}
         for index, term in enumerate(self.terms):
-            output = self.term_loss(term, batch)
+            output = self.term_loss(index, term, batch)
             total = term.weight * output.loss if total is None else total + term.weight * output.loss
             if index == 0:
                 metrics.update(output.metrics)
@@ -200,4 +241,4 @@ class Objective:
         return ObjectiveOutput(total, metrics)
 
 
-from alignlab.objectives import distill, dpo, reference_free  # noqa: E402,F401  (register the objectives)
+from alignlab.objectives import distill, dpo, reference_free, unpaired  # noqa: E402,F401  (register the objectives)

@@ -45,10 +45,12 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_checkpoint(folder: Path, model, optimizer, scheduler, state: TrainerState, reference=None) -> Path:
+def save_checkpoint(folder: Path, model, optimizer, scheduler, state: TrainerState, reference=None,
+                    objective=None) -> Path:
     """Write checkpoint `folder/step-N` atomically and return its path.
 
-    `reference` is saved too when training changes it (TR-DPO reference syncing).
+    `reference` is saved too when training changes it (TR-DPO reference syncing), and the objective's
+    running statistics (BCO's δ) when it has any.
     """
     final = folder / f"step-{state.step}"
     temporary = folder / f".step-{state.step}.tmp"
@@ -58,7 +60,8 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, state: TrainerSta
     if reference is not None:
         save_model(reference, str(temporary / "reference.safetensors"))
     torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states()},
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states(),
+         "objective": objective.state_dict() if objective is not None else None},
         temporary / "training_state.pt",
     )
     (temporary / "trainer_state.json").write_text(json.dumps(asdict(state)) + "\n")
@@ -83,7 +86,7 @@ def prune_checkpoints(folder: Path, keep: int) -> None:
         shutil.rmtree(path)
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, reference=None) -> TrainerState:
+def load_checkpoint(path: Path, model, optimizer, scheduler, reference=None, objective=None) -> TrainerState:
     """Restore weights (and a synced reference), optimizer, scheduler and RNG states; return the data position."""
     load_model(model, str(path / "model.safetensors"))
     if reference is not None:
@@ -94,4 +97,6 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, reference=None) -> 
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     set_rng_states(saved["rng"])
+    if objective is not None and saved.get("objective") is not None:
+        objective.load_state_dict(saved["objective"])
     return TrainerState(**json.loads((path / "trainer_state.json").read_text()))

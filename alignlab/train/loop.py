@@ -22,10 +22,17 @@ from tqdm import tqdm
 import alignlab
 from alignlab import objectives
 from alignlab.config import RunConfig, objective_terms, save_config
-from alignlab.data import TokenizedPair, collate_pairs, load_preferences, tokenize_preferences
+from alignlab.data import (
+    collate_examples,
+    load_preferences,
+    load_unpaired,
+    tokenize_preferences,
+    tokenize_unpaired,
+)
 from alignlab.errors import ConfigError
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.models.scoring import completion_logps
+from alignlab.objectives.unpaired import UnpairedLogps
 from alignlab.train.checkpoint import (
     TrainerState,
     list_checkpoints,
@@ -92,43 +99,82 @@ class MetricsLog:
             handle.write(json.dumps(record) + "\n")
 
 
-class PreferenceScorer:
-    """Builds `PreferenceLogps` for a micro-batch: policy log-probs plus reference ones if needed."""
+def split_slots(tensor: torch.Tensor | None, n: int) -> list[torch.Tensor | None]:
+    """Rows `[S·n, …]` of a multi-slot batch → S tensors of n rows (or S Nones)."""
+    if tensor is None:
+        return [None, None]
+    return list(tensor.split(n))
+
+
+class BatchScorer:
+    """Builds an objective's batch for a micro-batch of examples: policy log-probs of every completion
+    slot in one forward pass, plus reference log-probs (cached, or from a frozen model) if needed.
+
+    Paired examples give `PreferenceLogps`; unpaired ones `UnpairedLogps` (with their mismatched slot).
+    """
 
     def __init__(self, model, reference: ReferenceLogps | torch.nn.Module | None, pad_id: int, device,
                  with_square_mass: bool = False) -> None:
         self.model, self.reference, self.pad_id, self.device = model, reference, pad_id, device
         self.with_square_mass = with_square_mass
 
-    def __call__(self, pairs: list[TokenizedPair], indices: list[int]) -> objectives.PreferenceLogps:
-        batch = {k: v.to(self.device) for k, v in collate_pairs(pairs, self.pad_id).items()}
-        n = len(pairs)
+    def __call__(self, examples: list, indices: list[int]):
+        batch = {k: v.to(self.device) for k, v in collate_examples(examples, self.pad_id).items()}
+        n = len(examples)
         logps = completion_logps(self.model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
                                  with_square_mass=self.with_square_mass)
         square_mass = None
         if self.with_square_mass:
             logps, square_mass = logps
-        chosen_mask, rejected_mask = batch["completion_mask"][:n], batch["completion_mask"][n:]
-        ref_chosen = ref_rejected = None
+        masks = list(batch["completion_mask"].split(n))
+        refs: list[torch.Tensor | None] = [None] * len(masks)
         if isinstance(self.reference, ReferenceLogps):
-            ref_chosen, ref_rejected = self.reference.for_batch(indices, chosen_mask, rejected_mask)
+            refs = self.reference.for_batch(indices, masks)
         elif self.reference is not None:
             with torch.no_grad():
-                ref = completion_logps(self.reference, batch["input_ids"], batch["attention_mask"],
-                                       batch["completion_mask"])
-            ref_chosen, ref_rejected = ref[:n], ref[n:]
-        return objectives.PreferenceLogps(
-            logps[:n], logps[n:], ref_chosen, ref_rejected, chosen_mask.float(), rejected_mask.float(),
-            None if square_mass is None else square_mass[:n], None if square_mass is None else square_mass[n:],
-            batch.get("reward_margins"),
-        )
+                refs = list(completion_logps(self.reference, batch["input_ids"], batch["attention_mask"],
+                                             batch["completion_mask"]).split(n))
+        policy, masks = list(logps.split(n)), [m.float() for m in masks]
+        if "labels" in batch:
+            return UnpairedLogps(policy[0], refs[0], masks[0], batch["labels"], policy[1], refs[1], masks[1])
+        squares = split_slots(square_mass, n)
+        return objectives.PreferenceLogps(policy[0], policy[1], refs[0], refs[1], masks[0], masks[1],
+                                          squares[0], squares[1], batch.get("reward_margins"))
 
 
-def _reference_for(config, reference_model, pairs, pad_id, device, say) -> ReferenceLogps | torch.nn.Module:
+DATA_FORMATS = {
+    "paired": (load_preferences, tokenize_preferences),
+    "unpaired": (load_unpaired, tokenize_unpaired),
+}
+
+
+def load_examples(path: str, data_format: str, tokenizer, config: RunConfig):
+    """Read, validate and tokenize the records of `path` in `data_format`; returns (examples, truncation stats)."""
+    if data_format not in DATA_FORMATS:
+        raise ConfigError(f"the training loop does not read {data_format} data yet")
+    load, tokenize = DATA_FORMATS[data_format]
+    return tokenize(load(path), tokenizer, config.data.max_length, config.data.max_prompt_length)
+
+
+def warn_about_kto_balance(objective, examples, say) -> None:
+    """KTO's authors recommend λ_D·n_D / (λ_U·n_U) in [1, 4/3]; say so when the data and weights are off."""
+    for term in objective.terms:
+        if term.name != "kto":
+            continue
+        desirable = sum(e.label for e in examples)
+        undesirable = len(examples) - desirable
+        ratio = (term.params.get("desirable_weight", 1.0) * desirable
+                 / max(1e-9, term.params.get("undesirable_weight", 1.0) * undesirable))
+        if not 1 <= ratio <= 4 / 3:
+            say(f"warning: kto with {desirable} desirable and {undesirable} undesirable examples gives "
+                f"desirable_weight·n_D / (undesirable_weight·n_U) = {ratio:.2f}; the KTO paper recommends 1 to 4/3")
+
+
+def _reference_for(config, reference_model, examples, pad_id, device, say) -> ReferenceLogps | torch.nn.Module:
     if config.reference.mode == "model":
         return reference_model
     reference, path, hit = cached_reference_logps(
-        reference_model, pairs, pad_id, config.train.batch_size * 2, device, config.reference.cache_dir,
+        reference_model, examples, pad_id, config.train.batch_size * 2, device, config.reference.cache_dir,
         progress=config.train.progress,
     )
     say(f"reference log-probs {'read from' if hit else 'computed and cached in'} {path}")
@@ -144,18 +190,20 @@ def mix_into_reference(reference: torch.nn.Module, policy: torch.nn.Module, alph
 
 
 @torch.no_grad()
-def evaluate_pairs(scorer: PreferenceScorer, pairs, objective, batch_size: int) -> dict[str, float]:
-    """Loss and metrics of the objective on `pairs`, averaged over examples."""
+def evaluate(scorer: BatchScorer, examples, objective, batch_size: int) -> dict[str, float]:
+    """Loss and metrics of the objective on `examples`, averaged over examples (running statistics frozen)."""
     scorer.model.eval()
+    objective.train(False)
     sums: dict[str, float] = defaultdict(float)
-    for start in range(0, len(pairs), batch_size):
-        indices = list(range(start, min(start + batch_size, len(pairs))))
-        output = objective(scorer([pairs[i] for i in indices], indices))
+    for start in range(0, len(examples), batch_size):
+        indices = list(range(start, min(start + batch_size, len(examples))))
+        output = objective(scorer([examples[i] for i in indices], indices))
         sums["loss"] += output.loss.item() * len(indices)
         for key, value in output.metrics.items():
             sums[key] += value * len(indices)
     scorer.model.train()
-    return {f"eval/{k}": v / len(pairs) for k, v in sums.items()}
+    objective.train(True)
+    return {f"eval/{k}": v / len(examples) for k, v in sums.items()}
 
 
 def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
@@ -164,9 +212,6 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
     from accelerate.utils import set_seed
 
     objective = objectives.Objective(objective_terms(config))
-    if objective.data_format != "paired":
-        raise ConfigError(f"objective '{objective.name}' needs {objective.data_format} data, "
-                          "which this loop does not read yet")
     run_dir = Path(config.out_dir)
     checkpoints_dir = run_dir / "checkpoints"
     latest = list_checkpoints(checkpoints_dir)[-1] if resume and list_checkpoints(checkpoints_dir) else None
@@ -184,17 +229,16 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
 
     # data
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
-    train_examples = load_preferences(config.data.train)
-    pairs, stats = tokenize_preferences(train_examples, tokenizer, config.data.max_length,
-                                        config.data.max_prompt_length)
-    say(f"train data {config.data.train}: {stats.summary()}")
-    eval_pairs = []
+    examples, stats = load_examples(config.data.train, objective.data_format, tokenizer, config)
+    say(f"train data {config.data.train} ({objective.data_format}): {stats.summary()}")
+    eval_examples = []
     if config.data.eval:
-        eval_pairs, eval_stats = tokenize_preferences(load_preferences(config.data.eval), tokenizer,
-                                                      config.data.max_length, config.data.max_prompt_length)
+        eval_examples, eval_stats = load_examples(config.data.eval, objective.data_format, tokenizer, config)
         say(f"eval data {config.data.eval}: {eval_stats.summary()}")
     (run_dir / "data_report.json").write_text(json.dumps(
-        {"train": stats.as_dict(), "eval": eval_stats.as_dict() if eval_pairs else None}, indent=2) + "\n")
+        {"train": stats.as_dict(), "eval": eval_stats.as_dict() if eval_examples else None}, indent=2) + "\n")
+    if objective.data_format == "unpaired":
+        warn_about_kto_balance(objective, examples, say)
 
     # model and reference (the reference is the model as loaded, before any step or checkpoint)
     weights_dtype = "float32" if config.model.dtype == "auto" else config.model.dtype
@@ -204,23 +248,24 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
     if objective.needs_reference:
         # precomputed log-probs come from the model itself, before any step; a frozen copy only in "model" mode
         scorer_model = copy.deepcopy(model).requires_grad_(False).eval() if config.reference.mode == "model" else model
-        reference = _reference_for(config, scorer_model, pairs, pad_id, accelerator.device, say)
-        if eval_pairs:
-            eval_reference = _reference_for(config, scorer_model, eval_pairs, pad_id, accelerator.device, say)
+        reference = _reference_for(config, scorer_model, examples, pad_id, accelerator.device, say)
+        if eval_examples:
+            eval_reference = _reference_for(config, scorer_model, eval_examples, pad_id, accelerator.device, say)
 
     # optimizer, schedule, position
-    steps = total_steps(config, len(pairs))
+    steps = total_steps(config, len(examples))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
     scheduler = make_scheduler(optimizer, int(config.train.warmup_ratio * steps), steps, config.train.scheduler)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = TrainerState()
     synced_reference = reference if config.reference.sync_ref else None
     if latest is not None:
-        state = load_checkpoint(latest, accelerator.unwrap_model(model), optimizer, scheduler, synced_reference)
+        state = load_checkpoint(latest, accelerator.unwrap_model(model), optimizer, scheduler, synced_reference,
+                                objective)
         say(f"resumed from {latest} at step {state.step}")
     metrics_log = MetricsLog(run_dir / "metrics.jsonl", state.step if latest is not None else None)
-    scorer = PreferenceScorer(model, reference, pad_id, accelerator.device, objective.needs_square_mass)
-    eval_scorer = PreferenceScorer(model, eval_reference, pad_id, accelerator.device, objective.needs_square_mass)
+    scorer = BatchScorer(model, reference, pad_id, accelerator.device, objective.needs_square_mass)
+    eval_scorer = BatchScorer(model, eval_reference, pad_id, accelerator.device, objective.needs_square_mass)
 
     model.train()
     progress = tqdm(total=steps, initial=state.step, desc=f"train {objective.name}", unit="step",
@@ -228,13 +273,13 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
     last: dict = {}
     started = time.time()
     while state.step < steps:
-        batches = micro_batches(len(pairs), config.train.batch_size, config.train.seed, state.epoch)
+        batches = micro_batches(len(examples), config.train.batch_size, config.train.seed, state.epoch)
         while state.micro_batch < len(batches) and state.step < steps:
             group = batches[state.micro_batch: state.micro_batch + config.train.grad_accum]
             totals: dict[str, float] = defaultdict(float)
             for indices in group:
                 with accelerator.autocast():
-                    output = objective(scorer([pairs[i] for i in indices], indices))
+                    output = objective(scorer([examples[i] for i in indices], indices))
                 accelerator.backward(output.loss / len(group))
                 totals["loss"] += output.loss.item() / len(group)
                 for key, value in output.metrics.items():
@@ -255,19 +300,19 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
             progress.set_postfix(loss=f"{totals['loss']:.4f}")
             if accelerator.is_main_process and (state.step % config.train.log_every == 0 or state.step == steps):
                 metrics_log.write(last)
-            if eval_pairs and config.train.eval_every and state.step % config.train.eval_every == 0:
-                metrics_log.write({"step": state.step, **evaluate_pairs(
-                    eval_scorer, eval_pairs, objective, config.train.batch_size)})
+            if eval_examples and config.train.eval_every and state.step % config.train.eval_every == 0:
+                metrics_log.write({"step": state.step, **evaluate(
+                    eval_scorer, eval_examples, objective, config.train.batch_size)})
             if config.train.save_every and state.step % config.train.save_every == 0 and accelerator.is_main_process:
                 save_checkpoint(checkpoints_dir, accelerator.unwrap_model(model), optimizer, scheduler, state,
-                                synced_reference)
+                                synced_reference, objective)
                 prune_checkpoints(checkpoints_dir, config.train.keep_checkpoints)
         if state.micro_batch >= len(batches):
             state.epoch, state.micro_batch = state.epoch + 1, 0
     progress.close()
 
-    if eval_pairs:
-        final_eval = evaluate_pairs(eval_scorer, eval_pairs, objective, config.train.batch_size)
+    if eval_examples:
+        final_eval = evaluate(eval_scorer, eval_examples, objective, config.train.batch_size)
         metrics_log.write({"step": state.step, **final_eval})
         last.update(final_eval)
     model.eval()

@@ -18,10 +18,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from alignlab.data.collate import TokenizedPair, collate_pairs
+from alignlab.data.collate import collate_slots
 from alignlab.models.scoring import completion_logps
 
-SCORING_VERSION = "1"
+SCORING_VERSION = "2"
 DEFAULT_CACHE_DIR = Path("~/.cache/alignlab/reference").expanduser()
 
 
@@ -35,41 +35,47 @@ def weights_fingerprint(model) -> str:
     return digest.hexdigest()
 
 
-def data_fingerprint(pairs: list[TokenizedPair]) -> str:
+def data_fingerprint(examples) -> str:
     digest = hashlib.sha256()
-    for pair in pairs:
-        digest.update(json.dumps([pair.prompt, pair.chosen, pair.rejected]).encode())
+    for example in examples:
+        digest.update(json.dumps([example.prompt, *example.completions]).encode())
     return digest.hexdigest()
 
 
-def cache_key(pairs: list[TokenizedPair], model) -> str:
-    parts = [SCORING_VERSION, data_fingerprint(pairs), weights_fingerprint(model), str(model.dtype)]
+def cache_key(examples, model) -> str:
+    parts = [SCORING_VERSION, data_fingerprint(examples), weights_fingerprint(model), str(model.dtype)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
 @dataclass
 class ReferenceLogps:
-    """Per-token reference log-probs of every example's chosen and rejected completion, flattened."""
+    """Per-token reference log-probs of every example's completions, one flattened column per slot
+    (for pairs: chosen, rejected), with offsets: example i of slot k is ``values[k][offsets[k][i]:offsets[k][i+1]]``."""
 
-    chosen: torch.Tensor
-    chosen_offsets: torch.Tensor
-    rejected: torch.Tensor
-    rejected_offsets: torch.Tensor
+    values: list[torch.Tensor]
+    offsets: list[torch.Tensor]
 
-    def _rows(self, flat: torch.Tensor, offsets: torch.Tensor, indices: list[int]) -> torch.Tensor:
-        return torch.cat([flat[offsets[i]: offsets[i + 1]] for i in indices])
-
-    def for_batch(self, indices: list[int], chosen_mask: torch.Tensor, rejected_mask: torch.Tensor):
-        """Reference log-probs laid out like the batch's `[B, L]` masks."""
+    def for_batch(self, indices: list[int], masks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Reference log-probs laid out like the batch's `[B, L]` completion masks, one per slot."""
         out = []
-        for flat, offsets, mask in ((self.chosen, self.chosen_offsets, chosen_mask),
-                                    (self.rejected, self.rejected_offsets, rejected_mask)):
-            values = self._rows(flat, offsets, indices).to(mask.device)
+        for flat, offsets, mask in zip(self.values, self.offsets, masks, strict=True):
+            values = torch.cat([flat[offsets[i]: offsets[i + 1]] for i in indices]).to(mask.device)
             if values.numel() != int(mask.sum()):
                 raise RuntimeError("cached reference log-probs do not match the batch's completion tokens")
             out.append(torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
                        .masked_scatter(mask.bool(), values))
-        return out[0], out[1]
+        return out
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        named = {}
+        for k, (flat, offsets) in enumerate(zip(self.values, self.offsets, strict=True)):
+            named[f"slot{k}"], named[f"slot{k}_offsets"] = flat.contiguous(), offsets.contiguous()
+        return named
+
+    @classmethod
+    def from_tensors(cls, named: dict[str, torch.Tensor]) -> ReferenceLogps:
+        slots = len([name for name in named if not name.endswith("_offsets")])
+        return cls([named[f"slot{k}"] for k in range(slots)], [named[f"slot{k}_offsets"] for k in range(slots)])
 
 
 def _flatten(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,45 +84,42 @@ def _flatten(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def compute_reference_logps(
-    model, pairs: list[TokenizedPair], pad_id: int, batch_size: int, device, progress: bool = True
-) -> ReferenceLogps:
-    """Score every pair's chosen and rejected completions under `model` (one pass over the data)."""
+def compute_reference_logps(model, examples, pad_id: int, batch_size: int, device, progress: bool = True
+                            ) -> ReferenceLogps:
+    """Score every example's completions under `model` (one pass over the data)."""
     was_training = model.training
     model.eval()
-    chosen_rows, rejected_rows = [], []
-    starts = range(0, len(pairs), batch_size)
+    slots = len(examples[0].completions)
+    rows: list[list[torch.Tensor]] = [[] for _ in range(slots)]
+    starts = range(0, len(examples), batch_size)
     for start in tqdm(starts, desc="reference log-probs", unit="batch", disable=not progress):
-        chunk = pairs[start: start + batch_size]
-        batch = {k: v.to(device) for k, v in collate_pairs(chunk, pad_id).items()}
+        chunk = examples[start: start + batch_size]
+        batch = {k: v.to(device) for k, v in collate_slots(chunk, pad_id).items()}
         logps = completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
         mask = batch["completion_mask"].bool()
-        for row in range(len(chunk)):
-            chosen_rows.append(logps[row][mask[row]].cpu())
-            rejected_rows.append(logps[len(chunk) + row][mask[len(chunk) + row]].cpu())
+        for k in range(slots):
+            for row in range(k * len(chunk), (k + 1) * len(chunk)):
+                rows[k].append(logps[row][mask[row]].cpu())
     model.train(was_training)
-    chosen, chosen_offsets = _flatten(chosen_rows)
-    rejected, rejected_offsets = _flatten(rejected_rows)
-    return ReferenceLogps(chosen, chosen_offsets, rejected, rejected_offsets)
+    flattened = [_flatten(slot_rows) for slot_rows in rows]
+    return ReferenceLogps([values for values, _ in flattened], [offsets for _, offsets in flattened])
 
 
 def cached_reference_logps(
-    model, pairs: list[TokenizedPair], pad_id: int, batch_size: int, device, cache_dir: Path | None,
-    progress: bool = True,
+    model, examples, pad_id: int, batch_size: int, device, cache_dir: Path | None, progress: bool = True,
 ) -> tuple[ReferenceLogps, str, bool]:
     """Reference log-probs from the cache when the fingerprint matches, else computed and stored.
 
     Returns (log-probs, cache file path, whether the cache was hit).
     """
     cache_dir = Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE_DIR
-    path = cache_dir / f"{cache_key(pairs, model)}.safetensors"
+    path = cache_dir / f"{cache_key(examples, model)}.safetensors"
     if path.is_file():
-        tensors = load_file(str(path))
-        return ReferenceLogps(**tensors), str(path), True
-    reference = compute_reference_logps(model, pairs, pad_id, batch_size, device, progress)
+        return ReferenceLogps.from_tensors(load_file(str(path))), str(path), True
+    reference = compute_reference_logps(model, examples, pad_id, batch_size, device, progress)
     cache_dir.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in vars(reference).items()}, str(temporary),
-              metadata={"examples": str(len(pairs)), "scoring_version": SCORING_VERSION})
+    save_file(reference.tensors(), str(temporary),
+              metadata={"examples": str(len(examples)), "scoring_version": SCORING_VERSION})
     os.replace(temporary, path)
     return reference, str(path), False

@@ -1,0 +1,118 @@
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alignlab import ConfigError, DataError, objectives
+from alignlab.config import config_from_dict
+from alignlab.data import load_unpaired, tokenize_unpaired
+from alignlab.objectives import Objective, ObjectiveTerm
+from alignlab.objectives.unpaired import UnpairedLogps
+from alignlab.train import train
+from tests.test_train import PAIRS
+
+
+def logsig(x):
+    return -math.log1p(math.exp(-x))
+
+
+def write_unpaired(path):
+    records = []
+    for prompt, chosen, rejected in PAIRS:
+        records += [{"prompt": prompt, "completion": chosen, "label": True},
+                    {"prompt": prompt, "completion": rejected, "label": False}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_unpaired_records_are_validated(tmp_path):
+    path = tmp_path / "u.jsonl"
+    path.write_text(json.dumps({"prompt": "a", "completion": "b", "label": True}) + "\n"
+                    + json.dumps({"prompt": "a", "completion": "b", "label": "yes"}) + "\n")
+    with pytest.raises(DataError, match=r"u.jsonl:line 2: field 'label': expected true"):
+        load_unpaired(str(path))
+    path.write_text(json.dumps({"prompt": "a", "label": False}) + "\n")
+    with pytest.raises(DataError, match=r"line 1: field 'completion': missing"):
+        load_unpaired(str(path))
+
+
+def test_mismatched_completion_is_the_next_examples(tmp_path, tokenizer):
+    examples = load_unpaired(str(write_unpaired(tmp_path / "u.jsonl")))
+    tokenized, stats = tokenize_unpaired(examples, tokenizer, max_length=64, max_prompt_length=32)
+    assert [t.label for t in tokenized[:2]] == [True, False]
+    assert tokenized[0].mismatched == tokenized[1].completion
+    assert tokenized[-1].mismatched == tokenized[0].completion
+    assert stats.examples == len(examples) and stats.truncated == 0
+
+
+def batch(policy, reference, labels, mismatched_policy=None, mismatched_reference=None):
+    """One token per completion: row sums are the given values."""
+    def column(values):
+        return torch.tensor([[0.0, v] for v in values])
+
+    mask = torch.tensor([[0.0, 1.0]] * len(policy))
+    mismatched_policy = mismatched_policy or policy
+    mismatched_reference = mismatched_reference or reference
+    return UnpairedLogps(column(policy), column(reference), mask, torch.tensor(labels), column(mismatched_policy),
+                         column(mismatched_reference), mask)
+
+
+def test_kto_sanity_and_hand_computed():
+    same = batch([-1.0, -2.0], [-1.0, -2.0], [True, False])
+    out = objectives.get("kto")(same, desirable_weight=2.0, undesirable_weight=1.0)
+    assert out.losses.tolist() == pytest.approx([1.0, 0.5])  # λ/2 each
+    # r = [1, -1]; mismatched log-ratios [0.5, 1.5] ⇒ z0 = 1
+    b = batch([0.0, -3.0], [-1.0, -2.0], [True, False], [0.0, 0.0], [-0.5, -1.5])
+    out = objectives.get("kto")(b, beta=0.5)
+    expected = [1 - 1 / (1 + math.exp(-0.5 * (1 - 1))), 1 - 1 / (1 + math.exp(-0.5 * (1 - -1)))]
+    assert out.losses.tolist() == pytest.approx(expected, rel=1e-6)
+    assert out.metrics["kl"] == pytest.approx(1.0)
+    negative = batch([0.0, -3.0], [-1.0, -2.0], [True, False], [-2.0, -2.0], [0.0, 0.0])
+    assert objectives.get("kto")(negative).metrics["kl"] == 0.0  # z0 clamped at 0
+
+
+def test_bco_running_shift_and_sanity():
+    same = batch([-1.0, -2.0], [-1.0, -2.0], [True, False])
+    assert objectives.get("bco")(same).loss.item() == pytest.approx(math.log(2))
+    objective = Objective([ObjectiveTerm("bco", {"beta": 1.0})])
+    first = batch([0.0, 1.0], [-1.0, -2.0], [True, False])  # rewards β·Δ = [1, 3] ⇒ δ = 2
+    out = objective(first)
+    assert out.metrics["delta"] == pytest.approx(2.0)
+    assert out.loss.item() == pytest.approx((-logsig(1 - 2) - logsig(-(3 - 2))) / 2, rel=1e-6)
+    objective(batch([-1.0], [-1.0], [True]))  # reward 0 ⇒ δ = (1 + 3 + 0)/3
+    assert objective.state_dict()["running"] == [[4.0, 3]]
+    objective.train(False)
+    assert objective(batch([5.0], [0.0], [True])).metrics["delta"] == pytest.approx(4 / 3)  # frozen at eval
+    with pytest.raises(ConfigError, match="no hyperparameter 'delta'"):
+        objectives.check_hparams("bco", {"delta": 1.0})
+
+
+@pytest.mark.parametrize("name", ["kto", "bco"])
+def test_unpaired_objectives_train_and_resume_exactly(name, small_model_dir, tmp_path):
+    data = write_unpaired(tmp_path / "u.jsonl")
+
+    def config(out, **train):
+        return config_from_dict({
+            "model": {"path": str(small_model_dir)},
+            "data": {"train": str(data), "max_length": 64, "max_prompt_length": 32},
+            "objective": {"name": name},
+            "reference": {"cache_dir": str(tmp_path / "cache")},
+            "train": {"batch_size": 4, "max_steps": 5, "lr": 1e-3, "progress": False, **train},
+            "out_dir": str(out),
+        })
+
+    straight = train(config(tmp_path / "a"), log=lambda *_: None)
+    history = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(m["loss"]) for m in history)
+    assert history[0]["loss"] == pytest.approx(0.5 if name == "kto" else math.log(2), abs=1e-5)
+    interrupted = config(tmp_path / "b", save_every=2)
+    train(interrupted, log=lambda *_: None)
+    for later in (tmp_path / "b" / "checkpoints").iterdir():
+        if later.name != "step-2":
+            shutil.rmtree(later)
+    resumed = train(interrupted, resume=True, log=lambda *_: None)
+    for key, value in load_file(str(straight.final_dir / "model.safetensors")).items():
+        assert torch.equal(load_file(str(resumed.final_dir / "model.safetensors"))[key], value), key
