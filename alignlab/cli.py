@@ -30,9 +30,10 @@ def _demo(args: argparse.Namespace) -> None:
 def _objectives(_: argparse.Namespace) -> None:
     from alignlab import objectives
 
-    print(f"{'name':<16} {'data':<10} {'reference':<10} summary")
+    print(f"{'name':<18} {'data':<12} {'reference':<10} summary")
     for spec in objectives.available():
-        print(f"{spec.name:<16} {spec.data_format:<10} {'needed' if spec.needs_reference else 'no':<10} {spec.summary}")
+        formats = "/".join(spec.data_formats)
+        print(f"{spec.name:<18} {formats:<12} {'needed' if spec.needs_reference else 'no':<10} {spec.summary}")
 
 
 def build_parser() -> argparse.ArgumentParser:

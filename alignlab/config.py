@@ -35,6 +35,8 @@ class DataConfig:
     train: str = ""
     """Preference records: .jsonl, .json, .csv, .parquet, or a `datasets` folder saved to disk."""
     eval: str | None = None
+    format: str = "auto"
+    """``paired``, ``unpaired``, ``sft``, or ``auto``: the objective's format, or the records' when it reads several."""
     max_length: int = 512
     """Tokens of prompt + completion; completions are cut from the right to fit."""
     max_prompt_length: int = 256
@@ -103,6 +105,7 @@ class RunConfig:
 
 
 CHOICES = {
+    "data.format": ("auto", "paired", "unpaired", "sft"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "reference.mode": ("precompute", "model"),
     "train.scheduler": ("linear", "cosine", "constant"),

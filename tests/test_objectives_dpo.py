@@ -86,4 +86,4 @@ def test_registry_unknown_names_suggest():
     with pytest.raises(ConfigError, match="Did you mean 'beta'"):
         objectives.check_hparams("dpo", {"betta": 0.1})
     spec = objectives.spec("dpo")
-    assert spec.needs_reference and spec.data_format == "paired"
+    assert spec.needs_reference and spec.data_formats == ("paired",)

@@ -50,7 +50,7 @@ def few_unpaired(tmp_path_factory):
 
 @pytest.mark.parametrize("name", [spec.name for spec in objectives.available()])
 def test_every_objective_trains(name, small_model_dir, few_pairs, few_unpaired, tmp_path):
-    data = {"paired": few_pairs, "unpaired": few_unpaired}[objectives.spec(name).data_format]
+    data = {"paired": few_pairs, "unpaired": few_unpaired, "sft": few_pairs}[objectives.spec(name).data_formats[0]]
     result, history = run(small_model_dir, data, tmp_path / name, {"name": name}, steps=2)
     assert len(history) == 2
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in history)

@@ -2,6 +2,7 @@
 
 from alignlab.data.collate import (
     TokenizedPair,
+    TokenizedSFT,
     TokenizedUnpaired,
     TruncationStats,
     collate_examples,
@@ -9,12 +10,14 @@ from alignlab.data.collate import (
     collate_sequences,
     encode_prompt_and_completion,
     tokenize_preferences,
+    tokenize_sft,
     tokenize_unpaired,
 )
 from alignlab.data.formats import (
     PreferenceExample,
     SFTExample,
     UnpairedExample,
+    detect_format,
     load_preferences,
     load_sft,
     load_unpaired,
@@ -25,17 +28,20 @@ __all__ = [
     "PreferenceExample",
     "SFTExample",
     "TokenizedPair",
+    "TokenizedSFT",
     "TokenizedUnpaired",
     "TruncationStats",
     "UnpairedExample",
     "collate_examples",
     "collate_pairs",
     "collate_sequences",
+    "detect_format",
     "encode_prompt_and_completion",
     "load_preferences",
     "load_sft",
     "load_unpaired",
     "read_records",
     "tokenize_preferences",
+    "tokenize_sft",
     "tokenize_unpaired",
 ]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from alignlab.data.formats import PreferenceExample, Text, UnpairedExample
+from alignlab.data.formats import PreferenceExample, SFTExample, Text, UnpairedExample
 from alignlab.errors import DataError
 
 
@@ -31,6 +31,16 @@ class TokenizedPair:
     def completions(self) -> tuple[list[int], ...]:
         """The completions scored after the shared prompt, in slot order (chosen, rejected)."""
         return self.chosen, self.rejected
+
+
+@dataclass(frozen=True)
+class TokenizedSFT:
+    prompt: list[int]
+    completion: list[int]
+
+    @property
+    def completions(self) -> tuple[list[int], ...]:
+        return (self.completion,)
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,13 @@ class TruncationStats:
     prompt_truncated: int = 0
     completion_truncated: int = 0
     truncated_locations: list[str] = field(default_factory=list)
+
+    def count(self, location: str, prompt_cut: bool, completion_cut: bool) -> None:
+        self.examples += 1
+        self.prompt_truncated += prompt_cut
+        self.completion_truncated += completion_cut
+        if prompt_cut or completion_cut:
+            self.truncated_locations.append(location)
 
     @property
     def truncated(self) -> int:
@@ -100,40 +117,53 @@ def encode_prompt_and_completion(
     return prompt_ids, completion_ids
 
 
-def truncate_pair(
-    prompt: list[int], chosen: list[int], rejected: list[int], max_length: int, max_prompt_length: int,
-    reward_margin: tuple[float, ...] | None = None,
-) -> tuple[TokenizedPair, bool, bool]:
-    """Apply the truncation policy; returns the pair and (prompt cut?, completion cut?)."""
+def truncate(
+    prompt: list[int], completions: tuple[list[int], ...], max_length: int, max_prompt_length: int
+) -> tuple[list[int], tuple[list[int], ...], bool, bool]:
+    """Apply the truncation policy to a prompt and its completions.
+
+    Returns (prompt, completions, prompt cut?, a completion cut?).
+    """
     prompt_cut = len(prompt) > max_prompt_length
     if prompt_cut:
         prompt = prompt[-max_prompt_length:]
     budget = max_length - len(prompt)
-    completion_cut = len(chosen) > budget or len(rejected) > budget
-    return TokenizedPair(prompt, chosen[:budget], rejected[:budget], reward_margin), prompt_cut, completion_cut
+    completion_cut = any(len(c) > budget for c in completions)
+    return prompt, tuple(c[:budget] for c in completions), prompt_cut, completion_cut
+
+
+def tokenize_with(examples, tokenizer, max_length: int, max_prompt_length: int, fields: tuple[str, ...], build):
+    """Encode each example's prompt with each of its completion `fields`, truncate, and `build` the
+    tokenized example from (example, prompt ids, completion ids); counts truncations, drops nothing."""
+    out, stats = [], TruncationStats()
+    for example in examples:
+        encoded = [encode_prompt_and_completion(tokenizer, example.prompt, getattr(example, name), example.location)
+                   for name in fields]
+        prompt = encoded[0][0]
+        if any(other != prompt for other, _ in encoded[1:]):
+            raise DataError(f"the prompt tokenizes differently before {' and '.join(fields)}",
+                            location=example.location)
+        prompt, completions, prompt_cut, completion_cut = truncate(
+            prompt, tuple(c for _, c in encoded), max_length, max_prompt_length)
+        stats.count(example.location, prompt_cut, completion_cut)
+        out.append(build(example, prompt, completions))
+    return out, stats
 
 
 def tokenize_preferences(
     examples: list[PreferenceExample], tokenizer, max_length: int, max_prompt_length: int
 ) -> tuple[list[TokenizedPair], TruncationStats]:
-    """Tokenize and truncate every example; nothing is dropped, truncations are counted."""
-    pairs, stats = [], TruncationStats()
-    for example in examples:
-        prompt, chosen = encode_prompt_and_completion(tokenizer, example.prompt, example.chosen, example.location)
-        prompt_again, rejected = encode_prompt_and_completion(
-            tokenizer, example.prompt, example.rejected, example.location
-        )
-        if prompt_again != prompt:
-            raise DataError("the prompt tokenizes differently before chosen and rejected", location=example.location)
-        pair, prompt_cut, completion_cut = truncate_pair(prompt, chosen, rejected, max_length, max_prompt_length,
-                                                         example.reward_margin)
-        stats.examples += 1
-        stats.prompt_truncated += prompt_cut
-        stats.completion_truncated += completion_cut
-        if prompt_cut or completion_cut:
-            stats.truncated_locations.append(example.location)
-        pairs.append(pair)
-    return pairs, stats
+    """Tokenize and truncate paired examples; nothing is dropped, truncations are counted."""
+    return tokenize_with(examples, tokenizer, max_length, max_prompt_length, ("chosen", "rejected"),
+                         lambda e, prompt, c: TokenizedPair(prompt, c[0], c[1], e.reward_margin))
+
+
+def tokenize_sft(
+    examples: list[SFTExample], tokenizer, max_length: int, max_prompt_length: int
+) -> tuple[list[TokenizedSFT], TruncationStats]:
+    """Tokenize and truncate SFT examples; nothing is dropped, truncations are counted."""
+    return tokenize_with(examples, tokenizer, max_length, max_prompt_length, ("completion",),
+                         lambda e, prompt, c: TokenizedSFT(prompt, c[0]))
 
 
 def pad_rows(rows: list[list[int]], value: int) -> torch.Tensor:
@@ -174,11 +204,12 @@ def collate_pairs(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.Te
 
 
 def collate_examples(examples, pad_id: int) -> dict[str, torch.Tensor]:
-    """`collate_pairs` for pairs, `collate_slots` plus ``labels`` `[B]` for unpaired examples."""
+    """`collate_pairs` for pairs; `collate_slots` for SFT examples, plus ``labels`` `[B]` for unpaired ones."""
     if isinstance(examples[0], TokenizedPair):
         return collate_pairs(examples, pad_id)
     batch = collate_slots(examples, pad_id)
-    batch["labels"] = torch.tensor([e.label for e in examples], dtype=torch.bool)
+    if isinstance(examples[0], TokenizedUnpaired):
+        batch["labels"] = torch.tensor([e.label for e in examples], dtype=torch.bool)
     return batch
 
 
@@ -193,11 +224,8 @@ def tokenize_unpaired(
     out, stats = [], TruncationStats()
     for i, (example, (prompt, completion)) in enumerate(zip(examples, encoded, strict=True)):
         other = encoded[(i + 1) % len(encoded)][1]
-        pair, prompt_cut, completion_cut = truncate_pair(prompt, completion, other, max_length, max_prompt_length)
-        stats.examples += 1
-        stats.prompt_truncated += prompt_cut
-        stats.completion_truncated += completion_cut
-        if prompt_cut or completion_cut:
-            stats.truncated_locations.append(example.location)
-        out.append(TokenizedUnpaired(pair.prompt, pair.chosen, pair.rejected, example.label))
+        prompt, (completion, other), prompt_cut, completion_cut = truncate(
+            prompt, (completion, other), max_length, max_prompt_length)
+        stats.count(example.location, prompt_cut, completion_cut)
+        out.append(TokenizedUnpaired(prompt, completion, other, example.label))
     return out, stats

@@ -191,6 +191,22 @@ def parse_sft(record: Any, source: str, location: str) -> SFTExample:
     return SFTExample(prompt, completion, f"{source}:{location}")
 
 
+def detect_format(path: str) -> str:
+    """The format of `path` from its first record's fields: paired, unpaired or sft."""
+    for location, record in read_records(path):
+        if isinstance(record, dict):
+            if "chosen" in record or "rejected" in record:
+                return "paired"
+            if "label" in record:
+                return "unpaired"
+            if "completion" in record or "messages" in record:
+                return "sft"
+        raise DataError("cannot tell the format: expected fields chosen/rejected (paired), "
+                        "completion and label (unpaired), or completion/messages (sft)",
+                        source=str(path), location=location)
+    raise DataError("no records", source=str(path))
+
+
 def load_preferences(path: str) -> list[PreferenceExample]:
     """All paired records of `path`, validated; the first bad record raises DataError."""
     examples = [parse_preference(record, str(path), location) for location, record in read_records(path)]

@@ -57,7 +57,8 @@ class ObjectiveSpec:
     name: str
     fn: Callable[..., ObjectiveOutput]
     needs_reference: bool
-    data_format: str
+    data_formats: tuple[str, ...]
+    """The data formats the objective reads (``paired``, ``unpaired``, ``sft``), preferred first."""
     summary: str
     running_mean: Callable[..., torch.Tensor] | None = None
     """For objectives with a running statistic (BCO's δ): the per-example values the loop averages over
@@ -74,7 +75,7 @@ class ObjectiveSpec:
 _REGISTRY: dict[str, ObjectiveSpec] = {}
 
 
-def register(name: str, *, needs_reference: bool, data_format: str = "paired",
+def register(name: str, *, needs_reference: bool, data_format: str | tuple[str, ...] = "paired",
              running_mean: Callable[..., torch.Tensor] | None = None):
     """Decorator: make `fn` available as objective `name`."""
 
@@ -83,7 +84,8 @@ def register(name: str, *, needs_reference: bool, data_format: str = "paired",
             raise ValueError(f"objective '{name}' is registered twice")
         paragraph = " ".join((inspect.getdoc(fn) or "").split("\n\n", 1)[0].split())
         summary = paragraph if len(paragraph) <= 110 else paragraph[:109].rstrip() + "…"
-        _REGISTRY[name] = ObjectiveSpec(name, fn, needs_reference, data_format, summary, running_mean)
+        formats = (data_format,) if isinstance(data_format, str) else tuple(data_format)
+        _REGISTRY[name] = ObjectiveSpec(name, fn, needs_reference, formats, summary, running_mean)
         return fn
 
     return decorate
@@ -162,16 +164,19 @@ class Objective:
         for term in terms:
             check_hparams(term.name, term.params)
             modified = term.use_weighting or term.ld_alpha is not None
-            if modified and not (spec(term.name).needs_reference and spec(term.name).data_format == "paired"):
+            if modified and not (spec(term.name).needs_reference and spec(term.name).data_formats == ("paired",)):
                 raise ConfigError(f"use_weighting and ld_alpha apply to reference-based paired objectives, "
                                   f"not to '{term.name}'")
             if term.ld_alpha is not None and not 0 <= term.ld_alpha <= 1:
                 raise ConfigError(f"ld_alpha must be in [0, 1], got {term.ld_alpha}")
-        formats = {spec(term.name).data_format for term in terms}
-        if len(formats) > 1:
-            raise ConfigError(f"objectives mixed in one run need one data format, got {', '.join(sorted(formats))}")
+        shared = [f for f in spec(terms[0].name).data_formats
+                  if all(f in spec(term.name).data_formats for term in terms)]
+        if not shared:
+            readable = "; ".join(f"{t.name}: {'/'.join(spec(t.name).data_formats)}" for t in terms)
+            raise ConfigError(f"objectives mixed in one run must read one data format; these share none ({readable})")
         self.terms = terms
-        self.data_format = formats.pop()
+        self.data_formats = tuple(shared)
+        """The data formats every term reads, preferred first."""
         self.needs_reference = any(spec(term.name).needs_reference for term in terms)
         self.needs_square_mass = any(term.use_weighting for term in terms)
         self.training = True
@@ -241,4 +246,4 @@ class Objective:
         return ObjectiveOutput(total, metrics)
 
 
-from alignlab.objectives import distill, dpo, reference_free, unpaired  # noqa: E402,F401  (register the objectives)
+from alignlab.objectives import distill, dpo, reference_free, sft, unpaired  # noqa: E402,F401  (register them)

@@ -1,4 +1,4 @@
-"""Reference-free paired objectives: SimPO, ORPO, CPO, and plain SFT on the chosen completion.
+"""Reference-free paired objectives: SimPO, ORPO, ASFT, CPO.
 
 Notation as in `alignlab.objectives.dpo`; ac = Pc/nc and ar = Pr/nr are length-averaged log-probs.
 Their metrics report rewards as β × the log-probs each loss compares (TRL's convention for these).
@@ -109,17 +109,3 @@ def cpo(batch: PreferenceLogps, beta: float = 0.1, alpha: float = 1.0) -> Object
     metrics = reference_free_metrics(beta, pc, pr, pc, pr)
     metrics["nll_loss"] = chosen_nll(batch).item()
     return ObjectiveOutput(preference.mean() + alpha * chosen_nll(batch), metrics, losses)
-
-
-@register("sft", needs_reference=False)
-def sft(batch: PreferenceLogps) -> ObjectiveOutput:
-    """Supervised fine-tuning (the first stage of Ouyang et al., 2022, "Training language models to follow
-    instructions with human feedback"): negative log-likelihood of the chosen completion, a mean over
-    all its tokens in the batch (on paired data the rejected completion is ignored).
-    """
-    if batch.chosen_mask.sum() == 0:
-        raise ConfigError("sft: the batch has no completion tokens")
-    nll = chosen_nll(batch)
-    pc = sequence_logps(batch.policy_chosen, batch.chosen_mask)
-    return ObjectiveOutput(nll, {"nll_loss": nll.item(), "logps/chosen": pc.mean().item()},
-                           chosen_nll_per_example(batch))

@@ -24,14 +24,18 @@ from alignlab import objectives
 from alignlab.config import RunConfig, objective_terms, save_config
 from alignlab.data import (
     collate_examples,
+    detect_format,
     load_preferences,
+    load_sft,
     load_unpaired,
     tokenize_preferences,
+    tokenize_sft,
     tokenize_unpaired,
 )
-from alignlab.errors import ConfigError
+from alignlab.errors import ConfigError, DataError
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.models.scoring import completion_logps
+from alignlab.objectives.sft import SFTLogps
 from alignlab.objectives.unpaired import UnpairedLogps
 from alignlab.train.checkpoint import (
     TrainerState,
@@ -137,6 +141,8 @@ class BatchScorer:
         policy, masks = list(logps.split(n)), [m.float() for m in masks]
         if "labels" in batch:
             return UnpairedLogps(policy[0], refs[0], masks[0], batch["labels"], policy[1], refs[1], masks[1])
+        if len(masks) == 1:
+            return SFTLogps(policy[0], refs[0], masks[0])
         squares = split_slots(square_mass, n)
         return objectives.PreferenceLogps(policy[0], policy[1], refs[0], refs[1], masks[0], masks[1],
                                           squares[0], squares[1], batch.get("reward_margins"))
@@ -145,7 +151,24 @@ class BatchScorer:
 DATA_FORMATS = {
     "paired": (load_preferences, tokenize_preferences),
     "unpaired": (load_unpaired, tokenize_unpaired),
+    "sft": (load_sft, tokenize_sft),
 }
+
+
+def resolve_data_format(config: RunConfig, objective: objectives.Objective) -> str:
+    """The format to read: as configured, the objective's only one, or detected from the training records."""
+    wanted = config.data.format
+    if wanted == "auto":
+        try:
+            wanted = detect_format(config.data.train)
+        except DataError:
+            if len(objective.data_formats) > 1:
+                raise
+            wanted = objective.data_formats[0]  # validation will name the record and field that is wrong
+    if wanted not in objective.data_formats:
+        raise ConfigError(f"objective '{objective.name}' reads {' or '.join(objective.data_formats)} data, "
+                          f"but {config.data.train} is {wanted} data")
+    return wanted
 
 
 def load_examples(path: str, data_format: str, tokenizer, config: RunConfig):
@@ -229,15 +252,16 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
 
     # data
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
-    examples, stats = load_examples(config.data.train, objective.data_format, tokenizer, config)
-    say(f"train data {config.data.train} ({objective.data_format}): {stats.summary()}")
+    data_format = resolve_data_format(config, objective)
+    examples, stats = load_examples(config.data.train, data_format, tokenizer, config)
+    say(f"train data {config.data.train} ({data_format}): {stats.summary()}")
     eval_examples = []
     if config.data.eval:
-        eval_examples, eval_stats = load_examples(config.data.eval, objective.data_format, tokenizer, config)
+        eval_examples, eval_stats = load_examples(config.data.eval, data_format, tokenizer, config)
         say(f"eval data {config.data.eval}: {eval_stats.summary()}")
     (run_dir / "data_report.json").write_text(json.dumps(
         {"train": stats.as_dict(), "eval": eval_stats.as_dict() if eval_examples else None}, indent=2) + "\n")
-    if objective.data_format == "unpaired":
+    if data_format == "unpaired":
         warn_about_kto_balance(objective, examples, say)
 
     # model and reference (the reference is the model as loaded, before any step or checkpoint)

@@ -1,0 +1,92 @@
+"""Objectives on single completions: SFT, and the token-wise constrained objective for safety.
+
+Batch: `SFTLogps` (SFT data), or a `PreferenceLogps` whose chosen completion is used (paired data).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from alignlab.errors import ConfigError
+from alignlab.objectives import ObjectiveOutput, PreferenceLogps, register
+from alignlab.objectives.dpo import check_beta, sequence_logps
+
+
+@dataclass
+class SFTLogps:
+    """Per-token log-probs `[B, T]` of one completion per example, with its 0/1 mask."""
+
+    policy: torch.Tensor
+    reference: torch.Tensor | None
+    mask: torch.Tensor
+
+
+def completion_view(batch: SFTLogps | PreferenceLogps) -> SFTLogps:
+    """The completion an SFT-style objective trains on: the SFT completion, or the chosen one of a pair."""
+    if isinstance(batch, PreferenceLogps):
+        return SFTLogps(batch.policy_chosen, batch.ref_chosen, batch.chosen_mask)
+    return batch
+
+
+def token_mean_nll(logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return -(logps * mask).sum() / mask.sum().clamp(min=1)
+
+
+@register("sft", needs_reference=False, data_format=("sft", "paired"))
+def sft(batch: SFTLogps | PreferenceLogps) -> ObjectiveOutput:
+    """Supervised fine-tuning (the first stage of Ouyang et al., 2022, "Training language models to follow
+    instructions with human feedback"): negative log-likelihood of the completion, a mean over all its
+    tokens in the batch. On paired data it trains on the chosen completion and ignores the rejected one.
+    """
+    view = completion_view(batch)
+    if view.mask.sum() == 0:
+        raise ConfigError("sft: the batch has no completion tokens")
+    nll = token_mean_nll(view.policy, view.mask)
+    per_example = -sequence_logps(view.policy, view.mask) / view.mask.sum(-1).clamp(min=1)
+    return ObjectiveOutput(nll, {"nll_loss": nll.item(), "logps/chosen": sequence_logps(view.policy, view.mask)
+                                 .mean().item()}, per_example)
+
+
+def position_betas(mask: torch.Tensor, beta: float, first_token_factor: float, early_factor: float,
+                   early_tokens: int) -> torch.Tensor:
+    """β_t per completion token: β·`first_token_factor` at the first, β·`early_factor` for the next
+    `early_tokens`, β after (defaults 0.5, 2, …, 2, 0.1)."""
+    position = (torch.cumsum(mask, dim=-1) - 1) * mask  # 0-based index within the completion
+    betas = torch.full_like(mask, beta)
+    betas = torch.where((position >= 1) & (position <= early_tokens), beta * early_factor, betas)
+    return torch.where(position == 0, beta * first_token_factor, betas)
+
+
+@register("token_constrained", needs_reference=True, data_format=("sft", "paired"))
+def token_constrained(batch: SFTLogps | PreferenceLogps, beta: float = 0.1, first_token_factor: float = 5.0,
+                      early_factor: float = 20.0, early_tokens: int = 4) -> ObjectiveOutput:
+    """The token-wise constrained objective of Qi et al., 2024, "Safety Alignment Should Be Made More Than
+    Just a Few Tokens Deep" (§4), in the stable form of the authors' code: fine-tune on the completions
+    while keeping each token close to the aligned (reference) model, more strongly on the first tokens.
+
+    With z_t = log π_θ(y_t) − log π_aligned(y_t),
+
+        loss = −Σ_t w_t·log π_θ(y_t) / (number of completion tokens in the batch),
+        w_t = max(2·(1 − σ(β_t·z_t)), 10⁻³), detached,
+
+    equal in gradient to Σ_t (2/β_t)·(−log σ(β_t·z_t)). β_t = β·5 at the first token, β·20 for the next
+    four, β after (0.5, 2, 2, 2, 2, 0.1, …). π_θ = π_aligned ⇒ w = 1: plain SFT. The authors train it
+    with AdamW β₁ = 0.5.
+    """
+    check_beta("token_constrained", beta)
+    view = completion_view(batch)
+    if view.reference is None:
+        raise ConfigError("token_constrained needs the aligned model's log-probs as reference, and the batch has none")
+    betas = position_betas(view.mask, beta, first_token_factor, early_factor, early_tokens)
+    with torch.no_grad():
+        weights = (2 * (1 - torch.sigmoid(betas * (view.policy - view.reference)))).clamp(min=1e-3) * view.mask
+    weighted = -(weights * view.policy)
+    loss = weighted.sum() / view.mask.sum().clamp(min=1)
+    per_example = weighted.sum(-1) / view.mask.sum(-1).clamp(min=1)
+    metrics = {"nll_loss": token_mean_nll(view.policy, view.mask).item(),
+               "token_weights/mean": (weights.sum() / view.mask.sum().clamp(min=1)).item(),
+               "token_weights/first": (weights * (betas == beta * first_token_factor)).sum().item()
+               / max(1.0, float((view.mask.sum(-1) > 0).sum()))}
+    return ObjectiveOutput(loss, metrics, per_example)

@@ -1,0 +1,72 @@
+import json
+import math
+
+import pytest
+import torch
+
+from alignlab import ConfigError, DataError, objectives
+from alignlab.config import config_from_dict
+from alignlab.data import detect_format
+from alignlab.objectives.sft import SFTLogps
+from alignlab.train import train
+from tests.test_train import PAIRS
+
+
+def test_token_constrained_weights_follow_the_position_schedule():
+    # 7 completion tokens after one prompt position; policy 1 nat above the aligned model everywhere
+    mask = torch.tensor([[0.0] + [1.0] * 7])
+    reference = torch.full((1, 8), -2.0) * mask
+    policy = (reference + 1.0) * mask
+    out = objectives.get("token_constrained")(SFTLogps(policy, reference, mask))
+    weights = [0.755081, 0.238406, 0.238406, 0.238406, 0.238406, 0.950042, 0.950042]  # β 0.5, 2 ×4, 0.1
+    expected = sum(w * 1.0 for w in weights) / 7  # −w·log π with log π = −1
+    assert out.loss.item() == pytest.approx(expected, abs=1e-6)
+    assert out.metrics["token_weights/first"] == pytest.approx(0.755081, abs=1e-6)
+
+
+def test_token_constrained_is_sft_when_policy_equals_the_aligned_model():
+    torch.manual_seed(0)
+    mask = (torch.rand(3, 9) > 0.3).float()
+    mask[:, 0] = 0
+    logps = -torch.rand(3, 9) * mask
+    batch = SFTLogps(logps, logps.clone(), mask)
+    constrained = objectives.get("token_constrained")(batch).loss.item()
+    assert constrained == pytest.approx(objectives.get("sft")(batch).loss.item(), rel=1e-6)
+    assert constrained == pytest.approx(-(logps * mask).sum().item() / mask.sum().item(), rel=1e-6)
+
+
+def test_data_format_detection_and_mismatch(tmp_path, small_model_dir):
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c, _ in PAIRS))
+    paired = tmp_path / "paired.jsonl"
+    paired.write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n")
+    assert detect_format(str(sft)) == "sft" and detect_format(str(paired)) == "paired"
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text(json.dumps({"text": "a"}) + "\n")
+    with pytest.raises(DataError, match="cannot tell the format"):
+        detect_format(str(odd))
+    config = config_from_dict({"model": {"path": str(small_model_dir)}, "data": {"train": str(sft)},
+                               "objective": {"name": "dpo"}, "train": {"progress": False},
+                               "out_dir": str(tmp_path / "run")})
+    with pytest.raises(ConfigError, match="reads paired data"):
+        train(config, log=lambda *_: None)
+
+
+@pytest.mark.parametrize("name", ["sft", "token_constrained"])
+def test_sft_data_trains(name, small_model_dir, tmp_path):
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c, _ in PAIRS))
+    config = config_from_dict({
+        "model": {"path": str(small_model_dir)},
+        "data": {"train": str(data), "max_length": 64, "max_prompt_length": 32},
+        "objective": {"name": name},
+        "reference": {"cache_dir": str(tmp_path / "cache")},
+        "train": {"batch_size": 4, "max_steps": 6, "lr": 3e-3, "warmup_ratio": 0.0, "progress": False},
+        "out_dir": str(tmp_path / "run"),
+    })
+    train(config, log=lambda *_: None)
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(m["loss"]) for m in history)
+    assert history[-1]["nll_loss"] < history[0]["nll_loss"]
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert report["train"]["examples"] == len(PAIRS)
