@@ -55,7 +55,7 @@ class SFTExample:
     location: str
 
 
-class _RecordChecker:
+class RecordChecker:
     """Raises DataErrors located at one record."""
 
     def __init__(self, source: str, location: str) -> None:
@@ -139,7 +139,7 @@ def _split_implicit_prompt(chosen: list[Message], rejected: list[Message]) -> tu
 
 def parse_preference(record: Any, source: str, location: str) -> PreferenceExample:
     """Validate one paired record and return it as a `PreferenceExample`."""
-    check = _RecordChecker(source, location)
+    check = RecordChecker(source, location)
     record = check.record(record, "prompt, chosen, rejected")
     chosen = check.text(check.required(record, "chosen"), "chosen", allow_empty=False)
     rejected = check.text(check.required(record, "rejected"), "rejected", allow_empty=False)
@@ -158,7 +158,7 @@ def parse_preference(record: Any, source: str, location: str) -> PreferenceExamp
 
 def parse_unpaired(record: Any, source: str, location: str) -> UnpairedExample:
     """Validate one unpaired record (``prompt``, ``completion``, ``label`` true/false)."""
-    check = _RecordChecker(source, location)
+    check = RecordChecker(source, location)
     record = check.record(record, "prompt, completion, label")
     prompt = check.text(check.required(record, "prompt"), "prompt", allow_empty=True)
     completion = check.text(check.required(record, "completion"), "completion", allow_empty=False)
@@ -172,7 +172,7 @@ def parse_unpaired(record: Any, source: str, location: str) -> UnpairedExample:
 
 def parse_sft(record: Any, source: str, location: str) -> SFTExample:
     """Validate one SFT record (``prompt``/``completion`` or ``messages``) and return an `SFTExample`."""
-    check = _RecordChecker(source, location)
+    check = RecordChecker(source, location)
     record = check.record(record, "prompt and completion, or messages")
     if "messages" in record and "completion" not in record:
         messages = check.messages(record["messages"], "messages") if isinstance(record["messages"], list) else None

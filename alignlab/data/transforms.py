@@ -1,0 +1,72 @@
+"""Data transforms that build training examples from other records.
+
+`safety_recovery_examples` — the data augmentation of Qi et al., 2024, "Safety Alignment Should Be
+Made More Than Just a Few Tokens Deep" (§3): teach a model to recover into a refusal after it has
+already started a harmful answer, so that safety does not live only in the first few tokens.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from alignlab.data.collate import TokenizedSFT, encode_prompt_and_completion
+from alignlab.data.formats import RecordChecker, Text
+from alignlab.data.loading import read_records
+from alignlab.errors import DataError
+
+
+@dataclass(frozen=True)
+class SafetyTriplet:
+    """A harmful request, a harmful answer to it, and a refusal."""
+
+    prompt: Text
+    harmful: str
+    refusal: str
+    location: str
+
+
+def parse_triplet(record: Any, source: str, location: str) -> SafetyTriplet:
+    check = RecordChecker(source, location)
+    record = check.record(record, "prompt, harmful, refusal")
+    prompt = check.text(check.required(record, "prompt"), "prompt", allow_empty=False)
+    fields = {}
+    for name in ("harmful", "refusal"):
+        value = check.required(record, name)
+        if not isinstance(value, str):
+            raise check.error(f"expected a string, got {type(value).__name__}", field=name)
+        fields[name] = check.text(value, name, allow_empty=False)
+    return SafetyTriplet(prompt, fields["harmful"], fields["refusal"], f"{source}:{location}")
+
+
+def load_triplets(path: str) -> list[SafetyTriplet]:
+    triplets = [parse_triplet(record, str(path), location) for location, record in read_records(path)]
+    if not triplets:
+        raise DataError("no records", source=str(path))
+    return triplets
+
+
+def safety_recovery_examples(
+    triplets: list[SafetyTriplet], tokenizer, seed: int, recovery_probability: float = 0.5, max_prefix: int = 100
+) -> list[TokenizedSFT]:
+    """One draw of safety-recovery examples, loss on the refusal only.
+
+    For each triplet (x, h, r): with probability `recovery_probability` draw k uniformly from
+    1 … min(`max_prefix`, |h|) and train on x ⊕ h_≤k ⊕ r (the first k tokens of the harmful answer
+    join the prompt), otherwise on (x, r). A new `seed` gives a new draw (the paper resamples every
+    batch; call once per epoch with the epoch as seed for the same effect). Mix the result with
+    utility SFT data.
+    """
+    rng = random.Random(seed)
+    examples = []
+    for triplet in triplets:
+        prompt_ids, harmful_ids = encode_prompt_and_completion(tokenizer, triplet.prompt, triplet.harmful,
+                                                               triplet.location)
+        _, refusal_ids = encode_prompt_and_completion(tokenizer, triplet.prompt, triplet.refusal, triplet.location)
+        answer_tokens = max(1, len(harmful_ids) - 1)  # without the closing end-of-turn token
+        if rng.random() < recovery_probability:
+            k = rng.randint(1, min(max_prefix, answer_tokens))
+            prompt_ids = prompt_ids + harmful_ids[:k]
+        examples.append(TokenizedSFT(prompt_ids, refusal_ids))
+    return examples
