@@ -36,7 +36,10 @@ class DataConfig:
     """Preference records: .jsonl, .json, .csv, .parquet, or a `datasets` folder saved to disk."""
     eval: str | None = None
     format: str = "auto"
-    """``paired``, ``unpaired``, ``sft``, or ``auto``: the objective's format, or the records' when it reads several."""
+    self_samples: int = 11
+    """Negatives-only data: completions sampled per prompt from the initial model before training (D²O's K)."""
+    self_sample_max_new_tokens: int = 64
+    """``paired``, ``unpaired``, ``negatives``, ``sft``, or ``auto``: told from the records' fields."""
     max_length: int = 512
     """Tokens of prompt + completion; completions are cut from the right to fit."""
     max_prompt_length: int = 256
@@ -105,7 +108,7 @@ class RunConfig:
 
 
 CHOICES = {
-    "data.format": ("auto", "paired", "unpaired", "sft"),
+    "data.format": ("auto", "paired", "unpaired", "negatives", "sft"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "reference.mode": ("precompute", "model"),
     "train.scheduler": ("linear", "cosine", "constant"),
@@ -232,6 +235,8 @@ def validate(config: RunConfig) -> None:
         "train.grad_accum": config.train.grad_accum,
         "train.epochs": config.train.epochs,
         "data.max_length": config.data.max_length,
+        "data.self_samples": config.data.self_samples,
+        "data.self_sample_max_new_tokens": config.data.self_sample_max_new_tokens,
     }
     for key, value in positive.items():
         if value < 1:

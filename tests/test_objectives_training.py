@@ -29,7 +29,8 @@ def few_pairs(tmp_path_factory):
 def run(model_dir, data, out, objective, steps, lr=1e-3):
     config = config_from_dict({
         "model": {"path": str(model_dir)},
-        "data": {"train": str(data), "max_length": 96, "max_prompt_length": 32},
+        "data": {"train": str(data), "max_length": 96, "max_prompt_length": 32, "self_samples": 3,
+                 "self_sample_max_new_tokens": 12},
         "objective": objective,
         "reference": {"cache_dir": str(out.parent / "cache")},
         "train": {"batch_size": 4, "max_steps": steps, "lr": lr, "warmup_ratio": 0.0, "progress": False},
@@ -48,9 +49,18 @@ def few_unpaired(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def few_negatives(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "negatives.jsonl"
+    rows = [json.loads(line) for line in EXAMPLE_PAIRS.read_text().splitlines()[:8]]
+    path.write_text("".join(json.dumps({"prompt": r["prompt"], "rejected": r["rejected"]}) + "\n" for r in rows))
+    return path
+
+
 @pytest.mark.parametrize("name", [spec.name for spec in objectives.available()])
-def test_every_objective_trains(name, small_model_dir, few_pairs, few_unpaired, tmp_path):
-    data = {"paired": few_pairs, "unpaired": few_unpaired, "sft": few_pairs}[objectives.spec(name).data_formats[0]]
+def test_every_objective_trains(name, small_model_dir, few_pairs, few_unpaired, few_negatives, tmp_path):
+    data = {"paired": few_pairs, "unpaired": few_unpaired, "sft": few_pairs,
+            "negatives": few_negatives}[objectives.spec(name).data_formats[0]]
     result, history = run(small_model_dir, data, tmp_path / name, {"name": name}, steps=2)
     assert len(history) == 2
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in history)

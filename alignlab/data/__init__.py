@@ -1,6 +1,7 @@
 """Data: read records, validate them by format, tokenize with a stated truncation policy, batch."""
 
 from alignlab.data.collate import (
+    TokenizedNegatives,
     TokenizedPair,
     TokenizedSFT,
     TokenizedUnpaired,
@@ -9,15 +10,18 @@ from alignlab.data.collate import (
     collate_pairs,
     collate_sequences,
     encode_prompt_and_completion,
+    tokenize_negatives,
     tokenize_preferences,
     tokenize_sft,
     tokenize_unpaired,
 )
 from alignlab.data.formats import (
+    NegativeExample,
     PreferenceExample,
     SFTExample,
     UnpairedExample,
     detect_format,
+    load_negatives,
     load_preferences,
     load_sft,
     load_unpaired,
@@ -25,8 +29,10 @@ from alignlab.data.formats import (
 from alignlab.data.loading import read_records
 
 __all__ = [
+    "NegativeExample",
     "PreferenceExample",
     "SFTExample",
+    "TokenizedNegatives",
     "TokenizedPair",
     "TokenizedSFT",
     "TokenizedUnpaired",
@@ -37,10 +43,12 @@ __all__ = [
     "collate_sequences",
     "detect_format",
     "encode_prompt_and_completion",
+    "load_negatives",
     "load_preferences",
     "load_sft",
     "load_unpaired",
     "read_records",
+    "tokenize_negatives",
     "tokenize_preferences",
     "tokenize_sft",
     "tokenize_unpaired",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from alignlab.data.formats import PreferenceExample, SFTExample, Text, UnpairedExample
+from alignlab.data.formats import NegativeExample, PreferenceExample, SFTExample, Text, UnpairedExample
 from alignlab.errors import DataError
 
 
@@ -41,6 +41,18 @@ class TokenizedSFT:
     @property
     def completions(self) -> tuple[list[int], ...]:
         return (self.completion,)
+
+
+@dataclass(frozen=True)
+class TokenizedNegatives:
+    prompt: list[int]
+    rejected: list[int]
+    samples: tuple[list[int], ...] = ()
+    """Completions sampled from the initial model after the prompt (drawn once, before training)."""
+
+    @property
+    def completions(self) -> tuple[list[int], ...]:
+        return (self.rejected, *self.samples)
 
 
 @dataclass(frozen=True)
@@ -211,6 +223,14 @@ def collate_examples(examples, pad_id: int) -> dict[str, torch.Tensor]:
     if isinstance(examples[0], TokenizedUnpaired):
         batch["labels"] = torch.tensor([e.label for e in examples], dtype=torch.bool)
     return batch
+
+
+def tokenize_negatives(
+    examples: list[NegativeExample], tokenizer, max_length: int, max_prompt_length: int
+) -> tuple[list[TokenizedNegatives], TruncationStats]:
+    """Tokenize and truncate negatives-only examples (their self-samples are added later)."""
+    return tokenize_with(examples, tokenizer, max_length, max_prompt_length, ("rejected",),
+                         lambda e, prompt, c: TokenizedNegatives(prompt, c[0]))
 
 
 def tokenize_unpaired(

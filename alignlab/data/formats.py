@@ -8,6 +8,8 @@ reward model) carry reward-model scores for reward distillation.
 
 Unpaired: ``prompt``, ``completion`` and ``label`` (true for desirable, false for undesirable).
 
+Negatives only: ``prompt`` and ``rejected`` (positives are sampled from the model before training).
+
 SFT: ``prompt`` and ``completion``, or ``messages`` (a conversation whose last message is the
 assistant's completion).
 
@@ -45,6 +47,13 @@ class UnpairedExample:
     completion: Text
     label: bool
     """True for a desirable completion, False for an undesirable one."""
+    location: str
+
+
+@dataclass(frozen=True)
+class NegativeExample:
+    prompt: Text
+    rejected: Text
     location: str
 
 
@@ -170,6 +179,17 @@ def parse_unpaired(record: Any, source: str, location: str) -> UnpairedExample:
     return UnpairedExample(prompt, completion, label, f"{source}:{location}")
 
 
+def parse_negative(record: Any, source: str, location: str) -> NegativeExample:
+    """Validate one negatives-only record (``prompt``, ``rejected``)."""
+    check = RecordChecker(source, location)
+    record = check.record(record, "prompt, rejected")
+    prompt = check.text(check.required(record, "prompt"), "prompt", allow_empty=True)
+    rejected = check.text(check.required(record, "rejected"), "rejected", allow_empty=False)
+    if isinstance(rejected, list):
+        check.completion_messages(rejected, "rejected")
+    return NegativeExample(prompt, rejected, f"{source}:{location}")
+
+
 def parse_sft(record: Any, source: str, location: str) -> SFTExample:
     """Validate one SFT record (``prompt``/``completion`` or ``messages``) and return an `SFTExample`."""
     check = RecordChecker(source, location)
@@ -195,37 +215,42 @@ def detect_format(path: str) -> str:
     """The format of `path` from its first record's fields: paired, unpaired or sft."""
     for location, record in read_records(path):
         if isinstance(record, dict):
-            if "chosen" in record or "rejected" in record:
+            if "chosen" in record:
                 return "paired"
+            if "rejected" in record:
+                return "negatives"
             if "label" in record:
                 return "unpaired"
             if "completion" in record or "messages" in record:
                 return "sft"
-        raise DataError("cannot tell the format: expected fields chosen/rejected (paired), "
-                        "completion and label (unpaired), or completion/messages (sft)",
+        raise DataError("cannot tell the format: expected fields chosen and rejected (paired), rejected "
+                        "alone (negatives), completion and label (unpaired), or completion/messages (sft)",
                         source=str(path), location=location)
     raise DataError("no records", source=str(path))
 
 
-def load_preferences(path: str) -> list[PreferenceExample]:
-    """All paired records of `path`, validated; the first bad record raises DataError."""
-    examples = [parse_preference(record, str(path), location) for location, record in read_records(path)]
+def _load(path: str, parse) -> list:
+    examples = [parse(record, str(path), location) for location, record in read_records(path)]
     if not examples:
         raise DataError("no records", source=str(path))
     return examples
+
+
+def load_preferences(path: str) -> list[PreferenceExample]:
+    """All paired records of `path`, validated; the first bad record raises DataError."""
+    return _load(path, parse_preference)
 
 
 def load_unpaired(path: str) -> list[UnpairedExample]:
     """All unpaired records of `path`, validated; the first bad record raises DataError."""
-    examples = [parse_unpaired(record, str(path), location) for location, record in read_records(path)]
-    if not examples:
-        raise DataError("no records", source=str(path))
-    return examples
+    return _load(path, parse_unpaired)
+
+
+def load_negatives(path: str) -> list[NegativeExample]:
+    """All negatives-only records of `path`, validated; the first bad record raises DataError."""
+    return _load(path, parse_negative)
 
 
 def load_sft(path: str) -> list[SFTExample]:
     """All SFT records of `path`, validated; the first bad record raises DataError."""
-    examples = [parse_sft(record, str(path), location) for location, record in read_records(path)]
-    if not examples:
-        raise DataError("no records", source=str(path))
-    return examples
+    return _load(path, parse_sft)

@@ -41,31 +41,25 @@ def _cut_at_eos(ids: list[int], eos_id: int | None, pad_id: int | None) -> list[
 
 
 @torch.no_grad()
-def generate(
+def generate_ids(
     model,
     tokenizer,
-    prompts: list[str],
-    n: int = 1,
+    prompt_ids: list[list[int]],
     max_new_tokens: int = 32,
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
     batch_size: int = 64,
-    seed: int | None = None,
     progress: bool = True,
-) -> Samples:
-    """`n` sampled completions for every prompt, `batch_size` sequences per `generate` call."""
-    if seed is not None:
-        torch.manual_seed(seed)
+) -> list[list[int]]:
+    """One sampled completion (token ids, up to and including end-of-sequence) per row of `prompt_ids`."""
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    expanded = [p for p in prompts for _ in range(n)]
-    encoded = [prompt_token_ids(tokenizer, p) for p in expanded]
     completion_ids: list[list[int]] = []
     was_training = model.training
     model.eval()
-    for start in tqdm(range(0, len(expanded), batch_size), desc="sampling", unit="batch", disable=not progress):
-        rows = encoded[start: start + batch_size]
+    for start in tqdm(range(0, len(prompt_ids), batch_size), desc="sampling", unit="batch", disable=not progress):
+        rows = prompt_ids[start: start + batch_size]
         width = max(len(r) for r in rows)
         input_ids = pad_rows([[pad_id] * (width - len(r)) + r for r in rows], pad_id).to(device)
         attention_mask = pad_rows([[0] * (width - len(r)) + [1] * len(r) for r in rows], 0).to(device)
@@ -83,5 +77,28 @@ def generate(
         for row in output[:, width:].tolist():
             completion_ids.append(_cut_at_eos(row, tokenizer.eos_token_id, pad_id))
     model.train(was_training)
+    return completion_ids
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    n: int = 1,
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    batch_size: int = 64,
+    seed: int | None = None,
+    progress: bool = True,
+) -> Samples:
+    """`n` sampled completions for every prompt, `batch_size` sequences per `generate` call."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    expanded = [p for p in prompts for _ in range(n)]
+    encoded = [prompt_token_ids(tokenizer, p) for p in expanded]
+    completion_ids = generate_ids(model, tokenizer, encoded, max_new_tokens, temperature, top_k, top_p, batch_size,
+                                  progress)
     completions = [tokenizer.decode(ids, skip_special_tokens=True) for ids in completion_ids]
     return Samples(expanded, completions, encoded, completion_ids)

@@ -246,4 +246,4 @@ class Objective:
         return ObjectiveOutput(total, metrics)
 
 
-from alignlab.objectives import distill, dpo, reference_free, sft, unpaired  # noqa: E402,F401  (register them)
+from alignlab.objectives import d2o, distill, dpo, reference_free, sft, unpaired  # noqa: E402,F401  (register them)

@@ -23,18 +23,24 @@ import alignlab
 from alignlab import objectives
 from alignlab.config import RunConfig, objective_terms, save_config
 from alignlab.data import (
+    TokenizedNegatives,
     collate_examples,
     detect_format,
+    load_negatives,
     load_preferences,
     load_sft,
     load_unpaired,
+    tokenize_negatives,
     tokenize_preferences,
     tokenize_sft,
     tokenize_unpaired,
 )
+from alignlab.data.collate import truncate
+from alignlab.decode.sampling import generate_ids
 from alignlab.errors import ConfigError, DataError
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.models.scoring import completion_logps
+from alignlab.objectives.d2o import NegativesLogps
 from alignlab.objectives.sft import SFTLogps
 from alignlab.objectives.unpaired import UnpairedLogps
 from alignlab.train.checkpoint import (
@@ -143,6 +149,8 @@ class BatchScorer:
             return UnpairedLogps(policy[0], refs[0], masks[0], batch["labels"], policy[1], refs[1], masks[1])
         if len(masks) == 1:
             return SFTLogps(policy[0], refs[0], masks[0])
+        if isinstance(examples[0], TokenizedNegatives):
+            return NegativesLogps(policy[0], refs[0], masks[0], policy[1:], refs[1:], masks[1:])
         squares = split_slots(square_mass, n)
         return objectives.PreferenceLogps(policy[0], policy[1], refs[0], refs[1], masks[0], masks[1],
                                           squares[0], squares[1], batch.get("reward_margins"))
@@ -152,7 +160,25 @@ DATA_FORMATS = {
     "paired": (load_preferences, tokenize_preferences),
     "unpaired": (load_unpaired, tokenize_unpaired),
     "sft": (load_sft, tokenize_sft),
+    "negatives": (load_negatives, tokenize_negatives),
 }
+
+
+def with_self_samples(model, tokenizer, examples: list[TokenizedNegatives], config: RunConfig, seed: int,
+                      progress: bool) -> list[TokenizedNegatives]:
+    """Negatives-only examples with `data.self_samples` completions each, sampled from `model` (the
+    initial policy) after the training prompt ids; deterministic for a seed, so a resumed run redraws
+    the same ones."""
+    k = config.data.self_samples
+    torch.manual_seed(seed)
+    drawn = generate_ids(model, tokenizer, [e.prompt for e in examples for _ in range(k)],
+                         config.data.self_sample_max_new_tokens, batch_size=64, progress=progress)
+    out = []
+    for i, example in enumerate(examples):
+        samples = tuple(ids or [tokenizer.eos_token_id] for ids in drawn[i * k: (i + 1) * k])
+        _, samples, _, _ = truncate(example.prompt, samples, config.data.max_length, len(example.prompt))
+        out.append(TokenizedNegatives(example.prompt, example.rejected, samples))
+    return out
 
 
 def resolve_data_format(config: RunConfig, objective: objectives.Objective) -> str:
@@ -268,6 +294,12 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
     weights_dtype = "float32" if config.model.dtype == "auto" else config.model.dtype
     model = load_model(config.model.path, weights_dtype, config.model.trust_remote_code, str(accelerator.device))
     pad_id = tokenizer.pad_token_id
+    if data_format == "negatives":
+        say(f"sampling {config.data.self_samples} completions per prompt from the initial model")
+        examples = with_self_samples(model, tokenizer, examples, config, config.train.seed, config.train.progress)
+        if eval_examples:
+            eval_examples = with_self_samples(model, tokenizer, eval_examples, config, config.train.seed + 1,
+                                              config.train.progress)
     reference = eval_reference = None
     if objective.needs_reference:
         # precomputed log-probs come from the model itself, before any step; a frozen copy only in "model" mode
