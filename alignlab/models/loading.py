@@ -68,18 +68,24 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_model(name_or_path: str, dtype: str = "auto", trust_remote_code: bool = False, device: str = "cpu"):
-    """A causal LM in `dtype` on `device`, in eval mode; weights from safetensors only."""
-    from transformers import AutoModelForCausalLM
+def load_model(name_or_path: str, dtype: str = "auto", trust_remote_code: bool = False, device: str = "cpu",
+               kind: str = "causal_lm"):
+    """A causal LM (or, with `kind="reward"`, a sequence classifier with one output: a reward model) in
+    `dtype` on `device`, in eval mode; weights from safetensors only. A reward head missing from the
+    checkpoint is initialised afresh."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     location, local = resolve_model_path(name_or_path)
+    extra = {"num_labels": 1} if kind == "reward" else {}
+    auto = AutoModelForSequenceClassification if kind == "reward" else AutoModelForCausalLM
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = auto.from_pretrained(
             location,
             dtype=resolve_dtype(dtype, device),
             trust_remote_code=trust_remote_code,
             use_safetensors=True,
             local_files_only=local or _offline(),
+            **extra,
         )
     except OSError as error:
         raise ModelNotFoundError(_not_found_message(name_or_path, "model", error)) from None

@@ -128,3 +128,15 @@ def completion_logps(
     if not with_square_mass:
         return _scatter_back(result, target_mask)
     return _scatter_back(result[0], target_mask), _scatter_back(result[1], target_mask)
+
+
+def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Scalar reward `[N]` of each right-padded row from a sequence-classification model with one output,
+    read at the row's last attended token (not inferred from pad ids, which may equal end-of-sequence)."""
+    head = getattr(model, "score", None)
+    body = getattr(model, "base_model", None)
+    if head is None or body is None or body is model:
+        raise ValueError(f"{type(model).__name__} has no transformer body and 'score' head to read rewards from")
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    last = attention_mask.sum(-1) - 1
+    return head(hidden[torch.arange(len(hidden), device=hidden.device), last]).squeeze(-1).float()

@@ -64,6 +64,8 @@ class ObjectiveSpec:
     """For objectives with a running statistic (BCO's δ): the per-example values the loop averages over
     training; the mean is passed to `fn` as `running_mean_param`."""
     running_mean_param: str = "delta"
+    model_kind: str = "causal_lm"
+    """``causal_lm``: trains the language model on log-probs; ``reward``: trains a scalar reward head."""
 
     @property
     def user_params(self) -> list[str]:
@@ -76,7 +78,7 @@ _REGISTRY: dict[str, ObjectiveSpec] = {}
 
 
 def register(name: str, *, needs_reference: bool, data_format: str | tuple[str, ...] = "paired",
-             running_mean: Callable[..., torch.Tensor] | None = None):
+             running_mean: Callable[..., torch.Tensor] | None = None, model_kind: str = "causal_lm"):
     """Decorator: make `fn` available as objective `name`."""
 
     def decorate(fn: Callable[..., ObjectiveOutput]) -> Callable[..., ObjectiveOutput]:
@@ -85,7 +87,8 @@ def register(name: str, *, needs_reference: bool, data_format: str | tuple[str, 
         paragraph = " ".join((inspect.getdoc(fn) or "").split("\n\n", 1)[0].split())
         summary = paragraph if len(paragraph) <= 110 else paragraph[:109].rstrip() + "…"
         formats = (data_format,) if isinstance(data_format, str) else tuple(data_format)
-        _REGISTRY[name] = ObjectiveSpec(name, fn, needs_reference, formats, summary, running_mean)
+        _REGISTRY[name] = ObjectiveSpec(name, fn, needs_reference, formats, summary, running_mean,
+                                        model_kind=model_kind)
         return fn
 
     return decorate
@@ -178,6 +181,10 @@ class Objective:
         self.data_formats = tuple(shared)
         """The data formats every term reads, preferred first."""
         self.needs_reference = any(spec(term.name).needs_reference for term in terms)
+        kinds = {spec(term.name).model_kind for term in terms}
+        if len(kinds) > 1:
+            raise ConfigError("a reward-model objective cannot be mixed with language-model objectives")
+        self.model_kind = kinds.pop()
         self.needs_square_mass = any(term.use_weighting for term in terms)
         self.training = True
         self.running = [[0.0, 0] for _ in terms]
@@ -246,4 +253,12 @@ class Objective:
         return ObjectiveOutput(total, metrics)
 
 
-from alignlab.objectives import d2o, distill, dpo, reference_free, sft, unpaired  # noqa: E402,F401  (register them)
+from alignlab.objectives import (  # noqa: E402,F401  (register the objectives)
+    d2o,
+    distill,
+    dpo,
+    reference_free,
+    reward_model,
+    sft,
+    unpaired,
+)

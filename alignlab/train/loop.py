@@ -39,8 +39,9 @@ from alignlab.data.collate import truncate
 from alignlab.decode.sampling import generate_ids
 from alignlab.errors import ConfigError, DataError
 from alignlab.models.loading import load_model, load_tokenizer
-from alignlab.models.scoring import completion_logps
+from alignlab.models.scoring import completion_logps, sequence_rewards
 from alignlab.objectives.d2o import NegativesLogps
+from alignlab.objectives.reward_model import RewardScores
 from alignlab.objectives.sft import SFTLogps
 from alignlab.objectives.unpaired import UnpairedLogps
 from alignlab.train.checkpoint import (
@@ -124,13 +125,16 @@ class BatchScorer:
     """
 
     def __init__(self, model, reference: ReferenceLogps | torch.nn.Module | None, pad_id: int, device,
-                 with_square_mass: bool = False) -> None:
+                 with_square_mass: bool = False, model_kind: str = "causal_lm") -> None:
         self.model, self.reference, self.pad_id, self.device = model, reference, pad_id, device
-        self.with_square_mass = with_square_mass
+        self.with_square_mass, self.model_kind = with_square_mass, model_kind
 
     def __call__(self, examples: list, indices: list[int]):
         batch = {k: v.to(self.device) for k, v in collate_examples(examples, self.pad_id).items()}
         n = len(examples)
+        if self.model_kind == "reward":
+            rewards = sequence_rewards(self.model, batch["input_ids"], batch["attention_mask"])
+            return RewardScores(rewards[:n], rewards[n:], batch.get("reward_margins"))
         logps = completion_logps(self.model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
                                  with_square_mass=self.with_square_mass)
         square_mass = None
@@ -292,7 +296,10 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
 
     # model and reference (the reference is the model as loaded, before any step or checkpoint)
     weights_dtype = "float32" if config.model.dtype == "auto" else config.model.dtype
-    model = load_model(config.model.path, weights_dtype, config.model.trust_remote_code, str(accelerator.device))
+    model = load_model(config.model.path, weights_dtype, config.model.trust_remote_code, str(accelerator.device),
+                       kind=objective.model_kind)
+    if objective.model_kind == "reward":
+        model.config.pad_token_id = tokenizer.pad_token_id
     pad_id = tokenizer.pad_token_id
     if data_format == "negatives":
         say(f"sampling {config.data.self_samples} completions per prompt from the initial model")
@@ -320,8 +327,10 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
                                 objective)
         say(f"resumed from {latest} at step {state.step}")
     metrics_log = MetricsLog(run_dir / "metrics.jsonl", state.step if latest is not None else None)
-    scorer = BatchScorer(model, reference, pad_id, accelerator.device, objective.needs_square_mass)
-    eval_scorer = BatchScorer(model, eval_reference, pad_id, accelerator.device, objective.needs_square_mass)
+    scorer = BatchScorer(model, reference, pad_id, accelerator.device, objective.needs_square_mass,
+                         objective.model_kind)
+    eval_scorer = BatchScorer(model, eval_reference, pad_id, accelerator.device, objective.needs_square_mass,
+                              objective.model_kind)
 
     model.train()
     progress = tqdm(total=steps, initial=state.step, desc=f"train {objective.name}", unit="step",
