@@ -24,6 +24,8 @@ from alignlab import objectives
 from alignlab.config import RunConfig, objective_terms, save_config
 from alignlab.data import (
     TokenizedNegatives,
+    TokenizedSFT,
+    TokenizedUnpaired,
     collate_examples,
     detect_format,
     load_negatives,
@@ -110,18 +112,12 @@ class MetricsLog:
             handle.write(json.dumps(record) + "\n")
 
 
-def split_slots(tensor: torch.Tensor | None, n: int) -> list[torch.Tensor | None]:
-    """Rows `[S·n, …]` of a multi-slot batch → S tensors of n rows (or S Nones)."""
-    if tensor is None:
-        return [None, None]
-    return list(tensor.split(n))
-
-
 class BatchScorer:
     """Builds an objective's batch for a micro-batch of examples: policy log-probs of every completion
     slot in one forward pass, plus reference log-probs (cached, or from a frozen model) if needed.
 
-    Paired examples give `PreferenceLogps`; unpaired ones `UnpairedLogps` (with their mismatched slot).
+    Paired examples give `PreferenceLogps`, unpaired ones `UnpairedLogps` (with their mismatched slot),
+    SFT ones `SFTLogps`, negatives-only ones `NegativesLogps`; a reward model gives `RewardScores`.
     """
 
     def __init__(self, model, reference: ReferenceLogps | torch.nn.Module | None, pad_id: int, device,
@@ -149,13 +145,14 @@ class BatchScorer:
                 refs = list(completion_logps(self.reference, batch["input_ids"], batch["attention_mask"],
                                              batch["completion_mask"]).split(n))
         policy, masks = list(logps.split(n)), [m.float() for m in masks]
-        if "labels" in batch:
+        example = examples[0]
+        if isinstance(example, TokenizedUnpaired):
             return UnpairedLogps(policy[0], refs[0], masks[0], batch["labels"], policy[1], refs[1], masks[1])
-        if len(masks) == 1:
+        if isinstance(example, TokenizedSFT):
             return SFTLogps(policy[0], refs[0], masks[0])
-        if isinstance(examples[0], TokenizedNegatives):
+        if isinstance(example, TokenizedNegatives):
             return NegativesLogps(policy[0], refs[0], masks[0], policy[1:], refs[1:], masks[1:])
-        squares = split_slots(square_mass, n)
+        squares = list(square_mass.split(n)) if square_mass is not None else [None, None]
         return objectives.PreferenceLogps(policy[0], policy[1], refs[0], refs[1], masks[0], masks[1],
                                           squares[0], squares[1], batch.get("reward_margins"))
 
