@@ -131,6 +131,17 @@ class RecordChecker:
             raise self.error(f"{len(rejected)} rewards but chosen_reward has {len(chosen)}", field="rejected_reward")
         return tuple(c - r for c, r in zip(chosen, rejected, strict=True))
 
+    def prompt(self, record: dict[str, Any]) -> Text:
+        """The record's ``prompt``: a string (may be empty) or messages."""
+        return self.text(self.required(record, "prompt"), "prompt", allow_empty=True)
+
+    def completion(self, record: dict[str, Any], name: str) -> Text:
+        """A non-empty completion field: a string, or messages starting with the assistant's."""
+        value = self.text(self.required(record, name), name, allow_empty=False)
+        if isinstance(value, list):
+            self.completion_messages(value, name)
+        return value
+
     def completion_messages(self, messages: list[Message], name: str) -> None:
         if messages[0]["role"] != "assistant":
             raise self.error(f"a completion must start with an assistant message, got role '{messages[0]['role']}'",
@@ -158,7 +169,7 @@ def parse_preference(record: Any, source: str, location: str) -> PreferenceExamp
             raise check.error("missing, and chosen and rejected share no leading messages to use as prompt",
                               field="prompt")
     else:
-        prompt = check.text(check.required(record, "prompt"), "prompt", allow_empty=True)
+        prompt = check.prompt(record)
     for name, value in (("chosen", chosen), ("rejected", rejected)):
         if isinstance(value, list):
             check.completion_messages(value, name)
@@ -169,10 +180,7 @@ def parse_unpaired(record: Any, source: str, location: str) -> UnpairedExample:
     """Validate one unpaired record (``prompt``, ``completion``, ``label`` true/false)."""
     check = RecordChecker(source, location)
     record = check.record(record, "prompt, completion, label")
-    prompt = check.text(check.required(record, "prompt"), "prompt", allow_empty=True)
-    completion = check.text(check.required(record, "completion"), "completion", allow_empty=False)
-    if isinstance(completion, list):
-        check.completion_messages(completion, "completion")
+    prompt, completion = check.prompt(record), check.completion(record, "completion")
     label = check.required(record, "label")
     if not isinstance(label, bool):
         raise check.error(f"expected true (desirable) or false (undesirable), got {label!r}", field="label")
@@ -183,11 +191,7 @@ def parse_negative(record: Any, source: str, location: str) -> NegativeExample:
     """Validate one negatives-only record (``prompt``, ``rejected``)."""
     check = RecordChecker(source, location)
     record = check.record(record, "prompt, rejected")
-    prompt = check.text(check.required(record, "prompt"), "prompt", allow_empty=True)
-    rejected = check.text(check.required(record, "rejected"), "rejected", allow_empty=False)
-    if isinstance(rejected, list):
-        check.completion_messages(rejected, "rejected")
-    return NegativeExample(prompt, rejected, f"{source}:{location}")
+    return NegativeExample(check.prompt(record), check.completion(record, "rejected"), f"{source}:{location}")
 
 
 def parse_sft(record: Any, source: str, location: str) -> SFTExample:
@@ -204,8 +208,7 @@ def parse_sft(record: Any, source: str, location: str) -> SFTExample:
                               field=f"messages[{len(messages) - 1}].role")
         prompt, completion = messages[:-1], messages[-1:]
     else:
-        prompt = check.text(check.required(record, "prompt"), "prompt", allow_empty=True)
-        completion = check.text(check.required(record, "completion"), "completion", allow_empty=False)
+        prompt, completion = check.prompt(record), check.completion(record, "completion")
     if isinstance(completion, list):
         check.completion_messages(completion, "completion")
     return SFTExample(prompt, completion, f"{source}:{location}")
