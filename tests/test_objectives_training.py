@@ -57,9 +57,18 @@ def few_negatives(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def few_sft(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "sft.jsonl"
+    rows = [json.loads(line) for line in EXAMPLE_PAIRS.read_text().splitlines()[:8]]
+    records = [{"prompt": r["prompt"], "completion": r["chosen"], "aligned_logps": [-3.0, -2.5]} for r in rows]
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
 @pytest.mark.parametrize("name", [spec.name for spec in objectives.available()])
-def test_every_objective_trains(name, small_model_dir, few_pairs, few_unpaired, few_negatives, tmp_path):
-    data = {"paired": few_pairs, "unpaired": few_unpaired, "sft": few_pairs,
+def test_every_objective_trains(name, small_model_dir, few_pairs, few_unpaired, few_negatives, few_sft, tmp_path):
+    data = {"paired": few_pairs, "unpaired": few_unpaired, "sft": few_sft,
             "negatives": few_negatives}[objectives.spec(name).data_formats[0]]
     result, history = run(small_model_dir, data, tmp_path / name, {"name": name}, steps=2)
     assert len(history) == 2

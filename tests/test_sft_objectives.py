@@ -70,3 +70,24 @@ def test_sft_data_trains(name, small_model_dir, tmp_path):
     assert history[-1]["nll_loss"] < history[0]["nll_loss"]
     report = json.loads((tmp_path / "run" / "data_report.json").read_text())
     assert report["train"]["examples"] == len(PAIRS)
+
+
+def test_poft_sanity_values_and_aligned_scores(tmp_path):
+    from alignlab.data import load_sft
+
+    mask = torch.tensor([[0.0, 1.0, 1.0]])
+    policy = torch.tensor([[0.0, -1.0, -3.0]])  # s_θ = −2
+    poft = objectives.get("poft")
+    assert poft(SFTLogps(policy, None, mask, torch.tensor([-2.0]))).loss.item() == pytest.approx(math.log(2))
+    assert poft(SFTLogps(policy, None, mask, torch.tensor([-3.0]))).loss.item() == pytest.approx(0.313262, abs=1e-6)
+    with_nll = poft(SFTLogps(policy, None, mask, torch.tensor([-3.0])), nll_weight=0.5).loss.item()
+    assert with_nll == pytest.approx(0.313262 + 0.5 * 2.0, abs=1e-6)
+    with pytest.raises(ConfigError, match="aligned_logps"):
+        poft(SFTLogps(policy, None, mask))
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps({"prompt": "a", "completion": "b", "aligned_logps": [-1.0, -2.0]}) + "\n"
+                    + json.dumps({"prompt": "a", "completion": "b", "aligned_logps": "high"}) + "\n")
+    with pytest.raises(DataError, match=r"line 2: field 'aligned_logps'"):
+        load_sft(str(path))
+    path.write_text(json.dumps({"prompt": "a", "completion": "b", "aligned_logps": [-1.0, -2.0]}) + "\n")
+    assert load_sft(str(path))[0].aligned_score == pytest.approx(-1.5)

@@ -37,6 +37,7 @@ class TokenizedPair:
 class TokenizedSFT:
     prompt: list[int]
     completion: list[int]
+    aligned_score: float | None = None
 
     @property
     def completions(self) -> tuple[list[int], ...]:
@@ -175,7 +176,7 @@ def tokenize_sft(
 ) -> tuple[list[TokenizedSFT], TruncationStats]:
     """Tokenize and truncate SFT examples; nothing is dropped, truncations are counted."""
     return tokenize_with(examples, tokenizer, max_length, max_prompt_length, ("completion",),
-                         lambda e, prompt, c: TokenizedSFT(prompt, c[0]))
+                         lambda e, prompt, c: TokenizedSFT(prompt, c[0], e.aligned_score))
 
 
 def pad_rows(rows: list[list[int]], value: int) -> torch.Tensor:
@@ -222,6 +223,8 @@ def collate_examples(examples, pad_id: int) -> dict[str, torch.Tensor]:
     batch = collate_slots(examples, pad_id)
     if isinstance(examples[0], TokenizedUnpaired):
         batch["labels"] = torch.tensor([e.label for e in examples], dtype=torch.bool)
+    if isinstance(examples[0], TokenizedSFT) and all(e.aligned_score is not None for e in examples):
+        batch["aligned_scores"] = torch.tensor([e.aligned_score for e in examples], dtype=torch.float32)
     return batch
 
 

@@ -11,7 +11,8 @@ Unpaired: ``prompt``, ``completion`` and ``label`` (true for desirable, false fo
 Negatives only: ``prompt`` and ``rejected`` (positives are sampled from the model before training).
 
 SFT: ``prompt`` and ``completion``, or ``messages`` (a conversation whose last message is the
-assistant's completion).
+assistant's completion); optional ``aligned_logps``: the completion's mean per-token log-likelihood
+under one or more aligned LLMs (a number or a list), for PoFT.
 
 Every problem raises `DataError` naming file, line/row and field; no record is dropped silently.
 """
@@ -62,6 +63,8 @@ class SFTExample:
     prompt: Text
     completion: Text
     location: str
+    aligned_score: float | None = None
+    """Mean over aligned reference LLMs of the completion's length-normalised log-likelihood (PoFT)."""
 
 
 class RecordChecker:
@@ -211,7 +214,10 @@ def parse_sft(record: Any, source: str, location: str) -> SFTExample:
         prompt, completion = check.prompt(record), check.completion(record, "completion")
     if isinstance(completion, list):
         check.completion_messages(completion, "completion")
-    return SFTExample(prompt, completion, f"{source}:{location}")
+    aligned = record.get("aligned_logps")
+    score = None if aligned is None else sum(check.rewards(aligned, "aligned_logps")) / (
+        len(aligned) if isinstance(aligned, list) else 1)
+    return SFTExample(prompt, completion, f"{source}:{location}", score)
 
 
 def detect_format(path: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from alignlab.errors import ConfigError
 from alignlab.objectives import ObjectiveOutput, PreferenceLogps, register
@@ -21,6 +22,8 @@ class SFTLogps:
     policy: torch.Tensor
     reference: torch.Tensor | None
     mask: torch.Tensor
+    aligned_scores: torch.Tensor | None = None
+    """`[B]` mean per-token log-likelihood of each completion under aligned LLMs (PoFT), when the data has it."""
 
 
 def completion_view(batch: SFTLogps | PreferenceLogps) -> SFTLogps:
@@ -90,3 +93,25 @@ def token_constrained(batch: SFTLogps | PreferenceLogps, beta: float = 0.1, firs
                "token_weights/first": (weights * (betas == beta * first_token_factor)).sum().item()
                / max(1.0, float((view.mask.sum(-1) > 0).sum()))}
     return ObjectiveOutput(loss, metrics, per_example)
+
+
+@register("poft", needs_reference=False, data_format="sft")
+def poft(batch: SFTLogps, beta: float = 1.0, nll_weight: float = 0.0) -> ObjectiveOutput:
+    """PoFT (Fan et al., 2025, "Preference-Oriented Supervised Fine-Tuning: Favoring Target Model Over
+    Aligned Large Language Models"): the policy should prefer each SFT completion more than frozen aligned
+    LLMs do. With s_θ the policy's mean per-token log-likelihood of the completion and s_A the aligned
+    models' (the record's ``aligned_logps``, averaged),
+
+        loss = −log σ(β·(s_θ − s_A)) + `nll_weight`·NLL
+
+    Constants unconfirmed: β = 1 and no NLL term by default (the Bradley–Terry form of the paper).
+    Sanity: s_θ = s_A ⇒ log 2; s_θ − s_A = 1 ⇒ 0.313262.
+    """
+    check_beta("poft", beta)
+    if batch.aligned_scores is None:
+        raise ConfigError("poft needs aligned_logps in every record (the aligned LLMs' mean token log-likelihood)")
+    s_theta = sequence_logps(batch.policy, batch.mask) / batch.mask.sum(-1).clamp(min=1)
+    losses = -F.logsigmoid(beta * (s_theta - batch.aligned_scores.to(s_theta.dtype)))
+    nll = token_mean_nll(batch.policy, batch.mask)
+    metrics = {"nll_loss": nll.item(), "poft/score_gap": (s_theta - batch.aligned_scores).mean().item()}
+    return ObjectiveOutput(losses.mean() + nll_weight * nll, metrics, losses - nll_weight * s_theta)

@@ -149,7 +149,7 @@ class BatchScorer:
         if isinstance(example, TokenizedUnpaired):
             return UnpairedLogps(policy[0], refs[0], masks[0], batch["labels"], policy[1], refs[1], masks[1])
         if isinstance(example, TokenizedSFT):
-            return SFTLogps(policy[0], refs[0], masks[0])
+            return SFTLogps(policy[0], refs[0], masks[0], batch.get("aligned_scores"))
         if isinstance(example, TokenizedNegatives):
             return NegativesLogps(policy[0], refs[0], masks[0], policy[1:], refs[1:], masks[1:])
         squares = list(square_mass.split(n)) if square_mass is not None else [None, None]
