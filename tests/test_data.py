@@ -170,3 +170,17 @@ def test_reward_fields_become_margins(tmp_path, tokenizer):
     assert error_for(tmp_path, family).field == "rejected_reward"
     assert error_for(tmp_path, {**GOOD, "chosen_reward": 1.0}).field == "rejected_reward"
     assert "number" in error_for(tmp_path, {**GOOD, "chosen_reward": "high", "rejected_reward": 0}).message
+
+
+def test_answer_only_pairs_for_bvpo(tmp_path, tokenizer):
+    from alignlab.data import collate_pairs
+
+    record = {**GOOD, "chosen_answer": " Great.", "rejected_answer": " Bad."}
+    examples = load_preferences(str(write_jsonl(tmp_path / "b.jsonl", [record, record])))
+    pairs, _ = tokenize_preferences(examples, tokenizer, max_length=32, max_prompt_length=16)
+    assert len(pairs[0].completions) == 4
+    assert collate_pairs(pairs, 1)["input_ids"].shape[0] == 8
+    assert error_for(tmp_path, {**GOOD, "chosen_answer": " Great."}).field == "rejected_answer"
+    mixed = load_preferences(str(write_jsonl(tmp_path / "m.jsonl", [record, GOOD])))
+    with pytest.raises(DataError, match="in every record or in none"):
+        tokenize_preferences(mixed, tokenizer, max_length=32, max_prompt_length=16)

@@ -235,3 +235,17 @@ def test_distill_sanity_values():
     assert distill(with_margins(example, [[1.0, 3.0]]), beta=0.5, pessimistic=False).loss.item() == pytest.approx(2.0)
     with pytest.raises(ConfigError, match="chosen_reward"):
         distill(make_batch(example))
+
+
+def test_bvpo_mixes_trace_and_answer_only_dpo():
+    batch = make_batch()
+    batch.answers = make_batch([(pc, pr, pc, pr, nc, nr) for pc, pr, _, _, nc, nr in EXAMPLES])  # Δ = 0: log 2
+    dpo = objectives.get("dpo")(batch).loss.item()
+    out = objectives.get("bvpo")(batch, alpha=0.3)
+    assert out.loss.item() == pytest.approx(0.3 * dpo + 0.7 * math.log(2), rel=1e-6)
+    assert out.metrics["loss/answer"] == pytest.approx(math.log(2))
+    same = make_batch([(pc, pr, pc, pr, nc, nr) for pc, pr, _, _, nc, nr in EXAMPLES])
+    same.answers = same
+    assert objectives.get("bvpo")(same).loss.item() == pytest.approx(math.log(2))
+    with pytest.raises(ConfigError, match="chosen_answer"):
+        objectives.get("bvpo")(make_batch())

@@ -42,6 +42,15 @@ def run(model_dir, data, out, objective, steps, lr=1e-3):
 
 
 @pytest.fixture(scope="module")
+def few_answer_pairs(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "answers.jsonl"
+    rows = [json.loads(line) for line in EXAMPLE_PAIRS.read_text().splitlines()[:8]]
+    records = [{**r, "chosen_answer": r["chosen"][:20], "rejected_answer": r["rejected"][:20]} for r in rows]
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+@pytest.fixture(scope="module")
 def few_unpaired(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "unpaired.jsonl"
     path.write_text("".join((EXAMPLE_PAIRS.parent / "sentiment_unpaired.jsonl").read_text()
@@ -67,9 +76,12 @@ def few_sft(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", [spec.name for spec in objectives.available()])
-def test_every_objective_trains(name, small_model_dir, few_pairs, few_unpaired, few_negatives, few_sft, tmp_path):
+def test_every_objective_trains(name, small_model_dir, few_pairs, few_unpaired, few_negatives, few_sft,
+                                few_answer_pairs, tmp_path):
     data = {"paired": few_pairs, "unpaired": few_unpaired, "sft": few_sft,
             "negatives": few_negatives}[objectives.spec(name).data_formats[0]]
+    if name == "bvpo":
+        data = few_answer_pairs
     result, history = run(small_model_dir, data, tmp_path / name, {"name": name}, steps=2)
     assert len(history) == 2
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in history)

@@ -26,11 +26,13 @@ class TokenizedPair:
     chosen: list[int]
     rejected: list[int]
     reward_margin: tuple[float, ...] | None = None
+    answers: tuple[list[int], list[int]] | None = None
+    """Answer-only chosen and rejected (BVPO's no-trace pair), when the record has them."""
 
     @property
     def completions(self) -> tuple[list[int], ...]:
-        """The completions scored after the shared prompt, in slot order (chosen, rejected)."""
-        return self.chosen, self.rejected
+        """The completions scored after the shared prompt, in slot order (chosen, rejected[, answers])."""
+        return (self.chosen, self.rejected, *(self.answers or ()))
 
 
 @dataclass(frozen=True)
@@ -166,9 +168,19 @@ def tokenize_with(examples, tokenizer, max_length: int, max_prompt_length: int, 
 def tokenize_preferences(
     examples: list[PreferenceExample], tokenizer, max_length: int, max_prompt_length: int
 ) -> tuple[list[TokenizedPair], TruncationStats]:
-    """Tokenize and truncate paired examples; nothing is dropped, truncations are counted."""
-    return tokenize_with(examples, tokenizer, max_length, max_prompt_length, ("chosen", "rejected"),
-                         lambda e, prompt, c: TokenizedPair(prompt, c[0], c[1], e.reward_margin))
+    """Tokenize and truncate paired examples; nothing is dropped, truncations are counted.
+
+    Answer-only pairs (BVPO) must be in every record or in none, so batches have one shape.
+    """
+    with_answers = [e.chosen_answer is not None for e in examples]
+    if any(with_answers) and not all(with_answers):
+        missing = examples[with_answers.index(False)]
+        raise DataError("some records have chosen_answer and rejected_answer and this one does not; give them "
+                        "in every record or in none", location=missing.location, field="chosen_answer")
+    fields = ("chosen", "rejected", "chosen_answer", "rejected_answer") if all(with_answers) else ("chosen", "rejected")
+    return tokenize_with(examples, tokenizer, max_length, max_prompt_length, fields,
+                         lambda e, prompt, c: TokenizedPair(prompt, c[0], c[1], e.reward_margin,
+                                                            (c[2], c[3]) if len(c) == 4 else None))
 
 
 def tokenize_sft(

@@ -4,7 +4,8 @@ Paired: ``prompt``, ``chosen``, ``rejected`` — each a string, or a list of cha
 ``{"role": ..., "content": ...}``. With message lists the prompt may be left out: it is then the
 messages that chosen and rejected share before they differ (the "implicit prompt" convention).
 Optional ``chosen_reward`` and ``rejected_reward`` (a number each, or equal-length lists, one per
-reward model) carry reward-model scores for reward distillation.
+reward model) carry reward-model scores for reward distillation; optional ``chosen_answer`` and
+``rejected_answer`` carry answer-only versions of responses with reasoning traces (BVPO).
 
 Unpaired: ``prompt``, ``completion`` and ``label`` (true for desirable, false for undesirable).
 
@@ -40,6 +41,9 @@ class PreferenceExample:
     """Where the record came from, e.g. ``data/train.jsonl:line 4``."""
     reward_margin: tuple[float, ...] | None = None
     """chosen_reward − rejected_reward from optional reward-model scores (one per reward model)."""
+    chosen_answer: Text | None = None
+    """Optional answer-only versions of chosen and rejected (no reasoning trace), for BVPO."""
+    rejected_answer: Text | None = None
 
 
 @dataclass(frozen=True)
@@ -176,7 +180,14 @@ def parse_preference(record: Any, source: str, location: str) -> PreferenceExamp
     for name, value in (("chosen", chosen), ("rejected", rejected)):
         if isinstance(value, list):
             check.completion_messages(value, name)
-    return PreferenceExample(prompt, chosen, rejected, f"{source}:{location}", check.reward_margin(record))
+    answers = [record.get(name) is not None for name in ("chosen_answer", "rejected_answer")]
+    if any(answers) and not all(answers):
+        given, missing = ("chosen_answer", "rejected_answer") if answers[0] else ("rejected_answer", "chosen_answer")
+        raise check.error(f"missing while {given} is given", field=missing)
+    chosen_answer = check.completion(record, "chosen_answer") if all(answers) else None
+    rejected_answer = check.completion(record, "rejected_answer") if all(answers) else None
+    return PreferenceExample(prompt, chosen, rejected, f"{source}:{location}", check.reward_margin(record),
+                             chosen_answer, rejected_answer)
 
 
 def parse_unpaired(record: Any, source: str, location: str) -> UnpairedExample:

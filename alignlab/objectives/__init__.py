@@ -37,6 +37,8 @@ class PreferenceLogps:
     policy_rejected_square_mass: torch.Tensor | None = None
     reward_margins: torch.Tensor | None = None
     """Reward-model margins r(chosen) − r(rejected) `[B, M]`, one column per reward model, when the data has them."""
+    answers: PreferenceLogps | None = None
+    """The answer-only (no reasoning trace) pair of each example, when the data has it (BVPO)."""
 
     @property
     def has_reference(self) -> bool:

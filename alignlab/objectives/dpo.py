@@ -337,3 +337,29 @@ def rpo(batch: PreferenceLogps, beta: float = 0.1, alpha: float = 1.0, f_diverge
     output = paired_output(losses, beta, s, loss=preference.mean() + alpha * chosen_nll(batch))
     output.metrics["nll_loss"] = chosen_nll(batch).item()
     return output
+
+
+@register("bvpo", needs_reference=True)
+def bvpo(batch: PreferenceLogps, beta: float = 0.1, alpha: float = 0.5, label_smoothing: float = 0.0
+         ) -> ObjectiveOutput:
+    """BVPO (Zhu et al., 2025, "From Noisy Traces to Stable Gradients: Bias–Variance Optimized Preference
+    Optimization for Aligning Large Reasoning Models"): mix the DPO loss on responses with their reasoning
+    trace (L_t, high variance from trace sampling) and on answer-only pairs generated with an empty trace
+    (L_e, low variance, biased):
+
+        loss = α·L_t + (1 − α)·L_e
+
+    The records carry ``chosen_answer`` and ``rejected_answer`` beside ``chosen`` and ``rejected`` (put any
+    no-trace marker, e.g. an empty think block, in those texts). α = 0.5 by default; the paper derives an
+    MSE-optimal α from the two gradient variances (not implemented). Policy = reference ⇒ log 2.
+    """
+    if not 0 <= alpha <= 1:
+        raise ConfigError(f"bvpo: alpha must be in [0, 1], got {alpha}")
+    if batch.answers is None:
+        raise ConfigError("bvpo needs answer-only pairs: give every record chosen_answer and rejected_answer")
+    with_trace = dpo(batch, beta=beta, label_smoothing=label_smoothing)
+    answer_only = dpo(batch.answers, beta=beta, label_smoothing=label_smoothing)
+    losses = alpha * with_trace.losses + (1 - alpha) * answer_only.losses
+    metrics = {**with_trace.metrics, "loss/trace": with_trace.loss.item(), "loss/answer": answer_only.loss.item(),
+               **{f"answer/{k}": v for k, v in answer_only.metrics.items() if k.startswith("rewards/")}}
+    return ObjectiveOutput(losses.mean(), metrics, losses)

@@ -97,7 +97,7 @@ def token_constrained(batch: SFTLogps | PreferenceLogps, beta: float = 0.1, firs
 
 @register("poft", needs_reference=False, data_format="sft")
 def poft(batch: SFTLogps, beta: float = 1.0, nll_weight: float = 0.0) -> ObjectiveOutput:
-    """PoFT (Fan et al., 2025, "Preference-Oriented Supervised Fine-Tuning: Favoring Target Model Over
+    """PoFT (Fan et al., 2024, AAAI 2025, "Preference-Oriented Supervised Fine-Tuning: Favoring Target Model Over
     Aligned Large Language Models"): the policy should prefer each SFT completion more than frozen aligned
     LLMs do. With s_θ the policy's mean per-token log-likelihood of the completion and s_A the aligned
     models' (the record's ``aligned_logps``, averaged),

@@ -152,9 +152,13 @@ class BatchScorer:
             return SFTLogps(policy[0], refs[0], masks[0], batch.get("aligned_scores"))
         if isinstance(example, TokenizedNegatives):
             return NegativesLogps(policy[0], refs[0], masks[0], policy[1:], refs[1:], masks[1:])
-        squares = list(square_mass.split(n)) if square_mass is not None else [None, None]
+        squares = list(square_mass.split(n)) if square_mass is not None else [None] * len(masks)
+        answers = None
+        if len(masks) == 4:
+            answers = objectives.PreferenceLogps(policy[2], policy[3], refs[2], refs[3], masks[2], masks[3],
+                                                 squares[2], squares[3])
         return objectives.PreferenceLogps(policy[0], policy[1], refs[0], refs[1], masks[0], masks[1],
-                                          squares[0], squares[1], batch.get("reward_margins"))
+                                          squares[0], squares[1], batch.get("reward_margins"), answers)
 
 
 DATA_FORMATS = {
