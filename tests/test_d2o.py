@@ -59,3 +59,13 @@ def test_d2o_trains_on_negatives_with_self_samples_and_resumes_exactly(small_mod
     resumed = train(interrupted, resume=True, log=lambda *_: None)
     for key, value in load_file(str(straight.final_dir / "model.safetensors")).items():
         assert torch.equal(load_file(str(resumed.final_dir / "model.safetensors"))[key], value), key
+
+
+def test_d2o_gradient_lowers_the_negative_and_raises_the_samples():
+    b = negatives_batch([-4.0], [-4.0], [[0.0], [1.0]], [[0.0], [1.0]])
+    b.policy_rejected.requires_grad_(True)
+    for sample in b.policy_samples:
+        sample.requires_grad_(True)
+    objectives.get("d2o")(b).loss.backward()
+    assert (b.policy_rejected.grad * b.rejected_mask).sum() > 0
+    assert all((s.grad * m).sum() < 0 for s, m in zip(b.policy_samples, b.sample_masks, strict=True))

@@ -60,3 +60,9 @@ def test_reward_model_trains_and_saves_a_classifier(small_model_dir, tmp_path):
     assert reloaded.config.num_labels == 1
     with pytest.raises(ConfigError, match="cannot be mixed"):
         config_from_dict({"objective": [{"name": "bradley_terry"}, {"name": "sft"}]})
+
+
+def test_bradley_terry_gradient_separates_chosen_from_rejected():
+    chosen, rejected = torch.tensor([0.5, -1.0], requires_grad=True), torch.tensor([0.0, 2.0], requires_grad=True)
+    objectives.get("bradley_terry")(RewardScores(chosen, rejected)).loss.backward()
+    assert (chosen.grad < 0).all() and (rejected.grad > 0).all()

@@ -91,3 +91,12 @@ def test_poft_sanity_values_and_aligned_scores(tmp_path):
         load_sft(str(path))
     path.write_text(json.dumps({"prompt": "a", "completion": "b", "aligned_logps": [-1.0, -2.0]}) + "\n")
     assert load_sft(str(path))[0].aligned_score == pytest.approx(-1.5)
+
+
+@pytest.mark.parametrize("name", ["sft", "token_constrained", "poft"])
+def test_single_completion_gradients_raise_the_completion(name):
+    mask = torch.tensor([[0.0, 1.0, 1.0, 1.0]])
+    policy = torch.tensor([[0.0, -1.0, -2.0, -0.5]], requires_grad=True)
+    batch = SFTLogps(policy, torch.tensor([[0.0, -1.5, -1.0, -0.5]]), mask, torch.tensor([-1.0]))
+    objectives.get(name)(batch).loss.backward()
+    assert ((policy.grad * mask) <= 0).all() and (policy.grad * mask).sum() < 0

@@ -116,3 +116,12 @@ def test_unpaired_objectives_train_and_resume_exactly(name, small_model_dir, tmp
     resumed = train(interrupted, resume=True, log=lambda *_: None)
     for key, value in load_file(str(straight.final_dir / "model.safetensors")).items():
         assert torch.equal(load_file(str(resumed.final_dir / "model.safetensors"))[key], value), key
+
+
+@pytest.mark.parametrize("name", ["kto", "bco"])
+def test_unpaired_gradients_raise_desirable_and_lower_undesirable(name):
+    b = batch([-1.0, -2.0], [-1.0, -2.0], [True, False])
+    b.policy.requires_grad_(True)
+    objectives.get(name)(b).loss.backward()
+    grads = (b.policy.grad * b.mask).sum(-1)
+    assert grads[0] < 0 and grads[1] > 0
