@@ -56,3 +56,18 @@ def test_every_example_config_is_valid():
     for path in configs:
         config = load_config(path)
         assert (ROOT / config.data.train).is_file(), path
+
+
+def test_missing_hub_model_offline_is_one_clear_error(monkeypatch):
+    from alignlab import ModelNotFoundError
+    from alignlab.models.loading import load_model, load_tokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for load in (load_model, load_tokenizer):
+        try:
+            load("no-such-org/no-such-model")
+        except ModelNotFoundError as error:
+            message = str(error)
+        else:
+            raise AssertionError("a missing model loaded")
+        assert "no-such-org/no-such-model" in message and "offline" in message
