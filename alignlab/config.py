@@ -250,7 +250,10 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"train.lr must be positive, got {config.train.lr}")
     if not 0 <= config.train.warmup_ratio < 1:
         raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {config.train.warmup_ratio}")
-    objectives.Objective(objective_terms(config))
+    objective = objectives.Objective(objective_terms(config))
+    if objective.needs_token_kl and config.reference.mode != "model":
+        raise ConfigError(f"objective '{objective.name}' needs the reference's full distribution at every token, "
+                          "which precomputed log-probs do not keep: set reference.mode: model")
 
 
 def objective_terms(config: RunConfig) -> list:

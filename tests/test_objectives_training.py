@@ -26,13 +26,19 @@ def few_pairs(tmp_path_factory):
     return path
 
 
+def reference_mode(objective) -> str:
+    """Objectives that need the reference's full distribution run with a frozen reference model."""
+    entries = objective if isinstance(objective, list) else [objective]
+    return "model" if any(objectives.spec(e["name"]).needs_token_kl for e in entries) else "precompute"
+
+
 def run(model_dir, data, out, objective, steps, lr=1e-3):
     config = config_from_dict({
         "model": {"path": str(model_dir)},
         "data": {"train": str(data), "max_length": 96, "max_prompt_length": 32, "self_samples": 3,
                  "self_sample_max_new_tokens": 12},
         "objective": objective,
-        "reference": {"cache_dir": str(out.parent / "cache")},
+        "reference": {"cache_dir": str(out.parent / "cache"), "mode": reference_mode(objective)},
         "train": {"batch_size": 4, "max_steps": steps, "lr": lr, "warmup_ratio": 0.0, "progress": False},
         "out_dir": str(out),
     })

@@ -11,6 +11,8 @@ vocabulary for each chunk:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -140,3 +142,62 @@ def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     last = attention_mask.sum(-1) - 1
     return head(hidden[torch.arange(len(hidden), device=hidden.device), last]).squeeze(-1).float()
+
+
+@dataclass
+class TokenKL:
+    """Per-token quantities `[N, L]` of completion tokens under a policy and a frozen reference."""
+
+    policy: torch.Tensor
+    """log π_θ(y_t), with gradient."""
+    reference: torch.Tensor
+    """log π_ref(y_t)."""
+    kl: torch.Tensor
+    """k_t = Σ_v π_ref(v)·(log π_θ(v) − log π_ref(v)) (= −KL(π_ref ‖ π_θ) at t), gradient through π_θ."""
+    reference_activations: torch.Tensor
+    """`[layers, N, L]`: the mean over the hidden size of each reference layer's output at the position
+    that predicts token t (no gradient)."""
+
+
+def completion_token_kl(
+    policy, reference, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+) -> TokenKL:
+    """Token-level log-probs and KL of a policy against a frozen reference, one forward pass each.
+
+    Both LM heads run on the completion-predicting positions only, `chunk_tokens` rows at a time;
+    full-vocabulary log-softmaxes exist one chunk at a time (a chunk of the policy's is kept for
+    its gradient).
+    """
+    if completion_mask[:, 0].any():
+        raise ValueError("completion_mask is 1 at position 0: the first token has no context to be scored from")
+    policy_body, policy_head = _body_and_head(policy)
+    reference_body, reference_head = _body_and_head(reference)
+    if policy_body is None or reference_body is None:
+        raise ValueError("token-level KL needs models whose transformer body and LM head can be split")
+    target_mask = completion_mask[:, 1:].bool()
+    targets = input_ids[:, 1:][target_mask]
+    hidden_policy = policy_body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    with torch.no_grad():
+        out = reference_body(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        hidden_reference = out.last_hidden_state[:, :-1][target_mask]
+        activations = torch.stack([h[:, :-1][target_mask].float().mean(-1) for h in out.hidden_states[1:]])
+    post_policy, post_reference = _logit_postprocess(policy.config), _logit_postprocess(reference.config)
+    pieces = []
+    for hp, hr, t in zip(hidden_policy[:, :-1][target_mask].split(chunk_tokens), hidden_reference.split(chunk_tokens),
+                         targets.split(chunk_tokens), strict=True):
+        logp_policy = torch.log_softmax(post_policy(policy_head(hp)).float(), dim=-1)
+        with torch.no_grad():
+            logp_reference = torch.log_softmax(post_reference(reference_head(hr)).float(), dim=-1)
+        kl = (logp_reference.exp() * (logp_policy - logp_reference)).sum(-1)
+        index = t[:, None]
+        pieces.append((logp_policy.gather(-1, index).squeeze(-1), logp_reference.gather(-1, index).squeeze(-1), kl))
+    empty = hidden_policy.new_zeros(0, dtype=torch.float32)
+    columns = zip(*pieces, strict=True) if pieces else [(empty,)] * 3
+    policy_logps, reference_logps, kls = (torch.cat(column) for column in columns)
+    return TokenKL(
+        _scatter_back(policy_logps, target_mask),
+        _scatter_back(reference_logps, target_mask),
+        _scatter_back(kls, target_mask),
+        torch.stack([_scatter_back(layer, target_mask) for layer in activations]),
+    )

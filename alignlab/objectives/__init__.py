@@ -39,6 +39,12 @@ class PreferenceLogps:
     """Reward-model margins r(chosen) − r(rejected) `[B, M]`, one column per reward model, when the data has them."""
     answers: PreferenceLogps | None = None
     """The answer-only (no reasoning trace) pair of each example, when the data has it (BVPO)."""
+    chosen_token_kl: torch.Tensor | None = None
+    """k_t = Σ_v π_ref(v)·(log π_θ(v) − log π_ref(v)) per token `[B, T]`; only when an objective asks (SparsePO)."""
+    rejected_token_kl: torch.Tensor | None = None
+    ref_chosen_activations: torch.Tensor | None = None
+    """`[layers, B, T]` reference activation means per token (SparsePO's fixed masks)."""
+    ref_rejected_activations: torch.Tensor | None = None
 
     @property
     def has_reference(self) -> bool:
@@ -68,6 +74,8 @@ class ObjectiveSpec:
     running_mean_param: str = "delta"
     model_kind: str = "causal_lm"
     """``causal_lm``: trains the language model on log-probs; ``reward``: trains a scalar reward head."""
+    needs_token_kl: bool = False
+    """Needs token-level KL against the reference and its activations (a frozen reference model)."""
 
     @property
     def user_params(self) -> list[str]:
@@ -80,7 +88,8 @@ _REGISTRY: dict[str, ObjectiveSpec] = {}
 
 
 def register(name: str, *, needs_reference: bool, data_format: str | tuple[str, ...] = "paired",
-             running_mean: Callable[..., torch.Tensor] | None = None, model_kind: str = "causal_lm"):
+             running_mean: Callable[..., torch.Tensor] | None = None, model_kind: str = "causal_lm",
+             needs_token_kl: bool = False):
     """Decorator: make `fn` available as objective `name`."""
 
     def decorate(fn: Callable[..., ObjectiveOutput]) -> Callable[..., ObjectiveOutput]:
@@ -90,7 +99,7 @@ def register(name: str, *, needs_reference: bool, data_format: str | tuple[str, 
         summary = paragraph if len(paragraph) <= 110 else paragraph[:109].rstrip() + "…"
         formats = (data_format,) if isinstance(data_format, str) else tuple(data_format)
         _REGISTRY[name] = ObjectiveSpec(name, fn, needs_reference, formats, summary, running_mean,
-                                        model_kind=model_kind)
+                                        model_kind=model_kind, needs_token_kl=needs_token_kl)
         return fn
 
     return decorate
@@ -188,6 +197,7 @@ class Objective:
             raise ConfigError("a reward-model objective cannot be mixed with language-model objectives")
         self.model_kind = kinds.pop()
         self.needs_square_mass = any(term.use_weighting for term in terms)
+        self.needs_token_kl = any(spec(term.name).needs_token_kl for term in terms)
         self.training = True
         self.running = [[0.0, 0] for _ in terms]
         """Per term: [sum, count] of the values its running mean is taken over (e.g. BCO's rewards)."""
@@ -262,5 +272,6 @@ from alignlab.objectives import (  # noqa: E402,F401  (register the objectives)
     reference_free,
     reward_model,
     sft,
+    sparsepo,
     unpaired,
 )

@@ -41,7 +41,7 @@ from alignlab.data.collate import truncate
 from alignlab.decode.sampling import generate_ids
 from alignlab.errors import ConfigError, DataError
 from alignlab.models.loading import load_model, load_tokenizer
-from alignlab.models.scoring import completion_logps, sequence_rewards
+from alignlab.models.scoring import completion_logps, completion_token_kl, sequence_rewards
 from alignlab.objectives.d2o import NegativesLogps
 from alignlab.objectives.reward_model import RewardScores
 from alignlab.objectives.sft import SFTLogps
@@ -121,9 +121,9 @@ class BatchScorer:
     """
 
     def __init__(self, model, reference: ReferenceLogps | torch.nn.Module | None, pad_id: int, device,
-                 with_square_mass: bool = False, model_kind: str = "causal_lm") -> None:
+                 with_square_mass: bool = False, model_kind: str = "causal_lm", with_token_kl: bool = False) -> None:
         self.model, self.reference, self.pad_id, self.device = model, reference, pad_id, device
-        self.with_square_mass, self.model_kind = with_square_mass, model_kind
+        self.with_square_mass, self.model_kind, self.with_token_kl = with_square_mass, model_kind, with_token_kl
 
     def __call__(self, examples: list, indices: list[int]):
         batch = {k: v.to(self.device) for k, v in collate_examples(examples, self.pad_id).items()}
@@ -131,6 +131,8 @@ class BatchScorer:
         if self.model_kind == "reward":
             rewards = sequence_rewards(self.model, batch["input_ids"], batch["attention_mask"])
             return RewardScores(rewards[:n], rewards[n:], batch.get("reward_margins"))
+        if self.with_token_kl:
+            return self.token_kl_pairs(batch, n)
         logps = completion_logps(self.model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
                                  with_square_mass=self.with_square_mass)
         square_mass = None
@@ -159,6 +161,22 @@ class BatchScorer:
                                                  squares[2], squares[3])
         return objectives.PreferenceLogps(policy[0], policy[1], refs[0], refs[1], masks[0], masks[1],
                                           squares[0], squares[1], batch.get("reward_margins"), answers)
+
+
+    def token_kl_pairs(self, batch: dict, n: int) -> objectives.PreferenceLogps:
+        """Pairs with token-level KL against the frozen reference model and its activations (SparsePO)."""
+        if not isinstance(self.reference, torch.nn.Module):
+            raise ConfigError("token-level KL needs the reference model itself: set reference.mode: model")
+        scored = completion_token_kl(self.model, self.reference, batch["input_ids"], batch["attention_mask"],
+                                     batch["completion_mask"])
+        chosen_mask, rejected_mask = (m.float() for m in batch["completion_mask"].split(n))
+        policy, reference, kl = (t.split(n) for t in (scored.policy, scored.reference, scored.kl))
+        activations = scored.reference_activations.split(n, dim=1)
+        return objectives.PreferenceLogps(
+            policy[0], policy[1], reference[0], reference[1], chosen_mask, rejected_mask,
+            reward_margins=batch.get("reward_margins"), chosen_token_kl=kl[0], rejected_token_kl=kl[1],
+            ref_chosen_activations=activations[0], ref_rejected_activations=activations[1],
+        )
 
 
 DATA_FORMATS = {
@@ -329,9 +347,9 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
         say(f"resumed from {latest} at step {state.step}")
     metrics_log = MetricsLog(run_dir / "metrics.jsonl", state.step if latest is not None else None)
     scorer = BatchScorer(model, reference, pad_id, accelerator.device, objective.needs_square_mass,
-                         objective.model_kind)
+                         objective.model_kind, objective.needs_token_kl)
     eval_scorer = BatchScorer(model, eval_reference, pad_id, accelerator.device, objective.needs_square_mass,
-                              objective.model_kind)
+                              objective.model_kind, objective.needs_token_kl)
 
     model.train()
     progress = tqdm(total=steps, initial=state.step, desc=f"train {objective.name}", unit="step",

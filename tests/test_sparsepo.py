@@ -1,0 +1,86 @@
+import math
+
+import pytest
+import torch
+
+from alignlab import ConfigError, objectives
+from alignlab.config import config_from_dict
+from alignlab.models.scoring import completion_logps, completion_token_kl
+from alignlab.objectives import PreferenceLogps
+from alignlab.objectives.sparsepo import activation_mask, masked_token_dpo
+from tests.conftest import random_llama
+from tests.test_scoring import random_batch
+
+
+def test_activation_mask_sanity():
+    activations = torch.tensor([[[9.0, 1.0, 2.0, 3.0, 7.0]]])  # one layer, one row; positions 0 and 4 masked
+    mask = torch.tensor([[0.0, 1.0, 1.0, 1.0, 0.0]])
+    torch.testing.assert_close(activation_mask(activations, mask), torch.tensor([[0.0, 0.0, 0.5, 1.0, 0.0]]))
+    two_layers = torch.tensor([[[0.0, 1.0, 2.0, 3.0, 0.0]], [[0.0, 3.0, 2.0, 1.0, 0.0]]])
+    torch.testing.assert_close(activation_mask(two_layers, mask), torch.tensor([[0.0, 0.5, 0.5, 0.5, 0.0]]))
+    constant = torch.tensor([[[0.0, 4.0, 4.0, 0.0, 0.0]]])
+    torch.testing.assert_close(activation_mask(constant, torch.tensor([[0.0, 1.0, 1.0, 0.0, 0.0]])),
+                               torch.tensor([[0.0, 1.0, 1.0, 0.0, 0.0]]))
+
+
+def token_batch(requires_grad=False):
+    mask = torch.tensor([[0.0, 1.0, 1.0]])
+    policy_chosen = torch.tensor([[0.0, -1.0, -2.0]], requires_grad=requires_grad)
+    policy_rejected = torch.tensor([[0.0, -1.5, -1.0]], requires_grad=requires_grad)
+    batch = PreferenceLogps(policy_chosen, policy_rejected, torch.tensor([[0.0, -1.5, -1.5]]),
+                            torch.tensor([[0.0, -1.0, -1.0]]), mask, mask)
+    batch.chosen_token_kl = torch.tensor([[0.0, -0.2, -0.1]])
+    batch.rejected_token_kl = torch.tensor([[0.0, -0.3, 0.0]])
+    return batch
+
+
+def test_masked_token_dpo_hand_computed_and_zero_masks():
+    batch = token_batch()
+    weights = torch.tensor([[0.0, 1.0, 0.5]])
+    # u = (1·0.5 + 0.5·(−0.5)) − (1·(−0.5) + 0.5·0) = 0.25 + 0.5 = 0.75; d = (−0.2 − 0.05) − (−0.3) = 0.05
+    expected = -math.log(1 / (1 + math.exp(-0.5 * (0.75 - 0.05))))
+    assert masked_token_dpo(batch, weights, weights, 0.5).item() == pytest.approx(expected, rel=1e-6)
+    zero = torch.zeros(1, 3)
+    grad_batch = token_batch(requires_grad=True)
+    loss = masked_token_dpo(grad_batch, zero, zero, 0.5)
+    loss.sum().backward()
+    assert loss.item() == pytest.approx(math.log(2))
+    assert grad_batch.policy_chosen.grad.abs().sum() == 0
+
+
+def test_token_kl_engine_matches_full_distributions():
+    policy, reference = random_llama(47, seed=1), random_llama(47, seed=2)
+    input_ids, attention_mask, completion_mask = random_batch(47, 5)
+    scored = completion_token_kl(policy, reference, input_ids, attention_mask, completion_mask, chunk_tokens=4)
+    with torch.no_grad():
+        logp_policy = torch.log_softmax(policy(input_ids=input_ids, attention_mask=attention_mask).logits.float(), -1)
+        out = reference(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        logp_reference = torch.log_softmax(out.logits.float(), -1)
+    kl = (logp_reference.exp() * (logp_policy - logp_reference)).sum(-1)[:, :-1]
+    expected_kl = torch.nn.functional.pad(kl, (1, 0)) * completion_mask
+    torch.testing.assert_close(scored.kl.detach(), expected_kl, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scored.policy.detach(), completion_logps(policy, input_ids, attention_mask,
+                                                                        completion_mask).detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scored.reference, completion_logps(reference, input_ids, attention_mask,
+                                                                  completion_mask), atol=1e-5, rtol=1e-5)
+    means = torch.stack([h.float().mean(-1) for h in out.hidden_states[1:]])[:, :, :-1]
+    expected_activations = torch.nn.functional.pad(means, (1, 0)) * completion_mask
+    torch.testing.assert_close(scored.reference_activations, expected_activations, atol=1e-5, rtol=1e-5)
+    assert (scored.kl[completion_mask.bool()] <= 1e-6).all()  # −KL(π_ref ‖ π_θ) ≤ 0
+
+
+def test_sparsepo_is_log2_at_the_reference_and_needs_a_reference_model():
+    policy = random_llama(47, seed=1)
+    input_ids, attention_mask, completion_mask = random_batch(47, 5)
+    ids = torch.cat([input_ids, input_ids.flip(0)])
+    scored = completion_token_kl(policy, policy, ids, torch.cat([attention_mask, attention_mask.flip(0)]),
+                                 torch.cat([completion_mask, completion_mask.flip(0)]))
+    n = len(input_ids)
+    masks = torch.cat([completion_mask, completion_mask.flip(0)]).float().split(n)
+    batch = PreferenceLogps(scored.policy[:n], scored.policy[n:], scored.reference[:n], scored.reference[n:],
+                            masks[0], masks[1], chosen_token_kl=scored.kl[:n], rejected_token_kl=scored.kl[n:],
+                            ref_chosen_activations=scored.reference_activations[:, :n],
+                            ref_rejected_activations=scored.reference_activations[:, n:])
+    assert objectives.get("sparsepo")(batch).loss.item() == pytest.approx(math.log(2), abs=1e-6)
+    with pytest.raises(ConfigError, match=r"reference\.mode: model"):
+        config_from_dict({"objective": {"name": "sparsepo"}})
