@@ -84,3 +84,56 @@ def test_sparsepo_is_log2_at_the_reference_and_needs_a_reference_model():
     assert objectives.get("sparsepo")(batch).loss.item() == pytest.approx(math.log(2), abs=1e-6)
     with pytest.raises(ConfigError, match=r"reference\.mode: model"):
         config_from_dict({"objective": {"name": "sparsepo"}})
+
+
+def test_mask_network_gives_non_negative_sparse_masks():
+    from alignlab.objectives.sparsepo import TokenMaskNetwork, make_mask_networks
+
+    torch.manual_seed(0)
+    network = TokenMaskNetwork(hidden_size=8, num_layers=3, dropout=0.0)
+    masks = network(torch.randn(3, 2, 5, 8))
+    assert masks.shape == (2, 5) and (masks >= 0).all()
+    with torch.no_grad():
+        network.mixer.weight.fill_(-1.0)  # every layer score ≥ 0, so the mixed score ≤ 0: all masks exactly 0
+    assert (network(torch.randn(3, 2, 5, 8)) == 0).all()
+    config = type("Config", (), {"hidden_size": 8, "num_hidden_layers": 3})()
+    assert make_mask_networks(config) is None
+    assert set(make_mask_networks(config, mask="learned", separate_masks=True)) == {"reward", "kl"}
+    with pytest.raises(ConfigError, match="'fixed' or 'learned'"):
+        make_mask_networks(config, mask="learnt")
+
+
+def test_learned_masks_train_jointly_and_resume_exactly(small_model_dir, tmp_path):
+    import json
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from alignlab.train import train
+    from tests.test_train import PAIRS
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n" for p, c, r in PAIRS))
+
+    def config(out, **train_settings):
+        return config_from_dict({
+            "model": {"path": str(small_model_dir)},
+            "data": {"train": str(data), "max_length": 64, "max_prompt_length": 32},
+            "objective": {"name": "sparsepo", "mask": "learned", "l1_reward": 0.01, "dropout": 0.0},
+            "reference": {"mode": "model"},
+            "train": {"batch_size": 4, "max_steps": 4, "lr": 1e-3, "progress": False, **train_settings},
+            "out_dir": str(out),
+        })
+
+    straight = train(config(tmp_path / "a"), log=lambda *_: None)
+    history = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(m["loss"]) and "sparsepo/mask_mean" in m for m in history)
+    interrupted = config(tmp_path / "b", save_every=2)
+    train(interrupted, log=lambda *_: None)
+    networks = [torch.load(tmp_path / "b" / "checkpoints" / f"step-{k}" / "training_state.pt",
+                           weights_only=True)["objective"]["modules"]["0"] for k in (2, 4)]
+    assert not torch.equal(networks[0]["shared.mixer.weight"], networks[1]["shared.mixer.weight"])  # it trains
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "step-4")
+    resumed = train(interrupted, resume=True, log=lambda *_: None)
+    for key, value in load_file(str(straight.final_dir / "model.safetensors")).items():
+        assert torch.equal(load_file(str(resumed.final_dir / "model.safetensors"))[key], value), key

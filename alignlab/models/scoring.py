@@ -157,11 +157,13 @@ class TokenKL:
     reference_activations: torch.Tensor
     """`[layers, N, L]`: the mean over the hidden size of each reference layer's output at the position
     that predicts token t (no gradient)."""
+    reference_hidden: torch.Tensor | None = None
+    """`[layers, N, L, H]`: those outputs themselves, when asked for (learned token masks)."""
 
 
 def completion_token_kl(
     policy, reference, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
-    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS, keep_hidden: bool = False,
 ) -> TokenKL:
     """Token-level log-probs and KL of a policy against a frozen reference, one forward pass each.
 
@@ -181,7 +183,8 @@ def completion_token_kl(
     with torch.no_grad():
         out = reference_body(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         hidden_reference = out.last_hidden_state[:, :-1][target_mask]
-        activations = torch.stack([h[:, :-1][target_mask].float().mean(-1) for h in out.hidden_states[1:]])
+        layers = [h[:, :-1][target_mask] for h in out.hidden_states[1:]]
+        activations = torch.stack([layer.float().mean(-1) for layer in layers])
     post_policy, post_reference = _logit_postprocess(policy.config), _logit_postprocess(reference.config)
     pieces = []
     for hp, hr, t in zip(hidden_policy[:, :-1][target_mask].split(chunk_tokens), hidden_reference.split(chunk_tokens),
@@ -195,9 +198,16 @@ def completion_token_kl(
     empty = hidden_policy.new_zeros(0, dtype=torch.float32)
     columns = zip(*pieces, strict=True) if pieces else [(empty,)] * 3
     policy_logps, reference_logps, kls = (torch.cat(column) for column in columns)
+    hidden = None
+    if keep_hidden:
+        rows, width = completion_mask.shape
+        hidden = torch.zeros(len(layers), rows, width, layers[0].shape[-1], device=input_ids.device)
+        for k, layer in enumerate(layers):
+            hidden[k, :, 1:][target_mask] = layer.float()
     return TokenKL(
         _scatter_back(policy_logps, target_mask),
         _scatter_back(reference_logps, target_mask),
         _scatter_back(kls, target_mask),
         torch.stack([_scatter_back(layer, target_mask) for layer in activations]),
+        hidden,
     )

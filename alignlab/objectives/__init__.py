@@ -45,6 +45,9 @@ class PreferenceLogps:
     ref_chosen_activations: torch.Tensor | None = None
     """`[layers, B, T]` reference activation means per token (SparsePO's fixed masks)."""
     ref_rejected_activations: torch.Tensor | None = None
+    ref_chosen_hidden: torch.Tensor | None = None
+    """`[layers, B, T, H]` reference hidden states per token (SparsePO's learned masks)."""
+    ref_rejected_hidden: torch.Tensor | None = None
 
     @property
     def has_reference(self) -> bool:
@@ -76,12 +79,17 @@ class ObjectiveSpec:
     """``causal_lm``: trains the language model on log-probs; ``reward``: trains a scalar reward head."""
     needs_token_kl: bool = False
     """Needs token-level KL against the reference and its activations (a frozen reference model)."""
+    module_factory: Callable[..., torch.nn.Module | None] | None = None
+    """For objectives with trainable parts of their own (SparsePO's mask network): builds them from the
+    model config and the term's hyperparameters; the loop trains them and passes them as `module`."""
 
     @property
     def user_params(self) -> list[str]:
-        """Hyperparameters a config may set (the loop provides the running mean)."""
-        names = list(inspect.signature(self.fn).parameters)[1:]
-        return [n for n in names if not (self.running_mean and n == self.running_mean_param)]
+        """Hyperparameters a config may set (the loop provides the running mean and the module)."""
+        provided = {self.running_mean_param} if self.running_mean else set()
+        if self.module_factory:
+            provided.add("module")
+        return [n for n in list(inspect.signature(self.fn).parameters)[1:] if n not in provided]
 
 
 _REGISTRY: dict[str, ObjectiveSpec] = {}
@@ -89,7 +97,7 @@ _REGISTRY: dict[str, ObjectiveSpec] = {}
 
 def register(name: str, *, needs_reference: bool, data_format: str | tuple[str, ...] = "paired",
              running_mean: Callable[..., torch.Tensor] | None = None, model_kind: str = "causal_lm",
-             needs_token_kl: bool = False):
+             needs_token_kl: bool = False, module_factory: Callable[..., torch.nn.Module | None] | None = None):
     """Decorator: make `fn` available as objective `name`."""
 
     def decorate(fn: Callable[..., ObjectiveOutput]) -> Callable[..., ObjectiveOutput]:
@@ -99,7 +107,8 @@ def register(name: str, *, needs_reference: bool, data_format: str | tuple[str, 
         summary = paragraph if len(paragraph) <= 110 else paragraph[:109].rstrip() + "…"
         formats = (data_format,) if isinstance(data_format, str) else tuple(data_format)
         _REGISTRY[name] = ObjectiveSpec(name, fn, needs_reference, formats, summary, running_mean,
-                                        model_kind=model_kind, needs_token_kl=needs_token_kl)
+                                        model_kind=model_kind, needs_token_kl=needs_token_kl,
+                                        module_factory=module_factory)
         return fn
 
     return decorate
@@ -201,22 +210,43 @@ class Objective:
         self.training = True
         self.running = [[0.0, 0] for _ in terms]
         """Per term: [sum, count] of the values its running mean is taken over (e.g. BCO's rewards)."""
+        self.modules: dict[int, torch.nn.Module] = {}
+        """Per term index: its trainable module, once `build_modules` has made them."""
+
+    def build_modules(self, model_config, device) -> None:
+        """Make the terms' own trainable modules (e.g. SparsePO's mask network) for a model of `model_config`."""
+        for index, term in enumerate(self.terms):
+            factory = spec(term.name).module_factory
+            module = factory(model_config, **term.params) if factory else None
+            if module is not None:
+                self.modules[index] = module.to(device).train(self.training)
+
+    def parameters(self):
+        for module in self.modules.values():
+            yield from module.parameters()
 
     def train(self, mode: bool = True) -> Objective:
-        """In training, running statistics are updated; in evaluation they are frozen."""
+        """In training, running statistics are updated and modules train; in evaluation both are frozen."""
         self.training = mode
+        for module in self.modules.values():
+            module.train(mode)
         return self
 
     def state_dict(self) -> dict:
-        return {"running": [list(r) for r in self.running]}
+        return {"running": [list(r) for r in self.running],
+                "modules": {str(i): m.state_dict() for i, m in self.modules.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        if len(state["running"]) != len(self.terms):
+        if len(state["running"]) != len(self.terms) or set(state.get("modules", {})) != {str(i) for i in self.modules}:
             raise ValueError("objective state does not match the configured objectives")
         self.running = [[float(total), int(count)] for total, count in state["running"]]
+        for index, module_state in state.get("modules", {}).items():
+            self.modules[int(index)].load_state_dict(module_state)
 
     def _params(self, index: int, term: ObjectiveTerm, batch) -> dict:
         term_spec = spec(term.name)
+        if term_spec.module_factory is not None:
+            return {**term.params, "module": self.modules.get(index)}
         if term_spec.running_mean is None:
             return term.params
         running = self.running[index]

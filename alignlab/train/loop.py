@@ -121,9 +121,11 @@ class BatchScorer:
     """
 
     def __init__(self, model, reference: ReferenceLogps | torch.nn.Module | None, pad_id: int, device,
-                 with_square_mass: bool = False, model_kind: str = "causal_lm", with_token_kl: bool = False) -> None:
+                 with_square_mass: bool = False, model_kind: str = "causal_lm", with_token_kl: bool = False,
+                 with_hidden: bool = False) -> None:
         self.model, self.reference, self.pad_id, self.device = model, reference, pad_id, device
         self.with_square_mass, self.model_kind, self.with_token_kl = with_square_mass, model_kind, with_token_kl
+        self.with_hidden = with_hidden
 
     def __call__(self, examples: list, indices: list[int]):
         batch = {k: v.to(self.device) for k, v in collate_examples(examples, self.pad_id).items()}
@@ -168,14 +170,16 @@ class BatchScorer:
         if not isinstance(self.reference, torch.nn.Module):
             raise ConfigError("token-level KL needs the reference model itself: set reference.mode: model")
         scored = completion_token_kl(self.model, self.reference, batch["input_ids"], batch["attention_mask"],
-                                     batch["completion_mask"])
+                                     batch["completion_mask"], keep_hidden=self.with_hidden)
         chosen_mask, rejected_mask = (m.float() for m in batch["completion_mask"].split(n))
         policy, reference, kl = (t.split(n) for t in (scored.policy, scored.reference, scored.kl))
         activations = scored.reference_activations.split(n, dim=1)
+        hidden = scored.reference_hidden.split(n, dim=1) if scored.reference_hidden is not None else (None, None)
         return objectives.PreferenceLogps(
             policy[0], policy[1], reference[0], reference[1], chosen_mask, rejected_mask,
             reward_margins=batch.get("reward_margins"), chosen_token_kl=kl[0], rejected_token_kl=kl[1],
             ref_chosen_activations=activations[0], ref_rejected_activations=activations[1],
+            ref_chosen_hidden=hidden[0], ref_rejected_hidden=hidden[1],
         )
 
 
@@ -336,7 +340,11 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
 
     # optimizer, schedule, position
     steps = total_steps(config, len(examples))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
+    objective.build_modules(model.config, accelerator.device)
+    groups = [{"params": list(model.parameters()), "weight_decay": config.train.weight_decay}]
+    groups += [{"params": list(m.parameters()), "weight_decay": getattr(m, "weight_decay", 0.0)}
+               for m in objective.modules.values()]
+    optimizer = torch.optim.AdamW(groups, lr=config.train.lr)
     scheduler = make_scheduler(optimizer, int(config.train.warmup_ratio * steps), steps, config.train.scheduler)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = TrainerState()
@@ -347,9 +355,9 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
         say(f"resumed from {latest} at step {state.step}")
     metrics_log = MetricsLog(run_dir / "metrics.jsonl", state.step if latest is not None else None)
     scorer = BatchScorer(model, reference, pad_id, accelerator.device, objective.needs_square_mass,
-                         objective.model_kind, objective.needs_token_kl)
+                         objective.model_kind, objective.needs_token_kl, bool(objective.modules))
     eval_scorer = BatchScorer(model, eval_reference, pad_id, accelerator.device, objective.needs_square_mass,
-                              objective.model_kind, objective.needs_token_kl)
+                              objective.model_kind, objective.needs_token_kl, bool(objective.modules))
 
     model.train()
     progress = tqdm(total=steps, initial=state.step, desc=f"train {objective.name}", unit="step",
