@@ -39,7 +39,8 @@ class DataConfig:
     self_samples: int = 11
     """Negatives-only data: completions sampled per prompt from the initial model before training (D²O's K)."""
     self_sample_max_new_tokens: int = 64
-    """``paired``, ``unpaired``, ``negatives``, ``sft``, or ``auto``: told from the records' fields."""
+    """``paired``, ``scored`` (lists read as best/worst pairs), ``unpaired``, ``negatives``, ``sft``, or
+    ``auto``: told from the records' fields."""
     max_length: int = 512
     """Tokens of prompt + completion; completions are cut from the right to fit."""
     max_prompt_length: int = 256
@@ -108,7 +109,7 @@ class RunConfig:
 
 
 CHOICES = {
-    "data.format": ("auto", "paired", "unpaired", "negatives", "sft"),
+    "data.format": ("auto", "paired", "scored", "unpaired", "negatives", "sft"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "reference.mode": ("precompute", "model"),
     "train.scheduler": ("linear", "cosine", "constant"),

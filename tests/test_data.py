@@ -184,3 +184,29 @@ def test_answer_only_pairs_for_bvpo(tmp_path, tokenizer):
     mixed = load_preferences(str(write_jsonl(tmp_path / "m.jsonl", [record, GOOD])))
     with pytest.raises(DataError, match="in every record or in none"):
         tokenize_preferences(mixed, tokenizer, max_length=32, max_prompt_length=16)
+
+
+def test_scored_lists_become_best_worst_pairs(tmp_path, small_model_dir):
+    from alignlab.config import config_from_dict
+    from alignlab.data import detect_format, load_scored
+    from alignlab.train import train
+
+    records = [{"prompt": "The film is", "completions": [" fine.", " wonderful.", " dull."],
+                "scores": [0.1, 0.9, -0.7]},
+               {"prompt": "The plot is", "completions": [" ok.", " ok!"], "scores": [0.2, 0.2]},
+               {"prompt": "The cast is", "completions": [" superb.", " wooden."], "scores": [1, -1]}]
+    path = write_jsonl(tmp_path / "scored.jsonl", records)
+    assert detect_format(str(path)) == "scored"
+    pairs, tied = load_scored(str(path))
+    assert tied == 1
+    assert [(p.chosen, p.rejected) for p in pairs] == [(" wonderful.", " dull."), (" superb.", " wooden.")]
+    assert pairs[0].reward_margin == pytest.approx((1.6,)) and pairs[0].location.endswith("line 1")
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a", "completions": ["b", "c"], "scores": [1.0]}])
+    with pytest.raises(DataError, match=r"bad.jsonl:line 1: field 'scores': 1 scores for 2 completions"):
+        load_scored(str(bad))
+    config = config_from_dict({"model": {"path": str(small_model_dir)}, "data": {"train": str(path)},
+                               "objective": {"name": "distill"}, "reference": {"cache_dir": str(tmp_path / "c")},
+                               "train": {"max_steps": 1, "progress": False}, "out_dir": str(tmp_path / "run")})
+    messages = []
+    train(config, log=messages.append)
+    assert any("1 records skipped because all their scores tie" in m for m in messages)

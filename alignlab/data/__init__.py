@@ -23,6 +23,7 @@ from alignlab.data.formats import (
     detect_format,
     load_negatives,
     load_preferences,
+    load_scored,
     load_sft,
     load_unpaired,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "encode_prompt_and_completion",
     "load_negatives",
     "load_preferences",
+    "load_scored",
     "load_sft",
     "load_unpaired",
     "read_records",

@@ -11,6 +11,9 @@ Unpaired: ``prompt``, ``completion`` and ``label`` (true for desirable, false fo
 
 Negatives only: ``prompt`` and ``rejected`` (positives are sampled from the model before training).
 
+Scored lists: ``prompt``, ``completions`` (two or more) and ``scores`` (one number each); read as
+pairs of the best and the worst completion, with the score gap as reward margin.
+
 SFT: ``prompt`` and ``completion``, or ``messages`` (a conversation whose last message is the
 assistant's completion); optional ``aligned_logps``: the completion's mean per-token log-likelihood
 under one or more aligned LLMs (a number or a list), for PoFT.
@@ -208,6 +211,38 @@ def parse_negative(record: Any, source: str, location: str) -> NegativeExample:
     return NegativeExample(check.prompt(record), check.completion(record, "rejected"), f"{source}:{location}")
 
 
+def parse_scored(record: Any, source: str, location: str) -> PreferenceExample | None:
+    """Validate one scored-list record (``prompt``, ``completions``, ``scores``) and pair its best and
+    worst completion (the UltraFeedback-style binarisation); None when every score ties."""
+    check = RecordChecker(source, location)
+    record = check.record(record, "prompt, completions, scores")
+    prompt = check.prompt(record)
+    completions = check.required(record, "completions")
+    if not isinstance(completions, list) or len(completions) < 2:
+        raise check.error("expected a list of at least two completions", field="completions")
+    texts = [check.text(c, f"completions[{i}]", allow_empty=False) for i, c in enumerate(completions)]
+    scores = check.rewards(check.required(record, "scores"), "scores")
+    if len(scores) != len(texts):
+        raise check.error(f"{len(scores)} scores for {len(texts)} completions", field="scores")
+    best = max(range(len(scores)), key=scores.__getitem__)
+    worst = min(range(len(scores)), key=scores.__getitem__)
+    if scores[best] == scores[worst]:
+        return None
+    return PreferenceExample(prompt, texts[best], texts[worst], f"{source}:{location}",
+                             (scores[best] - scores[worst],))
+
+
+def load_scored(path: str) -> tuple[list[PreferenceExample], int]:
+    """Pairs from the scored lists of `path`, and how many records were skipped because all scores tie."""
+    parsed = [parse_scored(record, str(path), location) for location, record in read_records(path)]
+    if not parsed:
+        raise DataError("no records", source=str(path))
+    pairs = [p for p in parsed if p is not None]
+    if not pairs:
+        raise DataError("every record's scores tie, so no pair can be made", source=str(path))
+    return pairs, len(parsed) - len(pairs)
+
+
 def parse_sft(record: Any, source: str, location: str) -> SFTExample:
     """Validate one SFT record (``prompt``/``completion`` or ``messages``) and return an `SFTExample`."""
     check = RecordChecker(source, location)
@@ -237,14 +272,17 @@ def detect_format(path: str) -> str:
         if isinstance(record, dict):
             if "chosen" in record:
                 return "paired"
+            if "completions" in record or "scores" in record:
+                return "scored"
             if "rejected" in record:
                 return "negatives"
             if "label" in record:
                 return "unpaired"
             if "completion" in record or "messages" in record:
                 return "sft"
-        raise DataError("cannot tell the format: expected fields chosen and rejected (paired), rejected "
-                        "alone (negatives), completion and label (unpaired), or completion/messages (sft)",
+        raise DataError("cannot tell the format: expected fields chosen and rejected (paired), completions "
+                        "and scores (scored), rejected alone (negatives), completion and label (unpaired), "
+                        "or completion/messages (sft)",
                         source=str(path), location=location)
     raise DataError("no records", source=str(path))
 

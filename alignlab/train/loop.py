@@ -30,6 +30,7 @@ from alignlab.data import (
     detect_format,
     load_negatives,
     load_preferences,
+    load_scored,
     load_sft,
     load_unpaired,
     tokenize_negatives,
@@ -218,14 +219,24 @@ def resolve_data_format(config: RunConfig, objective: objectives.Objective) -> s
             if len(objective.data_formats) > 1:
                 raise
             wanted = objective.data_formats[0]  # validation will name the record and field that is wrong
+    if wanted == "scored" and "paired" in objective.data_formats:
+        return wanted
     if wanted not in objective.data_formats:
         raise ConfigError(f"objective '{objective.name}' reads {' or '.join(objective.data_formats)} data, "
                           f"but {config.data.train} is {wanted} data")
     return wanted
 
 
-def load_examples(path: str, data_format: str, tokenizer, config: RunConfig):
-    """Read, validate and tokenize the records of `path` in `data_format`; returns (examples, truncation stats)."""
+def load_examples(path: str, data_format: str, tokenizer, config: RunConfig, say=print):
+    """Read, validate and tokenize the records of `path` in `data_format`; returns (examples, truncation stats).
+
+    Scored lists become best/worst pairs; records whose scores all tie are counted and reported.
+    """
+    if data_format == "scored":
+        pairs, tied = load_scored(path)
+        if tied:
+            say(f"{path}: {tied} records skipped because all their scores tie")
+        return tokenize_preferences(pairs, tokenizer, config.data.max_length, config.data.max_prompt_length)
     if data_format not in DATA_FORMATS:
         raise ConfigError(f"the training loop does not read {data_format} data yet")
     load, tokenize = DATA_FORMATS[data_format]
@@ -306,11 +317,11 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
     # data
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
     data_format = resolve_data_format(config, objective)
-    examples, stats = load_examples(config.data.train, data_format, tokenizer, config)
+    examples, stats = load_examples(config.data.train, data_format, tokenizer, config, say)
     say(f"train data {config.data.train} ({data_format}): {stats.summary()}")
     eval_examples = []
     if config.data.eval:
-        eval_examples, eval_stats = load_examples(config.data.eval, data_format, tokenizer, config)
+        eval_examples, eval_stats = load_examples(config.data.eval, data_format, tokenizer, config, say)
         say(f"eval data {config.data.eval}: {eval_stats.summary()}")
     (run_dir / "data_report.json").write_text(json.dumps(
         {"train": stats.as_dict(), "eval": eval_stats.as_dict() if eval_examples else None}, indent=2) + "\n")
