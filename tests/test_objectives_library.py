@@ -249,3 +249,14 @@ def test_bvpo_mixes_trace_and_answer_only_dpo():
     assert objectives.get("bvpo")(same).loss.item() == pytest.approx(math.log(2))
     with pytest.raises(ConfigError, match="chosen_answer"):
         objectives.get("bvpo")(make_batch())
+
+
+def test_tilted_risk_equals_its_kl_regularised_form():
+    losses = torch.tensor([0.3, 1.7, 0.9, 2.4])
+    for t in (0.5, 1.0, 3.0):
+        p = torch.softmax(t * losses, 0)  # the maximiser of Σ p_i·ℓ_i − (1/t)·KL(p ‖ uniform)
+        kl = (p * torch.log(p * len(losses))).sum()
+        assert tilted_mean(losses, t).item() == pytest.approx(((p * losses).sum() - kl / t).item(), rel=1e-6)
+        other = torch.softmax(torch.randn(4), 0)  # any other distribution scores lower
+        other_value = (other * losses).sum() - (other * torch.log(other * len(losses))).sum() / t
+        assert other_value.item() <= tilted_mean(losses, t).item() + 1e-6
