@@ -90,6 +90,9 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"
     """``auto`` (float32 on a CPU, bf16 autocast on a GPU that supports it), ``fp32``, ``bf16``, ``fp16``."""
+    share_prefix: bool = True
+    """Compute each prompt once per example, every completion attending to it (exact; faster when
+    prompts are long); off: every completion in its own row after a copy of the prompt."""
     log_every: int = 1
     eval_every: int = 0
     save_every: int = 0

@@ -140,3 +140,15 @@ def test_evaluation_every_n_steps_and_fresh_run_guard(small_model_dir, pairs_fil
     assert evals[-1]["eval/rewards/accuracies"] >= 0.0 and "eval/rewards/margins" in evals[-1]
     with pytest.raises(ConfigError, match="already holds checkpoints"):
         train(config, log=lambda *_: None)
+
+
+def test_shared_prefix_trains_like_separate_rows(small_model_dir, pairs_file, tmp_path):
+    shared = train(make_config(small_model_dir, pairs_file, tmp_path / "shared", tmp_path / "cache", max_steps=3),
+                   log=lambda *_: None)
+    config = make_config(small_model_dir, pairs_file, tmp_path / "separate", tmp_path / "cache", max_steps=3)
+    config.train.share_prefix = False
+    separate = train(config, log=lambda *_: None)
+    for a, b in zip(metrics(shared.run_dir), metrics(separate.run_dir), strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    for name, value in weights(separate.final_dir).items():
+        torch.testing.assert_close(weights(shared.final_dir)[name], value, atol=1e-4, rtol=1e-3)

@@ -216,28 +216,30 @@ def collate_slots(examples, pad_id: int) -> dict[str, torch.Tensor]:
     return collate_sequences(prompts, completions, pad_id)
 
 
-def collate_pairs(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
-    """One batch of `2B` rows: the B chosen sequences, then the B rejected ones.
+def batch_extras(examples) -> dict[str, torch.Tensor]:
+    """Per-example values beside the tokens: ``labels`` `[B]` (unpaired), ``reward_margins`` `[B, M]`
+    (pairs that all carry reward scores), ``aligned_scores`` `[B]` (SFT records that all carry them)."""
+    extras = {}
+    first = examples[0]
+    if isinstance(first, TokenizedUnpaired):
+        extras["labels"] = torch.tensor([e.label for e in examples], dtype=torch.bool)
+    if isinstance(first, TokenizedPair):
+        margins = [e.reward_margin for e in examples]
+        if all(m is not None for m in margins) and len({len(m) for m in margins}) == 1:
+            extras["reward_margins"] = torch.tensor(margins, dtype=torch.float32)
+    if isinstance(first, TokenizedSFT) and all(e.aligned_score is not None for e in examples):
+        extras["aligned_scores"] = torch.tensor([e.aligned_score for e in examples], dtype=torch.float32)
+    return extras
 
-    With reward margins on every pair, also ``reward_margins`` `[B, M]` (M reward models).
-    """
-    batch = collate_slots(pairs, pad_id)
-    margins = [p.reward_margin for p in pairs]
-    if all(m is not None for m in margins) and len({len(m) for m in margins}) == 1:
-        batch["reward_margins"] = torch.tensor(margins, dtype=torch.float32)
-    return batch
+
+def collate_pairs(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
+    """One batch of `2B` rows: the B chosen sequences, then the B rejected ones (plus `batch_extras`)."""
+    return {**collate_slots(pairs, pad_id), **batch_extras(pairs)}
 
 
 def collate_examples(examples, pad_id: int) -> dict[str, torch.Tensor]:
-    """`collate_pairs` for pairs; `collate_slots` for SFT examples, plus ``labels`` `[B]` for unpaired ones."""
-    if isinstance(examples[0], TokenizedPair):
-        return collate_pairs(examples, pad_id)
-    batch = collate_slots(examples, pad_id)
-    if isinstance(examples[0], TokenizedUnpaired):
-        batch["labels"] = torch.tensor([e.label for e in examples], dtype=torch.bool)
-    if isinstance(examples[0], TokenizedSFT) and all(e.aligned_score is not None for e in examples):
-        batch["aligned_scores"] = torch.tensor([e.aligned_score for e in examples], dtype=torch.float32)
-    return batch
+    """`collate_slots` of any tokenized examples, plus their `batch_extras`."""
+    return {**collate_slots(examples, pad_id), **batch_extras(examples)}
 
 
 def tokenize_negatives(
@@ -264,3 +266,47 @@ def tokenize_unpaired(
         stats.count(example.location, prompt_cut, completion_cut)
         out.append(TokenizedUnpaired(prompt, completion, other, example.label))
     return out, stats
+
+
+def collate_shared_prefix(examples, pad_id: int) -> dict[str, torch.Tensor]:
+    """One packed row per example: prompt | completion 1 | completion 2 | …, right-padded.
+
+    The prompt is computed once and every completion attends to it: ``attention_mask`` `[B, 1, L, L]`
+    (0 where a token may attend, −inf elsewhere) lets each completion see the prompt and its own earlier
+    tokens only, and ``position_ids`` restart every completion right after the prompt, so each
+    completion gets exactly the log-probs it would get in its own sequence. For scoring, slot k's
+    token m is predicted from the hidden state at ``source_index[:, k, m]`` (the prompt's last token
+    for m = 0); ``targets`` and ``completion_masks`` `[B, S, M]` lay the completions out on their own.
+    """
+    slots = len(examples[0].completions)
+    lengths = [len(e.prompt) + sum(len(c) for c in e.completions) for e in examples]
+    width = max(lengths)
+    longest = max(len(c) for e in examples for c in e.completions)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(examples), width), dtype=torch.long)
+    segment = torch.full((len(examples), width), -2, dtype=torch.long)  # -1 prompt, k completion k, -2 padding
+    source_index = torch.zeros((len(examples), slots, longest), dtype=torch.long)
+    targets = torch.full((len(examples), slots, longest), pad_id, dtype=torch.long)
+    completion_masks = torch.zeros((len(examples), slots, longest), dtype=torch.long)
+    for row, example in enumerate(examples):
+        prompt_length = len(example.prompt)
+        input_ids[row, :prompt_length] = torch.tensor(example.prompt)
+        position_ids[row, :prompt_length] = torch.arange(prompt_length)
+        segment[row, :prompt_length] = -1
+        start = prompt_length
+        for k, completion in enumerate(example.completions):
+            n = len(completion)
+            input_ids[row, start: start + n] = torch.tensor(completion, dtype=torch.long)
+            position_ids[row, start: start + n] = torch.arange(prompt_length, prompt_length + n)
+            segment[row, start: start + n] = k
+            source_index[row, k, :n] = torch.tensor([prompt_length - 1, *range(start, start + n - 1)])
+            targets[row, k, :n] = torch.tensor(completion, dtype=torch.long)
+            completion_masks[row, k, :n] = 1
+            start += n
+    query, key = segment[:, :, None], segment[:, None, :]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    allowed = causal & (key != -2) & ((key == -1) | (key == query))
+    allowed |= torch.eye(width, dtype=torch.bool)  # padding attends to itself, so no row is all −inf
+    attention_mask = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(~allowed, float("-inf"))
+    return {"input_ids": input_ids, "attention_mask": attention_mask[:, None], "position_ids": position_ids,
+            "source_index": source_index, "targets": targets, "completion_masks": completion_masks}

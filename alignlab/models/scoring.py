@@ -211,3 +211,26 @@ def completion_token_kl(
         torch.stack([_scatter_back(layer, target_mask) for layer in activations]),
         hidden,
     )
+
+
+def shared_prefix_logps(model, batch: dict[str, torch.Tensor], chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+                        recompute_head: bool = False, with_square_mass: bool = False):
+    """Per-slot completion log-probs `[B, S, M]` of a batch from `collate_shared_prefix`: one forward pass
+    over the packed rows, the LM head applied only to the hidden states that predict completion tokens.
+
+    With `with_square_mass` also returns log Σ_v p(v)² at the same positions (no gradient).
+    """
+    body, head = _body_and_head(model)
+    if body is None:
+        raise ValueError("shared-prefix scoring needs a model whose transformer body and LM head can be split")
+    hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                  position_ids=batch["position_ids"]).last_hidden_state
+    mask = batch["completion_masks"].bool()
+    rows = torch.arange(len(hidden), device=hidden.device)[:, None, None].expand_as(mask)
+    selected = hidden[rows[mask], batch["source_index"][mask]]
+    result = chunked_head_logps(selected, batch["targets"][mask], head, _logit_postprocess(model.config),
+                                chunk_tokens, recompute_head, with_square_mass)
+    def place(values: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device).masked_scatter(mask, values)
+
+    return (place(result[0]), place(result[1])) if with_square_mass else place(result)

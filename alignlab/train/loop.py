@@ -26,7 +26,9 @@ from alignlab.data import (
     TokenizedNegatives,
     TokenizedSFT,
     TokenizedUnpaired,
-    collate_examples,
+    batch_extras,
+    collate_shared_prefix,
+    collate_slots,
     detect_format,
     load_negatives,
     load_preferences,
@@ -42,7 +44,12 @@ from alignlab.data.collate import truncate
 from alignlab.decode.sampling import generate_ids
 from alignlab.errors import ConfigError, DataError
 from alignlab.models.loading import load_model, load_tokenizer
-from alignlab.models.scoring import completion_logps, completion_token_kl, sequence_rewards
+from alignlab.models.scoring import (
+    completion_logps,
+    completion_token_kl,
+    sequence_rewards,
+    shared_prefix_logps,
+)
 from alignlab.objectives.d2o import NegativesLogps
 from alignlab.objectives.reward_model import RewardScores
 from alignlab.objectives.sft import SFTLogps
@@ -117,54 +124,82 @@ class BatchScorer:
     """Builds an objective's batch for a micro-batch of examples: policy log-probs of every completion
     slot in one forward pass, plus reference log-probs (cached, or from a frozen model) if needed.
 
-    Paired examples give `PreferenceLogps`, unpaired ones `UnpairedLogps` (with their mismatched slot),
-    SFT ones `SFTLogps`, negatives-only ones `NegativesLogps`; a reward model gives `RewardScores`.
+    With `share_prefix` each example is one packed row (prompt once, every completion attending to it);
+    otherwise every completion is its own row after a copy of the prompt. Paired examples give
+    `PreferenceLogps`, unpaired ones `UnpairedLogps` (with their mismatched slot), SFT ones `SFTLogps`,
+    negatives-only ones `NegativesLogps`; a reward model gives `RewardScores`.
     """
 
     def __init__(self, model, reference: ReferenceLogps | torch.nn.Module | None, pad_id: int, device,
                  with_square_mass: bool = False, model_kind: str = "causal_lm", with_token_kl: bool = False,
-                 with_hidden: bool = False) -> None:
+                 with_hidden: bool = False, share_prefix: bool = False) -> None:
         self.model, self.reference, self.pad_id, self.device = model, reference, pad_id, device
         self.with_square_mass, self.model_kind, self.with_token_kl = with_square_mass, model_kind, with_token_kl
-        self.with_hidden = with_hidden
+        self.with_hidden, self.share_prefix = with_hidden, share_prefix
 
-    def __call__(self, examples: list, indices: list[int]):
-        batch = {k: v.to(self.device) for k, v in collate_examples(examples, self.pad_id).items()}
-        n = len(examples)
-        if self.model_kind == "reward":
-            rewards = sequence_rewards(self.model, batch["input_ids"], batch["attention_mask"])
-            return RewardScores(rewards[:n], rewards[n:], batch.get("reward_margins"))
-        if self.with_token_kl:
-            return self.token_kl_pairs(batch, n)
-        logps = completion_logps(self.model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
-                                 with_square_mass=self.with_square_mass)
-        square_mass = None
-        if self.with_square_mass:
-            logps, square_mass = logps
-        masks = list(batch["completion_mask"].split(n))
-        refs: list[torch.Tensor | None] = [None] * len(masks)
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def _score_slots(self, examples, indices: list[int]) -> tuple[list, list, list, list]:
+        """(policy, reference, square mass, masks): one `[B, T]` tensor per completion slot each."""
+        slots = len(examples[0].completions)
+        if self.share_prefix:
+            packed = self._to_device(collate_shared_prefix(examples, self.pad_id))
+            scored = shared_prefix_logps(self.model, packed, with_square_mass=self.with_square_mass)
+            logps, square = scored if self.with_square_mass else (scored, None)
+
+            def split(tensor: torch.Tensor) -> list[torch.Tensor]:
+                return [tensor[:, k] for k in range(slots)]
+
+            masks = split(packed["completion_masks"])
+            frozen = None
+            if isinstance(self.reference, torch.nn.Module):
+                with torch.no_grad():
+                    frozen = split(shared_prefix_logps(self.reference, packed))
+        else:
+            batch = self._to_device(collate_slots(examples, self.pad_id))
+            args = (batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+            scored = completion_logps(self.model, *args, with_square_mass=self.with_square_mass)
+            logps, square = scored if self.with_square_mass else (scored, None)
+
+            def split(tensor: torch.Tensor) -> list[torch.Tensor]:
+                return list(tensor.split(len(examples)))
+
+            masks = split(batch["completion_mask"])
+            frozen = None
+            if isinstance(self.reference, torch.nn.Module):
+                with torch.no_grad():
+                    frozen = split(completion_logps(self.reference, *args))
+        refs = frozen if frozen is not None else [None] * slots
         if isinstance(self.reference, ReferenceLogps):
             refs = self.reference.for_batch(indices, masks)
-        elif self.reference is not None:
-            with torch.no_grad():
-                refs = list(completion_logps(self.reference, batch["input_ids"], batch["attention_mask"],
-                                             batch["completion_mask"]).split(n))
-        policy, masks = list(logps.split(n)), [m.float() for m in masks]
+        squares = split(square) if square is not None else [None] * slots
+        return split(logps), refs, squares, [m.float() for m in masks]
+
+    def __call__(self, examples: list, indices: list[int]):
+        n = len(examples)
+        extras = self._to_device(batch_extras(examples))
+        if self.model_kind == "reward":
+            batch = self._to_device(collate_slots(examples, self.pad_id))
+            rewards = sequence_rewards(self.model, batch["input_ids"], batch["attention_mask"])
+            return RewardScores(rewards[:n], rewards[n:], extras.get("reward_margins"))
+        if self.with_token_kl:
+            batch = self._to_device(collate_slots(examples, self.pad_id))
+            return self.token_kl_pairs({**batch, **extras}, n)
+        policy, refs, squares, masks = self._score_slots(examples, indices)
         example = examples[0]
         if isinstance(example, TokenizedUnpaired):
-            return UnpairedLogps(policy[0], refs[0], masks[0], batch["labels"], policy[1], refs[1], masks[1])
+            return UnpairedLogps(policy[0], refs[0], masks[0], extras["labels"], policy[1], refs[1], masks[1])
         if isinstance(example, TokenizedSFT):
-            return SFTLogps(policy[0], refs[0], masks[0], batch.get("aligned_scores"))
+            return SFTLogps(policy[0], refs[0], masks[0], extras.get("aligned_scores"))
         if isinstance(example, TokenizedNegatives):
             return NegativesLogps(policy[0], refs[0], masks[0], policy[1:], refs[1:], masks[1:])
-        squares = list(square_mass.split(n)) if square_mass is not None else [None] * len(masks)
         answers = None
         if len(masks) == 4:
             answers = objectives.PreferenceLogps(policy[2], policy[3], refs[2], refs[3], masks[2], masks[3],
                                                  squares[2], squares[3])
         return objectives.PreferenceLogps(policy[0], policy[1], refs[0], refs[1], masks[0], masks[1],
-                                          squares[0], squares[1], batch.get("reward_margins"), answers)
-
+                                          squares[0], squares[1], extras.get("reward_margins"), answers)
 
     def token_kl_pairs(self, batch: dict, n: int) -> objectives.PreferenceLogps:
         """Pairs with token-level KL against the frozen reference model and its activations (SparsePO)."""
@@ -366,9 +401,11 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
         say(f"resumed from {latest} at step {state.step}")
     metrics_log = MetricsLog(run_dir / "metrics.jsonl", state.step if latest is not None else None)
     scorer = BatchScorer(model, reference, pad_id, accelerator.device, objective.needs_square_mass,
-                         objective.model_kind, objective.needs_token_kl, bool(objective.modules))
+                         objective.model_kind, objective.needs_token_kl, bool(objective.modules),
+                         config.train.share_prefix)
     eval_scorer = BatchScorer(model, eval_reference, pad_id, accelerator.device, objective.needs_square_mass,
-                              objective.model_kind, objective.needs_token_kl, bool(objective.modules))
+                              objective.model_kind, objective.needs_token_kl, bool(objective.modules),
+                              config.train.share_prefix)
 
     model.train()
     progress = tqdm(total=steps, initial=state.step, desc=f"train {objective.name}", unit="step",
