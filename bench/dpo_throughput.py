@@ -1,0 +1,185 @@
+"""DPO training throughput of alignlab on this machine, and how close it gets to the machine's limit.
+
+    python bench/dpo_throughput.py [--model tiny|small] [--pairs 512] [--steps 8] [--json]
+
+Trains the same model on the same synthetic pairs with the same hyperparameters through `alignlab train`,
+once per setting (prefix sharing on and off), each in its own process so peak memory is its own, and
+prints pairs/second, peak RSS and their ratios. It also measures fp32 matmul FLOP/s on this machine and
+counts the FLOPs one pair needs (6·N per trained token + 2·N per reference token, N = non-embedding
+parameters, prompt tokens counted once when they are shared) to report achieved / limit.
+
+Models: ``tiny`` = the embedded model; ``small`` = the same architecture at ~30M parameters (hidden 512,
+8 layers), randomly initialised. Data: synthetic pairs with long-tailed lengths — prompt 32–256 tokens,
+chosen and rejected 16–256 tokens each, drawn independently — from a fixed seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SETTINGS = {"shared_prefix": {"train.share_prefix": "true"}, "separate_rows": {"train.share_prefix": "false"}}
+
+
+def long_tailed_length(rng: random.Random, low: int, high: int) -> int:
+    """A log-normal draw clipped to [low, high]: many short sequences, a few long ones."""
+    return int(min(high, max(low, rng.lognormvariate(math.log(low * 2.5), 0.7))))
+
+
+def synthetic_pairs(path: Path, n: int, seed: int) -> None:
+    """`n` preference records of corpus words (about one token each) with long-tailed lengths."""
+    from alignlab.models import tiny_corpus
+
+    words = sorted({w for group in (tiny_corpus.POSITIVE, tiny_corpus.NEGATIVE, tiny_corpus.ASPECTS,
+                                     tiny_corpus.TITLE_FIRST, tiny_corpus.TITLE_SECOND, tiny_corpus.ADVERBS)
+                    for w in group if " " not in w})
+    rng = random.Random(seed)
+
+    def text(n_words: int) -> str:
+        return "".join(" " + rng.choice(words) for _ in range(n_words))
+
+    with path.open("w") as handle:
+        for _ in range(n):
+            record = {"prompt": text(long_tailed_length(rng, 32, 256)).strip(),
+                      "chosen": text(long_tailed_length(rng, 16, 256)),
+                      "rejected": text(long_tailed_length(rng, 16, 256))}
+            handle.write(json.dumps(record) + "\n")
+
+
+def small_model(folder: Path) -> None:
+    """The embedded architecture at ~30M parameters (hidden 512, 8 layers), randomly initialised."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from alignlab.models.loading import load_tokenizer
+    from alignlab.models.tiny import EMBEDDED_MODEL_DIR
+
+    tokenizer = load_tokenizer(str(EMBEDDED_MODEL_DIR))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+                         num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=1024,
+                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def matmul_flops(seconds: float = 3.0, size: int = 1024) -> float:
+    """Sustained fp32 matmul FLOP/s of this machine (all threads torch uses)."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        count += 1
+    return 2 * size**3 * count / (time.perf_counter() - started)
+
+
+def pair_flops(model_dir: Path, data: Path, max_length: int, max_prompt_length: int, shared: bool) -> float:
+    """Mean FLOPs of one DPO pair: 6·N per trained token, 2·N per reference token (once, cached)."""
+    from transformers import AutoConfig
+
+    from alignlab.data import load_preferences, tokenize_preferences
+    from alignlab.models.loading import load_tokenizer
+
+    config = AutoConfig.from_pretrained(model_dir)
+    layer = 4 * config.hidden_size**2 + 3 * config.hidden_size * config.intermediate_size
+    n = config.num_hidden_layers * layer
+    pairs, _ = tokenize_preferences(load_preferences(str(data)), load_tokenizer(str(model_dir)), max_length,
+                                    max_prompt_length)
+    total = 0.0
+    for p in pairs:
+        trained = len(p.prompt) * (1 if shared else 2) + len(p.chosen) + len(p.rejected)
+        referenced = 2 * len(p.prompt) + len(p.chosen) + len(p.rejected)
+        total += 6 * n * trained + 2 * n * referenced
+    return total / len(pairs)
+
+
+def run_one(model_dir: Path, data: Path, out: Path, steps: int, batch_size: int, overrides: dict) -> dict:
+    """One `alignlab train` in this process; pairs/s over the steps after the first, and peak RSS."""
+    from alignlab.config import load_config
+    from alignlab.train import train
+
+    settings = [f"model.path={model_dir}", f"data.train={data}", "data.max_length=768",
+                "data.max_prompt_length=256", f"train.max_steps={steps}", f"train.batch_size={batch_size}",
+                "train.progress=false", f"reference.cache_dir={out / 'cache'}", f"out_dir={out / 'run'}",
+                *(f"{k}={v}" for k, v in overrides.items())]
+    train(load_config(None, settings), log=lambda *_: None)
+    history = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    seconds = history[-1]["elapsed_s"] - history[0]["elapsed_s"]
+    return {"pairs_per_s": (len(history) - 1) * batch_size / seconds,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=("tiny", "small"), default="small")
+    parser.add_argument("--pairs", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument("--one", nargs=3, metavar=("MODEL_DIR", "DATA", "SETTING"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+    if args.one:
+        model_dir, data, setting = Path(args.one[0]), Path(args.one[1]), args.one[2]
+        with tempfile.TemporaryDirectory() as folder:
+            result = run_one(model_dir, data, Path(folder), args.steps, args.batch_size, SETTINGS[setting])
+        print(json.dumps(result))
+        return
+
+    from alignlab.models.tiny import EMBEDDED_MODEL_DIR
+
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        data = work / "pairs.jsonl"
+        synthetic_pairs(data, args.pairs, seed=0)
+        model_dir = EMBEDDED_MODEL_DIR
+        if args.model == "small":
+            model_dir = work / "small"
+            small_model(model_dir)
+        results = {}
+        for setting in SETTINGS:
+            command = [sys.executable, __file__, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+                       "--one", str(model_dir), str(data), setting]
+            output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            results[setting] = json.loads(output.strip().splitlines()[-1])
+            print(f"{setting:>14}: {results[setting]['pairs_per_s']:.2f} pairs/s, "
+                  f"peak RSS {results[setting]['peak_rss_mb']:.0f} MB", flush=True)
+        limit = matmul_flops()
+        flops = pair_flops(model_dir, data, 768, 256, shared=True)
+        best = results["shared_prefix"]["pairs_per_s"]
+    summary = {
+        "alignlab": results["shared_prefix"],
+        "alignlab_separate_rows": results["separate_rows"],
+        "ratio_shared_vs_separate": best / results["separate_rows"]["pairs_per_s"],
+        "machine_fp32_flops": limit,
+        "flops_per_pair": flops,
+        "fraction_of_limit": best * flops / limit,
+        "settings": {"model": args.model, "pairs": args.pairs, "steps": args.steps, "batch_size": args.batch_size,
+                     "max_length": 768, "max_prompt_length": 256, "threads": os.cpu_count()},
+    }
+    print(f"prefix sharing vs separate rows: {summary['ratio_shared_vs_separate']:.2f}x; "
+          f"machine fp32 limit {limit / 1e9:.0f} GFLOP/s; achieved {summary['fraction_of_limit']:.0%} of it")
+    if args.json:
+        print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
