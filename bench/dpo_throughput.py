@@ -1,10 +1,13 @@
 """DPO training throughput of alignlab on this machine, and how close it gets to the machine's limit.
 
-    python bench/dpo_throughput.py [--model tiny|small] [--pairs 512] [--steps 8] [--json]
+    python bench/dpo_throughput.py [--model tiny|small] [--pairs 512] [--steps 8] [--vs trl] [--json]
 
 Trains the same model on the same synthetic pairs with the same hyperparameters through `alignlab train`,
-once per setting (prefix sharing on and off), each in its own process so peak memory is its own, and
-prints pairs/second, peak RSS and their ratios. It also measures fp32 matmul FLOP/s on this machine and
+once per setting (prefix sharing on and off), and with ``--vs trl`` through TRL's `DPOTrainer` (configured
+as a careful CPU user would: fp32, no gradient checkpointing, precomputed reference log-probs; and with
+its out-of-the-box defaults), each in its own process so peak memory is its own, and prints pairs/second,
+peak RSS and their ratios. TRL is a benchmark-only dependency: ``--vs trl`` installs it (pinned, with the
+project's constraints) when it is missing. It also measures fp32 matmul FLOP/s on this machine and
 counts the FLOPs one pair needs (6·N per trained token + 2·N per reference token, N = non-embedding
 parameters, prompt tokens counted once when they are shared) to report achieved / limit.
 
@@ -28,6 +31,9 @@ import time
 from pathlib import Path
 
 SETTINGS = {"shared_prefix": {"train.share_prefix": "true"}, "separate_rows": {"train.share_prefix": "false"}}
+TRL_SETTINGS = ("trl_tuned", "trl_default")
+TRL_REQUIREMENT = "trl==1.16.0"
+LEARNING_RATE, BETA, MAX_LENGTH, MAX_PROMPT_LENGTH = 5e-6, 0.1, 768, 256
 
 
 def long_tailed_length(rng: random.Random, low: int, high: int) -> int:
@@ -112,8 +118,9 @@ def run_one(model_dir: Path, data: Path, out: Path, steps: int, batch_size: int,
     from alignlab.config import load_config
     from alignlab.train import train
 
-    settings = [f"model.path={model_dir}", f"data.train={data}", "data.max_length=768",
-                "data.max_prompt_length=256", f"train.max_steps={steps}", f"train.batch_size={batch_size}",
+    settings = [f"model.path={model_dir}", f"data.train={data}", f"data.max_length={MAX_LENGTH}",
+                f"data.max_prompt_length={MAX_PROMPT_LENGTH}", f"train.max_steps={steps}",
+                f"train.batch_size={batch_size}", f"train.lr={LEARNING_RATE}", f"objective.beta={BETA}",
                 "train.progress=false", f"reference.cache_dir={out / 'cache'}", f"out_dir={out / 'run'}",
                 *(f"{k}={v}" for k, v in overrides.items())]
     train(load_config(None, settings), log=lambda *_: None)
@@ -123,12 +130,52 @@ def run_one(model_dir: Path, data: Path, out: Path, steps: int, batch_size: int,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def run_trl(model_dir: Path, data: Path, out: Path, steps: int, batch_size: int, tuned: bool) -> dict:
+    """The same training through TRL's DPOTrainer; pairs/s over the steps after the first, and peak RSS."""
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    step_ends: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            step_ends.append(time.perf_counter())
+
+    tuned_settings = {"bf16": False, "gradient_checkpointing": False, "precompute_ref_log_probs": True}
+    config = DPOConfig(output_dir=str(out / "trl"), max_steps=steps, per_device_train_batch_size=batch_size,
+                       learning_rate=LEARNING_RATE, beta=BETA, max_length=MAX_LENGTH, logging_steps=1,
+                       save_strategy="no", report_to="none", use_cpu=True, seed=0, dataloader_num_workers=0,
+                       **(tuned_settings if tuned else {}))
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    trainer = DPOTrainer(model=model, args=config, processing_class=AutoTokenizer.from_pretrained(model_dir),
+                         train_dataset=datasets.load_dataset("json", data_files=str(data), split="train"),
+                         callbacks=[StepTimer()])
+    trainer.train()
+    return {"pairs_per_s": (len(step_ends) - 1) * batch_size / (step_ends[-1] - step_ends[0]),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def ensure_trl() -> None:
+    """Install TRL (benchmark only) with the project's pins, so torch stays the CPU build."""
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        constraints = Path(__file__).resolve().parent.parent / "constraints.txt"
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-c", str(constraints),
+                        TRL_REQUIREMENT], check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("tiny", "small"), default="small")
     parser.add_argument("--pairs", type=int, default=512)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--vs", choices=("trl",), help="also train with TRL's DPOTrainer, tuned and default")
+    parser.add_argument("--trl-default-steps", type=int, default=3,
+                        help="steps for TRL's defaults, which are many times slower on a CPU (default 3)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--one", nargs=3, metavar=("MODEL_DIR", "DATA", "SETTING"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -140,7 +187,10 @@ def main() -> None:
     if args.one:
         model_dir, data, setting = Path(args.one[0]), Path(args.one[1]), args.one[2]
         with tempfile.TemporaryDirectory() as folder:
-            result = run_one(model_dir, data, Path(folder), args.steps, args.batch_size, SETTINGS[setting])
+            if setting in TRL_SETTINGS:
+                result = run_trl(model_dir, data, Path(folder), args.steps, args.batch_size, setting == "trl_tuned")
+            else:
+                result = run_one(model_dir, data, Path(folder), args.steps, args.batch_size, SETTINGS[setting])
         print(json.dumps(result))
         return
 
@@ -155,15 +205,20 @@ def main() -> None:
             model_dir = work / "small"
             small_model(model_dir)
         results = {}
-        for setting in SETTINGS:
-            command = [sys.executable, __file__, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+        settings = list(SETTINGS)
+        if args.vs == "trl":
+            ensure_trl()
+            settings += list(TRL_SETTINGS)
+        for setting in settings:
+            steps = args.trl_default_steps if setting == "trl_default" else args.steps
+            command = [sys.executable, __file__, "--steps", str(steps), "--batch-size", str(args.batch_size),
                        "--one", str(model_dir), str(data), setting]
             output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
             results[setting] = json.loads(output.strip().splitlines()[-1])
             print(f"{setting:>14}: {results[setting]['pairs_per_s']:.2f} pairs/s, "
                   f"peak RSS {results[setting]['peak_rss_mb']:.0f} MB", flush=True)
         limit = matmul_flops()
-        flops = pair_flops(model_dir, data, 768, 256, shared=True)
+        flops = pair_flops(model_dir, data, MAX_LENGTH, MAX_PROMPT_LENGTH, shared=True)
         best = results["shared_prefix"]["pairs_per_s"]
     summary = {
         "alignlab": results["shared_prefix"],
@@ -173,8 +228,17 @@ def main() -> None:
         "flops_per_pair": flops,
         "fraction_of_limit": best * flops / limit,
         "settings": {"model": args.model, "pairs": args.pairs, "steps": args.steps, "batch_size": args.batch_size,
-                     "max_length": 768, "max_prompt_length": 256, "threads": os.cpu_count()},
+                     "lr": LEARNING_RATE, "beta": BETA, "max_length": MAX_LENGTH,
+                     "max_prompt_length": MAX_PROMPT_LENGTH, "threads": os.cpu_count()},
     }
+    if args.vs == "trl":
+        summary["trl_tuned"], summary["trl_default"] = results["trl_tuned"], results["trl_default"]
+        summary["ratio_vs_trl_tuned"] = best / results["trl_tuned"]["pairs_per_s"]
+        summary["ratio_vs_trl_default"] = best / results["trl_default"]["pairs_per_s"]
+        summary["settings"]["trl_default_steps"] = args.trl_default_steps
+        print(f"alignlab vs TRL tuned: {summary['ratio_vs_trl_tuned']:.2f}x pairs/s, peak RSS "
+              f"{results['shared_prefix']['peak_rss_mb']:.0f} vs {results['trl_tuned']['peak_rss_mb']:.0f} MB; "
+              f"vs TRL defaults: {summary['ratio_vs_trl_default']:.1f}x")
     print(f"prefix sharing vs separate rows: {summary['ratio_shared_vs_separate']:.2f}x; "
           f"machine fp32 limit {limit / 1e9:.0f} GFLOP/s; achieved {summary['fraction_of_limit']:.0%} of it")
     if args.json:
