@@ -23,9 +23,10 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-# DPO throughput on the ~30M model, prefix sharing on and off (a few minutes; not part of the tests).
+# DPO throughput on the ~30M model: alignlab with prefix sharing on and off, and TRL tuned and default
+# (about 20 minutes on 2 cores, most of it TRL's defaults; installs TRL into .venv; not part of the tests).
 bench: setup
-	$(BIN)/python bench/dpo_throughput.py --model small --pairs 128 --steps 6
+	$(BIN)/python bench/dpo_throughput.py --model small --pairs 128 --steps 6 --trl-default-steps 2 --vs trl
 
 lint: setup
 	$(BIN)/ruff check alignlab tests bench

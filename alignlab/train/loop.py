@@ -131,11 +131,13 @@ class BatchScorer:
     """
 
     def __init__(self, model, reference: ReferenceLogps | torch.nn.Module | None, pad_id: int, device,
-                 with_square_mass: bool = False, model_kind: str = "causal_lm", with_token_kl: bool = False,
-                 with_hidden: bool = False, share_prefix: bool = False) -> None:
+                 objective: objectives.Objective, share_prefix: bool = False) -> None:
         self.model, self.reference, self.pad_id, self.device = model, reference, pad_id, device
-        self.with_square_mass, self.model_kind, self.with_token_kl = with_square_mass, model_kind, with_token_kl
-        self.with_hidden, self.share_prefix = with_hidden, share_prefix
+        self.share_prefix = share_prefix
+        self.model_kind = objective.model_kind
+        self.with_square_mass = objective.needs_square_mass
+        self.with_token_kl = objective.needs_token_kl
+        self.with_hidden = bool(objective.modules)  # learned token masks read the reference's hidden states
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device) for k, v in batch.items()}
@@ -400,11 +402,8 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
                                 objective)
         say(f"resumed from {latest} at step {state.step}")
     metrics_log = MetricsLog(run_dir / "metrics.jsonl", state.step if latest is not None else None)
-    scorer = BatchScorer(model, reference, pad_id, accelerator.device, objective.needs_square_mass,
-                         objective.model_kind, objective.needs_token_kl, bool(objective.modules),
-                         config.train.share_prefix)
-    eval_scorer = BatchScorer(model, eval_reference, pad_id, accelerator.device, objective.needs_square_mass,
-                              objective.model_kind, objective.needs_token_kl, bool(objective.modules),
+    scorer = BatchScorer(model, reference, pad_id, accelerator.device, objective, config.train.share_prefix)
+    eval_scorer = BatchScorer(model, eval_reference, pad_id, accelerator.device, objective,
                               config.train.share_prefix)
 
     model.train()
