@@ -237,11 +237,6 @@ def collate_pairs(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.Te
     return {**collate_slots(pairs, pad_id), **batch_extras(pairs)}
 
 
-def collate_examples(examples, pad_id: int) -> dict[str, torch.Tensor]:
-    """`collate_slots` of any tokenized examples, plus their `batch_extras`."""
-    return {**collate_slots(examples, pad_id), **batch_extras(examples)}
-
-
 def tokenize_negatives(
     examples: list[NegativeExample], tokenizer, max_length: int, max_prompt_length: int
 ) -> tuple[list[TokenizedNegatives], TruncationStats]:
