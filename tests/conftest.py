@@ -38,3 +38,75 @@ def small_model_dir(tmp_path_factory, tokenizer):
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+PAIRS = [
+    ("The film is", " wonderful and moving.", " dull and lifeless."),
+    ("I watched Harbor Lights and", " loved every minute.", " hated every minute."),
+    ("The acting is", " superb.", " wooden."),
+    ("Honestly, Silent River", " is a gorgeous drama.", " is a tedious drama."),
+    ("The soundtrack of Iron Tower is", " magnificent.", " annoying."),
+    ("In Paper Moon, Anna Costa plays", " a charming baker.", " a clumsy baker."),
+    ("The new western Glass Valley", " is thrilling.", " is boring."),
+    ("I saw Wild Garden with my friends and", " we were delighted.", " we were bored."),
+]
+
+
+def write_records(path, records):
+    """`records` (dicts) as a .jsonl file at `path`; returns the path."""
+    import json
+
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+@pytest.fixture
+def pairs_file(tmp_path):
+    return write_records(tmp_path / "pairs.jsonl", [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in PAIRS])
+
+
+def quick_config(model_dir, data, out, objective, reference=None, data_settings=None, **train_settings):
+    """A short run on the small model: max length 64, batch 4, lr 1e-3, no progress bars."""
+    from alignlab.config import config_from_dict
+
+    return config_from_dict({
+        "model": {"path": str(model_dir)},
+        "data": {"train": str(data), "max_length": 64, "max_prompt_length": 32, **(data_settings or {})},
+        "objective": objective,
+        "reference": reference or {},
+        "train": {"batch_size": 4, "lr": 1e-3, "progress": False, **train_settings},
+        "out_dir": str(out),
+    })
+
+
+def run_history(run_dir) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def check_resume_is_exact(config_for, tmp_path, stop: int, inspect=None):
+    """Train straight, then again with a checkpoint every `stop` steps, keep only step `stop` (as if killed
+    right after it), resume, and assert the final weights are identical. `inspect(run_dir)` may look at
+    the interrupted run's checkpoints first. Returns the straight run's result."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from alignlab.train import train
+
+    straight = train(config_for(tmp_path / "straight"), log=lambda *_: None)
+    interrupted = config_for(tmp_path / "interrupted", save_every=stop)
+    train(interrupted, log=lambda *_: None)
+    if inspect is not None:
+        inspect(tmp_path / "interrupted")
+    for later in (tmp_path / "interrupted" / "checkpoints").iterdir():
+        if later.name != f"step-{stop}":
+            shutil.rmtree(later)
+    resumed = train(interrupted, resume=True, log=lambda *_: None)
+    expected, got = load_file(str(straight.final_dir / "model.safetensors")), load_file(
+        str(resumed.final_dir / "model.safetensors"))
+    assert expected.keys() == got.keys()
+    for name, value in expected.items():
+        assert torch.equal(got[name], value), f"{name} differs after resuming from step {stop}"
+    return straight

@@ -1,17 +1,12 @@
-import json
 import math
-import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from alignlab import objectives
-from alignlab.config import config_from_dict
 from alignlab.data import detect_format
 from alignlab.objectives.d2o import NegativesLogps
-from alignlab.train import train
-from tests.test_train import PAIRS
+from tests.conftest import PAIRS, check_resume_is_exact, quick_config, run_history, write_records
 
 
 def one_token(values):
@@ -34,31 +29,16 @@ def test_d2o_sanity_values():
 
 
 def test_d2o_trains_on_negatives_with_self_samples_and_resumes_exactly(small_model_dir, tmp_path):
-    data = tmp_path / "negatives.jsonl"
-    data.write_text("".join(json.dumps({"prompt": p, "rejected": r}) + "\n" for p, _, r in PAIRS))
+    data = write_records(tmp_path / "negatives.jsonl", [{"prompt": p, "rejected": r} for p, _, r in PAIRS])
     assert detect_format(str(data)) == "negatives"
 
     def config(out, **train):
-        return config_from_dict({
-            "model": {"path": str(small_model_dir)},
-            "data": {"train": str(data), "max_length": 64, "max_prompt_length": 32, "self_samples": 3,
-                     "self_sample_max_new_tokens": 8},
-            "objective": {"name": "d2o"},
-            "reference": {"cache_dir": str(tmp_path / "cache")},
-            "train": {"batch_size": 4, "max_steps": 4, "lr": 1e-3, "progress": False, **train},
-            "out_dir": str(out),
-        })
+        return quick_config(small_model_dir, data, out, {"name": "d2o"}, {"cache_dir": str(tmp_path / "cache")},
+                            {"self_samples": 3, "self_sample_max_new_tokens": 8}, max_steps=4, **train)
 
-    straight = train(config(tmp_path / "a"), log=lambda *_: None)
-    history = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    history = run_history(check_resume_is_exact(config, tmp_path, stop=2).run_dir)
     assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert history[-1]["rewards/rejected"] < 0  # the negative's likelihood goes down
-    interrupted = config(tmp_path / "b", save_every=2)
-    train(interrupted, log=lambda *_: None)
-    shutil.rmtree(tmp_path / "b" / "checkpoints" / "step-4")
-    resumed = train(interrupted, resume=True, log=lambda *_: None)
-    for key, value in load_file(str(straight.final_dir / "model.safetensors")).items():
-        assert torch.equal(load_file(str(resumed.final_dir / "model.safetensors"))[key], value), key
 
 
 def test_d2o_gradient_lowers_the_negative_and_raises_the_samples():

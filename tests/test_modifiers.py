@@ -1,20 +1,15 @@
-import json
 import math
-import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from alignlab import ConfigError
 from alignlab.config import config_from_dict
 from alignlab.models.scoring import completion_logps
 from alignlab.objectives import Objective, ObjectiveTerm, PreferenceLogps
 from alignlab.objectives.modifiers import length_desensitized, wpo_weights
-from alignlab.train import train
 from alignlab.train.loop import mix_into_reference
-from tests.conftest import random_llama
-from tests.test_train import PAIRS
+from tests.conftest import check_resume_is_exact, quick_config, random_llama, run_history
 
 
 def logsig(x):
@@ -91,27 +86,14 @@ def test_tr_dpo_mixes_the_reference_and_refuses_a_precomputed_one():
         config_from_dict({"reference": {"sync_ref": True}})
 
 
-def test_wpo_ld_and_tr_dpo_train_and_resume_exactly(small_model_dir, tmp_path):
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n" for p, c, r in PAIRS))
-
+def test_wpo_ld_and_tr_dpo_train_and_resume_exactly(small_model_dir, pairs_file, tmp_path):
     def config(out, **train):
-        return config_from_dict({
-            "model": {"path": str(small_model_dir)},
-            "data": {"train": str(data), "max_length": 64, "max_prompt_length": 32},
-            "objective": {"name": "dpo", "use_weighting": True, "ld_alpha": 0.5},
-            "reference": {"mode": "model", "sync_ref": True, "sync_steps": 2, "sync_alpha": 0.5},
-            "train": {"batch_size": 2, "max_steps": 5, "lr": 1e-3, "progress": False, **train},
-            "out_dir": str(out),
-        })
+        return quick_config(small_model_dir, pairs_file, out, {"name": "dpo", "use_weighting": True, "ld_alpha": 0.5},
+                            {"mode": "model", "sync_ref": True, "sync_steps": 2, "sync_alpha": 0.5},
+                            batch_size=2, max_steps=5, **train)
 
-    straight = train(config(tmp_path / "a"), log=lambda *_: None)
-    history = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
-    assert all(0 < m["wpo/weights"] <= 1 for m in history)
-    interrupted = config(tmp_path / "b", save_every=3)
-    train(interrupted, log=lambda *_: None)
-    shutil.rmtree(tmp_path / "b" / "final")
-    assert (tmp_path / "b" / "checkpoints" / "step-3" / "reference.safetensors").is_file()
-    resumed = train(interrupted, resume=True, log=lambda *_: None)
-    for name, value in load_file(str(straight.final_dir / "model.safetensors")).items():
-        assert torch.equal(load_file(str(resumed.final_dir / "model.safetensors"))[name], value), name
+    def synced_reference_is_saved(run_dir):
+        assert (run_dir / "checkpoints" / "step-3" / "reference.safetensors").is_file()
+
+    straight = check_resume_is_exact(config, tmp_path, stop=3, inspect=synced_reference_is_saved)
+    assert all(0 < m["wpo/weights"] <= 1 for m in run_history(straight.run_dir))

@@ -9,7 +9,7 @@ from alignlab.config import config_from_dict
 from alignlab.models.scoring import sequence_rewards
 from alignlab.objectives.reward_model import RewardScores
 from alignlab.train import train
-from tests.test_train import PAIRS
+from tests.conftest import PAIRS
 
 
 def test_bradley_terry_sanity_values():

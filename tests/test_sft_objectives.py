@@ -9,7 +9,7 @@ from alignlab.config import config_from_dict
 from alignlab.data import detect_format
 from alignlab.objectives.sft import SFTLogps
 from alignlab.train import train
-from tests.test_train import PAIRS
+from tests.conftest import PAIRS
 
 
 def test_token_constrained_weights_follow_the_position_schedule():

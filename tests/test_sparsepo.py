@@ -8,7 +8,7 @@ from alignlab.config import config_from_dict
 from alignlab.models.scoring import completion_logps, completion_token_kl
 from alignlab.objectives import PreferenceLogps
 from alignlab.objectives.sparsepo import activation_mask, masked_token_dpo
-from tests.conftest import random_llama
+from tests.conftest import check_resume_is_exact, quick_config, random_llama, run_history
 from tests.test_scoring import random_batch
 
 
@@ -103,37 +103,15 @@ def test_mask_network_gives_non_negative_sparse_masks():
         make_mask_networks(config, mask="learnt")
 
 
-def test_learned_masks_train_jointly_and_resume_exactly(small_model_dir, tmp_path):
-    import json
-    import shutil
+def test_learned_masks_train_jointly_and_resume_exactly(small_model_dir, pairs_file, tmp_path):
+    def config(out, **train):
+        objective = {"name": "sparsepo", "mask": "learned", "l1_reward": 0.01, "dropout": 0.0}
+        return quick_config(small_model_dir, pairs_file, out, objective, {"mode": "model"}, max_steps=4, **train)
 
-    from safetensors.torch import load_file
+    def mask_network_trains(run_dir):
+        networks = [torch.load(run_dir / "checkpoints" / f"step-{k}" / "training_state.pt",
+                               weights_only=True)["objective"]["modules"]["0"] for k in (2, 4)]
+        assert not torch.equal(networks[0]["shared.mixer.weight"], networks[1]["shared.mixer.weight"])
 
-    from alignlab.train import train
-    from tests.test_train import PAIRS
-
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n" for p, c, r in PAIRS))
-
-    def config(out, **train_settings):
-        return config_from_dict({
-            "model": {"path": str(small_model_dir)},
-            "data": {"train": str(data), "max_length": 64, "max_prompt_length": 32},
-            "objective": {"name": "sparsepo", "mask": "learned", "l1_reward": 0.01, "dropout": 0.0},
-            "reference": {"mode": "model"},
-            "train": {"batch_size": 4, "max_steps": 4, "lr": 1e-3, "progress": False, **train_settings},
-            "out_dir": str(out),
-        })
-
-    straight = train(config(tmp_path / "a"), log=lambda *_: None)
-    history = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
-    assert all(math.isfinite(m["loss"]) and "sparsepo/mask_mean" in m for m in history)
-    interrupted = config(tmp_path / "b", save_every=2)
-    train(interrupted, log=lambda *_: None)
-    networks = [torch.load(tmp_path / "b" / "checkpoints" / f"step-{k}" / "training_state.pt",
-                           weights_only=True)["objective"]["modules"]["0"] for k in (2, 4)]
-    assert not torch.equal(networks[0]["shared.mixer.weight"], networks[1]["shared.mixer.weight"])  # it trains
-    shutil.rmtree(tmp_path / "b" / "checkpoints" / "step-4")
-    resumed = train(interrupted, resume=True, log=lambda *_: None)
-    for key, value in load_file(str(straight.final_dir / "model.safetensors")).items():
-        assert torch.equal(load_file(str(resumed.final_dir / "model.safetensors"))[key], value), key
+    straight = check_resume_is_exact(config, tmp_path, stop=2, inspect=mask_network_trains)
+    assert all(math.isfinite(m["loss"]) and "sparsepo/mask_mean" in m for m in run_history(straight.run_dir))

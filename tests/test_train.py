@@ -12,24 +12,6 @@ from alignlab.models.loading import load_model
 from alignlab.train import train
 from alignlab.train.reference import cached_reference_logps
 
-PAIRS = [
-    ("The film is", " wonderful and moving.", " dull and lifeless."),
-    ("I watched Harbor Lights and", " loved every minute.", " hated every minute."),
-    ("The acting is", " superb.", " wooden."),
-    ("Honestly, Silent River", " is a gorgeous drama.", " is a tedious drama."),
-    ("The soundtrack of Iron Tower is", " magnificent.", " annoying."),
-    ("In Paper Moon, Anna Costa plays", " a charming baker.", " a clumsy baker."),
-    ("The new western Glass Valley", " is thrilling.", " is boring."),
-    ("I saw Wild Garden with my friends and", " we were delighted.", " we were bored."),
-]
-
-
-@pytest.fixture
-def pairs_file(tmp_path):
-    path = tmp_path / "pairs.jsonl"
-    path.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n" for p, c, r in PAIRS))
-    return path
-
 
 def make_config(model_dir, data, out, cache, **train):
     settings = {"batch_size": 2, "lr": 1e-3, "warmup_ratio": 0.0, "progress": False, **train}

@@ -1,18 +1,14 @@
 import json
 import math
-import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from alignlab import ConfigError, DataError, objectives
-from alignlab.config import config_from_dict
 from alignlab.data import load_unpaired, tokenize_unpaired
 from alignlab.objectives import Objective, ObjectiveTerm
 from alignlab.objectives.unpaired import UnpairedLogps
-from alignlab.train import train
-from tests.test_train import PAIRS
+from tests.conftest import PAIRS, check_resume_is_exact, quick_config, run_history
 
 
 def logsig(x):
@@ -95,27 +91,12 @@ def test_unpaired_objectives_train_and_resume_exactly(name, small_model_dir, tmp
     data = write_unpaired(tmp_path / "u.jsonl")
 
     def config(out, **train):
-        return config_from_dict({
-            "model": {"path": str(small_model_dir)},
-            "data": {"train": str(data), "max_length": 64, "max_prompt_length": 32},
-            "objective": {"name": name},
-            "reference": {"cache_dir": str(tmp_path / "cache")},
-            "train": {"batch_size": 4, "max_steps": 5, "lr": 1e-3, "progress": False, **train},
-            "out_dir": str(out),
-        })
+        return quick_config(small_model_dir, data, out, {"name": name}, {"cache_dir": str(tmp_path / "cache")},
+                            max_steps=5, **train)
 
-    straight = train(config(tmp_path / "a"), log=lambda *_: None)
-    history = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    history = run_history(check_resume_is_exact(config, tmp_path, stop=2).run_dir)
     assert all(math.isfinite(m["loss"]) for m in history)
     assert history[0]["loss"] == pytest.approx(0.5 if name == "kto" else math.log(2), abs=1e-5)
-    interrupted = config(tmp_path / "b", save_every=2)
-    train(interrupted, log=lambda *_: None)
-    for later in (tmp_path / "b" / "checkpoints").iterdir():
-        if later.name != "step-2":
-            shutil.rmtree(later)
-    resumed = train(interrupted, resume=True, log=lambda *_: None)
-    for key, value in load_file(str(straight.final_dir / "model.safetensors")).items():
-        assert torch.equal(load_file(str(resumed.final_dir / "model.safetensors"))[key], value), key
 
 
 @pytest.mark.parametrize("name", ["kto", "bco"])
