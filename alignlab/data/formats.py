@@ -256,18 +256,18 @@ def parse_sft(record: Any, source: str, location: str) -> SFTExample:
             raise check.error("the last message must be the assistant's answer to at least one earlier message",
                               field=f"messages[{len(messages) - 1}].role")
         prompt, completion = messages[:-1], messages[-1:]
+        check.completion_messages(completion, "completion")
     else:
         prompt, completion = check.prompt(record), check.completion(record, "completion")
-    if isinstance(completion, list):
-        check.completion_messages(completion, "completion")
-    aligned = record.get("aligned_logps")
-    score = None if aligned is None else sum(check.rewards(aligned, "aligned_logps")) / (
-        len(aligned) if isinstance(aligned, list) else 1)
+    score = None
+    if record.get("aligned_logps") is not None:
+        scores = check.rewards(record["aligned_logps"], "aligned_logps")
+        score = sum(scores) / len(scores)
     return SFTExample(prompt, completion, f"{source}:{location}", score)
 
 
 def detect_format(path: str) -> str:
-    """The format of `path` from its first record's fields: paired, unpaired or sft."""
+    """The format of `path` from its first record's fields: paired, scored, negatives, unpaired or sft."""
     for location, record in read_records(path):
         if isinstance(record, dict):
             if "chosen" in record:
