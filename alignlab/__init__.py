@@ -1,7 +1,15 @@
 """alignlab: align language models with preferences — train, decode, diagnose — on one reward–KL frontier."""
 
-from alignlab.errors import AlignlabError, ConfigError, DataError, ModelNotFoundError
+from alignlab.errors import (
+    AlignlabError,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    ModelNotFoundError,
+    TrainingDivergedError,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["AlignlabError", "ConfigError", "DataError", "ModelNotFoundError", "__version__"]
+__all__ = ["AlignlabError", "CheckpointError", "ConfigError", "DataError", "ModelNotFoundError",
+           "TrainingDivergedError", "__version__"]

@@ -30,3 +30,11 @@ class ConfigError(AlignlabError, ValueError):
 
 class ModelNotFoundError(AlignlabError, FileNotFoundError):
     """A model that is neither a local folder nor reachable on the hub."""
+
+
+class CheckpointError(AlignlabError):
+    """No checkpoint a run can continue from: all damaged, or missing a part the config needs."""
+
+
+class TrainingDivergedError(AlignlabError):
+    """Too many optimizer steps in a row had a non-finite loss or gradient."""

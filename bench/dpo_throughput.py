@@ -3,13 +3,14 @@
     python bench/dpo_throughput.py [--model tiny|small] [--pairs 512] [--steps 8] [--vs trl] [--json]
 
 Trains the same model on the same synthetic pairs with the same hyperparameters through `alignlab train`,
-once per setting (prefix sharing on and off), and with ``--vs trl`` through TRL's `DPOTrainer` (configured
-as a careful CPU user would: fp32, no gradient checkpointing, precomputed reference log-probs; and with
-its out-of-the-box defaults), each in its own process so peak memory is its own, and prints pairs/second,
-peak RSS and their ratios. TRL is a benchmark-only dependency: ``--vs trl`` installs it (pinned, with the
-project's constraints) when it is missing. It also measures fp32 matmul FLOP/s on this machine and
-counts the FLOPs one pair needs (6·N per trained token + 2·N per reference token, N = non-embedding
-parameters, prompt tokens counted once when they are shared) to report achieved / limit.
+once per engine setting (out of the box; without padding-free rows; without prefix sharing), and with
+``--vs trl`` through TRL's `DPOTrainer` (configured as a careful CPU user would: fp32, no gradient
+checkpointing, precomputed reference log-probs; and with its out-of-the-box defaults), each in its own
+process so peak memory is its own, and prints pairs/second, peak RSS and their ratios. TRL is a
+benchmark-only dependency: ``--vs trl`` installs it (pinned, with the project's constraints) when it is
+missing. It also measures fp32 matmul FLOP/s on this machine and counts the FLOPs one pair needs
+(6·N per trained token + 2·N per reference token, N = non-embedding parameters, prompt tokens counted
+once when they are shared) to report achieved / limit.
 
 Models: ``tiny`` = the embedded model; ``small`` = the same architecture at ~30M parameters (hidden 512,
 8 layers), randomly initialised. Data: synthetic pairs with long-tailed lengths — prompt 32–256 tokens,
@@ -30,7 +31,13 @@ import tempfile
 import time
 from pathlib import Path
 
-SETTINGS = {"shared_prefix": {"train.share_prefix": "true"}, "separate_rows": {"train.share_prefix": "false"}}
+SETTINGS = {
+    "default": {},  # out of the box: shared prompts, padding-free rows
+    "padded_rows": {"train.padding_free": "false"},  # one right-padded row per pair, prompt shared
+    "separate_rows": {"train.share_prefix": "false"},  # chosen and rejected rows, prompt twice
+    "compiled": {"train.compile": "true"},  # torch.compile'd body (not run unless named in --settings)
+}
+DEFAULT_SETTINGS = ("default", "padded_rows", "separate_rows")
 TRL_SETTINGS = ("trl_tuned", "trl_default")
 TRL_REQUIREMENT = "trl==1.16.0"
 LEARNING_RATE, BETA, MAX_LENGTH, MAX_PROMPT_LENGTH = 5e-6, 0.1, 768, 256
@@ -94,7 +101,8 @@ def matmul_flops(seconds: float = 3.0, size: int = 1024) -> float:
 
 
 def pair_flops(model_dir: Path, data: Path, max_length: int, max_prompt_length: int, shared: bool) -> float:
-    """Mean FLOPs of one DPO pair: 6·N per trained token, 2·N per reference token (once, cached)."""
+    """Mean FLOPs of one DPO pair: 6·N per trained token, 2·N per reference token (once, cached; the
+    reference pass shares prompts like the training pass)."""
     from transformers import AutoConfig
 
     from alignlab.data import load_preferences, tokenize_preferences
@@ -108,7 +116,7 @@ def pair_flops(model_dir: Path, data: Path, max_length: int, max_prompt_length: 
     total = 0.0
     for p in pairs:
         trained = len(p.prompt) * (1 if shared else 2) + len(p.chosen) + len(p.rejected)
-        referenced = 2 * len(p.prompt) + len(p.chosen) + len(p.rejected)
+        referenced = trained
         total += 6 * n * trained + 2 * n * referenced
     return total / len(pairs)
 
@@ -176,6 +184,7 @@ def main() -> None:
     parser.add_argument("--vs", choices=("trl",), help="also train with TRL's DPOTrainer, tuned and default")
     parser.add_argument("--trl-default-steps", type=int, default=3,
                         help="steps for TRL's defaults, which are many times slower on a CPU (default 3)")
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), help="alignlab settings to run (default: all)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--one", nargs=3, metavar=("MODEL_DIR", "DATA", "SETTING"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -205,7 +214,9 @@ def main() -> None:
             model_dir = work / "small"
             small_model(model_dir)
         results = {}
-        settings = list(SETTINGS)
+        settings = args.settings or list(DEFAULT_SETTINGS)
+        if "default" not in settings:
+            parser.error("--settings must include default")
         if args.vs == "trl":
             ensure_trl()
             settings += list(TRL_SETTINGS)
@@ -219,11 +230,12 @@ def main() -> None:
                   f"peak RSS {results[setting]['peak_rss_mb']:.0f} MB", flush=True)
         limit = matmul_flops()
         flops = pair_flops(model_dir, data, MAX_LENGTH, MAX_PROMPT_LENGTH, shared=True)
-        best = results["shared_prefix"]["pairs_per_s"]
+        best = results["default"]["pairs_per_s"]
     summary = {
-        "alignlab": results["shared_prefix"],
-        "alignlab_separate_rows": results["separate_rows"],
-        "ratio_shared_vs_separate": best / results["separate_rows"]["pairs_per_s"],
+        "alignlab": results["default"],
+        **{f"alignlab_{name}": results[name] for name in settings if name in SETTINGS and name != "default"},
+        **{f"ratio_default_vs_{name}": best / results[name]["pairs_per_s"]
+           for name in settings if name in SETTINGS and name != "default"},
         "machine_fp32_flops": limit,
         "flops_per_pair": flops,
         "fraction_of_limit": best * flops / limit,
@@ -237,10 +249,12 @@ def main() -> None:
         summary["ratio_vs_trl_default"] = best / results["trl_default"]["pairs_per_s"]
         summary["settings"]["trl_default_steps"] = args.trl_default_steps
         print(f"alignlab vs TRL tuned: {summary['ratio_vs_trl_tuned']:.2f}x pairs/s, peak RSS "
-              f"{results['shared_prefix']['peak_rss_mb']:.0f} vs {results['trl_tuned']['peak_rss_mb']:.0f} MB; "
+              f"{results['default']['peak_rss_mb']:.0f} vs {results['trl_tuned']['peak_rss_mb']:.0f} MB; "
               f"vs TRL defaults: {summary['ratio_vs_trl_default']:.1f}x")
-    print(f"prefix sharing vs separate rows: {summary['ratio_shared_vs_separate']:.2f}x; "
-          f"machine fp32 limit {limit / 1e9:.0f} GFLOP/s; achieved {summary['fraction_of_limit']:.0%} of it")
+    for name in settings:
+        if name in SETTINGS and name != "default":
+            print(f"out of the box vs {name}: {summary[f'ratio_default_vs_{name}']:.2f}x pairs/s")
+    print(f"machine fp32 limit {limit / 1e9:.0f} GFLOP/s; achieved {summary['fraction_of_limit']:.0%} of it")
     if args.json:
         print(json.dumps(summary))
 

@@ -72,7 +72,15 @@ def test_first_position_cannot_be_a_completion_token():
         completion_logps(model, input_ids, attention_mask, completion_mask)
 
 
-def test_shared_prefix_scoring_is_exact_for_any_number_of_completions():
+def test_pack_rows_is_first_fit_decreasing():
+    from alignlab.data.collate import pack_rows
+
+    assert pack_rows([5, 5, 3, 3, 2], capacity=8) == [[0, 2], [1, 3], [4]]
+    assert pack_rows([4], capacity=4) == [[0]]
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_shared_prefix_scoring_is_exact_for_any_number_of_completions(padding_free):
     from alignlab.data.collate import TokenizedNegatives, TokenizedPair, collate_shared_prefix, collate_slots
     from alignlab.models.scoring import shared_prefix_logps
 
@@ -82,12 +90,16 @@ def test_shared_prefix_scoring_is_exact_for_any_number_of_completions():
     def ids(n):
         return torch.randint(2, 61, (n,), generator=g).tolist()
 
+    # lengths 12, 10, 9, 3: padding-free packs them into 3 rows (the 3 beside the 9)
     pairs = [TokenizedPair(ids(4), ids(3), ids(5)), TokenizedPair(ids(7), ids(2), ids(1)),
-             TokenizedPair(ids(1), ids(6), ids(2))]
+             TokenizedPair(ids(1), ids(6), ids(2)), TokenizedPair(ids(1), ids(1), ids(1))]
+    # lengths 13, 18, 5: the 5 fits beside the 13
     negatives = [TokenizedNegatives(ids(3), ids(2), (ids(4), ids(1), ids(3))),
-                 TokenizedNegatives(ids(5), ids(3), (ids(2), ids(2), ids(6)))]
-    for examples in (pairs, negatives):
-        packed = collate_shared_prefix(examples, pad_id=0)
+                 TokenizedNegatives(ids(5), ids(3), (ids(2), ids(2), ids(6))),
+                 TokenizedNegatives(ids(1), ids(1), (ids(1), ids(1), ids(1)))]
+    for examples, packed_rows in ((pairs, 3), (negatives, 2)):
+        packed = collate_shared_prefix(examples, pad_id=0, padding_free=padding_free)
+        assert len(packed["input_ids"]) == (packed_rows if padding_free else len(examples))
         plain = collate_slots(examples, pad_id=0)
         shared = shared_prefix_logps(model, packed)
         separate = completion_logps(model, plain["input_ids"], plain["attention_mask"], plain["completion_mask"])

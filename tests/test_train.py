@@ -124,13 +124,26 @@ def test_evaluation_every_n_steps_and_fresh_run_guard(small_model_dir, pairs_fil
         train(config, log=lambda *_: None)
 
 
-def test_shared_prefix_trains_like_separate_rows(small_model_dir, pairs_file, tmp_path):
-    shared = train(make_config(small_model_dir, pairs_file, tmp_path / "shared", tmp_path / "cache", max_steps=3),
-                   log=lambda *_: None)
-    config = make_config(small_model_dir, pairs_file, tmp_path / "separate", tmp_path / "cache", max_steps=3)
-    config.train.share_prefix = False
-    separate = train(config, log=lambda *_: None)
-    for a, b in zip(metrics(shared.run_dir), metrics(separate.run_dir), strict=True):
+@pytest.mark.parametrize("engine", [{"share_prefix": False}, {"padding_free": False}, {"recompute_head": True}])
+def test_engine_settings_train_alike(small_model_dir, pairs_file, tmp_path, engine):
+    """The default engine (shared prompts, padding-free rows, kept logits) trains like each alternative.
+    With batches of 4 the first and fifth batches of these pairs pack into 3 rows."""
+    settings = {"max_steps": 3, "batch_size": 4}
+    default = train(make_config(small_model_dir, pairs_file, tmp_path / "default", tmp_path / "cache", **settings),
+                    log=lambda *_: None)
+    other = train(make_config(small_model_dir, pairs_file, tmp_path / "other", tmp_path / "cache", **settings,
+                              **engine), log=lambda *_: None)
+    for a, b in zip(metrics(default.run_dir), metrics(other.run_dir), strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
-    for name, value in weights(separate.final_dir).items():
-        torch.testing.assert_close(weights(shared.final_dir)[name], value, atol=1e-4, rtol=1e-3)
+    for name, value in weights(other.final_dir).items():
+        torch.testing.assert_close(weights(default.final_dir)[name], value, atol=1e-4, rtol=1e-3)
+
+
+def test_compiled_body_trains_like_eager(small_model_dir, pairs_file, tmp_path):
+    eager = train(make_config(small_model_dir, pairs_file, tmp_path / "eager", tmp_path / "cache", max_steps=2),
+                  log=lambda *_: None)
+    compiled = train(make_config(small_model_dir, pairs_file, tmp_path / "compiled", tmp_path / "cache", max_steps=2,
+                                 compile=True), log=lambda *_: None)
+    for a, b in zip(metrics(eager.run_dir), metrics(compiled.run_dir), strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
+    assert weights(compiled.final_dir).keys() == weights(eager.final_dir).keys()

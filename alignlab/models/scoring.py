@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from alignlab.data.collate import collate_shared_prefix, collate_slots
+
 DEFAULT_CHUNK_TOKENS = 1024
 
 
@@ -216,7 +218,8 @@ def completion_token_kl(
 def shared_prefix_logps(model, batch: dict[str, torch.Tensor], chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
                         recompute_head: bool = False, with_square_mass: bool = False):
     """Per-slot completion log-probs `[B, S, M]` of a batch from `collate_shared_prefix`: one forward pass
-    over the packed rows, the LM head applied only to the hidden states that predict completion tokens.
+    over the packed rows, the LM head applied only to the hidden states that predict completion tokens
+    (example b's come from row ``example_row[b]``).
 
     With `with_square_mass` also returns log Σ_v p(v)² at the same positions (no gradient).
     """
@@ -226,7 +229,7 @@ def shared_prefix_logps(model, batch: dict[str, torch.Tensor], chunk_tokens: int
     hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                   position_ids=batch["position_ids"]).last_hidden_state
     mask = batch["completion_masks"].bool()
-    rows = torch.arange(len(hidden), device=hidden.device)[:, None, None].expand_as(mask)
+    rows = batch["example_row"][:, None, None].expand_as(mask)
     selected = hidden[rows[mask], batch["source_index"][mask]]
     result = chunked_head_logps(selected, batch["targets"][mask], head, _logit_postprocess(model.config),
                                 chunk_tokens, recompute_head, with_square_mass)
@@ -234,3 +237,44 @@ def shared_prefix_logps(model, batch: dict[str, torch.Tensor], chunk_tokens: int
         return torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device).masked_scatter(mask, values)
 
     return (place(result[0]), place(result[1])) if with_square_mass else place(result)
+
+
+@dataclass
+class SlotScores:
+    """Log-probs of a micro-batch's completions, one `[B, T]` tensor per completion slot (for pairs:
+    chosen, rejected), with the matching 0/1 masks; entries outside a completion are 0."""
+
+    logps: list[torch.Tensor]
+    masks: list[torch.Tensor]
+    square_mass: list[torch.Tensor] | None = None
+    """log Σ_v p(v)² at the same positions, when asked for (no gradient)."""
+
+
+def score_slots(model, examples, pad_id: int, device, share_prefix: bool = True, padding_free: bool = True,
+                recompute_head: bool = False, with_square_mass: bool = False) -> SlotScores:
+    """Score every completion slot of `examples` (objects with `.prompt` and `.completions`) in one forward pass.
+
+    With `share_prefix` each example's prompt is computed once (`collate_shared_prefix`, several examples
+    per row with `padding_free`); otherwise each completion is its own row after a copy of its prompt.
+    Both give the same log-probs; this is the one place that chooses between them.
+    """
+    slots = len(examples[0].completions)
+    if share_prefix and _body_and_head(model)[0] is not None:
+        batch = {k: v.to(device) for k, v in collate_shared_prefix(examples, pad_id, padding_free).items()}
+        scored = shared_prefix_logps(model, batch, recompute_head=recompute_head, with_square_mass=with_square_mass)
+
+        def split(tensor: torch.Tensor) -> list[torch.Tensor]:
+            return [tensor[:, k] for k in range(slots)]
+
+        masks = batch["completion_masks"]
+    else:
+        batch = {k: v.to(device) for k, v in collate_slots(examples, pad_id).items()}
+        scored = completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
+                                  recompute_head=recompute_head, with_square_mass=with_square_mass)
+
+        def split(tensor: torch.Tensor) -> list[torch.Tensor]:
+            return list(tensor.split(len(examples)))
+
+        masks = batch["completion_mask"]
+    logps, square = scored if with_square_mass else (scored, None)
+    return SlotScores(split(logps), split(masks), split(square) if square is not None else None)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from alignlab.distributed import pooled_sum_and_count
 from alignlab.errors import ConfigError
 
 
@@ -253,8 +254,9 @@ class Objective:
         if self.training:
             with torch.no_grad():
                 values = term_spec.running_mean(batch, **term.params)
-            running[0] += values.sum().item()
-            running[1] += values.numel()
+                total, count = pooled_sum_and_count(values[torch.isfinite(values)])  # over all processes
+            running[0] += total
+            running[1] += count
         mean = running[0] / running[1] if running[1] else 0.0
         return {**term.params, term_spec.running_mean_param: mean}
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from alignlab.distributed import mean_across_processes
 from alignlab.errors import ConfigError
 from alignlab.objectives import ObjectiveOutput, register
 from alignlab.objectives.dpo import check_beta, sequence_logps
@@ -55,7 +56,8 @@ def kto(batch: UnpairedLogps, beta: float = 0.1, desirable_weight: float = 1.0,
     """KTO (Ethayarajh et al., 2024, "KTO: Model Alignment as Prospect Theoretic Optimization"); as in
     the authors' HALOs code and TRL. With r = Δ and the reference point
 
-        z₀ = max(0, mean over the batch of Δ on mismatched pairs (x, y′))   (detached),
+        z₀ = max(0, mean over the batch of Δ on mismatched pairs (x, y′))   (detached; the global batch
+         when training on several processes),
 
     desirable examples lose λ_D·(1 − σ(β(r − z₀))) and undesirable ones λ_U·(1 − σ(β(z₀ − r)));
     the batch loss is their mean. Policy = reference ⇒ every loss is λ/2.
@@ -67,7 +69,7 @@ def kto(batch: UnpairedLogps, beta: float = 0.1, desirable_weight: float = 1.0,
     with torch.no_grad():
         mismatched = (sequence_logps(batch.policy_mismatched, batch.mismatched_mask)
                       - sequence_logps(batch.reference_mismatched, batch.mismatched_mask))
-        z0 = mismatched.mean().clamp(min=0)
+        z0 = mean_across_processes(mismatched).clamp(min=0)
     losses = torch.where(batch.labels, desirable_weight * (1 - torch.sigmoid(beta * (r - z0))),
                          undesirable_weight * (1 - torch.sigmoid(beta * (z0 - r))))
     metrics = unpaired_metrics(batch, beta * r)

@@ -2,12 +2,15 @@
 
 Weights are stored as safetensors; the optimizer, scheduler and RNG states in a file read back with
 ``torch.load(weights_only=True)``, which refuses pickled code. A checkpoint is written to a
-temporary folder and renamed into place, so a run killed while writing leaves no half checkpoint
-under a final name.
+temporary folder, every file fsynced, a ``manifest.json`` of sizes and sha256 checksums written last,
+and the folder renamed into place (then the parent folder fsynced), so a run killed while writing
+leaves no half checkpoint under a final name; one damaged later (a lost file, flipped bytes) fails
+`verify_checkpoint` and resuming falls back to the newest intact one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -19,7 +22,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model, save_model
 
+from alignlab.errors import CheckpointError
+
 STEP_DIR = re.compile(r"^step-(\d+)$")
+MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -29,6 +35,9 @@ class TrainerState:
     epoch: int = 0
     micro_batch: int = 0
     """Micro-batches of `epoch` already consumed."""
+    skipped_steps: int = 0
+    """Steps whose update was skipped for a non-finite loss or gradient."""
+    bad_steps_in_a_row: int = 0
 
 
 def rng_states() -> dict:
@@ -66,11 +75,65 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, state: TrainerSta
     )
     (temporary / "trainer_state.json").write_text(json.dumps(asdict(state)) + "\n")
     for path in temporary.iterdir():
-        with path.open("rb") as handle:
-            os.fsync(handle.fileno())
+        _fsync(path)
+    manifest = {path.name: {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+                for path in sorted(temporary.iterdir())}
+    (temporary / MANIFEST).write_text(json.dumps({"step": state.step, "files": manifest}, indent=1) + "\n")
+    _fsync(temporary / MANIFEST)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(temporary, final)
+    _fsync(folder)
     return final
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's entries to disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """None if every file of checkpoint `path` is present with the size and checksum its manifest records;
+    otherwise what is wrong, in words."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"its {MANIFEST} is missing or unreadable ({error.__class__.__name__})"
+    for name, expected in manifest.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != expected["bytes"]:
+            return f"{name} has {file.stat().st_size} bytes, the manifest says {expected['bytes']}"
+        if file_sha256(file) != expected["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def latest_intact_checkpoint(folder: Path, say=print) -> Path | None:
+    """The newest checkpoint in `folder` that passes `verify_checkpoint`, saying which ones were passed
+    over and why; None when there are none at all. Raises `CheckpointError` when all are damaged."""
+    checkpoints = list_checkpoints(folder)
+    for path in reversed(checkpoints):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return path
+        say(f"checkpoint {path} is damaged: {problem}; trying the one before it")
+    if checkpoints:
+        raise CheckpointError(f"no intact checkpoint in {folder}: every one of {len(checkpoints)} failed its "
+                              "checksums (see above); remove the folder to start over")
+    return None
 
 
 def list_checkpoints(folder: Path) -> list[Path]:

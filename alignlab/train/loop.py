@@ -12,6 +12,7 @@ import json
 import math
 import subprocess
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,6 @@ from alignlab.data import (
     TokenizedSFT,
     TokenizedUnpaired,
     batch_extras,
-    collate_shared_prefix,
     collate_slots,
     detect_format,
     load_negatives,
@@ -42,13 +42,13 @@ from alignlab.data import (
 )
 from alignlab.data.collate import truncate
 from alignlab.decode.sampling import generate_ids
-from alignlab.errors import ConfigError, DataError
+from alignlab.distributed import WeightedMetrics, any_process, process_share
+from alignlab.errors import ConfigError, DataError, TrainingDivergedError
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.models.scoring import (
-    completion_logps,
     completion_token_kl,
+    score_slots,
     sequence_rewards,
-    shared_prefix_logps,
 )
 from alignlab.objectives.d2o import NegativesLogps
 from alignlab.objectives.reward_model import RewardScores
@@ -56,6 +56,7 @@ from alignlab.objectives.sft import SFTLogps
 from alignlab.objectives.unpaired import UnpairedLogps
 from alignlab.train.checkpoint import (
     TrainerState,
+    latest_intact_checkpoint,
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
@@ -63,6 +64,7 @@ from alignlab.train.checkpoint import (
 )
 from alignlab.train.reference import ReferenceLogps, cached_reference_logps
 from alignlab.train.schedule import make_scheduler
+from alignlab.train.signals import StopRequests
 
 
 @dataclass
@@ -72,6 +74,8 @@ class TrainResult:
     model: torch.nn.Module
     tokenizer: object
     last_metrics: dict
+    interrupted: bool = False
+    """Stopped early by SIGTERM/SIGINT after writing a checkpoint; `--resume` continues."""
 
 
 def micro_batches(n_examples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -106,34 +110,48 @@ def _code_version() -> str:
 class MetricsLog:
     """metrics.jsonl, appended as training goes; on resume, lines past the checkpoint are dropped."""
 
-    def __init__(self, path: Path, resume_step: int | None) -> None:
-        self.path = path
+    def __init__(self, path: Path, resume_step: int | None, say=print, writer: bool = True) -> None:
+        self.path, self.writer = path, writer
+        if not writer:
+            return
         if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            kept, broken = [], 0
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:  # a line cut off when the run was killed while writing it
+                    broken += 1
+                    continue
+                if record.get("step", 0) <= resume_step:
+                    kept.append(line)
+            if broken:
+                say(f"{path}: dropped {broken} unreadable line(s) left by the interrupted run")
             path.write_text("".join(line + "\n" for line in kept))
         elif path.exists():
             path.unlink()
 
     def write(self, record: dict) -> None:
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        if self.writer:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
 
 
 class BatchScorer:
     """Builds an objective's batch for a micro-batch of examples: policy log-probs of every completion
     slot in one forward pass, plus reference log-probs (cached, or from a frozen model) if needed.
 
-    With `share_prefix` each example is one packed row (prompt once, every completion attending to it);
-    otherwise every completion is its own row after a copy of the prompt. Paired examples give
+    With `share_prefix` each example's prompt is computed once, every completion attending to it (and
+    with `padding_free` several examples share a row); otherwise every completion is its own row after
+    a copy of the prompt. `recompute_head` trades one extra LM-head pass for keeping no logits. Paired examples give
     `PreferenceLogps`, unpaired ones `UnpairedLogps` (with their mismatched slot), SFT ones `SFTLogps`,
     negatives-only ones `NegativesLogps`; a reward model gives `RewardScores`.
     """
 
     def __init__(self, model, reference: ReferenceLogps | torch.nn.Module | None, pad_id: int, device,
-                 objective: objectives.Objective, share_prefix: bool = False) -> None:
+                 objective: objectives.Objective, share_prefix: bool = False, padding_free: bool = False,
+                 recompute_head: bool = False) -> None:
         self.model, self.reference, self.pad_id, self.device = model, reference, pad_id, device
-        self.share_prefix = share_prefix
+        self.share_prefix, self.padding_free, self.recompute_head = share_prefix, padding_free, recompute_head
         self.model_kind = objective.model_kind
         self.with_square_mass = objective.needs_square_mass
         self.with_token_kl = objective.needs_token_kl
@@ -144,39 +162,18 @@ class BatchScorer:
 
     def _score_slots(self, examples, indices: list[int]) -> tuple[list, list, list, list]:
         """(policy, reference, square mass, masks): one `[B, T]` tensor per completion slot each."""
-        slots = len(examples[0].completions)
-        if self.share_prefix:
-            packed = self._to_device(collate_shared_prefix(examples, self.pad_id))
-            scored = shared_prefix_logps(self.model, packed, with_square_mass=self.with_square_mass)
-            logps, square = scored if self.with_square_mass else (scored, None)
-
-            def split(tensor: torch.Tensor) -> list[torch.Tensor]:
-                return [tensor[:, k] for k in range(slots)]
-
-            masks = split(packed["completion_masks"])
-            frozen = None
-            if isinstance(self.reference, torch.nn.Module):
-                with torch.no_grad():
-                    frozen = split(shared_prefix_logps(self.reference, packed))
-        else:
-            batch = self._to_device(collate_slots(examples, self.pad_id))
-            args = (batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
-            scored = completion_logps(self.model, *args, with_square_mass=self.with_square_mass)
-            logps, square = scored if self.with_square_mass else (scored, None)
-
-            def split(tensor: torch.Tensor) -> list[torch.Tensor]:
-                return list(tensor.split(len(examples)))
-
-            masks = split(batch["completion_mask"])
-            frozen = None
-            if isinstance(self.reference, torch.nn.Module):
-                with torch.no_grad():
-                    frozen = split(completion_logps(self.reference, *args))
-        refs = frozen if frozen is not None else [None] * slots
-        if isinstance(self.reference, ReferenceLogps):
-            refs = self.reference.for_batch(indices, masks)
-        squares = split(square) if square is not None else [None] * slots
-        return split(logps), refs, squares, [m.float() for m in masks]
+        options = {"share_prefix": self.share_prefix, "padding_free": self.padding_free}
+        scored = score_slots(self.model, examples, self.pad_id, self.device, **options,
+                             recompute_head=self.recompute_head, with_square_mass=self.with_square_mass)
+        slots = len(scored.logps)
+        refs = [None] * slots
+        if isinstance(self.reference, torch.nn.Module):
+            with torch.no_grad():
+                refs = score_slots(self.reference, examples, self.pad_id, self.device, **options).logps
+        elif isinstance(self.reference, ReferenceLogps):
+            refs = self.reference.for_batch(indices, scored.masks)
+        squares = scored.square_mass or [None] * slots
+        return scored.logps, refs, squares, [m.float() for m in scored.masks]
 
     def __call__(self, examples: list, indices: list[int]):
         n = len(examples)
@@ -299,7 +296,8 @@ def _reference_for(config, reference_model, examples, pad_id, device, say) -> Re
         return reference_model
     reference, path, hit = cached_reference_logps(
         reference_model, examples, pad_id, config.train.batch_size * 2, device, config.reference.cache_dir,
-        progress=config.train.progress,
+        progress=config.train.progress, share_prefix=config.train.share_prefix,
+        padding_free=config.train.padding_free,
     )
     say(f"reference log-probs {'read from' if hit else 'computed and cached in'} {path}")
     return reference
@@ -338,18 +336,23 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
     objective = objectives.Objective(objective_terms(config))
     run_dir = Path(config.out_dir)
     checkpoints_dir = run_dir / "checkpoints"
-    latest = list_checkpoints(checkpoints_dir)[-1] if resume and list_checkpoints(checkpoints_dir) else None
-    if resume and latest is None:
-        log(f"--resume: no checkpoint in {checkpoints_dir}; starting from the beginning")
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              mixed_precision=mixed_precision(config.train.precision))
+    main = accelerator.is_main_process
+    say = log if main else (lambda *_: None)
     if not resume and list_checkpoints(checkpoints_dir):
         raise ConfigError(f"{run_dir} already holds checkpoints of an earlier run; pass --resume to continue it, "
                           "or choose another out_dir (--out)")
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
-                              mixed_precision=mixed_precision(config.train.precision))
-    say = log if accelerator.is_main_process else (lambda *_: None)
+    latest = latest_intact_checkpoint(checkpoints_dir, say) if resume else None
+    if resume and latest is None:
+        say(f"--resume: no checkpoint in {checkpoints_dir}; starting from the beginning")
+    if accelerator.num_processes > 1:
+        say(f"training on {accelerator.num_processes} processes ({accelerator.distributed_type}); each micro-batch "
+            "is split between them")
     set_seed(config.train.seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml", header=_code_version())
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml", header=_code_version())
 
     # data
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
@@ -360,8 +363,9 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
     if config.data.eval:
         eval_examples, eval_stats = load_examples(config.data.eval, data_format, tokenizer, config, say)
         say(f"eval data {config.data.eval}: {eval_stats.summary()}")
-    (run_dir / "data_report.json").write_text(json.dumps(
-        {"train": stats.as_dict(), "eval": eval_stats.as_dict() if eval_examples else None}, indent=2) + "\n")
+    if main:
+        (run_dir / "data_report.json").write_text(json.dumps(
+            {"train": stats.as_dict(), "eval": eval_stats.as_dict() if eval_examples else None}, indent=2) + "\n")
     if data_format == "unpaired":
         warn_about_kto_balance(objective, examples, say)
 
@@ -382,9 +386,14 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
     if objective.needs_reference:
         # precomputed log-probs come from the model itself, before any step; a frozen copy only in "model" mode
         scorer_model = copy.deepcopy(model).requires_grad_(False).eval() if config.reference.mode == "model" else model
-        reference = _reference_for(config, scorer_model, examples, pad_id, accelerator.device, say)
-        if eval_examples:
-            eval_reference = _reference_for(config, scorer_model, eval_examples, pad_id, accelerator.device, say)
+        with accelerator.main_process_first():  # the main process computes and caches, the others read the cache
+            reference = _reference_for(config, scorer_model, examples, pad_id, accelerator.device, say)
+            if eval_examples:
+                eval_reference = _reference_for(config, scorer_model, eval_examples, pad_id, accelerator.device, say)
+
+    if config.train.compile:
+        say("compiling the model with torch.compile (the first steps and new batch shapes take longer)")
+        getattr(model, "base_model", model).compile(dynamic=True)  # in place: parameter names unchanged
 
     # optimizer, schedule, position
     steps = total_steps(config, len(examples))
@@ -401,53 +410,88 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
         state = load_checkpoint(latest, accelerator.unwrap_model(model), optimizer, scheduler, synced_reference,
                                 objective)
         say(f"resumed from {latest} at step {state.step}")
-    metrics_log = MetricsLog(run_dir / "metrics.jsonl", state.step if latest is not None else None)
-    scorer = BatchScorer(model, reference, pad_id, accelerator.device, objective, config.train.share_prefix)
-    eval_scorer = BatchScorer(model, eval_reference, pad_id, accelerator.device, objective,
-                              config.train.share_prefix)
+    metrics_log = MetricsLog(run_dir / "metrics.jsonl", state.step if latest is not None else None, say, main)
+    engine = {"share_prefix": config.train.share_prefix, "padding_free": config.train.padding_free,
+              "recompute_head": config.train.recompute_head}
+    scorer = BatchScorer(model, reference, pad_id, accelerator.device, objective, **engine)
+    eval_scorer = BatchScorer(model, eval_reference, pad_id, accelerator.device, objective, **engine)
 
     model.train()
     progress = tqdm(total=steps, initial=state.step, desc=f"train {objective.name}", unit="step",
-                    disable=not (config.train.progress and accelerator.is_main_process))
+                    disable=not (config.train.progress and main))
     last: dict = {}
     started = time.time()
-    while state.step < steps:
-        batches = micro_batches(len(examples), config.train.batch_size, config.train.seed, state.epoch)
-        while state.micro_batch < len(batches) and state.step < steps:
-            group = batches[state.micro_batch: state.micro_batch + config.train.grad_accum]
-            totals: dict[str, float] = defaultdict(float)
-            for indices in group:
-                with accelerator.autocast():
-                    output = objective(scorer([examples[i] for i in indices], indices))
-                accelerator.backward(output.loss / len(group))
-                totals["loss"] += output.loss.item() / len(group)
-                for key, value in output.metrics.items():
-                    totals[key] += value / len(group)
-            max_norm = config.train.max_grad_norm or float("inf")
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.micro_batch += len(group)
-            state.step += 1
-            if config.reference.sync_ref and state.step % config.reference.sync_steps == 0:
-                mix_into_reference(reference, accelerator.unwrap_model(model), config.reference.sync_alpha)
-            last = {"step": state.step, "epoch": state.epoch + state.micro_batch / len(batches),
-                    "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), **totals,
-                    "elapsed_s": round(time.time() - started, 2)}
-            progress.update(1)
-            progress.set_postfix(loss=f"{totals['loss']:.4f}")
-            if accelerator.is_main_process and (state.step % config.train.log_every == 0 or state.step == steps):
-                metrics_log.write(last)
-            if eval_examples and config.train.eval_every and state.step % config.train.eval_every == 0:
-                metrics_log.write({"step": state.step, **evaluate(
-                    eval_scorer, eval_examples, objective, config.train.batch_size)})
-            if config.train.save_every and state.step % config.train.save_every == 0 and accelerator.is_main_process:
-                save_checkpoint(checkpoints_dir, accelerator.unwrap_model(model), optimizer, scheduler, state,
-                                synced_reference, objective)
-                prune_checkpoints(checkpoints_dir, config.train.keep_checkpoints)
-        if state.micro_batch >= len(batches):
-            state.epoch, state.micro_batch = state.epoch + 1, 0
+
+    def checkpoint() -> None:
+        if main:
+            save_checkpoint(checkpoints_dir, accelerator.unwrap_model(model), optimizer, scheduler, state,
+                            synced_reference, objective)
+            prune_checkpoints(checkpoints_dir, config.train.keep_checkpoints)
+        accelerator.wait_for_everyone()
+
+    with StopRequests() as stop:
+        while state.step < steps:
+            batches = micro_batches(len(examples), config.train.batch_size, config.train.seed, state.epoch)
+            while state.micro_batch < len(batches) and state.step < steps:
+                group = batches[state.micro_batch: state.micro_batch + config.train.grad_accum]
+                metrics = WeightedMetrics()
+                for indices in group:
+                    share, weight = process_share(indices, accelerator.process_index, accelerator.num_processes)
+                    with accelerator.autocast():
+                        output = objective(scorer([examples[i] for i in share], share))
+                    # each process's mean, weighted by its share of the global micro-batch, then averaged over
+                    # processes by the gradient all-reduce, is the global micro-batch's mean
+                    accelerator.backward(output.loss * weight * accelerator.num_processes / len(group))
+                    metrics.add({"loss": output.loss.item(), **output.metrics}, weight / len(group))
+                max_norm = config.train.max_grad_norm or float("inf")
+                grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_norm))
+                totals = metrics.pooled()
+                if math.isfinite(totals["loss"]) and math.isfinite(grad_norm):
+                    optimizer.step()
+                    state.bad_steps_in_a_row = 0
+                else:  # a non-finite loss or gradient never reaches the weights
+                    state.skipped_steps += 1
+                    state.bad_steps_in_a_row += 1
+                    say(f"step {state.step + 1}: loss {totals['loss']}, gradient norm {grad_norm}: skipped "
+                        f"({state.bad_steps_in_a_row} in a row, {state.skipped_steps} in all)")
+                    if state.bad_steps_in_a_row > config.train.max_bad_steps:
+                        raise TrainingDivergedError(
+                            f"{state.bad_steps_in_a_row} steps in a row had a non-finite loss or gradient "
+                            f"(train.max_bad_steps = {config.train.max_bad_steps}); the last good weights are in "
+                            f"the latest checkpoint of {checkpoints_dir}. Lower train.lr, check the data, or use "
+                            "train.precision: fp32")
+                with warnings.catch_warnings():  # a skipped first step calls the scheduler before the optimizer
+                    warnings.simplefilter("ignore", UserWarning)
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.micro_batch += len(group)
+                state.step += 1
+                if config.reference.sync_ref and state.step % config.reference.sync_steps == 0:
+                    mix_into_reference(reference, accelerator.unwrap_model(model), config.reference.sync_alpha)
+                last = {"step": state.step, "epoch": state.epoch + state.micro_batch / len(batches),
+                        "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, **totals,
+                        "skipped_steps": state.skipped_steps, "elapsed_s": round(time.time() - started, 2)}
+                progress.update(1)
+                progress.set_postfix(loss=f"{totals['loss']:.4f}")
+                if main and (state.step % config.train.log_every == 0 or state.step == steps):
+                    metrics_log.write(last)
+                if eval_examples and config.train.eval_every and state.step % config.train.eval_every == 0:
+                    metrics_log.write({"step": state.step, **evaluate(
+                        eval_scorer, eval_examples, objective, config.train.batch_size)})
+                saved = config.train.save_every and state.step % config.train.save_every == 0
+                if saved:
+                    checkpoint()
+                if any_process(stop.signal_name is not None, accelerator.device) and state.step < steps:
+                    if not saved:
+                        checkpoint()
+                    progress.close()
+                    say(f"stopped by {stop.signal_name or 'a signal to another process'} after step {state.step} "
+                        f"of {steps}: checkpoint in {checkpoints_dir / f'step-{state.step}'}; run the same command "
+                        "with --resume to continue")
+                    return TrainResult(run_dir, run_dir / "final", accelerator.unwrap_model(model), tokenizer, last,
+                                       interrupted=True)
+            if state.micro_batch >= len(batches):
+                state.epoch, state.micro_batch = state.epoch + 1, 0
     progress.close()
 
     if eval_examples:
@@ -457,8 +501,10 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
     model.eval()
     unwrapped = accelerator.unwrap_model(model)
     final_dir = run_dir / "final"
-    if accelerator.is_main_process:
+    if main:
         unwrapped.save_pretrained(final_dir, safe_serialization=True)
         tokenizer.save_pretrained(final_dir)
-        say(f"done: {state.step} steps; weights in {final_dir}, metrics in {run_dir / 'metrics.jsonl'}")
+        skipped = f" ({state.skipped_steps} skipped for a non-finite loss or gradient)" if state.skipped_steps else ""
+        say(f"done: {state.step} steps{skipped}; weights in {final_dir}, metrics in {run_dir / 'metrics.jsonl'}")
+    accelerator.wait_for_everyone()
     return TrainResult(run_dir, final_dir, unwrapped, tokenizer, last)

@@ -18,10 +18,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from alignlab.data.collate import collate_slots
-from alignlab.models.scoring import completion_logps
+from alignlab.models.scoring import score_slots
 
-SCORING_VERSION = "2"
+SCORING_VERSION = "3"
 DEFAULT_CACHE_DIR = Path("~/.cache/alignlab/reference").expanduser()
 
 
@@ -84,22 +83,19 @@ def _flatten(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def compute_reference_logps(model, examples, pad_id: int, batch_size: int, device, progress: bool = True
-                            ) -> ReferenceLogps:
-    """Score every example's completions under `model` (one pass over the data)."""
+def compute_reference_logps(model, examples, pad_id: int, batch_size: int, device, progress: bool = True,
+                            share_prefix: bool = True, padding_free: bool = True) -> ReferenceLogps:
+    """Score every example's completions under `model` (one pass over the data, the training engine's way)."""
     was_training = model.training
     model.eval()
     slots = len(examples[0].completions)
     rows: list[list[torch.Tensor]] = [[] for _ in range(slots)]
     starts = range(0, len(examples), batch_size)
     for start in tqdm(starts, desc="reference log-probs", unit="batch", disable=not progress):
-        chunk = examples[start: start + batch_size]
-        batch = {k: v.to(device) for k, v in collate_slots(chunk, pad_id).items()}
-        logps = completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
-        mask = batch["completion_mask"].bool()
+        scored = score_slots(model, examples[start: start + batch_size], pad_id, device, share_prefix, padding_free)
         for k in range(slots):
-            for row in range(k * len(chunk), (k + 1) * len(chunk)):
-                rows[k].append(logps[row][mask[row]].cpu())
+            mask = scored.masks[k].bool()
+            rows[k].extend(logps[row_mask].cpu() for logps, row_mask in zip(scored.logps[k], mask, strict=True))
     model.train(was_training)
     flattened = [_flatten(slot_rows) for slot_rows in rows]
     return ReferenceLogps([values for values, _ in flattened], [offsets for _, offsets in flattened])
@@ -107,6 +103,7 @@ def compute_reference_logps(model, examples, pad_id: int, batch_size: int, devic
 
 def cached_reference_logps(
     model, examples, pad_id: int, batch_size: int, device, cache_dir: Path | None, progress: bool = True,
+    share_prefix: bool = True, padding_free: bool = True,
 ) -> tuple[ReferenceLogps, str, bool]:
     """Reference log-probs from the cache when the fingerprint matches, else computed and stored.
 
@@ -116,7 +113,8 @@ def cached_reference_logps(
     path = cache_dir / f"{cache_key(examples, model)}.safetensors"
     if path.is_file():
         return ReferenceLogps.from_tensors(load_file(str(path))), str(path), True
-    reference = compute_reference_logps(model, examples, pad_id, batch_size, device, progress)
+    reference = compute_reference_logps(model, examples, pad_id, batch_size, device, progress, share_prefix,
+                                        padding_free)
     cache_dir.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(f".tmp{os.getpid()}")
     save_file(reference.tensors(), str(temporary),

@@ -1,0 +1,82 @@
+"""What the objectives and the loop need from `torch.distributed`, and nothing when it is not running.
+
+Under `torchrun` or `accelerate launch` each process sees its own share of a global batch. Statistics
+that the papers define over the whole batch or the whole run (KTO's KL baseline z₀, BCO's running
+reward mean δ) must be reduced across processes, or each process trains toward a different target.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def sum_across_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of `tensor` over all processes (a copy; `tensor` itself when alone)."""
+    if not is_distributed():
+        return tensor
+    total = tensor.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total
+
+
+def pooled_sum_and_count(values: torch.Tensor) -> tuple[float, int]:
+    """(sum, number) of `values` pooled over every process's copy (each may hold a different number)."""
+    local = torch.stack([values.detach().double().sum(),
+                         torch.tensor(values.numel(), dtype=torch.float64, device=values.device)])
+    total, count = sum_across_processes(local).tolist()
+    return total, int(count)
+
+
+def mean_across_processes(values: torch.Tensor) -> torch.Tensor:
+    """The mean of `values` pooled over every process's copy, as a 0-d tensor like `values`."""
+    total, count = pooled_sum_and_count(values)
+    return values.new_tensor(total / max(count, 1))
+
+
+def any_process(flag: bool, device) -> bool:
+    """True when `flag` is true on any process (every process must call this at the same point)."""
+    if not is_distributed():
+        return flag
+    return bool(sum_across_processes(torch.tensor([float(flag)], device=device)).item() > 0)
+
+
+def process_share(indices: list[int], rank: int, world: int) -> tuple[list[int], float]:
+    """This process's examples of a global micro-batch (every `world`-th, from `rank`) and its share of the
+    micro-batch. A process left without examples scores the first one with weight 0, so that every process
+    still runs the forward and backward passes the gradient all-reduce waits for."""
+    share = indices[rank::world]
+    if not share:
+        return indices[:1], 0.0
+    return share, len(share) / len(indices)
+
+
+class WeightedMetrics:
+    """Weighted means of a step's metrics, pooled over processes; a metric that some micro-batches or
+    processes do not report (e.g. KTO's rewards of a side absent from a share) is averaged where present."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+
+    def add(self, metrics: dict[str, float], weight: float) -> None:
+        for key, value in metrics.items():
+            self.sums[key][0] += value * weight
+            self.sums[key][1] += weight
+
+    def pooled(self) -> dict[str, float]:
+        gathered = [dict(self.sums)]
+        if is_distributed():
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, dict(self.sums))
+        pooled: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        for sums in gathered:
+            for key, (total, weight) in sums.items():
+                pooled[key][0] += total
+                pooled[key][1] += weight
+        return {key: total / weight if weight else total for key, (total, weight) in pooled.items()}

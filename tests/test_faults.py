@@ -1,0 +1,198 @@
+"""Surviving faults: damaged checkpoints, non-finite steps, SIGTERM, and kill -9 at random moments."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alignlab import CheckpointError, TrainingDivergedError
+from alignlab.objectives import Objective, ObjectiveOutput
+from alignlab.train import train
+from alignlab.train.checkpoint import verify_checkpoint
+from tests.conftest import quick_config, run_history
+
+DPO = {"name": "dpo", "beta": 0.5}
+
+
+def final_weights(run_dir):
+    return load_file(str(run_dir / "final" / "model.safetensors"))
+
+
+def assert_same_weights(expected: dict, got: dict) -> None:
+    assert expected.keys() == got.keys()
+    for name, value in expected.items():
+        assert torch.equal(got[name], value), name
+
+
+def test_manifest_detects_missing_truncated_and_flipped_files(small_model_dir, pairs_file, tmp_path):
+    config = quick_config(small_model_dir, pairs_file, tmp_path / "run", DPO, max_steps=2, save_every=1,
+                          keep_checkpoints=3)
+    train(config, log=lambda *_: None)
+    step1, step2 = tmp_path / "run" / "checkpoints" / "step-1", tmp_path / "run" / "checkpoints" / "step-2"
+    assert verify_checkpoint(step1) is None and verify_checkpoint(step2) is None
+    manifest = json.loads((step2 / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"model.safetensors", "training_state.pt", "trainer_state.json"}
+
+    weights = step2 / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte, same size
+    weights.write_bytes(bytes(data))
+    assert "model.safetensors does not match its checksum" in verify_checkpoint(step2)
+    weights.write_bytes(bytes(data[:-10]))
+    assert "model.safetensors has" in verify_checkpoint(step2)
+    (step1 / "training_state.pt").unlink()
+    assert verify_checkpoint(step1) == "training_state.pt is missing"
+    (step1 / "manifest.json").unlink()
+    assert "manifest.json is missing" in verify_checkpoint(step1)
+
+
+def test_resume_falls_back_to_the_newest_intact_checkpoint(small_model_dir, pairs_file, tmp_path):
+    def config_for(out, **settings):
+        return quick_config(small_model_dir, pairs_file, out, DPO, max_steps=4, **settings)
+
+    straight = train(config_for(tmp_path / "straight"), log=lambda *_: None)
+    config = config_for(tmp_path / "run", save_every=1, keep_checkpoints=3)
+    train(config, log=lambda *_: None)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    (checkpoints / "step-4" / "model.safetensors").write_bytes(b"not weights")  # damaged
+    (checkpoints / "step-3" / "trainer_state.json").unlink()  # incomplete
+    said = []
+    train(config, resume=True, log=said.append)
+    assert any("step-4 is damaged: model.safetensors has 11 bytes" in line for line in said)
+    assert any("step-3 is damaged: trainer_state.json is missing" in line for line in said)
+    assert any(line.startswith("resumed from") and line.split()[2].endswith("step-2") for line in said)
+    assert_same_weights(final_weights(tmp_path / "straight"), final_weights(tmp_path / "run"))
+    assert straight.last_metrics["step"] == 4
+
+    for path in checkpoints.iterdir():
+        (path / "manifest.json").write_text("{")
+    with pytest.raises(CheckpointError, match="no intact checkpoint"):
+        train(config, resume=True, log=lambda *_: None)
+
+
+def poison_steps(monkeypatch, bad_calls: set[int]):
+    """Make the objective's loss NaN on the given calls (counted from 1), which makes every gradient NaN."""
+    original = Objective.__call__
+    calls = {"n": 0}
+
+    def poisoned(self, batch):
+        output = original(self, batch)
+        calls["n"] += 1
+        if calls["n"] in bad_calls:
+            return ObjectiveOutput(output.loss * float("nan"), output.metrics, output.losses)
+        return output
+
+    monkeypatch.setattr(Objective, "__call__", poisoned)
+
+
+def test_non_finite_steps_are_skipped_and_counted(small_model_dir, pairs_file, tmp_path, monkeypatch):
+    initial = load_file(str(small_model_dir / "model.safetensors"))
+    poison_steps(monkeypatch, {1, 2, 3})
+    said = []
+    result = train(quick_config(small_model_dir, pairs_file, tmp_path / "all-bad", DPO, max_steps=3,
+                                max_bad_steps=3), log=said.append)
+    assert_same_weights(initial, {k: v for k, v in final_weights(result.run_dir).items()})  # never reached the weights
+    history = run_history(result.run_dir)
+    assert [m["skipped_steps"] for m in history] == [1, 2, 3]
+    assert any("3 skipped for a non-finite loss or gradient" in line for line in said)
+
+    poison_steps(monkeypatch, {2})
+    result = train(quick_config(small_model_dir, pairs_file, tmp_path / "one-bad", DPO, max_steps=3),
+                   log=lambda *_: None)
+    assert [m["skipped_steps"] for m in run_history(result.run_dir)] == [0, 1, 1]
+    assert all(torch.isfinite(v).all() for v in final_weights(result.run_dir).values())
+    assert not any(torch.equal(v, initial[k]) for k, v in final_weights(result.run_dir).items()
+                   if k.endswith("q_proj.weight"))
+
+
+def test_too_many_bad_steps_in_a_row_stop_the_run(small_model_dir, pairs_file, tmp_path, monkeypatch):
+    poison_steps(monkeypatch, set(range(1, 100)))
+    config = quick_config(small_model_dir, pairs_file, tmp_path / "run", DPO, max_steps=10, max_bad_steps=2)
+    with pytest.raises(TrainingDivergedError, match=r"3 steps in a row .*train.max_bad_steps = 2"):
+        train(config, log=lambda *_: None)
+
+
+def training_command(config_path) -> list[str]:
+    return [sys.executable, "-c", "import sys; from alignlab.cli import main; sys.exit(main(sys.argv[1:]))",
+            "train", str(config_path), "--set", "train.progress=false"]
+
+
+def write_config(config, path):
+    from alignlab.config import save_config
+
+    save_config(config, path)
+    return path
+
+
+def metrics_lines(run_dir) -> int:
+    path = run_dir / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def wait_for_metrics(run_dir, lines: int, process, seconds: float = 120) -> None:
+    """Until metrics.jsonl has `lines` lines (the process is in its training loop)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and process.poll() is None:
+        if metrics_lines(run_dir) >= lines:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no {lines} metrics lines in {run_dir} (exit code {process.poll()})")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_checkpoints_and_exits_cleanly_then_resumes_exactly(small_model_dir, pairs_file, tmp_path, sig):
+    steps = 40
+    straight = train(quick_config(small_model_dir, pairs_file, tmp_path / "straight", DPO, max_steps=steps),
+                     log=lambda *_: None)
+    config = quick_config(small_model_dir, pairs_file, tmp_path / "run", DPO, max_steps=steps)  # no save_every
+    path = write_config(config, tmp_path / "run.yaml")
+    process = subprocess.Popen(training_command(path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    wait_for_metrics(tmp_path / "run", 2, process)
+    process.send_signal(sig)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 0, output
+    assert f"stopped by {sig.name} after step" in output and "--resume" in output
+    checkpoints = list((tmp_path / "run" / "checkpoints").iterdir())
+    assert len(checkpoints) == 1 and verify_checkpoint(checkpoints[0]) is None
+    stopped_at = int(checkpoints[0].name.split("-")[1])
+    assert 2 <= stopped_at < steps
+    subprocess.run([*training_command(path), "--resume"], check=True, capture_output=True,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert_same_weights(final_weights(straight.run_dir), final_weights(tmp_path / "run"))
+    assert [m["step"] for m in run_history(tmp_path / "run")] == list(range(1, steps + 1))
+
+
+def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_weights(small_model_dir, pairs_file, tmp_path):
+    steps = 60
+    straight = train(quick_config(small_model_dir, pairs_file, tmp_path / "straight", DPO, max_steps=steps),
+                     log=lambda *_: None)
+    config = quick_config(small_model_dir, pairs_file, tmp_path / "run", DPO, max_steps=steps, save_every=1,
+                          keep_checkpoints=2)
+    path = write_config(config, tmp_path / "run.yaml")
+    rng = random.Random(1)
+    kills, resume = 0, []
+    for _ in range(4):
+        before = metrics_lines(tmp_path / "run")
+        process = subprocess.Popen(training_command(path) + resume, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        wait_for_metrics(tmp_path / "run", before + 1, process)  # a new step: in the loop that writes checkpoints
+        time.sleep(rng.uniform(0.0, 1.0))
+        if process.poll() is None:
+            process.kill()
+            kills += 1
+        process.wait()
+        resume = ["--resume"]
+    assert kills >= 3, "the runs ended before they could be killed; make them longer"
+    subprocess.run(training_command(path) + resume, check=True, capture_output=True,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert_same_weights(final_weights(straight.run_dir), final_weights(tmp_path / "run"))
+    history = run_history(tmp_path / "run")
+    assert [m["step"] for m in history] == list(range(1, steps + 1))
