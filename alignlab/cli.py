@@ -1,4 +1,4 @@
-"""The `alignlab` command line: train, demo, objectives."""
+"""The `alignlab` command line: train, demo, merge, objectives."""
 
 from __future__ import annotations
 
@@ -25,6 +25,13 @@ def _demo(args: argparse.Namespace) -> None:
     summary = run_demo(out_dir=args.out, seed=args.seed, progress=not args.quiet)
     if summary["dpo"]["reward"] <= summary["reference"]["reward"]:
         print("warning: the DPO model did not reach a higher mean reward than the reference", file=sys.stderr)
+
+
+def _merge(args: argparse.Namespace) -> None:
+    from alignlab.models.adapters import merge_adapters
+
+    out = merge_adapters(args.adapters, args.out, args.base, args.trust_remote_code)
+    print(f"merged model written to {out}")
 
 
 def _objectives(_: argparse.Namespace) -> None:
@@ -56,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(run=_demo)
+
+    merge = commands.add_parser("merge", help="fold a run's LoRA adapters into its base model and save the result")
+    merge.add_argument("adapters", help="folder with the adapters (a LoRA run's final/)")
+    merge.add_argument("--out", required=True, help="folder for the merged model")
+    merge.add_argument("--base", help="base model (default: the one the adapters record)")
+    merge.add_argument("--trust-remote-code", action="store_true", help="allow the base model's own code to run")
+    merge.set_defaults(run=_merge)
 
     listing = commands.add_parser("objectives", help="list the objectives, the data each needs, and its reference")
     listing.set_defaults(run=_objectives)

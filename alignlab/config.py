@@ -75,6 +75,20 @@ class ReferenceConfig:
 
 
 @dataclass
+class AdapterConfig:
+    """LoRA adapters (through peft) instead of training every weight; the reference is then the base model
+    with its adapters disabled, so no second copy of the weights is kept."""
+
+    r: int = 0
+    """Rank of the adapters; 0 trains every weight (no adapters)."""
+    alpha: float = 16.0
+    """LoRA's α: the update is (α/r)·B·A."""
+    dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"
+    """Names of the layers to adapt (e.g. ``[q_proj, v_proj]``), or ``all-linear``."""
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 1
     max_steps: int | None = None
@@ -120,6 +134,7 @@ class RunConfig:
     objective: list[ObjectiveConfig] = field(default_factory=lambda: [ObjectiveConfig()])
     """One objective ``{name: dpo, beta: 0.1}`` or several ``[{name: dpo, weight: 1}, {name: sft, weight: 0.2}]``."""
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     out_dir: str = "runs/run"
 
@@ -150,7 +165,9 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
                 continue
             try:
                 return _check_type(value, option, key)
-            except ConfigError:
+            except ConfigError as error:
+                if isinstance(value, list) and typing.get_origin(option) is list:
+                    raise error from None  # a list whose element is wrong: say which
                 continue
         names = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
         raise ConfigError(f"{key}: expected {names}, got {value!r}")
@@ -158,6 +175,11 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        item = typing.get_args(annotation)[0]
+        return [_check_type(element, item, f"{key}[{i}]") for i, element in enumerate(value)]
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if annotation is float and isinstance(value, str):
@@ -265,6 +287,11 @@ def validate(config: RunConfig) -> None:
         raise ConfigError("reference.sync_alpha must be in (0, 1] and reference.sync_steps at least 1")
     if config.train.lr <= 0:
         raise ConfigError(f"train.lr must be positive, got {config.train.lr}")
+    if config.adapter.r < 0:
+        raise ConfigError(f"adapter.r must be 0 (no adapters) or more, got {config.adapter.r}")
+    if config.adapter.r and config.reference.sync_ref:
+        raise ConfigError("reference.sync_ref (TR-DPO) moves the reference toward the policy, but with adapters the "
+                          "reference is the base model with its adapters disabled: turn one of them off")
     if config.train.max_bad_steps < 0:
         raise ConfigError(f"train.max_bad_steps must be 0 or more, got {config.train.max_bad_steps}")
     if not 0 <= config.train.warmup_ratio < 1:

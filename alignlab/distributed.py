@@ -47,6 +47,16 @@ def any_process(flag: bool, device) -> bool:
     return bool(sum_across_processes(torch.tensor([float(flag)], device=device)).item() > 0)
 
 
+def average_gradients(parameters) -> None:
+    """Average the gradients of parameters that no DDP wrapper synchronises (the objective's own modules)."""
+    if not is_distributed():
+        return
+    for parameter in parameters:
+        if parameter.grad is not None:
+            dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
+            parameter.grad /= dist.get_world_size()
+
+
 def process_share(indices: list[int], rank: int, world: int) -> tuple[list[int], float]:
     """This process's examples of a global micro-batch (every `world`-th, from `rank`) and its share of the
     micro-batch. A process left without examples scores the first one with weight 0, so that every process

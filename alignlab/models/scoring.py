@@ -18,12 +18,16 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from alignlab.data.collate import collate_shared_prefix, collate_slots
+from alignlab.models.adapters import has_adapters, reference_context
 
 DEFAULT_CHUNK_TOKENS = 1024
 
 
 def _body_and_head(model):
-    """(transformer body, LM head) of a causal LM, or (None, None) when they cannot be split."""
+    """(transformer body, LM head) of a causal LM (under its LoRA adapters, if any), or (None, None) when they
+    cannot be split."""
+    if has_adapters(model):
+        model = model.get_base_model()  # the transformers model, with the adapters injected in its layers
     body = getattr(model, "base_model", None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if body is None or body is model or head is None:
@@ -137,6 +141,8 @@ def completion_logps(
 def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Scalar reward `[N]` of each right-padded row from a sequence-classification model with one output,
     read at the row's last attended token (not inferred from pad ids, which may equal end-of-sequence)."""
+    if has_adapters(model):
+        model = model.get_base_model()
     head = getattr(model, "score", None)
     body = getattr(model, "base_model", None)
     if head is None or body is None or body is model:
@@ -182,7 +188,7 @@ def completion_token_kl(
     target_mask = completion_mask[:, 1:].bool()
     targets = input_ids[:, 1:][target_mask]
     hidden_policy = policy_body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    with torch.no_grad():
+    with torch.no_grad(), reference_context(reference):
         out = reference_body(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         hidden_reference = out.last_hidden_state[:, :-1][target_mask]
         layers = [h[:, :-1][target_mask] for h in out.hidden_states[1:]]
@@ -192,7 +198,7 @@ def completion_token_kl(
     for hp, hr, t in zip(hidden_policy[:, :-1][target_mask].split(chunk_tokens), hidden_reference.split(chunk_tokens),
                          targets.split(chunk_tokens), strict=True):
         logp_policy = torch.log_softmax(post_policy(policy_head(hp)).float(), dim=-1)
-        with torch.no_grad():
+        with torch.no_grad(), reference_context(reference):
             logp_reference = torch.log_softmax(post_reference(reference_head(hr)).float(), dim=-1)
         kl = (logp_reference.exp() * (logp_policy - logp_reference)).sum(-1)
         index = t[:, None]
@@ -237,6 +243,19 @@ def shared_prefix_logps(model, batch: dict[str, torch.Tensor], chunk_tokens: int
         return torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device).masked_scatter(mask, values)
 
     return (place(result[0]), place(result[1])) if with_square_mass else place(result)
+
+
+class InsideForward(torch.nn.Module):
+    """A model whose `forward(fn, *args)` returns `fn(model, *args)`: every scoring function of the policy runs
+    inside one `forward` call, which is what DistributedDataParallel (and FSDP) need to see to synchronise
+    gradients, even when the function calls the transformer body and LM head separately."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn, *args, **kwargs):
+        return fn(self.model, *args, **kwargs)
 
 
 @dataclass

@@ -7,7 +7,6 @@ optimizer and schedule) → metrics, evaluation and checkpoints as it goes → f
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import subprocess
@@ -42,10 +41,24 @@ from alignlab.data import (
 )
 from alignlab.data.collate import truncate
 from alignlab.decode.sampling import generate_ids
-from alignlab.distributed import WeightedMetrics, any_process, process_share
+from alignlab.distributed import (
+    WeightedMetrics,
+    any_process,
+    average_gradients,
+    process_share,
+    sum_across_processes,
+)
 from alignlab.errors import ConfigError, DataError, TrainingDivergedError
+from alignlab.models.adapters import (
+    frozen_copy_or_self,
+    has_adapters,
+    reference_context,
+    trainable_parameter_count,
+    with_lora,
+)
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.models.scoring import (
+    InsideForward,
     completion_token_kl,
     score_slots,
     sequence_rewards,
@@ -142,15 +155,18 @@ class BatchScorer:
 
     With `share_prefix` each example's prompt is computed once, every completion attending to it (and
     with `padding_free` several examples share a row); otherwise every completion is its own row after
-    a copy of the prompt. `recompute_head` trades one extra LM-head pass for keeping no logits. Paired examples give
-    `PreferenceLogps`, unpaired ones `UnpairedLogps` (with their mismatched slot), SFT ones `SFTLogps`,
-    negatives-only ones `NegativesLogps`; a reward model gives `RewardScores`.
+    a copy of the prompt. `recompute_head` trades one extra LM-head pass for keeping no logits. Paired
+    examples give `PreferenceLogps`, unpaired ones `UnpairedLogps` (with their mismatched slot), SFT ones
+    `SFTLogps`, negatives-only ones `NegativesLogps`; a reward model gives `RewardScores`.
+
+    `policy` is the model wrapped in `InsideForward` (and by accelerate, e.g. in DDP): the policy is only
+    ever called through it.
     """
 
-    def __init__(self, model, reference: ReferenceLogps | torch.nn.Module | None, pad_id: int, device,
-                 objective: objectives.Objective, share_prefix: bool = False, padding_free: bool = False,
+    def __init__(self, policy: torch.nn.Module, reference: ReferenceLogps | torch.nn.Module | None, pad_id: int,
+                 device, objective: objectives.Objective, share_prefix: bool = False, padding_free: bool = False,
                  recompute_head: bool = False) -> None:
-        self.model, self.reference, self.pad_id, self.device = model, reference, pad_id, device
+        self.policy, self.reference, self.pad_id, self.device = policy, reference, pad_id, device
         self.share_prefix, self.padding_free, self.recompute_head = share_prefix, padding_free, recompute_head
         self.model_kind = objective.model_kind
         self.with_square_mass = objective.needs_square_mass
@@ -163,12 +179,12 @@ class BatchScorer:
     def _score_slots(self, examples, indices: list[int]) -> tuple[list, list, list, list]:
         """(policy, reference, square mass, masks): one `[B, T]` tensor per completion slot each."""
         options = {"share_prefix": self.share_prefix, "padding_free": self.padding_free}
-        scored = score_slots(self.model, examples, self.pad_id, self.device, **options,
+        scored = self.policy(score_slots, examples, self.pad_id, self.device, **options,
                              recompute_head=self.recompute_head, with_square_mass=self.with_square_mass)
         slots = len(scored.logps)
         refs = [None] * slots
         if isinstance(self.reference, torch.nn.Module):
-            with torch.no_grad():
+            with torch.no_grad(), reference_context(self.reference):
                 refs = score_slots(self.reference, examples, self.pad_id, self.device, **options).logps
         elif isinstance(self.reference, ReferenceLogps):
             refs = self.reference.for_batch(indices, scored.masks)
@@ -180,7 +196,7 @@ class BatchScorer:
         extras = self._to_device(batch_extras(examples))
         if self.model_kind == "reward":
             batch = self._to_device(collate_slots(examples, self.pad_id))
-            rewards = sequence_rewards(self.model, batch["input_ids"], batch["attention_mask"])
+            rewards = self.policy(sequence_rewards, batch["input_ids"], batch["attention_mask"])
             return RewardScores(rewards[:n], rewards[n:], extras.get("reward_margins"))
         if self.with_token_kl:
             batch = self._to_device(collate_slots(examples, self.pad_id))
@@ -204,8 +220,8 @@ class BatchScorer:
         """Pairs with token-level KL against the frozen reference model and its activations (SparsePO)."""
         if not isinstance(self.reference, torch.nn.Module):
             raise ConfigError("token-level KL needs the reference model itself: set reference.mode: model")
-        scored = completion_token_kl(self.model, self.reference, batch["input_ids"], batch["attention_mask"],
-                                     batch["completion_mask"], keep_hidden=self.with_hidden)
+        scored = self.policy(completion_token_kl, self.reference, batch["input_ids"], batch["attention_mask"],
+                             batch["completion_mask"], keep_hidden=self.with_hidden)
         chosen_mask, rejected_mask = (m.float() for m in batch["completion_mask"].split(n))
         policy, reference, kl = (t.split(n) for t in (scored.policy, scored.reference, scored.kl))
         activations = scored.reference_activations.split(n, dim=1)
@@ -294,11 +310,12 @@ def warn_about_kto_balance(objective, examples, say) -> None:
 def _reference_for(config, reference_model, examples, pad_id, device, say) -> ReferenceLogps | torch.nn.Module:
     if config.reference.mode == "model":
         return reference_model
-    reference, path, hit = cached_reference_logps(
-        reference_model, examples, pad_id, config.train.batch_size * 2, device, config.reference.cache_dir,
-        progress=config.train.progress, share_prefix=config.train.share_prefix,
-        padding_free=config.train.padding_free,
-    )
+    with reference_context(reference_model):  # a model with adapters is scored as its base model
+        reference, path, hit = cached_reference_logps(
+            reference_model, examples, pad_id, config.train.batch_size * 2, device, config.reference.cache_dir,
+            progress=config.train.progress, share_prefix=config.train.share_prefix,
+            padding_free=config.train.padding_free,
+        )
     say(f"reference log-probs {'read from' if hit else 'computed and cached in'} {path}")
     return reference
 
@@ -314,7 +331,7 @@ def mix_into_reference(reference: torch.nn.Module, policy: torch.nn.Module, alph
 @torch.no_grad()
 def evaluate(scorer: BatchScorer, examples, objective, batch_size: int) -> dict[str, float]:
     """Loss and metrics of the objective on `examples`, averaged over examples (running statistics frozen)."""
-    scorer.model.eval()
+    scorer.policy.eval()
     objective.train(False)
     sums: dict[str, float] = defaultdict(float)
     for start in range(0, len(examples), batch_size):
@@ -323,7 +340,7 @@ def evaluate(scorer: BatchScorer, examples, objective, batch_size: int) -> dict[
         sums["loss"] += output.loss.item() * len(indices)
         for key, value in output.metrics.items():
             sums[key] += value * len(indices)
-    scorer.model.train()
+    scorer.policy.train()
     objective.train(True)
     return {f"eval/{k}": v / len(examples) for k, v in sums.items()}
 
@@ -346,9 +363,12 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
     latest = latest_intact_checkpoint(checkpoints_dir, say) if resume else None
     if resume and latest is None:
         say(f"--resume: no checkpoint in {checkpoints_dir}; starting from the beginning")
+    if accelerator.distributed_type == "DEEPSPEED" and config.train.grad_accum != 1:
+        raise ConfigError("with DeepSpeed set train.grad_accum: 1 and use DeepSpeed's gradient_accumulation_steps "
+                          "(its engine steps at every backward pass alignlab makes)")
     if accelerator.num_processes > 1:
-        say(f"training on {accelerator.num_processes} processes ({accelerator.distributed_type}); each micro-batch "
-            "is split between them")
+        say(f"training on {accelerator.num_processes} processes ({accelerator.distributed_type.value}); each "
+            "micro-batch is split between them")
     set_seed(config.train.seed)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -382,10 +402,16 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
         if eval_examples:
             eval_examples = with_self_samples(model, tokenizer, eval_examples, config, config.train.seed + 1,
                                               config.train.progress)
+    if config.adapter.r:
+        adapter = config.adapter
+        model = with_lora(model, adapter.r, adapter.alpha, adapter.dropout, adapter.target_modules)
+        trainable, total = trainable_parameter_count(model)
+        say(f"LoRA adapters of rank {adapter.r} on {adapter.target_modules}: {trainable:,} of {total:,} parameters "
+            "train; the reference is the base model (adapters disabled)")
     reference = eval_reference = None
     if objective.needs_reference:
         # precomputed log-probs come from the model itself, before any step; a frozen copy only in "model" mode
-        scorer_model = copy.deepcopy(model).requires_grad_(False).eval() if config.reference.mode == "model" else model
+        scorer_model = frozen_copy_or_self(model, has_adapters(model)) if config.reference.mode == "model" else model
         with accelerator.main_process_first():  # the main process computes and caches, the others read the cache
             reference = _reference_for(config, scorer_model, examples, pad_id, accelerator.device, say)
             if eval_examples:
@@ -398,25 +424,26 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
     # optimizer, schedule, position
     steps = total_steps(config, len(examples))
     objective.build_modules(model.config, accelerator.device)
-    groups = [{"params": list(model.parameters()), "weight_decay": config.train.weight_decay}]
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": config.train.weight_decay}]
     groups += [{"params": list(m.parameters()), "weight_decay": getattr(m, "weight_decay", 0.0)}
                for m in objective.modules.values()]
     optimizer = torch.optim.AdamW(groups, lr=config.train.lr)
     scheduler = make_scheduler(optimizer, int(config.train.warmup_ratio * steps), steps, config.train.scheduler)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    policy, optimizer = accelerator.prepare(InsideForward(model), optimizer)  # `model` stays the plain model
+    trained_parameters = [*groups[0]["params"], *objective.parameters()]
     state = TrainerState()
     synced_reference = reference if config.reference.sync_ref else None
     if latest is not None:
-        state = load_checkpoint(latest, accelerator.unwrap_model(model), optimizer, scheduler, synced_reference,
+        state = load_checkpoint(latest, model, optimizer, scheduler, synced_reference,
                                 objective)
         say(f"resumed from {latest} at step {state.step}")
     metrics_log = MetricsLog(run_dir / "metrics.jsonl", state.step if latest is not None else None, say, main)
     engine = {"share_prefix": config.train.share_prefix, "padding_free": config.train.padding_free,
               "recompute_head": config.train.recompute_head}
-    scorer = BatchScorer(model, reference, pad_id, accelerator.device, objective, **engine)
-    eval_scorer = BatchScorer(model, eval_reference, pad_id, accelerator.device, objective, **engine)
+    scorer = BatchScorer(policy, reference, pad_id, accelerator.device, objective, **engine)
+    eval_scorer = BatchScorer(policy, eval_reference, pad_id, accelerator.device, objective, **engine)
 
-    model.train()
+    policy.train()
     progress = tqdm(total=steps, initial=state.step, desc=f"train {objective.name}", unit="step",
                     disable=not (config.train.progress and main))
     last: dict = {}
@@ -424,7 +451,7 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
 
     def checkpoint() -> None:
         if main:
-            save_checkpoint(checkpoints_dir, accelerator.unwrap_model(model), optimizer, scheduler, state,
+            save_checkpoint(checkpoints_dir, model, optimizer, scheduler, state,
                             synced_reference, objective)
             prune_checkpoints(checkpoints_dir, config.train.keep_checkpoints)
         accelerator.wait_for_everyone()
@@ -434,9 +461,10 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
             batches = micro_batches(len(examples), config.train.batch_size, config.train.seed, state.epoch)
             while state.micro_batch < len(batches) and state.step < steps:
                 group = batches[state.micro_batch: state.micro_batch + config.train.grad_accum]
-                metrics = WeightedMetrics()
+                metrics, scored = WeightedMetrics(), 0
                 for indices in group:
                     share, weight = process_share(indices, accelerator.process_index, accelerator.num_processes)
+                    scored += len(share) if weight else 0
                     with accelerator.autocast():
                         output = objective(scorer([examples[i] for i in share], share))
                     # each process's mean, weighted by its share of the global micro-batch, then averaged over
@@ -444,7 +472,8 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
                     accelerator.backward(output.loss * weight * accelerator.num_processes / len(group))
                     metrics.add({"loss": output.loss.item(), **output.metrics}, weight / len(group))
                 max_norm = config.train.max_grad_norm or float("inf")
-                grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_norm))
+                average_gradients(objective.parameters())  # the model's are averaged by the wrapper (DDP)
+                grad_norm = float(accelerator.clip_grad_norm_(trained_parameters, max_norm))
                 totals = metrics.pooled()
                 if math.isfinite(totals["loss"]) and math.isfinite(grad_norm):
                     optimizer.step()
@@ -467,9 +496,10 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
                 state.micro_batch += len(group)
                 state.step += 1
                 if config.reference.sync_ref and state.step % config.reference.sync_steps == 0:
-                    mix_into_reference(reference, accelerator.unwrap_model(model), config.reference.sync_alpha)
+                    mix_into_reference(reference, model, config.reference.sync_alpha)
                 last = {"step": state.step, "epoch": state.epoch + state.micro_batch / len(batches),
                         "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, **totals,
+                        "examples": int(sum_across_processes(torch.tensor(scored, device=accelerator.device)).item()),
                         "skipped_steps": state.skipped_steps, "elapsed_s": round(time.time() - started, 2)}
                 progress.update(1)
                 progress.set_postfix(loss=f"{totals['loss']:.4f}")
@@ -488,7 +518,7 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
                     say(f"stopped by {stop.signal_name or 'a signal to another process'} after step {state.step} "
                         f"of {steps}: checkpoint in {checkpoints_dir / f'step-{state.step}'}; run the same command "
                         "with --resume to continue")
-                    return TrainResult(run_dir, run_dir / "final", accelerator.unwrap_model(model), tokenizer, last,
+                    return TrainResult(run_dir, run_dir / "final", model, tokenizer, last,
                                        interrupted=True)
             if state.micro_batch >= len(batches):
                 state.epoch, state.micro_batch = state.epoch + 1, 0
@@ -499,12 +529,14 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
         metrics_log.write({"step": state.step, **final_eval})
         last.update(final_eval)
     model.eval()
-    unwrapped = accelerator.unwrap_model(model)
     final_dir = run_dir / "final"
     if main:
-        unwrapped.save_pretrained(final_dir, safe_serialization=True)
+        model.save_pretrained(final_dir, safe_serialization=True)
         tokenizer.save_pretrained(final_dir)
+        if has_adapters(model):
+            say(f"{final_dir} holds the LoRA adapters; `alignlab merge {final_dir} --out DIR` folds them into "
+                "the base model")
         skipped = f" ({state.skipped_steps} skipped for a non-finite loss or gradient)" if state.skipped_steps else ""
         say(f"done: {state.step} steps{skipped}; weights in {final_dir}, metrics in {run_dir / 'metrics.jsonl'}")
     accelerator.wait_for_everyone()
-    return TrainResult(run_dir, final_dir, unwrapped, tokenizer, last)
+    return TrainResult(run_dir, final_dir, model, tokenizer, last)

@@ -1,0 +1,61 @@
+"""Training on two CPU processes (torchrun, gloo) gives the weights of one process with the same global batch."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alignlab.config import save_config
+from alignlab.train import train
+from tests.conftest import quick_config, run_history
+
+OBJECTIVES = {
+    "dpo": ({"name": "dpo", "beta": 0.5}, "pairs_file"),
+    "kto": ({"name": "kto", "beta": 0.5}, "unpaired_file"),  # z0 is pooled over both processes' examples
+}
+
+
+@pytest.fixture
+def unpaired_file(tmp_path):
+    from tests.conftest import PAIRS, write_records
+
+    records = [{"prompt": p, "completion": c if i % 2 else r, "label": bool(i % 2)}
+               for i, (p, c, r) in enumerate(PAIRS)]
+    return write_records(tmp_path / "unpaired.jsonl", records)
+
+
+def launch(config_path, processes: int) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", "alignlab", "train", str(config_path), "--set", "train.progress=false"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_two_processes_match_one_with_the_same_global_batch(small_model_dir, tmp_path, request, name):
+    objective, data_fixture = OBJECTIVES[name]
+    data = request.getfixturevalue(data_fixture)
+    settings = {"max_steps": 3, "batch_size": 4, "warmup_ratio": 0.0}
+    single = train(quick_config(small_model_dir, data, tmp_path / "one", objective, **settings), log=lambda *_: None)
+
+    config_path = tmp_path / "two.yaml"
+    save_config(quick_config(small_model_dir, data, tmp_path / "two", objective, **settings), config_path)
+    result = launch(config_path, 2)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "training on 2 processes (MULTI_CPU)" in result.stdout  # really distributed, not two lone runs
+    assert result.stdout.count("done: 3 steps") == 1  # only the main process reports and writes
+
+    initial = load_file(str(small_model_dir / "model.safetensors"))
+    expected = load_file(str(single.final_dir / "model.safetensors"))
+    got = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
+    moved = max((expected[k] - initial[k]).abs().max().item() for k in expected)
+    assert moved > 1e-3  # training moved the weights far more than the tolerance below
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, atol=2e-5, rtol=1e-4, msg=f"{key} differs")
+    for a, b in zip(run_history(single.run_dir), run_history(tmp_path / "two"), strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)  # the all-reduced gradient is the global one
+        assert a["examples"] == b["examples"] == 4  # each example scored once, by one of the two processes
