@@ -71,3 +71,26 @@ def test_missing_hub_model_offline_is_one_clear_error(monkeypatch):
         else:
             raise AssertionError("a missing model loaded")
         assert "no-such-org/no-such-model" in message and "offline" in message
+
+
+def test_unreachable_hub_without_offline_mode_fails_fast_in_one_line(tmp_path):
+    """Without HF_HUB_OFFLINE, a hub id on a machine that cannot reach the hub (here an endpoint that refuses
+    connections) gets one clear line within seconds, not a hub traceback after retries; via the CLI."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    config = tmp_path / "run.yaml"
+    config.write_text("model: {path: no-such-org/no-such-model}\ndata: {train: x.jsonl}\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "alignlab", "train", str(config), "--out", str(tmp_path / "run")],
+                            capture_output=True, text=True, env=env, timeout=120)
+    seconds = time.perf_counter() - started
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "no-such-org/no-such-model" in lines[0] and "could not be reached" in lines[0] and "offline" in lines[0]
+    assert seconds < 30, f"took {seconds:.0f} s"

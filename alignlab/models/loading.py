@@ -2,12 +2,18 @@
 
 Weights load from safetensors only; `trust_remote_code` stays off unless the config asks for it.
 A model that cannot be found raises `ModelNotFoundError` with one line saying what was looked for
-and where, instead of a hub traceback.
+and where, instead of a hub traceback. Before a hub id is looked up, a connection to the hub is tried
+for a few seconds: without one only the local cache is searched, so an offline machine gets its
+answer at once instead of after the hub client's retries.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import torch
@@ -49,8 +55,38 @@ def resolve_model_path(name_or_path: str) -> tuple[str, bool]:
     return name_or_path, False
 
 
+HUB_PROBE_SECONDS = 3.0
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+@functools.lru_cache(maxsize=4)
+def hub_reachable(endpoint: str, seconds: float = HUB_PROBE_SECONDS) -> bool:
+    """Whether `endpoint` answers an HTTP request (any status) within `seconds`, name lookup included."""
+    answered: list[bool] = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=seconds).close()
+            answered.append(True)
+        except urllib.error.HTTPError:  # an answer, if not a welcome one
+            answered.append(True)
+        except (OSError, ValueError):
+            answered.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(seconds + 0.5)  # a name lookup may ignore the socket timeout
+    return bool(answered and answered[0])
+
+
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    """True when hub look-ups must not be tried: HF_HUB_OFFLINE is set, or the hub cannot be reached."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return True
+    return not hub_reachable(hub_endpoint())
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
@@ -76,6 +112,11 @@ def load_model(name_or_path: str, dtype: str = "auto", trust_remote_code: bool =
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     location, local = resolve_model_path(name_or_path)
+    if local and not any(Path(location).glob("*.safetensors")):
+        pickled = sorted(p.name for pattern in ("*.bin", "*.pt", "*.pth") for p in Path(location).glob(pattern))
+        found = f" (it has {', '.join(pickled)}: pickle files, which can run code when loaded)" if pickled else ""
+        raise ModelNotFoundError(f"{location} holds no .safetensors weights{found}; alignlab loads weights from "
+                                 "safetensors only: convert them with save_pretrained(safe_serialization=True)")
     extra = {"num_labels": 1} if kind == "reward" else {}
     auto = AutoModelForSequenceClassification if kind == "reward" else AutoModelForCausalLM
     try:
@@ -93,7 +134,12 @@ def load_model(name_or_path: str, dtype: str = "auto", trust_remote_code: bool =
 
 
 def _not_found_message(name: str, what: str, error: Exception) -> str:
-    offline = " The machine is offline (HF_HUB_OFFLINE=1), so only the local cache was searched." if _offline() else ""
+    offline = ""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        offline = " The machine is offline (HF_HUB_OFFLINE=1), so only the local cache was searched."
+    elif _offline():
+        offline = (f" The hub ({hub_endpoint()}) could not be reached within {HUB_PROBE_SECONDS:.0f} s: the machine "
+                   "looks offline, so only the local cache was searched.")
     return (f"could not load {what} '{name}': it is not a local folder and was not found in the Hugging Face "
             f"cache or on the hub.{offline} ({type(error).__name__}: {str(error).splitlines()[0][:200]})")
 

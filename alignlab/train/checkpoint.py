@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -156,7 +157,12 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, reference=None, obj
         if not (path / "reference.safetensors").is_file():
             raise FileNotFoundError(f"{path} holds no reference.safetensors, which reference.sync_ref needs to resume")
         load_model(reference, str(path / "reference.safetensors"))
-    saved = torch.load(path / "training_state.pt", weights_only=True)
+    try:
+        saved = torch.load(path / "training_state.pt", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(f"{path / 'training_state.pt'} holds objects other than tensors and plain data, which "
+                              f"alignlab refuses to unpickle (they could run code): {str(error).splitlines()[0]}"
+                              ) from None
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     set_rng_states(saved["rng"])
