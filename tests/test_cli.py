@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from alignlab.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,3 +96,22 @@ def test_unreachable_hub_without_offline_mode_fails_fast_in_one_line(tmp_path):
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert "no-such-org/no-such-model" in lines[0] and "could not be reached" in lines[0] and "offline" in lines[0]
     assert seconds < 30, f"took {seconds:.0f} s"
+
+
+@pytest.mark.parametrize(("settings", "expected"), [
+    (["objective.name=dop"], "Did you mean 'dpo'"),
+    (["train.lr=fast"], "train.lr: expected a number"),
+    (["train.batch_sise=4"], "Did you mean 'batch_size'"),
+    (["model.path=/no/such/model"], "no model folder at /no/such/model"),
+    (["data.train=/no/such/pairs.jsonl"], "/no/such/pairs.jsonl: file not found"),
+])
+def test_bad_config_fails_before_any_work_with_what_to_change(small_model_dir, pairs_file, tmp_path, capsys,
+                                                               settings, expected):
+    out = tmp_path / "run"
+    base = [f"model.path={small_model_dir}", f"data.train={pairs_file}", "train.progress=false"]
+    code = main(["train", str(ROOT / "examples" / "dpo.yaml"), "--out", str(out),
+                 *[arg for setting in base + settings for arg in ("--set", setting)]])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert expected in error and len(error.strip().splitlines()) == 1, error
+    assert not out.exists()  # nothing was written

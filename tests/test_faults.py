@@ -183,8 +183,9 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_weights(sm
         before = metrics_lines(tmp_path / "run")
         process = subprocess.Popen(training_command(path) + resume, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        wait_for_metrics(tmp_path / "run", before + 1, process)  # a new step: in the loop that writes checkpoints
-        time.sleep(rng.uniform(0.0, 1.0))
+        # a random step, then a random moment within it: mid-step, mid-checkpoint or mid-metrics-line
+        wait_for_metrics(tmp_path / "run", before + rng.randint(1, 10), process)
+        time.sleep(rng.uniform(0.0, 0.05))
         if process.poll() is None:
             process.kill()
             kills += 1

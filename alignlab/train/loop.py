@@ -370,11 +370,8 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
         say(f"training on {accelerator.num_processes} processes ({accelerator.distributed_type.value}); each "
             "micro-batch is split between them")
     set_seed(config.train.seed)
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml", header=_code_version())
 
-    # data
+    # data (a missing model, a missing file or a bad record stops the run before anything is written)
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
     data_format = resolve_data_format(config, objective)
     examples, stats = load_examples(config.data.train, data_format, tokenizer, config, say)
@@ -384,6 +381,8 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
         eval_examples, eval_stats = load_examples(config.data.eval, data_format, tokenizer, config, say)
         say(f"eval data {config.data.eval}: {eval_stats.summary()}")
     if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml", header=_code_version())
         (run_dir / "data_report.json").write_text(json.dumps(
             {"train": stats.as_dict(), "eval": eval_stats.as_dict() if eval_examples else None}, indent=2) + "\n")
     if data_format == "unpaired":
