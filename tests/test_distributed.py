@@ -27,15 +27,23 @@ def unpaired_file(tmp_path):
     return write_records(tmp_path / "unpaired.jsonl", records)
 
 
-def launch(config_path, processes: int) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", "alignlab", "train", str(config_path), "--set", "train.progress=false"]
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
+    # on a CPU, --multi_gpu is what starts 2 processes (accelerate's --cpu --num_processes 2 starts one);
+    # alignlab's Accelerator(cpu=True) then makes them one gloo group
+    "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2",
+                   "--num_machines=1", "--mixed_precision=no", "--dynamo_backend=no"],
+}
+
+
+def launch(config_path, launcher: str) -> subprocess.CompletedProcess:
+    command = [*LAUNCHERS[launcher], "-m", "alignlab", "train", str(config_path), "--set", "train.progress=false"]
     return subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
 
 
-@pytest.mark.parametrize("name", list(OBJECTIVES))
-def test_two_processes_match_one_with_the_same_global_batch(small_model_dir, tmp_path, request, name):
+@pytest.mark.parametrize(("launcher", "name"), [("torchrun", "dpo"), ("torchrun", "kto"), ("accelerate", "dpo")])
+def test_two_processes_match_one_with_the_same_global_batch(small_model_dir, tmp_path, request, launcher, name):
     objective, data_fixture = OBJECTIVES[name]
     data = request.getfixturevalue(data_fixture)
     settings = {"max_steps": 3, "batch_size": 4, "warmup_ratio": 0.0}
@@ -43,7 +51,7 @@ def test_two_processes_match_one_with_the_same_global_batch(small_model_dir, tmp
 
     config_path = tmp_path / "two.yaml"
     save_config(quick_config(small_model_dir, data, tmp_path / "two", objective, **settings), config_path)
-    result = launch(config_path, 2)
+    result = launch(config_path, launcher)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "training on 2 processes (MULTI_CPU)" in result.stdout  # really distributed, not two lone runs
     assert result.stdout.count("done: 3 steps") == 1  # only the main process reports and writes
