@@ -7,6 +7,7 @@ reward mean δ) must be reduced across processes, or each process trains toward 
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 
 import torch
@@ -26,8 +27,25 @@ def sum_across_processes(tensor: torch.Tensor) -> torch.Tensor:
     return total
 
 
+_contributing = True
+
+
+@contextlib.contextmanager
+def placeholder_batch():
+    """While active, this process takes part in every pooling collective but adds no values: for the weight-0
+    example a process scores when a micro-batch has fewer examples than there are processes."""
+    global _contributing
+    _contributing = False
+    try:
+        yield
+    finally:
+        _contributing = True
+
+
 def pooled_sum_and_count(values: torch.Tensor) -> tuple[float, int]:
     """(sum, number) of `values` pooled over every process's copy (each may hold a different number)."""
+    if not _contributing:
+        values = values[:0]
     local = torch.stack([values.detach().double().sum(),
                          torch.tensor(values.numel(), dtype=torch.float64, device=values.device)])
     total, count = sum_across_processes(local).tolist()
@@ -60,7 +78,8 @@ def average_gradients(parameters) -> None:
 def process_share(indices: list[int], rank: int, world: int) -> tuple[list[int], float]:
     """This process's examples of a global micro-batch (every `world`-th, from `rank`) and its share of the
     micro-batch. A process left without examples scores the first one with weight 0, so that every process
-    still runs the forward and backward passes the gradient all-reduce waits for."""
+    still runs the forward and backward passes the gradient all-reduce waits for (under `placeholder_batch`,
+    so it adds nothing to pooled statistics either)."""
     share = indices[rank::world]
     if not share:
         return indices[:1], 0.0

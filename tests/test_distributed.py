@@ -15,6 +15,7 @@ from tests.conftest import quick_config, run_history
 OBJECTIVES = {
     "dpo": ({"name": "dpo", "beta": 0.5}, "pairs_file"),
     "kto": ({"name": "kto", "beta": 0.5}, "unpaired_file"),  # z0 is pooled over both processes' examples
+    "bco": ({"name": "bco", "beta": 0.5}, "unpaired_file"),  # so is the running reward mean delta
 }
 
 
@@ -42,11 +43,15 @@ def launch(config_path, launcher: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
 
 
-@pytest.mark.parametrize(("launcher", "name"), [("torchrun", "dpo"), ("torchrun", "kto"), ("accelerate", "dpo")])
-def test_two_processes_match_one_with_the_same_global_batch(small_model_dir, tmp_path, request, launcher, name):
+@pytest.mark.parametrize(("launcher", "name", "batch_size"), [
+    ("torchrun", "dpo", 4), ("torchrun", "kto", 4), ("accelerate", "dpo", 4),
+    ("torchrun", "bco", 7),  # 8 examples: step 2 has one, so the second process scores a weight-0 placeholder
+])
+def test_two_processes_match_one_with_the_same_global_batch(small_model_dir, tmp_path, request, launcher, name,
+                                                            batch_size):
     objective, data_fixture = OBJECTIVES[name]
     data = request.getfixturevalue(data_fixture)
-    settings = {"max_steps": 3, "batch_size": 4, "warmup_ratio": 0.0}
+    settings = {"max_steps": 3, "batch_size": batch_size, "warmup_ratio": 0.0}
     single = train(quick_config(small_model_dir, data, tmp_path / "one", objective, **settings), log=lambda *_: None)
 
     config_path = tmp_path / "two.yaml"
@@ -66,4 +71,6 @@ def test_two_processes_match_one_with_the_same_global_batch(small_model_dir, tmp
     for a, b in zip(run_history(single.run_dir), run_history(tmp_path / "two"), strict=True):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)  # the all-reduced gradient is the global one
-        assert a["examples"] == b["examples"] == 4  # each example scored once, by one of the two processes
+        assert a["examples"] == b["examples"] <= batch_size  # each example scored once, by one of the processes
+        if "delta" in a:
+            assert b["delta"] == pytest.approx(a["delta"], abs=1e-6)  # the placeholder never enters delta

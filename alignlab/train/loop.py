@@ -7,6 +7,7 @@ optimizer and schedule) → metrics, evaluation and checkpoints as it goes → f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import subprocess
@@ -45,6 +46,7 @@ from alignlab.distributed import (
     WeightedMetrics,
     any_process,
     average_gradients,
+    placeholder_batch,
     process_share,
     sum_across_processes,
 )
@@ -464,7 +466,7 @@ def train(config: RunConfig, resume: bool = False, log=print) -> TrainResult:
                 for indices in group:
                     share, weight = process_share(indices, accelerator.process_index, accelerator.num_processes)
                     scored += len(share) if weight else 0
-                    with accelerator.autocast():
+                    with accelerator.autocast(), placeholder_batch() if not weight else contextlib.nullcontext():
                         output = objective(scorer([examples[i] for i in share], share))
                     # each process's mean, weighted by its share of the global micro-batch, then averaged over
                     # processes by the gradient all-reduce, is the global micro-batch's mean
