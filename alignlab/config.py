@@ -114,9 +114,9 @@ class TrainConfig:
     """Recompute each chunk of LM-head logits in the backward pass instead of keeping it: less peak memory
     at large vocabularies for one extra head matmul."""
     compile: bool = False
-    """`torch.compile` the transformer body after the reference pass. On a 2-core CPU (~30M model) steps
-    were ~12% faster once compiled, but compiling took ~3 minutes plus recompiles for new shapes: worth
-    it only for runs of several hundred steps."""
+    """`torch.compile` the transformer body after the reference pass. On a 2-core CPU (~30M model) compiled
+    steps were ~3% faster with less memory, but compiling took ~2 minutes plus recompiles for new shapes:
+    worth it only for long runs (see README, Performance)."""
     max_bad_steps: int = 5
     """A step with a non-finite loss or gradient is skipped (the weights do not change); more than this
     many in a row stop the run with an error."""

@@ -45,6 +45,11 @@ def has_adapters(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
 
 
+def without_peft_wrapper(model):
+    """The transformers model under a peft wrapper (its layers carry the adapters), or `model` itself."""
+    return model.get_base_model() if has_adapters(model) else model
+
+
 def reference_context(model):
     """The context in which `model` computes the reference: adapters disabled if it has any, else as it is."""
     return model.disable_adapter() if has_adapters(model) else contextlib.nullcontext()

@@ -82,11 +82,13 @@ def hub_reachable(endpoint: str, seconds: float = HUB_PROBE_SECONDS) -> bool:
     return bool(answered and answered[0])
 
 
+def _offline_mode_set() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
 def _offline() -> bool:
     """True when hub look-ups must not be tried: HF_HUB_OFFLINE is set, or the hub cannot be reached."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return True
-    return not hub_reachable(hub_endpoint())
+    return _offline_mode_set() or not hub_reachable(hub_endpoint())
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
@@ -135,7 +137,7 @@ def load_model(name_or_path: str, dtype: str = "auto", trust_remote_code: bool =
 
 def _not_found_message(name: str, what: str, error: Exception) -> str:
     offline = ""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    if _offline_mode_set():
         offline = " The machine is offline (HF_HUB_OFFLINE=1), so only the local cache was searched."
     elif _offline():
         offline = (f" The hub ({hub_endpoint()}) could not be reached within {HUB_PROBE_SECONDS:.0f} s: the machine "

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from alignlab.data.collate import collate_shared_prefix, collate_slots
-from alignlab.models.adapters import has_adapters, reference_context
+from alignlab.models.adapters import reference_context, without_peft_wrapper
 
 DEFAULT_CHUNK_TOKENS = 1024
 
@@ -26,8 +26,7 @@ DEFAULT_CHUNK_TOKENS = 1024
 def _body_and_head(model):
     """(transformer body, LM head) of a causal LM (under its LoRA adapters, if any), or (None, None) when they
     cannot be split."""
-    if has_adapters(model):
-        model = model.get_base_model()  # the transformers model, with the adapters injected in its layers
+    model = without_peft_wrapper(model)
     body = getattr(model, "base_model", None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if body is None or body is model or head is None:
@@ -141,8 +140,7 @@ def completion_logps(
 def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Scalar reward `[N]` of each right-padded row from a sequence-classification model with one output,
     read at the row's last attended token (not inferred from pad ids, which may equal end-of-sequence)."""
-    if has_adapters(model):
-        model = model.get_base_model()
+    model = without_peft_wrapper(model)
     head = getattr(model, "score", None)
     body = getattr(model, "base_model", None)
     if head is None or body is None or body is model:

@@ -12,7 +12,6 @@ weights, recording every setting, the final loss, versions and file checksums.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import platform
@@ -131,13 +130,11 @@ def pretrain(model, blocks: torch.Tensor, steps: int, batch_size: int, lr: float
     return losses
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def build(out: Path, steps: int, n_documents: int, vocab_size: int, seed: int) -> dict:
     """Generate the corpus, train tokenizer and model, save everything and the manifest to `out`."""
     import transformers
+
+    from alignlab.train.checkpoint import file_sha256  # here: alignlab.train imports this module
 
     started = time.time()
     torch.manual_seed(seed)
@@ -182,7 +179,7 @@ def build(out: Path, steps: int, n_documents: int, vocab_size: int, seed: int) -
             "transformers": transformers.__version__,
             "python": platform.python_version(),
         },
-        "sha256": {p.name: _sha256(p) for p in files},
+        "sha256": {p.name: file_sha256(p) for p in files},
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
