@@ -33,7 +33,7 @@ lint: setup
 
 # Rebuild the embedded model from its generated corpus (about 11 minutes on 2 cores).
 model: setup
-	$(BIN)/python -m alignlab.models.tiny --out alignlab/assets/tiny-llama
+	$(BIN)/python -m alignlab.assets.build.tiny_model --out alignlab/assets/tiny-llama
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -9,7 +9,6 @@ hyperparameters are checked against the objective's signature.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ from typing import Any
 import yaml
 
 from alignlab.errors import ConfigError
+from alignlab.models.scoring import ScoringOptions
+from alignlab.registries import did_you_mean
 
 
 @dataclass
@@ -104,15 +105,6 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"
     """``auto`` (float32 on a CPU, bf16 autocast on a GPU that supports it), ``fp32``, ``bf16``, ``fp16``."""
-    share_prefix: bool = True
-    """Compute each prompt once per example, every completion attending to it (exact; faster when
-    prompts are long); off: every completion in its own row after a copy of the prompt."""
-    padding_free: bool = True
-    """With `share_prefix`, pack several examples into each row (block-diagonal attention) so that almost
-    no compute is spent on padding (exact)."""
-    recompute_head: bool = False
-    """Recompute each chunk of LM-head logits in the backward pass instead of keeping it: less peak memory
-    at large vocabularies for one extra head matmul."""
     compile: bool = False
     """`torch.compile` the transformer body after the reference pass. On a 2-core CPU (~30M model) compiled
     steps were ~3% faster with less memory, but compiling took ~2 minutes plus recompiles for new shapes:
@@ -136,6 +128,9 @@ class RunConfig:
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    scoring: ScoringOptions = field(default_factory=ScoringOptions)
+    """How the scoring engine lays out batches (`alignlab.models.scoring.ScoringOptions`): the same numbers
+    either way, only speed and memory differ."""
     out_dir: str = "runs/run"
 
 
@@ -148,9 +143,8 @@ CHOICES = {
 }
 
 
-def _did_you_mean(word: str, options: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f" Did you mean '{close[0]}'?" if close else ""
+MOVED = {f"train.{key}": f"scoring.{key}" for key in ("share_prefix", "padding_free", "recompute_head")}
+"""Keys an earlier version read elsewhere, with where they are now."""
 
 
 def _check_type(value: Any, annotation: Any, key: str) -> Any:
@@ -203,8 +197,10 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     values = {}
     for key, value in data.items():
+        if f"{prefix}{key}" in MOVED:
+            raise ConfigError(f"config key '{prefix}{key}' has moved: write {MOVED[prefix + key]}")
         if key not in names:
-            raise ConfigError(f"unknown config key '{prefix}{key}'.{_did_you_mean(key, names)}")
+            raise ConfigError(f"unknown config key '{prefix}{key}'.{did_you_mean(key, names)}")
         annotation = hints[key]
         item = (typing.get_args(annotation) or (None,))[0]
         if dataclasses.is_dataclass(annotation):
@@ -219,7 +215,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         if allowed and values[key] not in allowed:
             raise ConfigError(
                 f"{prefix}{key}: '{values[key]}' is not one of {', '.join(allowed)}."
-                + _did_you_mean(str(values[key]), allowed)
+                + did_you_mean(str(values[key]), allowed)
             )
     return cls(**values)
 
@@ -276,6 +272,7 @@ def validate(config: RunConfig) -> None:
         "data.max_length": config.data.max_length,
         "data.self_samples": config.data.self_samples,
         "data.self_sample_max_new_tokens": config.data.self_sample_max_new_tokens,
+        "scoring.chunk_tokens": config.scoring.chunk_tokens,
     }
     for key, value in positive.items():
         if value < 1:
@@ -297,7 +294,7 @@ def validate(config: RunConfig) -> None:
     if not 0 <= config.train.warmup_ratio < 1:
         raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {config.train.warmup_ratio}")
     objective = objectives.Objective(objective_terms(config))
-    if objective.needs_token_kl and config.reference.mode != "model":
+    if objective.needs.token_kl and config.reference.mode != "model":
         raise ConfigError(f"objective '{objective.name}' needs the reference's full distribution at every token, "
                           "which precomputed log-probs do not keep: set reference.mode: model")
 

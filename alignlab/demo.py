@@ -14,13 +14,15 @@ methods on the reward–KL frontier. Here, on the embedded model:
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import torch
 
+from alignlab.assets import EMBEDDED_MODEL_NAME
+from alignlab.assets.corpus import review_prompts
 from alignlab.config import DataConfig, ModelConfig, ObjectiveConfig, ReferenceConfig, RunConfig, TrainConfig
+from alignlab.data.formats import parse_preference
 from alignlab.decode.sampling import generate
 from alignlab.evaluate.frontier import (
     best_of_n_kl_bound,
@@ -29,9 +31,8 @@ from alignlab.evaluate.frontier import (
     sampled_kl,
 )
 from alignlab.models.loading import load_model_and_tokenizer
-from alignlab.models.tiny import EMBEDDED_MODEL_NAME
-from alignlab.models.tiny_corpus import review_prompts
-from alignlab.rewards.sentiment import SentimentReward
+from alignlab.rewards import build as build_reward
+from alignlab.run_folder import RunFolder
 from alignlab.train.loop import train
 
 BEST_OF_N = (1, 2, 4, 8, 16)
@@ -60,10 +61,6 @@ def preference_pairs(samples, rewards: torch.Tensor, per_prompt: int, min_gap: f
     return pairs, skipped
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-
-
 def run_demo(
     out_dir: str | Path = "runs/demo",
     model_path: str = EMBEDDED_MODEL_NAME,
@@ -80,11 +77,11 @@ def run_demo(
 ) -> dict:
     """Run the experiment; write pairs, samples, ``summary.json`` and ``frontier.png`` to `out_dir`."""
     started = time.time()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(out_dir).create()
+    out = folder.path
     torch.manual_seed(seed)
     reference, tokenizer = load_model_and_tokenizer(model_path)
-    reward = SentimentReward()
+    reward = build_reward("sentiment")
 
     log(f"1-3. sampling {samples_per_prompt} completions for {train_prompts} review prompts, scoring, pairing")
     prompts = review_prompts(train_prompts, seed=seed + 1)
@@ -92,7 +89,8 @@ def run_demo(
                        seed=seed, progress=progress)
     rewards = reward.score(samples.prompts, samples.completions)
     pairs, skipped = preference_pairs(samples, rewards, samples_per_prompt, min_gap=0.1)
-    _write_jsonl(out / "pairs.jsonl", pairs)
+    folder.write_jsonl("pairs.jsonl", pairs)
+    records = [parse_preference(pair, str(folder.file("pairs.jsonl")), f"line {i + 1}") for i, pair in enumerate(pairs)]
     log(f"   {len(pairs)} pairs ({skipped} prompts skipped: fewer than two non-empty completions, "
         "or best and worst reward within 0.1)")
 
@@ -106,7 +104,7 @@ def run_demo(
                           seed=seed, progress=progress),
         out_dir=str(out / "dpo"),
     )
-    policy = train(config, log=lambda message: log(f"   {message}")).model.eval()
+    policy = train(config, log=lambda message: log(f"   {message}"), records=records).model.eval()
 
     log(f"5. evaluating on {eval_prompts} held-out prompts")
     held_out = review_prompts(eval_prompts, seed=seed + 2)
@@ -132,8 +130,8 @@ def run_demo(
                      "kl": "mean over policy samples of log pi(y|x) - log pi_ref(y|x), nats per completion"},
         "seconds": round(time.time() - started, 1),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _write_jsonl(out / "samples.jsonl", [
+    folder.write_json("summary.json", summary)
+    folder.write_jsonl("samples.jsonl", [
         {"model": name, "prompt": s.prompts[i], "completion": s.completions[i], "reward": round(float(r[i]), 4)}
         for name, s, r in (("reference", reference_samples, reference_rewards), ("dpo", policy_samples, policy_rewards))
         for i in range(len(s))

@@ -33,8 +33,8 @@ from pathlib import Path
 
 SETTINGS = {
     "default": {},  # out of the box: shared prompts, padding-free rows
-    "padded_rows": {"train.padding_free": "false"},  # one right-padded row per pair, prompt shared
-    "separate_rows": {"train.share_prefix": "false"},  # chosen and rejected rows, prompt twice
+    "padded_rows": {"scoring.padding_free": "false"},  # one right-padded row per pair, prompt shared
+    "separate_rows": {"scoring.share_prefix": "false"},  # chosen and rejected rows, prompt twice
     "compiled": {"train.compile": "true"},  # torch.compile'd body (not run unless named in --settings)
 }
 DEFAULT_SETTINGS = ("default", "padded_rows", "separate_rows")
@@ -50,7 +50,7 @@ def long_tailed_length(rng: random.Random, low: int, high: int) -> int:
 
 def synthetic_pairs(path: Path, n: int, seed: int) -> None:
     """`n` preference records of corpus words (about one token each) with long-tailed lengths."""
-    from alignlab.models import tiny_corpus
+    from alignlab.assets import corpus as tiny_corpus
 
     words = sorted({w for group in (tiny_corpus.POSITIVE, tiny_corpus.NEGATIVE, tiny_corpus.ASPECTS,
                                      tiny_corpus.TITLE_FIRST, tiny_corpus.TITLE_SECOND, tiny_corpus.ADVERBS)
@@ -73,8 +73,8 @@ def small_model(folder: Path) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from alignlab.assets import EMBEDDED_MODEL_DIR
     from alignlab.models.loading import load_tokenizer
-    from alignlab.models.tiny import EMBEDDED_MODEL_DIR
 
     tokenizer = load_tokenizer(str(EMBEDDED_MODEL_DIR))
     torch.manual_seed(0)
@@ -203,7 +203,7 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    from alignlab.models.tiny import EMBEDDED_MODEL_DIR
+    from alignlab.assets import EMBEDDED_MODEL_DIR
 
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)

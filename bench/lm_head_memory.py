@@ -10,7 +10,7 @@ randomly initialised Llama (hidden 512, 4 layers), each way in its own process:
   log-softmax over them, the targets gathered;
 - ``chunked``: alignlab's engine (`completion_logps`): the LM head only on completion-predicting
   positions, 1,024 at a time, target logit minus logsumexp;
-- ``chunked_recompute``: the same with `train.recompute_head`, each chunk's logits recomputed in the
+- ``chunked_recompute``: the same with `scoring.recompute_head`, each chunk's logits recomputed in the
   backward pass instead of kept.
 
 Prints the peak resident memory above the model's own (after it is built) and the ratios to
@@ -38,7 +38,7 @@ def measure(way: str, vocab: int, rows: int, length: int) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from alignlab.models.scoring import completion_logps
+    from alignlab.models.scoring import ScoringOptions, completion_logps
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=vocab, hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
@@ -57,7 +57,7 @@ def measure(way: str, vocab: int, rows: int, length: int) -> dict:
         total = (logps * completion_mask[:, 1:]).sum()
     else:
         logps = completion_logps(model, input_ids, attention_mask, completion_mask,
-                                 recompute_head=way == "chunked_recompute")
+                                 options=ScoringOptions(recompute_head=way == "chunked_recompute"))
         total = logps.sum()
     total.backward()
     return {"peak_above_model_mb": peak_rss_mb() - baseline, "seconds": time.perf_counter() - started,

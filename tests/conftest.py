@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers.utils import logging as transformers_logging
 
-from alignlab.models.tiny import EMBEDDED_MODEL_DIR
+from alignlab.assets import EMBEDDED_MODEL_DIR
 
 transformers_logging.disable_progress_bar()
 

@@ -10,9 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from alignlab import DataError
-from alignlab.config import config_from_dict
-from alignlab.data import load_scored, tokenize_preferences
-from alignlab.train.loop import load_examples
+from alignlab.data import load_examples, load_scored, tokenize_preferences
 
 MAX_LENGTH, MAX_PROMPT_LENGTH = 48, 24
 
@@ -81,14 +79,13 @@ def check_outcome(tokenizer, kind: str, content: bytes, lines: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "records.jsonl"
         path.write_bytes(content)
-        config = config_from_dict({"data": {"train": str(path), "max_length": MAX_LENGTH,
-                                            "max_prompt_length": MAX_PROMPT_LENGTH}})
         try:
             if data_format == "scored":
                 pairs, tied = load_scored(str(path))
                 examples, stats = tokenize_preferences(pairs, tokenizer, MAX_LENGTH, MAX_PROMPT_LENGTH)
             else:
-                examples, stats = load_examples(str(path), data_format, tokenizer, config, say=lambda *_: None)
+                examples, stats = load_examples(str(path), data_format, tokenizer, MAX_LENGTH, MAX_PROMPT_LENGTH,
+                                                 say=lambda *_: None)
                 tied = 0
         except DataError as error:
             message = str(error)
@@ -119,9 +116,7 @@ def test_malformed_records_give_located_errors_or_counted_truncation(tokenizer, 
 def test_prompt_longer_than_max_length_is_truncated_and_counted(tokenizer, tmp_path):
     path = tmp_path / "long.jsonl"
     path.write_text(json.dumps({"prompt": "great " * 500, "chosen": " yes." * 100, "rejected": " no."}) + "\n")
-    config = config_from_dict({"data": {"train": str(path), "max_length": MAX_LENGTH,
-                                        "max_prompt_length": MAX_PROMPT_LENGTH}})
-    (example,), stats = load_examples(str(path), "paired", tokenizer, config)
+    (example,), stats = load_examples(str(path), "paired", tokenizer, MAX_LENGTH, MAX_PROMPT_LENGTH)
     assert stats.prompt_truncated == 1 and stats.completion_truncated == 1 and stats.truncated_locations
     assert len(example.prompt) == MAX_PROMPT_LENGTH
     assert len(example.prompt) + len(example.chosen) == MAX_LENGTH

@@ -158,14 +158,14 @@ def test_read_records_reports_locations(tmp_path):
 
 
 def test_reward_fields_become_margins(tmp_path, tokenizer):
-    from alignlab.data import collate_pairs
+    from alignlab.data import batch_extras
 
     records = [{**GOOD, "chosen_reward": 0.9, "rejected_reward": -0.5},
                {**GOOD, "chosen_reward": 1, "rejected_reward": 0.5}]
     examples = load_preferences(str(write_jsonl(tmp_path / "r.jsonl", records)))
     assert examples[0].reward_margin == pytest.approx((1.4,))
     pairs, _ = tokenize_preferences(examples, tokenizer, max_length=32, max_prompt_length=16)
-    torch.testing.assert_close(collate_pairs(pairs, 1)["reward_margins"], torch.tensor([[1.4], [0.5]]))
+    torch.testing.assert_close(batch_extras(pairs)["reward_margins"], torch.tensor([[1.4], [0.5]]))
     family = {**GOOD, "chosen_reward": [1.0, 2.0], "rejected_reward": [0.0]}
     assert error_for(tmp_path, family).field == "rejected_reward"
     assert error_for(tmp_path, {**GOOD, "chosen_reward": 1.0}).field == "rejected_reward"
@@ -173,13 +173,13 @@ def test_reward_fields_become_margins(tmp_path, tokenizer):
 
 
 def test_answer_only_pairs_for_bvpo(tmp_path, tokenizer):
-    from alignlab.data import collate_pairs
+    from alignlab.data import collate_slots
 
     record = {**GOOD, "chosen_answer": " Great.", "rejected_answer": " Bad."}
     examples = load_preferences(str(write_jsonl(tmp_path / "b.jsonl", [record, record])))
     pairs, _ = tokenize_preferences(examples, tokenizer, max_length=32, max_prompt_length=16)
     assert len(pairs[0].completions) == 4
-    assert collate_pairs(pairs, 1)["input_ids"].shape[0] == 8
+    assert collate_slots(pairs, 1)["input_ids"].shape[0] == 8
     assert error_for(tmp_path, {**GOOD, "chosen_answer": " Great."}).field == "rejected_answer"
     mixed = load_preferences(str(write_jsonl(tmp_path / "m.jsonl", [record, GOOD])))
     with pytest.raises(DataError, match="in every record or in none"):

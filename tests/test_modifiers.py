@@ -5,10 +5,10 @@ import torch
 
 from alignlab import ConfigError
 from alignlab.config import config_from_dict
-from alignlab.models.scoring import completion_logps
+from alignlab.models.scoring import ScoringOptions, completion_scores
 from alignlab.objectives import Objective, ObjectiveTerm, PreferenceLogps
 from alignlab.objectives.modifiers import length_desensitized, wpo_weights
-from alignlab.train.loop import mix_into_reference
+from alignlab.train.reference import mix_into_reference
 from tests.conftest import check_resume_is_exact, quick_config, random_llama, run_history
 
 
@@ -61,8 +61,9 @@ def test_scoring_engine_square_mass_matches_full_softmax():
     input_ids = torch.randint(41, (2, 9), generator=torch.Generator().manual_seed(0))
     mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 0, 0, 0, 0]])
     with torch.no_grad():
-        logps, square = completion_logps(model, input_ids, torch.ones_like(mask), mask, chunk_tokens=3,
-                                         with_square_mass=True)
+        scores = completion_scores(model, input_ids, torch.ones_like(mask), mask,
+                                   options=ScoringOptions(chunk_tokens=3), with_square_mass=True)
+        logps, square = scores.logps, scores.square_mass
         probs = torch.softmax(model(input_ids=input_ids).logits[:, :-1].float(), -1)
     expected = torch.nn.functional.pad(torch.log((probs**2).sum(-1)), (1, 0)) * mask
     torch.testing.assert_close(square, expected, atol=1e-5, rtol=1e-5)

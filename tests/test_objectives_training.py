@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from alignlab import objectives
+from alignlab.assets import EMBEDDED_MODEL_DIR
 from alignlab.config import config_from_dict
-from alignlab.models.tiny import EMBEDDED_MODEL_DIR
 from alignlab.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +29,7 @@ def few_pairs(tmp_path_factory):
 def reference_mode(objective) -> str:
     """Objectives that need the reference's full distribution run with a frozen reference model."""
     entries = objective if isinstance(objective, list) else [objective]
-    return "model" if any(objectives.spec(e["name"]).needs_token_kl for e in entries) else "precompute"
+    return "model" if any(objectives.spec(e["name"]).needs.token_kl for e in entries) else "precompute"
 
 
 def run(model_dir, data, out, objective, steps, lr=1e-3):

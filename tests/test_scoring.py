@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from alignlab.models.scoring import chunked_head_logps, completion_logps
+from alignlab.models.scoring import ScoringOptions, chunked_head_logps, completion_logps
 from tests.conftest import random_llama
 
 
@@ -32,7 +32,8 @@ def test_completion_logps_match_full_log_softmax(seed, chunk_tokens):
     model = random_llama(vocab_size=97, seed=seed)
     input_ids, attention_mask, completion_mask = random_batch(97, seed)
     with torch.no_grad():
-        ours = completion_logps(model, input_ids, attention_mask, completion_mask, chunk_tokens=chunk_tokens)
+        ours = completion_logps(model, input_ids, attention_mask, completion_mask,
+                                options=ScoringOptions(chunk_tokens=chunk_tokens))
         naive = naive_logps(model, input_ids, attention_mask, completion_mask)
     assert ours.shape == input_ids.shape
     torch.testing.assert_close(ours, naive, atol=1e-5, rtol=1e-5)
@@ -43,7 +44,8 @@ def test_completion_logps_match_full_log_softmax(seed, chunk_tokens):
 def test_tied_embeddings_and_gradients_match_naive():
     model = random_llama(vocab_size=61, tie_word_embeddings=True)
     input_ids, attention_mask, completion_mask = random_batch(61, 3)
-    ours = completion_logps(model, input_ids, attention_mask, completion_mask, chunk_tokens=4, recompute_head=True)
+    ours = completion_logps(model, input_ids, attention_mask, completion_mask,
+                            options=ScoringOptions(chunk_tokens=4, recompute_head=True))
     ours.sum().backward()
     ours_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
@@ -61,7 +63,7 @@ def test_chunked_head_applies_softcapping_like_the_full_computation():
         return torch.tanh(z / 2.0) * 2.0
 
     expected = torch.log_softmax(cap(head(hidden)), -1).gather(-1, targets[:, None]).squeeze(-1)
-    torch.testing.assert_close(chunked_head_logps(hidden, targets, head, cap, chunk_tokens=3), expected)
+    torch.testing.assert_close(chunked_head_logps(hidden, targets, head, cap, chunk_tokens=3).logps, expected)
 
 
 def test_first_position_cannot_be_a_completion_token():
@@ -81,8 +83,9 @@ def test_pack_rows_is_first_fit_decreasing():
 
 @pytest.mark.parametrize("padding_free", [False, True])
 def test_shared_prefix_scoring_is_exact_for_any_number_of_completions(padding_free):
-    from alignlab.data.collate import TokenizedNegatives, TokenizedPair, collate_shared_prefix, collate_slots
-    from alignlab.models.scoring import shared_prefix_logps
+    from alignlab.data.collate import collate_shared_prefix, collate_slots
+    from alignlab.data.tokenize import TokenizedNegatives, TokenizedPair
+    from alignlab.models.scoring import score_slots
 
     model = random_llama(vocab_size=61, seed=3)
     g = torch.Generator().manual_seed(0)
@@ -101,7 +104,7 @@ def test_shared_prefix_scoring_is_exact_for_any_number_of_completions(padding_fr
         packed = collate_shared_prefix(examples, pad_id=0, padding_free=padding_free)
         assert len(packed["input_ids"]) == (packed_rows if padding_free else len(examples))
         plain = collate_slots(examples, pad_id=0)
-        shared = shared_prefix_logps(model, packed)
+        shared = torch.stack(score_slots(model, examples, 0, "cpu", ScoringOptions(padding_free=padding_free)).logps, 1)
         separate = completion_logps(model, plain["input_ids"], plain["attention_mask"], plain["completion_mask"])
         n = len(examples)
         for k in range(len(examples[0].completions)):

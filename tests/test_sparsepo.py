@@ -5,7 +5,7 @@ import torch
 
 from alignlab import ConfigError, objectives
 from alignlab.config import config_from_dict
-from alignlab.models.scoring import completion_logps, completion_token_kl
+from alignlab.models.scoring import ScoringOptions, completion_logps, completion_token_kl
 from alignlab.objectives import PreferenceLogps
 from alignlab.objectives.sparsepo import activation_mask, masked_token_dpo
 from tests.conftest import check_resume_is_exact, quick_config, random_llama, run_history
@@ -51,22 +51,23 @@ def test_masked_token_dpo_hand_computed_and_zero_masks():
 def test_token_kl_engine_matches_full_distributions():
     policy, reference = random_llama(47, seed=1), random_llama(47, seed=2)
     input_ids, attention_mask, completion_mask = random_batch(47, 5)
-    scored = completion_token_kl(policy, reference, input_ids, attention_mask, completion_mask, chunk_tokens=4)
+    scored = completion_token_kl(policy, reference, input_ids, attention_mask, completion_mask,
+                                 options=ScoringOptions(chunk_tokens=4))
     with torch.no_grad():
         logp_policy = torch.log_softmax(policy(input_ids=input_ids, attention_mask=attention_mask).logits.float(), -1)
         out = reference(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         logp_reference = torch.log_softmax(out.logits.float(), -1)
     kl = (logp_reference.exp() * (logp_policy - logp_reference)).sum(-1)[:, :-1]
     expected_kl = torch.nn.functional.pad(kl, (1, 0)) * completion_mask
-    torch.testing.assert_close(scored.kl.detach(), expected_kl, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(scored.policy.detach(), completion_logps(policy, input_ids, attention_mask,
+    torch.testing.assert_close(scored.kl[0].detach(), expected_kl, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scored.policy[0].detach(), completion_logps(policy, input_ids, attention_mask,
                                                                         completion_mask).detach(), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(scored.reference, completion_logps(reference, input_ids, attention_mask,
+    torch.testing.assert_close(scored.reference[0], completion_logps(reference, input_ids, attention_mask,
                                                                   completion_mask), atol=1e-5, rtol=1e-5)
     means = torch.stack([h.float().mean(-1) for h in out.hidden_states[1:]])[:, :, :-1]
     expected_activations = torch.nn.functional.pad(means, (1, 0)) * completion_mask
-    torch.testing.assert_close(scored.reference_activations, expected_activations, atol=1e-5, rtol=1e-5)
-    assert (scored.kl[completion_mask.bool()] <= 1e-6).all()  # −KL(π_ref ‖ π_θ) ≤ 0
+    torch.testing.assert_close(scored.reference_activations[0], expected_activations, atol=1e-5, rtol=1e-5)
+    assert (scored.kl[0][completion_mask.bool()] <= 1e-6).all()  # −KL(π_ref ‖ π_θ) ≤ 0
 
 
 def test_sparsepo_is_log2_at_the_reference_and_needs_a_reference_model():
@@ -77,10 +78,11 @@ def test_sparsepo_is_log2_at_the_reference_and_needs_a_reference_model():
                                  torch.cat([completion_mask, completion_mask.flip(0)]))
     n = len(input_ids)
     masks = torch.cat([completion_mask, completion_mask.flip(0)]).float().split(n)
-    batch = PreferenceLogps(scored.policy[:n], scored.policy[n:], scored.reference[:n], scored.reference[n:],
-                            masks[0], masks[1], chosen_token_kl=scored.kl[:n], rejected_token_kl=scored.kl[n:],
-                            ref_chosen_activations=scored.reference_activations[:, :n],
-                            ref_rejected_activations=scored.reference_activations[:, n:])
+    policy, reference = scored.policy[0], scored.reference[0]
+    batch = PreferenceLogps(policy[:n], policy[n:], reference[:n], reference[n:],
+                            masks[0], masks[1], chosen_token_kl=scored.kl[0][:n], rejected_token_kl=scored.kl[0][n:],
+                            ref_chosen_activations=scored.reference_activations[0][:, :n],
+                            ref_rejected_activations=scored.reference_activations[0][:, n:])
     assert objectives.get("sparsepo")(batch).loss.item() == pytest.approx(math.log(2), abs=1e-6)
     with pytest.raises(ConfigError, match=r"reference\.mode: model"):
         config_from_dict({"objective": {"name": "sparsepo"}})

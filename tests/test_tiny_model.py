@@ -4,9 +4,9 @@ import re
 
 import torch
 
+from alignlab.assets import EMBEDDED_MODEL_DIR
+from alignlab.assets import corpus as tiny_corpus
 from alignlab.decode import generate
-from alignlab.models import tiny_corpus
-from alignlab.models.tiny import EMBEDDED_MODEL_DIR
 
 
 def corpus_words() -> set[str]:

@@ -13,9 +13,10 @@ from alignlab.train import train
 from alignlab.train.reference import cached_reference_logps
 
 
-def make_config(model_dir, data, out, cache, **train):
+def make_config(model_dir, data, out, cache, scoring=None, **train):
     settings = {"batch_size": 2, "lr": 1e-3, "warmup_ratio": 0.0, "progress": False, **train}
     return config_from_dict({
+        "scoring": scoring or {},
         "model": {"path": str(model_dir)},
         "data": {"train": str(data), "max_length": 64, "max_prompt_length": 32},
         "objective": {"name": "dpo", "beta": 0.5},
@@ -132,7 +133,7 @@ def test_engine_settings_train_alike(small_model_dir, pairs_file, tmp_path, engi
     default = train(make_config(small_model_dir, pairs_file, tmp_path / "default", tmp_path / "cache", **settings),
                     log=lambda *_: None)
     other = train(make_config(small_model_dir, pairs_file, tmp_path / "other", tmp_path / "cache", **settings,
-                              **engine), log=lambda *_: None)
+                              scoring=engine), log=lambda *_: None)
     for a, b in zip(metrics(default.run_dir), metrics(other.run_dir), strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
     for name, value in weights(other.final_dir).items():

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from alignlab import DataError
-from alignlab.data.collate import encode_prompt_and_completion
+from alignlab.data.tokenize import encode_prompt_and_completion
 from alignlab.data.transforms import load_triplets, safety_recovery_examples
 
 TRIPLET = {"prompt": "How do I pick a lock?", "harmful": " First, insert a tension wrench into the lock.",

@@ -11,9 +11,9 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from alignlab.data.collate import TokenizedSFT, encode_prompt_and_completion
 from alignlab.data.formats import RecordChecker, Text
 from alignlab.data.loading import read_records
+from alignlab.data.tokenize import TokenizedSFT, encode_prompt_and_completion
 from alignlab.errors import DataError
 
 

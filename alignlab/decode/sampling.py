@@ -12,25 +12,25 @@ import torch
 from tqdm import tqdm
 
 from alignlab.data.collate import pad_rows
+from alignlab.data.formats import Text
+from alignlab.data.tokenize import encode_prompt
+from alignlab.decode.base import register
 
 
 @dataclass
 class Samples:
     """`n` completions per prompt, flattened: entry i belongs to prompt ``prompts[i]``."""
 
-    prompts: list[str]
+    prompts: list[Text]
     completions: list[str]
     prompt_ids: list[list[int]]
     completion_ids: list[list[int]]
+    logps: torch.Tensor | None = None
+    """`[N]` log-prob of each completion under the decoding policy, where the method defines one and computes
+    it (None otherwise)."""
 
     def __len__(self) -> int:
         return len(self.completions)
-
-
-def prompt_token_ids(tokenizer, prompt: str) -> list[int]:
-    """Prompt ids as the data pipeline makes them (an empty prompt becomes the end-of-sequence token)."""
-    ids = tokenizer(prompt, add_special_tokens=True)["input_ids"] if prompt else []
-    return ids or [tokenizer.eos_token_id]
 
 
 def _cut_at_eos(ids: list[int], eos_id: int | None, pad_id: int | None) -> list[int]:
@@ -80,10 +80,11 @@ def generate_ids(
     return completion_ids
 
 
+@register("sample")
 def generate(
     model,
     tokenizer,
-    prompts: list[str],
+    prompts: list[Text],
     n: int = 1,
     max_new_tokens: int = 32,
     temperature: float = 1.0,
@@ -93,11 +94,12 @@ def generate(
     seed: int | None = None,
     progress: bool = True,
 ) -> Samples:
-    """`n` sampled completions for every prompt, `batch_size` sequences per `generate` call."""
+    """Ancestral sampling with temperature, top-k and top-p: `n` completions for every prompt (a string, or
+    chat messages rendered by the chat template), `batch_size` sequences per `generate` call."""
     if seed is not None:
         torch.manual_seed(seed)
     expanded = [p for p in prompts for _ in range(n)]
-    encoded = [prompt_token_ids(tokenizer, p) for p in expanded]
+    encoded = [encode_prompt(tokenizer, p) for p in expanded]
     completion_ids = generate_ids(model, tokenizer, encoded, max_new_tokens, temperature, top_k, top_p, batch_size,
                                   progress)
     completions = [tokenizer.decode(ids, skip_special_tokens=True) for ids in completion_ids]

@@ -12,22 +12,23 @@ import math
 
 import torch
 
-from alignlab.data.collate import collate_sequences
+from alignlab.data.tokenize import TokenizedSFT
 from alignlab.decode.sampling import Samples
-from alignlab.models.scoring import completion_logps
+from alignlab.models.scoring import DEFAULT_OPTIONS, ScoringOptions, score_slots
 
 
 @torch.no_grad()
-def sample_logps(model, samples: Samples, pad_id: int, batch_size: int = 64) -> torch.Tensor:
-    """Summed log-prob `[N]` of every sampled completion (its ids, not re-tokenized text) under `model`."""
+def sample_logps(model, samples: Samples, pad_id: int, batch_size: int = 64,
+                 options: ScoringOptions = DEFAULT_OPTIONS) -> torch.Tensor:
+    """Summed log-prob `[N]` of every sampled completion (its ids, not re-tokenized text) under `model`,
+    scored by the engine as training scores completions."""
     device = next(model.parameters()).device
+    examples = [TokenizedSFT(prompt, completion)
+                for prompt, completion in zip(samples.prompt_ids, samples.completion_ids, strict=True)]
     totals = []
-    for start in range(0, len(samples), batch_size):
-        prompts = samples.prompt_ids[start: start + batch_size]
-        completions = samples.completion_ids[start: start + batch_size]
-        batch = {k: v.to(device) for k, v in collate_sequences(prompts, completions, pad_id).items()}
-        logps = completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
-        totals.append(logps.sum(-1).cpu())
+    for start in range(0, len(examples), batch_size):
+        scored = score_slots(model, examples[start: start + batch_size], pad_id, device, options)
+        totals.append(scored.logps[0].sum(-1).cpu())
     return torch.cat(totals)
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from alignlab.assets import EMBEDDED_MODEL_DIR, EMBEDDED_MODEL_NAME
 from alignlab.errors import ConfigError, ModelNotFoundError
-from alignlab.models.tiny import EMBEDDED_MODEL_DIR, EMBEDDED_MODEL_NAME
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -41,7 +41,7 @@ def resolve_model_path(name_or_path: str) -> tuple[str, bool]:
         if not (EMBEDDED_MODEL_DIR / "config.json").is_file():
             raise ModelNotFoundError(
                 f"the embedded model is missing from {EMBEDDED_MODEL_DIR}; "
-                "rebuild it with: python -m alignlab.models.tiny"
+                "rebuild it with: python -m alignlab.assets.build.tiny_model"
             )
         return str(EMBEDDED_MODEL_DIR), True
     path = Path(name_or_path).expanduser()

@@ -1,12 +1,15 @@
 """The one scoring engine: per-token log-probs of completion tokens under a causal LM.
 
 Every place that needs log-probs of a completion (training, reference caching, KL estimates,
-evaluation) calls `completion_logps`. It never builds a float32 `[batch, seq, vocab]` tensor: it
-runs the transformer body once, keeps only the hidden states that predict completion tokens, and
-applies the LM head to those in chunks, taking the target token's logit minus a logsumexp over the
-vocabulary for each chunk:
+evaluation, decoding) calls `score_slots` (or, for ready-made rows, `completion_logps`). It never
+builds a float32 `[batch, seq, vocab]` tensor: it runs the transformer body once, keeps only the
+hidden states that predict completion tokens, and applies the LM head to those in chunks, taking
+the target token's logit minus a logsumexp over the vocabulary for each chunk:
 
     log p(x_t | x_<t) = z_t[x_t] − logsumexp_v z_t[v],   z_t = head(h_{t−1})
+
+How examples become rows is one `SlotLayout` (shared prompt and packed rows, or one row per
+completion), chosen by `ScoringOptions`; the token-level KL path (SparsePO) uses the same layouts.
 """
 
 from __future__ import annotations
@@ -21,6 +24,36 @@ from alignlab.data.collate import collate_shared_prefix, collate_slots
 from alignlab.models.adapters import reference_context, without_peft_wrapper
 
 DEFAULT_CHUNK_TOKENS = 1024
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How the engine lays out and computes a batch; every setting gives the same log-probs (up to float
+    rounding), only speed and memory differ. One value, passed as one argument everywhere (the config's
+    ``scoring`` section)."""
+
+    share_prefix: bool = True
+    """Compute each example's prompt once, every completion attending to it; off: every completion in its
+    own row after a copy of the prompt."""
+    padding_free: bool = True
+    """With `share_prefix`, pack several examples into each row (block-diagonal attention), so almost no
+    compute is spent on padding."""
+    recompute_head: bool = False
+    """Recompute each chunk of LM-head logits in the backward pass instead of keeping it: less peak memory
+    at large vocabularies for one extra head matmul."""
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+    """Completion tokens sent through the LM head at a time."""
+
+
+DEFAULT_OPTIONS = ScoringOptions()
+
+
+@dataclass
+class TokenScores:
+    """Per-token log-probs (float32) and, when asked for, log Σ_v p(v)² at the same positions (no gradient)."""
+
+    logps: torch.Tensor
+    square_mass: torch.Tensor | None = None
 
 
 def _body_and_head(model):
@@ -61,6 +94,7 @@ def log_square_mass(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(2 * logits, dim=-1) - 2 * torch.logsumexp(logits, dim=-1)
 
 
+
 def chunked_head_logps(
     hidden: torch.Tensor,
     targets: torch.Tensor,
@@ -69,12 +103,13 @@ def chunked_head_logps(
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     recompute: bool = False,
     with_square_mass: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs of `targets` `[N]` from hidden states `[N, H]`, through the LM head `chunk_tokens` rows at a time.
+) -> TokenScores:
+    """Log-probs `[N]` of `targets` `[N]` from hidden states `[N, H]`, through the LM head `chunk_tokens` rows
+    at a time.
 
     With `recompute` (and gradients on) each chunk's logits are recomputed in the backward pass
     instead of being kept, so at most one chunk of logits is alive at any time. With
-    `with_square_mass` also returns log Σ_v p(v)² per row (without gradient).
+    `with_square_mass` also gives log Σ_v p(v)² per row (without gradient).
     """
 
     def one_chunk(h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,50 +126,135 @@ def chunked_head_logps(
         logps.append(logp)
         squares.append(square)
     empty = hidden.new_zeros(0, dtype=torch.float32)
-    logps_out = torch.cat(logps) if logps else empty
-    if not with_square_mass:
-        return logps_out
-    return logps_out, torch.cat(squares) if squares else empty
+    return TokenScores(torch.cat(logps) if logps else empty,
+                       (torch.cat(squares) if squares else empty) if with_square_mass else None)
 
 
-def _scatter_back(values: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
-    """Per-target values `[M]` back into `[N, L]` rows aligned with `input_ids` (0 elsewhere)."""
-    shifted = torch.zeros(target_mask.shape, dtype=torch.float32, device=target_mask.device)
-    return F.pad(shifted.masked_scatter(target_mask, values), (1, 0))
+@dataclass
+class SlotLayout:
+    """Where a batch's completion tokens are, for one forward pass: the model inputs, and for each of the M
+    completion tokens the (row, column) of the hidden state that predicts it and the token itself.
+    `to_slots` puts per-token values `[M, ...]` back as one `[B, T, ...]` tensor per completion slot."""
+
+    inputs: dict[str, torch.Tensor]
+    """``input_ids``, ``attention_mask`` (and ``position_ids`` for packed rows) of the forward pass."""
+    rows: torch.Tensor
+    columns: torch.Tensor
+    targets: torch.Tensor
+    placement: torch.Tensor
+    """Bool mask of the completion tokens in the per-slot layout, ``[S, B, T]`` (or ``[B, S, T]`` when
+    `slot_dim` is 1), in the order of the M tokens."""
+    slot_dim: int = 0
+
+    def select(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The states `[M, ...]` that predict the completion tokens, from body outputs `[R, W, ...]`."""
+        return hidden[self.rows, self.columns]
+
+    def to_slots(self, values: torch.Tensor) -> list[torch.Tensor]:
+        """Per-token values `[M, ...]` as one `[B, T, ...]` tensor per slot (0 outside completions)."""
+        out = values.new_zeros((*self.placement.shape, *values.shape[1:]))
+        if values.dim() == 1:
+            out = out.masked_scatter(self.placement, values)
+        else:
+            out[self.placement] = values
+        return list(out.unbind(self.slot_dim))
+
+    @property
+    def masks(self) -> list[torch.Tensor]:
+        """0/1 (long) completion masks, one `[B, T]` per slot."""
+        return list(self.placement.long().unbind(self.slot_dim))
 
 
-def completion_logps(
-    model,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    completion_mask: torch.Tensor,
-    position_ids: torch.Tensor | None = None,
-    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
-    recompute_head: bool = False,
-    with_square_mass: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs `[N, L]` (float32) of the tokens where `completion_mask` is 1.
-
-    Entry t of a row is log p(input_ids[t] | input_ids[:t]); entries outside the completion are 0.
-    The first position of a row has no context, so its mask must be 0. With `with_square_mass`
-    also returns log Σ_v p_t(v)² `[N, L]` at the same positions (no gradient; used by WPO).
-    """
+def rows_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
+                slots: int = 1, position_ids: torch.Tensor | None = None) -> SlotLayout:
+    """Layout of ready-made rows (`[S·B, L]`, slot-major): the token at column t is predicted from column t − 1.
+    The first column has no context, so `completion_mask` must be 0 there."""
     if completion_mask[:, 0].any():
         raise ValueError("completion_mask is 1 at position 0: the first token has no context to be scored from")
     target_mask = completion_mask[:, 1:].bool()
-    targets = input_ids[:, 1:][target_mask]
+    rows, columns = target_mask.nonzero(as_tuple=True)
+    placement = F.pad(target_mask, (1, 0)).view(slots, -1, completion_mask.shape[1])
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if position_ids is not None:
+        inputs["position_ids"] = position_ids
+    return SlotLayout(inputs, rows, columns, input_ids[:, 1:][target_mask], placement)
+
+
+def shared_prefix_layout(batch: dict[str, torch.Tensor]) -> SlotLayout:
+    """Layout of packed rows from `collate_shared_prefix`: example b's slot k token m is predicted from row
+    ``example_row[b]``, column ``source_index[b, k, m]``."""
+    mask = batch["completion_masks"].bool()
+    rows = batch["example_row"][:, None, None].expand_as(mask)[mask]
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    return SlotLayout(inputs, rows, batch["source_index"][mask], batch["targets"][mask], mask, slot_dim=1)
+
+
+def slot_layout(examples, pad_id: int, device, options: ScoringOptions, splittable: bool = True) -> SlotLayout:
+    """The layout `options` choose for `examples` (objects with `.prompt` and `.completions`), on `device`.
+
+    With `share_prefix` (and a model whose body and head can be split) each example's prompt is computed
+    once, several examples per row with `padding_free`; otherwise each completion is its own row after a
+    copy of its prompt. Both give the same log-probs; this is the one place that chooses between them.
+    """
+    if options.share_prefix and splittable:
+        packed = collate_shared_prefix(examples, pad_id, options.padding_free)
+        return shared_prefix_layout({k: v.to(device) for k, v in packed.items()})
+    batch = {k: v.to(device) for k, v in collate_slots(examples, pad_id).items()}
+    return rows_layout(batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
+                       len(examples[0].completions))
+
+
+def _selected_scores(model, layout: SlotLayout, options: ScoringOptions, with_square_mass: bool) -> TokenScores:
+    """Flat scores `[M]` of the layout's completion tokens under `model`."""
     body, head = _body_and_head(model)
     if body is not None:
-        hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+        hidden = body(**layout.inputs).last_hidden_state
         postprocess = _logit_postprocess(model.config)
     else:
-        hidden = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        hidden = model(**layout.inputs).logits
         head, postprocess = torch.nn.Identity(), lambda logits: logits
-    result = chunked_head_logps(hidden[:, :-1][target_mask], targets, head, postprocess, chunk_tokens,
-                                recompute_head, with_square_mass)
-    if not with_square_mass:
-        return _scatter_back(result, target_mask)
-    return _scatter_back(result[0], target_mask), _scatter_back(result[1], target_mask)
+    return chunked_head_logps(layout.select(hidden), layout.targets, head, postprocess, options.chunk_tokens,
+                              options.recompute_head, with_square_mass)
+
+
+def completion_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
+                      position_ids: torch.Tensor | None = None, options: ScoringOptions = DEFAULT_OPTIONS,
+                      with_square_mass: bool = False) -> TokenScores:
+    """`TokenScores` `[N, L]` of the tokens where `completion_mask` is 1 in ready-made rows.
+
+    Entry t of a row is log p(input_ids[t] | input_ids[:t]); entries outside the completion are 0.
+    """
+    layout = rows_layout(input_ids, attention_mask, completion_mask, position_ids=position_ids)
+    flat = _selected_scores(model, layout, options, with_square_mass)
+    square = layout.to_slots(flat.square_mass)[0] if flat.square_mass is not None else None
+    return TokenScores(layout.to_slots(flat.logps)[0], square)
+
+
+def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
+                     position_ids: torch.Tensor | None = None, options: ScoringOptions = DEFAULT_OPTIONS
+                     ) -> torch.Tensor:
+    """Per-token log-probs `[N, L]` (float32) of the completion tokens of ready-made rows (`completion_scores`)."""
+    return completion_scores(model, input_ids, attention_mask, completion_mask, position_ids, options).logps
+
+
+@dataclass
+class SlotScores:
+    """Log-probs of a micro-batch's completions, one `[B, T]` tensor per completion slot (for pairs:
+    chosen, rejected), with the matching 0/1 masks; entries outside a completion are 0."""
+
+    logps: list[torch.Tensor]
+    masks: list[torch.Tensor]
+    square_mass: list[torch.Tensor] | None = None
+    """log Σ_v p(v)² at the same positions, when asked for (no gradient)."""
+
+
+def score_slots(model, examples, pad_id: int, device, options: ScoringOptions = DEFAULT_OPTIONS,
+                with_square_mass: bool = False) -> SlotScores:
+    """Score every completion slot of `examples` (objects with `.prompt` and `.completions`) in one forward pass."""
+    layout = slot_layout(examples, pad_id, device, options, _body_and_head(model)[0] is not None)
+    flat = _selected_scores(model, layout, options, with_square_mass)
+    square = layout.to_slots(flat.square_mass) if flat.square_mass is not None else None
+    return SlotScores(layout.to_slots(flat.logps), layout.masks, square)
 
 
 def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -152,49 +272,44 @@ def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
 
 @dataclass
 class TokenKL:
-    """Per-token quantities `[N, L]` of completion tokens under a policy and a frozen reference."""
+    """Per-token quantities of completion tokens under a policy and a frozen reference, one `[B, T]` tensor
+    (or `[layers, B, T(, H)]`) per completion slot."""
 
-    policy: torch.Tensor
+    policy: list[torch.Tensor]
     """log π_θ(y_t), with gradient."""
-    reference: torch.Tensor
+    reference: list[torch.Tensor]
     """log π_ref(y_t)."""
-    kl: torch.Tensor
+    kl: list[torch.Tensor]
     """k_t = Σ_v π_ref(v)·(log π_θ(v) − log π_ref(v)) (= −KL(π_ref ‖ π_θ) at t), gradient through π_θ."""
-    reference_activations: torch.Tensor
-    """`[layers, N, L]`: the mean over the hidden size of each reference layer's output at the position
+    reference_activations: list[torch.Tensor]
+    """`[layers, B, T]`: the mean over the hidden size of each reference layer's output at the position
     that predicts token t (no gradient)."""
-    reference_hidden: torch.Tensor | None = None
-    """`[layers, N, L, H]`: those outputs themselves, when asked for (learned token masks)."""
+    masks: list[torch.Tensor]
+    reference_hidden: list[torch.Tensor] | None = None
+    """`[layers, B, T, H]`: those outputs themselves, when asked for (learned token masks)."""
 
 
-def completion_token_kl(
-    policy, reference, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
-    chunk_tokens: int = DEFAULT_CHUNK_TOKENS, keep_hidden: bool = False,
-) -> TokenKL:
+def layout_token_kl(policy, reference, layout: SlotLayout, options: ScoringOptions = DEFAULT_OPTIONS,
+                    keep_hidden: bool = False) -> TokenKL:
     """Token-level log-probs and KL of a policy against a frozen reference, one forward pass each.
 
-    Both LM heads run on the completion-predicting positions only, `chunk_tokens` rows at a time;
-    full-vocabulary log-softmaxes exist one chunk at a time (a chunk of the policy's is kept for
-    its gradient).
+    Both LM heads run on the completion-predicting positions only, `options.chunk_tokens` rows at a time;
+    full-vocabulary log-softmaxes exist one chunk at a time (a chunk of the policy's is kept for its gradient).
     """
-    if completion_mask[:, 0].any():
-        raise ValueError("completion_mask is 1 at position 0: the first token has no context to be scored from")
     policy_body, policy_head = _body_and_head(policy)
     reference_body, reference_head = _body_and_head(reference)
     if policy_body is None or reference_body is None:
         raise ValueError("token-level KL needs models whose transformer body and LM head can be split")
-    target_mask = completion_mask[:, 1:].bool()
-    targets = input_ids[:, 1:][target_mask]
-    hidden_policy = policy_body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    hidden_policy = layout.select(policy_body(**layout.inputs).last_hidden_state)
     with torch.no_grad(), reference_context(reference):
-        out = reference_body(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        hidden_reference = out.last_hidden_state[:, :-1][target_mask]
-        layers = [h[:, :-1][target_mask] for h in out.hidden_states[1:]]
-        activations = torch.stack([layer.float().mean(-1) for layer in layers])
+        out = reference_body(**layout.inputs, output_hidden_states=True)
+        hidden_reference = layout.select(out.last_hidden_state)
+        layers = [layout.select(h) for h in out.hidden_states[1:]]
     post_policy, post_reference = _logit_postprocess(policy.config), _logit_postprocess(reference.config)
     pieces = []
-    for hp, hr, t in zip(hidden_policy[:, :-1][target_mask].split(chunk_tokens), hidden_reference.split(chunk_tokens),
-                         targets.split(chunk_tokens), strict=True):
+    chunk = options.chunk_tokens
+    for hp, hr, t in zip(hidden_policy.split(chunk), hidden_reference.split(chunk), layout.targets.split(chunk),
+                         strict=True):
         logp_policy = torch.log_softmax(post_policy(policy_head(hp)).float(), dim=-1)
         with torch.no_grad(), reference_context(reference):
             logp_reference = torch.log_softmax(post_reference(reference_head(hr)).float(), dim=-1)
@@ -203,44 +318,28 @@ def completion_token_kl(
         pieces.append((logp_policy.gather(-1, index).squeeze(-1), logp_reference.gather(-1, index).squeeze(-1), kl))
     empty = hidden_policy.new_zeros(0, dtype=torch.float32)
     columns = zip(*pieces, strict=True) if pieces else [(empty,)] * 3
-    policy_logps, reference_logps, kls = (torch.cat(column) for column in columns)
+    policy_logps, reference_logps, kls = (layout.to_slots(torch.cat(column)) for column in columns)
+    per_layer = [layout.to_slots(layer.float().mean(-1)) for layer in layers]
+    activations = [torch.stack(slot) for slot in zip(*per_layer, strict=True)]
     hidden = None
     if keep_hidden:
-        rows, width = completion_mask.shape
-        hidden = torch.zeros(len(layers), rows, width, layers[0].shape[-1], device=input_ids.device)
-        for k, layer in enumerate(layers):
-            hidden[k, :, 1:][target_mask] = layer.float()
-    return TokenKL(
-        _scatter_back(policy_logps, target_mask),
-        _scatter_back(reference_logps, target_mask),
-        _scatter_back(kls, target_mask),
-        torch.stack([_scatter_back(layer, target_mask) for layer in activations]),
-        hidden,
-    )
+        per_layer_hidden = [layout.to_slots(layer.float()) for layer in layers]
+        hidden = [torch.stack(slot) for slot in zip(*per_layer_hidden, strict=True)]
+    return TokenKL(policy_logps, reference_logps, kls, activations, layout.masks, hidden)
 
 
-def shared_prefix_logps(model, batch: dict[str, torch.Tensor], chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
-                        recompute_head: bool = False, with_square_mass: bool = False):
-    """Per-slot completion log-probs `[B, S, M]` of a batch from `collate_shared_prefix`: one forward pass
-    over the packed rows, the LM head applied only to the hidden states that predict completion tokens
-    (example b's come from row ``example_row[b]``).
+def completion_token_kl(policy, reference, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        completion_mask: torch.Tensor, options: ScoringOptions = DEFAULT_OPTIONS,
+                        keep_hidden: bool = False) -> TokenKL:
+    """`layout_token_kl` of ready-made rows `[N, L]` (one slot)."""
+    return layout_token_kl(policy, reference, rows_layout(input_ids, attention_mask, completion_mask), options,
+                           keep_hidden)
 
-    With `with_square_mass` also returns log Σ_v p(v)² at the same positions (no gradient).
-    """
-    body, head = _body_and_head(model)
-    if body is None:
-        raise ValueError("shared-prefix scoring needs a model whose transformer body and LM head can be split")
-    hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                  position_ids=batch["position_ids"]).last_hidden_state
-    mask = batch["completion_masks"].bool()
-    rows = batch["example_row"][:, None, None].expand_as(mask)
-    selected = hidden[rows[mask], batch["source_index"][mask]]
-    result = chunked_head_logps(selected, batch["targets"][mask], head, _logit_postprocess(model.config),
-                                chunk_tokens, recompute_head, with_square_mass)
-    def place(values: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(mask.shape, dtype=torch.float32, device=hidden.device).masked_scatter(mask, values)
 
-    return (place(result[0]), place(result[1])) if with_square_mass else place(result)
+def score_token_kl(policy, reference, examples, pad_id: int, device, options: ScoringOptions = DEFAULT_OPTIONS,
+                   keep_hidden: bool = False) -> TokenKL:
+    """`layout_token_kl` of every completion slot of `examples`, laid out as `options` choose."""
+    return layout_token_kl(policy, reference, slot_layout(examples, pad_id, device, options), options, keep_hidden)
 
 
 class InsideForward(torch.nn.Module):
@@ -254,44 +353,3 @@ class InsideForward(torch.nn.Module):
 
     def forward(self, fn, *args, **kwargs):
         return fn(self.model, *args, **kwargs)
-
-
-@dataclass
-class SlotScores:
-    """Log-probs of a micro-batch's completions, one `[B, T]` tensor per completion slot (for pairs:
-    chosen, rejected), with the matching 0/1 masks; entries outside a completion are 0."""
-
-    logps: list[torch.Tensor]
-    masks: list[torch.Tensor]
-    square_mass: list[torch.Tensor] | None = None
-    """log Σ_v p(v)² at the same positions, when asked for (no gradient)."""
-
-
-def score_slots(model, examples, pad_id: int, device, share_prefix: bool = True, padding_free: bool = True,
-                recompute_head: bool = False, with_square_mass: bool = False) -> SlotScores:
-    """Score every completion slot of `examples` (objects with `.prompt` and `.completions`) in one forward pass.
-
-    With `share_prefix` each example's prompt is computed once (`collate_shared_prefix`, several examples
-    per row with `padding_free`); otherwise each completion is its own row after a copy of its prompt.
-    Both give the same log-probs; this is the one place that chooses between them.
-    """
-    slots = len(examples[0].completions)
-    if share_prefix and _body_and_head(model)[0] is not None:
-        batch = {k: v.to(device) for k, v in collate_shared_prefix(examples, pad_id, padding_free).items()}
-        scored = shared_prefix_logps(model, batch, recompute_head=recompute_head, with_square_mass=with_square_mass)
-
-        def split(tensor: torch.Tensor) -> list[torch.Tensor]:
-            return [tensor[:, k] for k in range(slots)]
-
-        masks = batch["completion_masks"]
-    else:
-        batch = {k: v.to(device) for k, v in collate_slots(examples, pad_id).items()}
-        scored = completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
-                                  recompute_head=recompute_head, with_square_mass=with_square_mass)
-
-        def split(tensor: torch.Tensor) -> list[torch.Tensor]:
-            return list(tensor.split(len(examples)))
-
-        masks = batch["completion_mask"]
-    logps, square = scored if with_square_mass else (scored, None)
-    return SlotScores(split(logps), split(masks), split(square) if square is not None else None)

@@ -4,30 +4,16 @@ Samples via Distributional Dispreference Optimization"). No official code; formu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from alignlab.errors import ConfigError
-from alignlab.objectives import ObjectiveOutput, register
-from alignlab.objectives.dpo import check_beta, sequence_logps
+from alignlab.objectives.batches import NegativesLogps, ObjectiveOutput
+from alignlab.objectives.common import check_beta, sequence_logps
+from alignlab.objectives.registry import Needs, register
 
 
-@dataclass
-class NegativesLogps:
-    """Per-token log-probs `[B, T]` of a human negative and of K completions sampled from the initial
-    model after the same prompt (drawn once before training), with 0/1 masks."""
-
-    policy_rejected: torch.Tensor
-    ref_rejected: torch.Tensor | None
-    rejected_mask: torch.Tensor
-    policy_samples: list[torch.Tensor]
-    ref_samples: list[torch.Tensor | None]
-    sample_masks: list[torch.Tensor]
-
-
-@register("d2o", needs_reference=True, data_format="negatives")
+@register("d2o", Needs(reference=True, data_formats=("negatives",)))
 def d2o(batch: NegativesLogps, beta: float = 0.1, alpha: float = 0.1) -> ObjectiveOutput:
     """D²O (Duan et al., 2024): push the policy away from the human negative y_l while the K
     self-samples y_1 … y_K (from the initial model) act as positives, with Δ(y) = log π_θ(y) − log π_ref(y):

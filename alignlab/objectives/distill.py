@@ -10,11 +10,12 @@ from __future__ import annotations
 import torch
 
 from alignlab.errors import ConfigError
-from alignlab.objectives import ObjectiveOutput, PreferenceLogps, register
-from alignlab.objectives.dpo import check_beta, pair_logps, paired_output
+from alignlab.objectives.batches import ObjectiveOutput, PreferenceLogps
+from alignlab.objectives.common import check_beta, pair_logps, paired_output
+from alignlab.objectives.registry import Needs, register
 
 
-@register("distill", needs_reference=True)
+@register("distill", Needs(reference=True))
 def distill(batch: PreferenceLogps, beta: float = 0.1, pessimistic: bool = True) -> ObjectiveOutput:
     """Reward distillation (Fisch et al., 2024): with h = (Pc − Rc) − (Pr − Rr) and a reward model's
     margin m = r(chosen) − r(rejected),

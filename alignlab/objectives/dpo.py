@@ -9,117 +9,31 @@ identity by default); Δ = cs − rs. Every loss is averaged over the batch.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from alignlab.errors import ConfigError
-from alignlab.objectives import ObjectiveOutput, PreferenceLogps, register
+from alignlab.objectives.batches import ObjectiveOutput, PreferenceLogps
+from alignlab.objectives.common import (
+    PairLogps,
+    check_beta,
+    check_smoothing,
+    chosen_nll,
+    chosen_nll_per_example,
+    pair_logps,
+    paired_output,
+    smoothed_logistic,
+)
 from alignlab.objectives.fdiv import f_link
-
-
-def sequence_logps(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Sum of the completion tokens' log-probs per row: `[B, T]` → `[B]`."""
-    return (token_logps * mask).sum(-1)
-
-
-def chosen_nll(batch: PreferenceLogps) -> torch.Tensor:
-    """Negative log-likelihood of the chosen completions, a mean over all their tokens in the batch."""
-    return -(batch.policy_chosen * batch.chosen_mask).sum() / batch.chosen_mask.sum().clamp(min=1)
-
-
-def chosen_nll_per_example(batch: PreferenceLogps) -> torch.Tensor:
-    """Per-example token-mean NLL of the chosen completion `[B]` (for per-example aggregation)."""
-    return -sequence_logps(batch.policy_chosen, batch.chosen_mask) / batch.chosen_mask.sum(-1).clamp(min=1)
-
-
-@dataclass
-class PairLogps:
-    """Summed sequence log-probs `[B]` and token counts of one paired batch."""
-
-    pc: torch.Tensor
-    pr: torch.Tensor
-    rc: torch.Tensor
-    rr: torch.Tensor
-    nc: torch.Tensor
-    nr: torch.Tensor
-
-    @property
-    def cl(self) -> torch.Tensor:
-        return self.pc - self.rc
-
-    @property
-    def rl(self) -> torch.Tensor:
-        return self.pr - self.rr
-
-
-def pair_logps(batch: PreferenceLogps, objective: str) -> PairLogps:
-    if not batch.has_reference:
-        raise ConfigError(f"objective '{objective}' needs reference log-probs, and the batch has none")
-    return PairLogps(
-        sequence_logps(batch.policy_chosen, batch.chosen_mask),
-        sequence_logps(batch.policy_rejected, batch.rejected_mask),
-        sequence_logps(batch.ref_chosen, batch.chosen_mask),
-        sequence_logps(batch.ref_rejected, batch.rejected_mask),
-        batch.chosen_mask.sum(-1).clamp(min=1),
-        batch.rejected_mask.sum(-1).clamp(min=1),
-    )
-
-
-def reward_metrics(
-    chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, policy_chosen: torch.Tensor,
-    policy_rejected: torch.Tensor,
-) -> dict[str, float]:
-    """The metrics every paired objective reports, named as TRL users know them (all arguments `[B]`)."""
-    with torch.no_grad():
-        return {
-            "rewards/chosen": chosen_rewards.mean().item(),
-            "rewards/rejected": rejected_rewards.mean().item(),
-            "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
-            "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
-            "logps/chosen": policy_chosen.mean().item(),
-            "logps/rejected": policy_rejected.mean().item(),
-        }
-
-
-def preference_metrics(
-    beta: float,
-    policy_chosen: torch.Tensor,
-    policy_rejected: torch.Tensor,
-    ref_chosen: torch.Tensor,
-    ref_rejected: torch.Tensor,
-) -> dict[str, float]:
-    """`reward_metrics` with the implicit rewards β·(log π − log π_ref) of summed sequence log-probs."""
-    return reward_metrics(beta * (policy_chosen - ref_chosen), beta * (policy_rejected - ref_rejected),
-                          policy_chosen, policy_rejected)
-
-
-def check_beta(objective: str, beta: float) -> None:
-    if beta <= 0:
-        raise ConfigError(f"{objective}: beta must be positive, got {beta}")
-
-
-def check_smoothing(objective: str, label_smoothing: float, upper: float = 0.5) -> None:
-    if not 0 <= label_smoothing < upper:
-        raise ConfigError(f"{objective}: label_smoothing must be in [0, {upper}), got {label_smoothing}")
-
-
-def smoothed_logistic(z: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-    """−(1 − ε)·log σ(z) − ε·log σ(−z)."""
-    return -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
-
-
-def paired_output(losses: torch.Tensor, beta: float, s: PairLogps, loss: torch.Tensor | None = None) -> ObjectiveOutput:
-    return ObjectiveOutput(losses.mean() if loss is None else loss,
-                           preference_metrics(beta, s.pc, s.pr, s.rc, s.rr), losses)
+from alignlab.objectives.registry import Needs, register
 
 
 def _margin(s: PairLogps, f_divergence: str, f_alpha: float) -> torch.Tensor:
     return f_link(s.cl, f_divergence, f_alpha) - f_link(s.rl, f_divergence, f_alpha)
 
 
-@register("dpo", needs_reference=True)
+@register("dpo", Needs(reference=True))
 def dpo(
     batch: PreferenceLogps,
     beta: float = 0.1,
@@ -140,7 +54,7 @@ def dpo(
     return paired_output(smoothed_logistic(beta * _margin(s, f_divergence, f_alpha), label_smoothing), beta, s)
 
 
-@register("fdpo", needs_reference=True)
+@register("fdpo", Needs(reference=True))
 def fdpo(
     batch: PreferenceLogps, beta: float = 0.1, f_divergence: str = "js_divergence", f_alpha: float = 0.5
 ) -> ObjectiveOutput:
@@ -153,7 +67,7 @@ def fdpo(
     return paired_output(-F.logsigmoid(beta * _margin(s, f_divergence, f_alpha)), beta, s)
 
 
-@register("ipo", needs_reference=True)
+@register("ipo", Needs(reference=True))
 def ipo(batch: PreferenceLogps, beta: float = 0.1, f_divergence: str = "reverse_kl", f_alpha: float = 0.5):
     """IPO (Azar et al., 2023, "A General Theoretical Paradigm to Understand Learning from Human
     Preferences"), length-normalised as its authors and TRL do:
@@ -168,7 +82,7 @@ def ipo(batch: PreferenceLogps, beta: float = 0.1, f_divergence: str = "reverse_
     return paired_output((cs / s.nc - rs / s.nr - 1 / (2 * beta)) ** 2, beta, s)
 
 
-@register("robust", needs_reference=True)
+@register("robust", Needs(reference=True))
 def robust(batch: PreferenceLogps, beta: float = 0.1, label_smoothing: float = 0.1,
            f_divergence: str = "reverse_kl", f_alpha: float = 0.5) -> ObjectiveOutput:
     """Robust DPO (Chowdhury et al., 2024, "Provably Robust DPO: Aligning Language Models with Noisy
@@ -184,7 +98,7 @@ def robust(batch: PreferenceLogps, beta: float = 0.1, label_smoothing: float = 0
     return paired_output(losses, beta, s)
 
 
-@register("hinge", needs_reference=True)
+@register("hinge", Needs(reference=True))
 def hinge(batch: PreferenceLogps, beta: float = 0.1, f_divergence: str = "reverse_kl", f_alpha: float = 0.5):
     """Hinge loss on the reward margin, as in SLiC (Zhao et al., 2023, "SLiC-HF") and RSO (Liu et al.,
     2023, "Statistical Rejection Sampling Improves Preference Optimization"): max(0, 1 − β·Δ).
@@ -194,7 +108,7 @@ def hinge(batch: PreferenceLogps, beta: float = 0.1, f_divergence: str = "revers
     return paired_output(torch.relu(1 - beta * _margin(s, f_divergence, f_alpha)), beta, s)
 
 
-@register("exo_pair", needs_reference=True)
+@register("exo_pair", Needs(reference=True))
 def exo_pair(batch: PreferenceLogps, beta: float = 0.1, label_smoothing: float = 1e-3,
              f_divergence: str = "reverse_kl", f_alpha: float = 0.5) -> ObjectiveOutput:
     """EXO, pairwise (Ji et al., 2024, "Towards Efficient Exact Optimization of Language Model Alignment"):
@@ -212,7 +126,7 @@ def exo_pair(batch: PreferenceLogps, beta: float = 0.1, label_smoothing: float =
     return paired_output(losses, beta, s)
 
 
-@register("nca_pair", needs_reference=True)
+@register("nca_pair", Needs(reference=True))
 def nca_pair(batch: PreferenceLogps, beta: float = 0.1) -> ObjectiveOutput:
     """NCA, pairwise (Chen et al., 2024, "Noise Contrastive Alignment of Language Models with Explicit
     Rewards"): −log σ(β·cl) − ½·log σ(−β·cl) − ½·log σ(−β·rl).
@@ -223,7 +137,7 @@ def nca_pair(batch: PreferenceLogps, beta: float = 0.1) -> ObjectiveOutput:
     return paired_output(-F.logsigmoid(cl) - 0.5 * F.logsigmoid(-cl) - 0.5 * F.logsigmoid(-rl), beta, s)
 
 
-@register("bco_pair", needs_reference=True)
+@register("bco_pair", Needs(reference=True))
 def bco_pair(batch: PreferenceLogps, beta: float = 0.1) -> ObjectiveOutput:
     """BCO on pairs (Jung et al., 2024, "Binary Classifier Optimization for Large Language Model
     Alignment"), chosen as the positive class and rejected as the negative, without the reward shift:
@@ -234,7 +148,7 @@ def bco_pair(batch: PreferenceLogps, beta: float = 0.1) -> ObjectiveOutput:
     return paired_output(-F.logsigmoid(beta * s.cl) - F.logsigmoid(-beta * s.rl), beta, s)
 
 
-@register("sppo_hard", needs_reference=True)
+@register("sppo_hard", Needs(reference=True))
 def sppo_hard(batch: PreferenceLogps, beta: float = 0.1) -> ObjectiveOutput:
     """SPPO with hard labels (Wu et al., 2024, "Self-Play Preference Optimization for Language Model
     Alignment"): (cl − 1/(2β))² + (rl + 1/(2β))², the winner's log-ratio pushed to 1/(2β) and the
@@ -245,7 +159,7 @@ def sppo_hard(batch: PreferenceLogps, beta: float = 0.1) -> ObjectiveOutput:
     return paired_output((s.cl - 1 / (2 * beta)) ** 2 + (s.rl + 1 / (2 * beta)) ** 2, beta, s)
 
 
-@register("aot", needs_reference=True)
+@register("aot", Needs(reference=True))
 def aot(batch: PreferenceLogps, beta: float = 0.1, label_smoothing: float = 0.0) -> ObjectiveOutput:
     """Alignment via Optimal Transport, paired (Melnyk et al., 2024, "Distributional Preference Alignment
     of LLMs via Optimal Transport"): the DPO form on d = sort_batch(Pc − Pr) − sort_batch(Rc − Rr),
@@ -259,7 +173,7 @@ def aot(batch: PreferenceLogps, beta: float = 0.1, label_smoothing: float = 0.0)
     return paired_output(smoothed_logistic(beta * d, label_smoothing), beta, s)
 
 
-@register("aot_unpaired", needs_reference=True)
+@register("aot_unpaired", Needs(reference=True))
 def aot_unpaired(batch: PreferenceLogps, beta: float = 0.1, label_smoothing: float = 0.0) -> ObjectiveOutput:
     """AOT, unpaired (Melnyk et al., 2024): the DPO form on d = sort_batch(cl) − sort_batch(rl), the
     chosen log-ratio distribution made to dominate the rejected one.
@@ -271,7 +185,7 @@ def aot_unpaired(batch: PreferenceLogps, beta: float = 0.1, label_smoothing: flo
     return paired_output(smoothed_logistic(beta * d, label_smoothing), beta, s)
 
 
-@register("apo_zero", needs_reference=True)
+@register("apo_zero", Needs(reference=True))
 def apo_zero(batch: PreferenceLogps, beta: float = 0.1) -> ObjectiveOutput:
     """APO-zero (D'Oosterlinck et al., 2024, "Anchored Preference Optimization and Contrastive
     Revisions"): (1 − σ(β·cl)) + σ(β·rl) — raise chosen and lower rejected likelihood, for data whose
@@ -282,7 +196,7 @@ def apo_zero(batch: PreferenceLogps, beta: float = 0.1) -> ObjectiveOutput:
     return paired_output(1 - torch.sigmoid(beta * s.cl) + torch.sigmoid(beta * s.rl), beta, s)
 
 
-@register("apo_down", needs_reference=True)
+@register("apo_down", Needs(reference=True))
 def apo_down(batch: PreferenceLogps, beta: float = 0.1) -> ObjectiveOutput:
     """APO-down (D'Oosterlinck et al., 2024): σ(β·cl) + (1 − σ(β·(cl − rl))) — lower both likelihoods,
     rejected more, for data whose chosen outputs are worse than the model's. Policy = reference ⇒ 1.
@@ -292,7 +206,7 @@ def apo_down(batch: PreferenceLogps, beta: float = 0.1) -> ObjectiveOutput:
     return paired_output(torch.sigmoid(beta * s.cl) + 1 - torch.sigmoid(beta * (s.cl - s.rl)), beta, s)
 
 
-@register("discopop", needs_reference=True)
+@register("discopop", Needs(reference=True))
 def discopop(batch: PreferenceLogps, beta: float = 0.1, tau: float = 0.05,
              f_divergence: str = "reverse_kl", f_alpha: float = 0.5) -> ObjectiveOutput:
     """DiscoPOP, the log-ratio modulated loss (Chris Lu et al., 2024, "Discovering Preference Optimization
@@ -309,7 +223,7 @@ def discopop(batch: PreferenceLogps, beta: float = 0.1, tau: float = 0.05,
     return paired_output((1 - w) * -F.logsigmoid(z) + w * torch.exp(-z), beta, s)
 
 
-@register("sigmoid_norm", needs_reference=True)
+@register("sigmoid_norm", Needs(reference=True))
 def sigmoid_norm(batch: PreferenceLogps, beta: float = 0.1, f_divergence: str = "reverse_kl",
                  f_alpha: float = 0.5) -> ObjectiveOutput:
     """Length-normalised DPO (as in TRL's ``sigmoid_norm``; cf. Meng et al., 2024, SimPO, §2):
@@ -321,7 +235,7 @@ def sigmoid_norm(batch: PreferenceLogps, beta: float = 0.1, f_divergence: str = 
     return paired_output(-F.logsigmoid(beta * (cs / s.nc - rs / s.nr)), beta, s)
 
 
-@register("rpo", needs_reference=True)
+@register("rpo", Needs(reference=True))
 def rpo(batch: PreferenceLogps, beta: float = 0.1, alpha: float = 1.0, f_divergence: str = "reverse_kl",
         f_alpha: float = 0.5) -> ObjectiveOutput:
     """RPO (Pang et al., 2024, "Iterative Reasoning Preference Optimization"; Liu et al., 2024,
@@ -339,7 +253,7 @@ def rpo(batch: PreferenceLogps, beta: float = 0.1, alpha: float = 1.0, f_diverge
     return output
 
 
-@register("bvpo", needs_reference=True)
+@register("bvpo", Needs(reference=True))
 def bvpo(batch: PreferenceLogps, beta: float = 0.1, alpha: float = 0.5, label_smoothing: float = 0.0
          ) -> ObjectiveOutput:
     """BVPO (Zhu et al., 2025, "From Noisy Traces to Stable Gradients: Bias–Variance Optimized Preference

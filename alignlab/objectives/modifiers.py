@@ -10,7 +10,7 @@ import dataclasses
 import torch
 
 from alignlab.errors import ConfigError
-from alignlab.objectives import PreferenceLogps
+from alignlab.objectives.batches import PreferenceLogps
 
 
 def position_in_completion(mask: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from alignlab.errors import ConfigError
-from alignlab.objectives import ObjectiveOutput, PreferenceLogps, register
-from alignlab.objectives.dpo import check_beta, chosen_nll, chosen_nll_per_example, reward_metrics, sequence_logps
+from alignlab.objectives.batches import ObjectiveOutput, PreferenceLogps
+from alignlab.objectives.common import check_beta, chosen_nll, chosen_nll_per_example, reward_metrics, sequence_logps
+from alignlab.objectives.registry import Needs, register
 
 
 def policy_logps(batch: PreferenceLogps) -> tuple[torch.Tensor, ...]:
@@ -29,7 +30,7 @@ def reference_free_metrics(beta: float, chosen: torch.Tensor, rejected: torch.Te
     return reward_metrics(beta * chosen, beta * rejected, pc, pr)
 
 
-@register("simpo", needs_reference=False)
+@register("simpo", Needs())
 def simpo(batch: PreferenceLogps, beta: float = 2.0, gamma: float = 0.5) -> ObjectiveOutput:
     """SimPO (Meng et al., 2024, "SimPO: Simple Preference Optimization with a Reference-Free Reward"):
     the length-averaged log-prob as implicit reward, with a target margin γ:
@@ -51,7 +52,7 @@ def log1m_exp(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > -0.6931, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
-@register("orpo", needs_reference=False)
+@register("orpo", Needs())
 def orpo(batch: PreferenceLogps, beta: float = 0.1) -> ObjectiveOutput:
     """ORPO (Hong et al., 2024, "ORPO: Monolithic Preference Optimization without Reference Model"):
     SFT on chosen plus an odds-ratio penalty, β = λ:
@@ -73,7 +74,7 @@ def orpo(batch: PreferenceLogps, beta: float = 0.1) -> ObjectiveOutput:
     return ObjectiveOutput(chosen_nll(batch) - beta * ratio.mean(), metrics, losses)
 
 
-@register("asft", needs_reference=False)
+@register("asft", Needs())
 def asft(batch: PreferenceLogps, lam: float = 1.0, beta: float = 1.0) -> ObjectiveOutput:
     """ASFT (Wang et al., 2024, "ASFT: Aligned Supervised Fine-Tuning through Absolute Likelihood"), as
     restated by Gorbatovski et al., 2025 ("The Differences Between Direct Alignment Algorithms are a
@@ -95,7 +96,7 @@ def asft(batch: PreferenceLogps, lam: float = 1.0, beta: float = 1.0) -> Objecti
     return ObjectiveOutput(losses.mean(), reference_free_metrics(1.0, ac, ar, pc, pr), losses)
 
 
-@register("cpo", needs_reference=False)
+@register("cpo", Needs())
 def cpo(batch: PreferenceLogps, beta: float = 0.1, alpha: float = 1.0) -> ObjectiveOutput:
     """CPO (Xu et al., 2024, "Contrastive Preference Optimization: Pushing the Boundaries of LLM
     Performance in Machine Translation"): DPO without a reference plus `alpha` × NLL of chosen,

@@ -5,25 +5,15 @@ Batch: `RewardScores`, the model's scalar reward of each chosen and rejected seq
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from alignlab.errors import ConfigError
-from alignlab.objectives import ObjectiveOutput, register
+from alignlab.objectives.batches import ObjectiveOutput, RewardScores
+from alignlab.objectives.registry import Needs, register
 
 
-@dataclass
-class RewardScores:
-    chosen: torch.Tensor
-    """`[B]` rewards of prompt + chosen."""
-    rejected: torch.Tensor
-    reward_margins: torch.Tensor | None = None
-    """`[B, M]` margins from the records' chosen_reward − rejected_reward, when present."""
-
-
-@register("bradley_terry", needs_reference=False, model_kind="reward")
+@register("bradley_terry", Needs(model_kind="reward"))
 def bradley_terry(batch: RewardScores, use_margin: bool = False, center_coefficient: float = 0.0) -> ObjectiveOutput:
     """Bradley–Terry reward-model loss (Bradley & Terry, 1952; as trained by Ouyang et al., 2022, and TRL's
     RewardTrainer), with the optional margin of Touvron et al., 2023 (Llama 2) and reward centring

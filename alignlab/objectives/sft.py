@@ -5,25 +5,13 @@ Batch: `SFTLogps` (SFT data), or a `PreferenceLogps` whose chosen completion is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from alignlab.errors import ConfigError
-from alignlab.objectives import ObjectiveOutput, PreferenceLogps, register
-from alignlab.objectives.dpo import check_beta, sequence_logps
-
-
-@dataclass
-class SFTLogps:
-    """Per-token log-probs `[B, T]` of one completion per example, with its 0/1 mask."""
-
-    policy: torch.Tensor
-    reference: torch.Tensor | None
-    mask: torch.Tensor
-    aligned_scores: torch.Tensor | None = None
-    """`[B]` mean per-token log-likelihood of each completion under aligned LLMs (PoFT), when the data has it."""
+from alignlab.objectives.batches import ObjectiveOutput, PreferenceLogps, SFTLogps
+from alignlab.objectives.common import check_beta, sequence_logps
+from alignlab.objectives.registry import Needs, register
 
 
 def completion_view(batch: SFTLogps | PreferenceLogps) -> SFTLogps:
@@ -37,7 +25,7 @@ def token_mean_nll(logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return -(logps * mask).sum() / mask.sum().clamp(min=1)
 
 
-@register("sft", needs_reference=False, data_format=("sft", "paired"))
+@register("sft", Needs(data_formats=("sft", "paired")))
 def sft(batch: SFTLogps | PreferenceLogps) -> ObjectiveOutput:
     """Supervised fine-tuning (the first stage of Ouyang et al., 2022, "Training language models to follow
     instructions with human feedback"): negative log-likelihood of the completion, a mean over all its
@@ -62,7 +50,7 @@ def position_betas(mask: torch.Tensor, beta: float, first_token_factor: float, e
     return torch.where(position == 0, beta * first_token_factor, betas)
 
 
-@register("token_constrained", needs_reference=True, data_format=("sft", "paired"))
+@register("token_constrained", Needs(reference=True, data_formats=("sft", "paired")))
 def token_constrained(batch: SFTLogps | PreferenceLogps, beta: float = 0.1, first_token_factor: float = 5.0,
                       early_factor: float = 20.0, early_tokens: int = 4) -> ObjectiveOutput:
     """The token-wise constrained objective of Qi et al., 2024, "Safety Alignment Should Be Made More Than
@@ -95,7 +83,7 @@ def token_constrained(batch: SFTLogps | PreferenceLogps, beta: float = 0.1, firs
     return ObjectiveOutput(loss, metrics, per_example)
 
 
-@register("poft", needs_reference=False, data_format="sft")
+@register("poft", Needs(data_formats=("sft",)))
 def poft(batch: SFTLogps, beta: float = 1.0, nll_weight: float = 0.0) -> ObjectiveOutput:
     """PoFT (Fan et al., 2024, AAAI 2025, "Preference-Oriented Supervised Fine-Tuning: Favoring Target Model Over
     Aligned Large Language Models"): the policy should prefer each SFT completion more than frozen aligned

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from alignlab.errors import ConfigError
-from alignlab.objectives import ObjectiveOutput, PreferenceLogps, register
-from alignlab.objectives.dpo import pair_logps, paired_output
+from alignlab.objectives.batches import ObjectiveOutput, PreferenceLogps
+from alignlab.objectives.common import pair_logps, paired_output
+from alignlab.objectives.registry import Needs, register
 
 _EPS = 1e-12
 
@@ -77,7 +78,8 @@ def make_mask_networks(model_config, mask: str = "fixed", separate_masks: bool =
     return networks
 
 
-@register("sparsepo", needs_reference=True, needs_token_kl=True, module_factory=make_mask_networks)
+@register("sparsepo", Needs(reference=True, token_kl=True),
+          module_factory=make_mask_networks)
 def sparsepo(batch: PreferenceLogps, beta: float = 0.1, mask: str = "fixed", separate_masks: bool = False,
              l1_reward: float = 0.0, l1_kl: float = 0.0, dropout: float = 0.01, module=None) -> ObjectiveOutput:
     """SparsePO (Christopoulou et al., 2024). Per token, δ_t = log π_θ(y_t) − log π_ref(y_t) and

@@ -5,30 +5,14 @@ Batch: `UnpairedLogps`. Notation: Δ = log π_θ(y|x) − log π_ref(y|x) summed
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from alignlab.distributed import mean_across_processes
 from alignlab.errors import ConfigError
-from alignlab.objectives import ObjectiveOutput, register
-from alignlab.objectives.dpo import check_beta, sequence_logps
-
-
-@dataclass
-class UnpairedLogps:
-    """Per-token log-probs `[B, T]` of labelled completions, plus the same prompts followed by another
-    example's completion (mismatched, for the KL baseline), with 0/1 masks."""
-
-    policy: torch.Tensor
-    reference: torch.Tensor | None
-    mask: torch.Tensor
-    labels: torch.Tensor
-    """`[B]` bool: True for desirable completions."""
-    policy_mismatched: torch.Tensor | None = None
-    reference_mismatched: torch.Tensor | None = None
-    mismatched_mask: torch.Tensor | None = None
+from alignlab.objectives.batches import ObjectiveOutput, UnpairedLogps
+from alignlab.objectives.common import check_beta, sequence_logps
+from alignlab.objectives.registry import Needs, register
 
 
 def log_ratios(batch: UnpairedLogps, objective: str) -> torch.Tensor:
@@ -50,7 +34,7 @@ def unpaired_metrics(batch: UnpairedLogps, rewards: torch.Tensor) -> dict[str, f
         return metrics
 
 
-@register("kto", needs_reference=True, data_format="unpaired")
+@register("kto", Needs(reference=True, data_formats=("unpaired",)))
 def kto(batch: UnpairedLogps, beta: float = 0.1, desirable_weight: float = 1.0,
         undesirable_weight: float = 1.0) -> ObjectiveOutput:
     """KTO (Ethayarajh et al., 2024, "KTO: Model Alignment as Prospect Theoretic Optimization"); as in
@@ -82,7 +66,7 @@ def bco_rewards(batch: UnpairedLogps, beta: float = 0.1, **_) -> torch.Tensor:
     return beta * log_ratios(batch, "bco")
 
 
-@register("bco", needs_reference=True, data_format="unpaired", running_mean=bco_rewards)
+@register("bco", Needs(reference=True, data_formats=("unpaired",)), running_mean=bco_rewards)
 def bco(batch: UnpairedLogps, beta: float = 0.1, delta: float = 0.0) -> ObjectiveOutput:
     """BCO (Jung et al., 2024, "Binary Classifier Optimization for Large Language Model Alignment"); as in
     TRL's author-contributed BCOTrainer. A binary classifier with logit r = β·Δ shifted by δ:
@@ -101,3 +85,15 @@ def bco(batch: UnpairedLogps, beta: float = 0.1, delta: float = 0.0) -> Objectiv
     metrics = unpaired_metrics(batch, r)
     metrics["delta"] = float(delta)
     return ObjectiveOutput(losses.mean(), metrics, losses)
+
+
+def kto_balance_warning(params: dict, labels: list[bool]) -> str | None:
+    """KTO's authors recommend λ_D·n_D / (λ_U·n_U) in [1, 4/3]; a warning when the data and weights are off."""
+    desirable = sum(labels)
+    undesirable = len(labels) - desirable
+    ratio = (params.get("desirable_weight", 1.0) * desirable
+             / max(1e-9, params.get("undesirable_weight", 1.0) * undesirable))
+    if 1 <= ratio <= 4 / 3:
+        return None
+    return (f"warning: kto with {desirable} desirable and {undesirable} undesirable examples gives "
+            f"desirable_weight·n_D / (undesirable_weight·n_U) = {ratio:.2f}; the KTO paper recommends 1 to 4/3")

@@ -1,10 +1,20 @@
-"""The reward interface every reward (model, program, follow-up likelihood) implements."""
+"""The reward interface every reward (model, program, follow-up likelihood) implements, and the registry
+that finds rewards by name in configs (``reward: sentiment`` or ``reward: {name: sentiment, include_prompt: true}``).
+
+A reward scores finished completions: ``score(prompts, completions) -> [N]``, higher is better. A reward
+that can also score unfinished completions (for guided decoding and search) implements `PartialReward`
+as well.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import inspect
+from typing import Any, Protocol, runtime_checkable
 
 import torch
+
+from alignlab.errors import ConfigError
+from alignlab.registries import check_params, summary, unknown_name
 
 
 @runtime_checkable
@@ -14,3 +24,53 @@ class Reward(Protocol):
     def score(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
         """One float per (prompt, completion) pair, shape `[N]`; higher is better."""
         ...
+
+
+@runtime_checkable
+class PartialReward(Reward, Protocol):
+    def score_partial(self, prompts: list[str], partial_completions: list[str]) -> torch.Tensor:
+        """One float per (prompt, unfinished completion) pair, shape `[N]`: the value of continuing from there."""
+        ...
+
+
+_REWARDS: dict[str, type] = {}
+
+
+def register(name: str):
+    """Class decorator: make reward class `cls` available as `name` (its `__init__` arguments are its parameters)."""
+
+    def decorate(cls: type) -> type:
+        if name in _REWARDS:
+            raise ValueError(f"reward '{name}' is registered twice")
+        cls.name = name
+        _REWARDS[name] = cls
+        return cls
+
+    return decorate
+
+
+def params_of(name: str) -> list[str]:
+    if name not in _REWARDS:
+        raise unknown_name("reward", name, _REWARDS)
+    return [p for p in inspect.signature(_REWARDS[name].__init__).parameters if p != "self"]
+
+
+def build(name: str, **params) -> Reward:
+    """The reward registered as `name`, made with `params` (checked first)."""
+    check_params("reward", name, params, params_of(name))
+    return _REWARDS[name](**params)
+
+
+def from_config(entry: Any) -> Reward:
+    """A reward from a config entry: a name, or a mapping with ``name`` and the reward's parameters."""
+    if isinstance(entry, str):
+        return build(entry)
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise ConfigError(f"reward: expected a name or a mapping like {{name: sentiment}}, got {entry!r}")
+    params = {k: v for k, v in entry.items() if k != "name"}
+    return build(entry["name"], **params)
+
+
+def available() -> list[tuple[str, str]]:
+    """(name, one-line summary) of every registered reward."""
+    return [(name, summary(_REWARDS[name])) for name in sorted(_REWARDS)]

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import torch
 
+from alignlab.rewards.base import register
 
+
+@register("sentiment")
 class SentimentReward:
-    """VADER compound sentiment of the completion (or of prompt + completion with `include_prompt`)."""
+    """VADER compound sentiment of the completion (or of prompt + completion with `include_prompt`), in [−1, 1].
 
-    name = "sentiment"
+    Scores unfinished completions the same way (the sentiment of the text so far), so it serves guided decoding.
+    """
 
     def __init__(self, include_prompt: bool = False) -> None:
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
@@ -25,3 +29,6 @@ class SentimentReward:
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
         texts = [p + c if self.include_prompt else c for p, c in zip(prompts, completions, strict=True)]
         return torch.tensor([self.analyzer.polarity_scores(t)["compound"] for t in texts], dtype=torch.float32)
+
+    def score_partial(self, prompts: list[str], partial_completions: list[str]) -> torch.Tensor:
+        return self.score(prompts, partial_completions)

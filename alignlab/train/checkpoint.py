@@ -10,7 +10,6 @@ leaves no half checkpoint under a final name; one damaged later (a lost file, fl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -24,6 +23,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from alignlab.errors import CheckpointError
+from alignlab.files import file_sha256, fsync_path
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 MANIFEST = "manifest.json"
@@ -76,32 +76,15 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, state: TrainerSta
     )
     (temporary / "trainer_state.json").write_text(json.dumps(asdict(state)) + "\n")
     for path in temporary.iterdir():
-        _fsync(path)
+        fsync_path(path)
     manifest = {path.name: {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
                 for path in sorted(temporary.iterdir())}
     (temporary / MANIFEST).write_text(json.dumps({"step": state.step, "files": manifest}, indent=1) + "\n")
-    _fsync(temporary / MANIFEST)
+    fsync_path(temporary / MANIFEST)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(temporary, final)
-    _fsync(folder)
+    fsync_path(folder)
     return final
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file's or a folder's entries to disk."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_checkpoint(path: Path) -> str | None:

@@ -1,4 +1,7 @@
-"""Reference log-probs computed once, cached on disk, reused by later runs on the same inputs.
+"""The reference behind one small interface: `reference.logps(examples, indices, masks)`.
+
+`CachedReference` holds log-probs computed once, cached on disk and reused by later runs on the same
+inputs; `ModelReference` scores a frozen model at every step (and TR-DPO moves it toward the policy).
 
 The cache key is a fingerprint of everything the numbers depend on: the token ids of every
 example after truncation (so the data, the tokenizer, the chat template and the truncation
@@ -18,7 +21,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from alignlab.models.scoring import score_slots
+from alignlab.models.adapters import reference_context
+from alignlab.models.scoring import DEFAULT_OPTIONS, ScoringOptions, score_slots
 
 SCORING_VERSION = "3"
 DEFAULT_CACHE_DIR = Path("~/.cache/alignlab/reference").expanduser()
@@ -84,7 +88,7 @@ def _flatten(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def compute_reference_logps(model, examples, pad_id: int, batch_size: int, device, progress: bool = True,
-                            share_prefix: bool = True, padding_free: bool = True) -> ReferenceLogps:
+                            options: ScoringOptions = DEFAULT_OPTIONS) -> ReferenceLogps:
     """Score every example's completions under `model` (one pass over the data, the training engine's way)."""
     was_training = model.training
     model.eval()
@@ -92,7 +96,7 @@ def compute_reference_logps(model, examples, pad_id: int, batch_size: int, devic
     rows: list[list[torch.Tensor]] = [[] for _ in range(slots)]
     starts = range(0, len(examples), batch_size)
     for start in tqdm(starts, desc="reference log-probs", unit="batch", disable=not progress):
-        scored = score_slots(model, examples[start: start + batch_size], pad_id, device, share_prefix, padding_free)
+        scored = score_slots(model, examples[start: start + batch_size], pad_id, device, options)
         for k in range(slots):
             mask = scored.masks[k].bool()
             rows[k].extend(logps[row_mask].cpu() for logps, row_mask in zip(scored.logps[k], mask, strict=True))
@@ -103,7 +107,7 @@ def compute_reference_logps(model, examples, pad_id: int, batch_size: int, devic
 
 def cached_reference_logps(
     model, examples, pad_id: int, batch_size: int, device, cache_dir: Path | None, progress: bool = True,
-    share_prefix: bool = True, padding_free: bool = True,
+    options: ScoringOptions = DEFAULT_OPTIONS,
 ) -> tuple[ReferenceLogps, str, bool]:
     """Reference log-probs from the cache when the fingerprint matches, else computed and stored.
 
@@ -113,11 +117,51 @@ def cached_reference_logps(
     path = cache_dir / f"{cache_key(examples, model)}.safetensors"
     if path.is_file():
         return ReferenceLogps.from_tensors(load_file(str(path))), str(path), True
-    reference = compute_reference_logps(model, examples, pad_id, batch_size, device, progress, share_prefix,
-                                        padding_free)
+    reference = compute_reference_logps(model, examples, pad_id, batch_size, device, progress, options)
     cache_dir.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(f".tmp{os.getpid()}")
     save_file(reference.tensors(), str(temporary),
               metadata={"examples": str(len(examples)), "scoring_version": SCORING_VERSION})
     os.replace(temporary, path)
     return reference, str(path), False
+
+
+class CachedReference:
+    """Reference log-probs read from `ReferenceLogps` (computed before training); no model runs."""
+
+    model = None
+
+    def __init__(self, cached: ReferenceLogps) -> None:
+        self.cached = cached
+
+    def logps(self, examples, indices: list[int], masks: list[torch.Tensor]) -> list[torch.Tensor]:
+        return self.cached.for_batch(indices, masks)
+
+
+class ModelReference:
+    """A frozen reference model scored at every step (``reference.mode: model``); with adapters, the policy's
+    base model with its adapters disabled."""
+
+    def __init__(self, model, pad_id: int, device, options: ScoringOptions) -> None:
+        self.model, self.pad_id, self.device, self.options = model, pad_id, device, options
+
+    @torch.no_grad()
+    def logps(self, examples, indices: list[int], masks: list[torch.Tensor]) -> list[torch.Tensor]:
+        with reference_context(self.model):
+            return score_slots(self.model, examples, self.pad_id, self.device, self.options).logps
+
+    @torch.no_grad()
+    def mix_in(self, policy: torch.nn.Module, alpha: float) -> None:
+        """TR-DPO (Gorbatovski et al., 2024, "Learn Your Reference Model for Real Good Alignment"), soft update:
+        π_ref ← α·π_θ + (1 − α)·π_ref, parameter by parameter."""
+        mix_into_reference(self.model, policy, alpha)
+
+
+@torch.no_grad()
+def mix_into_reference(reference: torch.nn.Module, policy: torch.nn.Module, alpha: float) -> None:
+    """π_ref ← α·π_θ + (1 − α)·π_ref, parameter by parameter (TR-DPO's soft update)."""
+    for ref_param, param in zip(reference.parameters(), policy.parameters(), strict=True):
+        ref_param.mul_(1 - alpha).add_(param.detach(), alpha=alpha)
+
+
+Reference = CachedReference | ModelReference

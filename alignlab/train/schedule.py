@@ -29,3 +29,16 @@ def make_scheduler(optimizer, warmup_steps: int, total_steps: int, kind: str):
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, warmup_steps, total_steps, kind)
     )
+
+
+def micro_batches(n_examples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The epoch's shuffled example indices cut into micro-batches; a function of (seed, epoch) only."""
+    order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+    return [order[i: i + batch_size] for i in range(0, n_examples, batch_size)]
+
+
+def total_steps(n_examples: int, batch_size: int, grad_accum: int, epochs: int, max_steps: int | None) -> int:
+    """Optimizer steps of a run: `max_steps` when set, else `epochs` passes over the micro-batches."""
+    if max_steps:
+        return max_steps
+    return math.ceil(math.ceil(n_examples / batch_size) / grad_accum) * epochs

@@ -2,9 +2,9 @@
 
 Rebuild it with::
 
-    python -m alignlab.models.tiny --out alignlab/assets/tiny-llama
+    python -m alignlab.assets.build.tiny_model --out alignlab/assets/tiny-llama
 
-The script generates the corpus (`alignlab.models.tiny_corpus`), trains a byte-level BPE tokenizer
+The script generates the corpus (`alignlab.assets.corpus`), trains a byte-level BPE tokenizer
 on it, pretrains the model with next-token prediction and writes `manifest.json` beside the
 weights, recording every setting, the final loss, versions and file checksums.
 """
@@ -20,10 +20,9 @@ from pathlib import Path
 
 import torch
 
-from alignlab.models import tiny_corpus
+from alignlab.files import file_sha256
+from alignlab.assets import EMBEDDED_MODEL_DIR, EMBEDDED_MODEL_NAME, corpus
 
-EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny-llama"
-EMBEDDED_MODEL_NAME = "alignlab/tiny-llama"
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -86,7 +85,7 @@ def build_model(tokenizer, seed: int):
     return LlamaForCausalLM(config)
 
 
-def document_ids(tokenizer, document: tiny_corpus.Document) -> list[int]:
+def document_ids(tokenizer, document: corpus.Document) -> list[int]:
     """Token ids of one corpus document, ending with the end-of-text token."""
     if isinstance(document, str):
         return tokenizer(document, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -134,18 +133,17 @@ def build(out: Path, steps: int, n_documents: int, vocab_size: int, seed: int) -
     """Generate the corpus, train tokenizer and model, save everything and the manifest to `out`."""
     import transformers
 
-    from alignlab.train.checkpoint import file_sha256  # here: alignlab.train imports this module
 
     started = time.time()
     torch.manual_seed(seed)
-    corpus = tiny_corpus.generate_corpus(n_documents, seed=seed)
-    texts = [d if isinstance(d, str) else " ".join(m["content"] for m in d) for d in corpus]
+    documents = corpus.generate_corpus(n_documents, seed=seed)
+    texts = [d if isinstance(d, str) else " ".join(m["content"] for m in d) for d in documents]
     tokenizer = train_tokenizer(texts, vocab_size)
-    ids = [i for document in corpus for i in document_ids(tokenizer, document)]
+    ids = [i for document in documents for i in document_ids(tokenizer, document)]
     blocks = pack_blocks(ids, block_size=128)
     model = build_model(tokenizer, seed)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"corpus: {len(corpus)} documents, {len(ids)} tokens; model: {n_params / 1e6:.2f}M parameters")
+    print(f"corpus: {len(documents)} documents, {len(ids)} tokens; model: {n_params / 1e6:.2f}M parameters")
     losses = pretrain(model, blocks, steps=steps, batch_size=32, lr=2e-3, seed=seed)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -161,7 +159,7 @@ def build(out: Path, steps: int, n_documents: int, vocab_size: int, seed: int) -
         "parameters": n_params,
         "tokenizer": {"kind": "byte-level BPE", "vocab_size": len(tokenizer)},
         "corpus": {
-            "generator": "alignlab.models.tiny_corpus.generate_corpus",
+            "generator": "alignlab.assets.corpus.generate_corpus",
             "documents": n_documents,
             "tokens": len(ids),
             "seed": seed,
