@@ -61,6 +61,59 @@ def preference_pairs(samples, rewards: torch.Tensor, per_prompt: int, min_gap: f
     return pairs, skipped
 
 
+def self_generated_pairs(model, tokenizer, reward, folder: RunFolder, prompts: list[str], samples_per_prompt: int,
+                         max_new_tokens: int, seed: int, progress: bool, log) -> tuple[list[dict], list, int]:
+    """Steps 1–3: sample, score, pair; writes ``pairs.jsonl``. Returns (pairs, validated records, skipped)."""
+    samples = generate(model, tokenizer, prompts, n=samples_per_prompt, max_new_tokens=max_new_tokens, seed=seed,
+                       progress=progress)
+    rewards = reward.score(samples.prompts, samples.completions)
+    pairs, skipped = preference_pairs(samples, rewards, samples_per_prompt, min_gap=0.1)
+    folder.write_jsonl("pairs.jsonl", pairs)
+    source = str(folder.file("pairs.jsonl"))
+    records = [parse_preference(pair, source, f"line {i + 1}") for i, pair in enumerate(pairs)]
+    log(f"   {len(pairs)} pairs ({skipped} prompts skipped: fewer than two non-empty completions, "
+        "or best and worst reward within 0.1)")
+    return pairs, records, skipped
+
+
+def dpo_config(out: Path, model_path: str, beta: float, lr: float, epochs: int, seed: int, progress: bool) -> RunConfig:
+    """Step 4's run: DPO on the pairs, reference log-probs precomputed, run folder ``out/dpo``."""
+    return RunConfig(
+        model=ModelConfig(path=model_path),
+        data=DataConfig(train=str(out / "pairs.jsonl"), max_length=128, max_prompt_length=64),
+        objective=[ObjectiveConfig(name="dpo", params={"beta": beta})],
+        reference=ReferenceConfig(mode="precompute", cache_dir=str(out / "reference_cache")),
+        train=TrainConfig(epochs=epochs, batch_size=16, lr=lr, warmup_ratio=0.1, scheduler="linear",
+                          seed=seed, progress=progress),
+        out_dir=str(out / "dpo"),
+    )
+
+
+def frontier_points(policy, reference, tokenizer, reward, prompts: list[str], samples_per_prompt: int,
+                    max_new_tokens: int, seed: int, progress: bool) -> tuple[dict, list[dict]]:
+    """Step 5: reward and KL of the reference, the policy and best-of-N; (summary entries, sample rows)."""
+    reference_samples = generate(reference, tokenizer, prompts, n=max(BEST_OF_N), max_new_tokens=max_new_tokens,
+                                 seed=seed + 3, progress=progress)
+    reference_rewards = reward.score(reference_samples.prompts, reference_samples.completions)
+    policy_samples = generate(policy, tokenizer, prompts, n=samples_per_prompt, max_new_tokens=max_new_tokens,
+                              seed=seed + 4, progress=progress)
+    policy_rewards = reward.score(policy_samples.prompts, policy_samples.completions)
+    grid = reference_rewards.view(len(prompts), max(BEST_OF_N))
+    points = {
+        "reference": {"reward": reference_rewards.mean().item(), "kl": 0.0, "samples": len(reference_samples)},
+        "dpo": {"reward": policy_rewards.mean().item(),
+                "kl": sampled_kl(policy, reference, policy_samples, tokenizer.pad_token_id),
+                "samples": len(policy_samples)},
+        "best_of_n": {str(n): {"reward": best_of_n_reward(grid, n), "kl": best_of_n_kl_bound(n),
+                               "kl_is_upper_bound": True} for n in BEST_OF_N},
+    }
+    rows = [{"model": name, "prompt": s.prompts[i], "completion": s.completions[i], "reward": round(float(r[i]), 4)}
+            for name, s, r in (("reference", reference_samples, reference_rewards),
+                               ("dpo", policy_samples, policy_rewards))
+            for i in range(len(s))]
+    return points, rows
+
+
 def run_demo(
     out_dir: str | Path = "runs/demo",
     model_path: str = EMBEDDED_MODEL_NAME,
@@ -84,45 +137,18 @@ def run_demo(
     reward = build_reward("sentiment")
 
     log(f"1-3. sampling {samples_per_prompt} completions for {train_prompts} review prompts, scoring, pairing")
-    prompts = review_prompts(train_prompts, seed=seed + 1)
-    samples = generate(reference, tokenizer, prompts, n=samples_per_prompt, max_new_tokens=max_new_tokens,
-                       seed=seed, progress=progress)
-    rewards = reward.score(samples.prompts, samples.completions)
-    pairs, skipped = preference_pairs(samples, rewards, samples_per_prompt, min_gap=0.1)
-    folder.write_jsonl("pairs.jsonl", pairs)
-    records = [parse_preference(pair, str(folder.file("pairs.jsonl")), f"line {i + 1}") for i, pair in enumerate(pairs)]
-    log(f"   {len(pairs)} pairs ({skipped} prompts skipped: fewer than two non-empty completions, "
-        "or best and worst reward within 0.1)")
-
+    pairs, records, skipped = self_generated_pairs(reference, tokenizer, reward, folder,
+                                                   review_prompts(train_prompts, seed=seed + 1), samples_per_prompt,
+                                                   max_new_tokens, seed, progress, log)
     log("4. training with DPO")
-    config = RunConfig(
-        model=ModelConfig(path=model_path),
-        data=DataConfig(train=str(out / "pairs.jsonl"), max_length=128, max_prompt_length=64),
-        objective=[ObjectiveConfig(name="dpo", params={"beta": beta})],
-        reference=ReferenceConfig(mode="precompute", cache_dir=str(out / "reference_cache")),
-        train=TrainConfig(epochs=epochs, batch_size=16, lr=lr, warmup_ratio=0.1, scheduler="linear",
-                          seed=seed, progress=progress),
-        out_dir=str(out / "dpo"),
-    )
+    config = dpo_config(out, model_path, beta, lr, epochs, seed, progress)
     policy = train(config, log=lambda message: log(f"   {message}"), records=records).model.eval()
 
     log(f"5. evaluating on {eval_prompts} held-out prompts")
-    held_out = review_prompts(eval_prompts, seed=seed + 2)
-    pad_id = tokenizer.pad_token_id
-    reference_samples = generate(reference, tokenizer, held_out, n=max(BEST_OF_N), max_new_tokens=max_new_tokens,
-                                 seed=seed + 3, progress=progress)
-    reference_rewards = reward.score(reference_samples.prompts, reference_samples.completions)
-    policy_samples = generate(policy, tokenizer, held_out, n=samples_per_prompt, max_new_tokens=max_new_tokens,
-                              seed=seed + 4, progress=progress)
-    policy_rewards = reward.score(policy_samples.prompts, policy_samples.completions)
-    grid = reference_rewards.view(eval_prompts, max(BEST_OF_N))
+    points, rows = frontier_points(policy, reference, tokenizer, reward, review_prompts(eval_prompts, seed=seed + 2),
+                                   samples_per_prompt, max_new_tokens, seed, progress)
     summary = {
-        "reference": {"reward": reference_rewards.mean().item(), "kl": 0.0,
-                      "samples": len(reference_samples)},
-        "dpo": {"reward": policy_rewards.mean().item(),
-                "kl": sampled_kl(policy, reference, policy_samples, pad_id), "samples": len(policy_samples)},
-        "best_of_n": {str(n): {"reward": best_of_n_reward(grid, n), "kl": best_of_n_kl_bound(n),
-                               "kl_is_upper_bound": True} for n in BEST_OF_N},
+        **points,
         "settings": {"model": model_path, "seed": seed, "train_prompts": train_prompts,
                      "samples_per_prompt": samples_per_prompt, "pairs": len(pairs), "skipped_prompts": skipped,
                      "eval_prompts": eval_prompts, "max_new_tokens": max_new_tokens, "beta": beta, "lr": lr,
@@ -131,11 +157,7 @@ def run_demo(
         "seconds": round(time.time() - started, 1),
     }
     folder.write_json("summary.json", summary)
-    folder.write_jsonl("samples.jsonl", [
-        {"model": name, "prompt": s.prompts[i], "completion": s.completions[i], "reward": round(float(r[i]), 4)}
-        for name, s, r in (("reference", reference_samples, reference_rewards), ("dpo", policy_samples, policy_rewards))
-        for i in range(len(s))
-    ])
+    folder.write_jsonl("samples.jsonl", rows)
     plot_frontier({"reference": summary["reference"], "DPO": summary["dpo"]},
                   {n: summary["best_of_n"][str(n)] for n in BEST_OF_N}, out / "frontier.png",
                   "Controlled sentiment on the embedded model")

@@ -13,7 +13,7 @@ from alignlab.assets import EMBEDDED_MODEL_DIR
 from alignlab.config import config_from_dict
 from alignlab.train import train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_PAIRS = ROOT / "examples" / "data" / "sentiment_pairs.jsonl"
 GOLDEN = Path(__file__).parent / "golden" / "losses.json"
 GOLDEN_OBJECTIVES = ["dpo", "ipo", "simpo", "orpo", "rpo", "discopop"]
@@ -118,7 +118,7 @@ def test_golden_losses(tmp_path):
     """Per-step losses of a seeded 4-step run on the embedded model, stored in tests/golden/losses.json.
 
     Regenerate on purpose (a deliberate change to the math or data path) with
-    ``ALIGNLAB_REGENERATE_GOLDEN=1 pytest tests/test_objectives_training.py -k golden``.
+    ``ALIGNLAB_REGENERATE_GOLDEN=1 pytest tests/objectives/test_objectives_training.py -k golden``.
     """
     losses = golden_losses(tmp_path)
     if os.environ.get("ALIGNLAB_REGENERATE_GOLDEN") == "1":

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from alignlab import CheckpointError, ModelNotFoundError
+from alignlab.files import file_sha256
 from alignlab.models.loading import load_model
 from alignlab.train import train
-from alignlab.train.checkpoint import file_sha256
 from tests.conftest import quick_config, random_llama
 
 

@@ -9,7 +9,7 @@ from alignlab.models.scoring import ScoringOptions, completion_logps, completion
 from alignlab.objectives import PreferenceLogps
 from alignlab.objectives.sparsepo import activation_mask, masked_token_dpo
 from tests.conftest import check_resume_is_exact, quick_config, random_llama, run_history
-from tests.test_scoring import random_batch
+from tests.models.test_scoring import random_batch
 
 
 def test_activation_mask_sanity():
