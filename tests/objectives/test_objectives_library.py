@@ -260,3 +260,24 @@ def test_tilted_risk_equals_its_kl_regularised_form():
         other = torch.softmax(torch.randn(4), 0)  # any other distribution scores lower
         other_value = (other * losses).sum() - (other * torch.log(other * len(losses))).sum() / t
         assert other_value.item() <= tilted_mean(losses, t).item() + 1e-6
+
+
+def test_declared_needs_are_what_the_loop_provides():
+    from alignlab.objectives import Needs
+    from alignlab.objectives.sparsepo import make_mask_networks  # noqa: F401  (sparsepo is registered)
+
+    assert objectives.spec("dpo").needs == Needs(reference=True)
+    assert objectives.spec("kto").needs.data_formats == ("unpaired",)
+    mixed = Objective([ObjectiveTerm("dpo", use_weighting=True), ObjectiveTerm("sft")])
+    assert mixed.needs == Needs(reference=True, square_mass=True)
+    assert Objective([ObjectiveTerm("sft"), ObjectiveTerm("token_constrained")]).needs.data_formats == ("sft", "paired")
+    learned = Objective([ObjectiveTerm("sparsepo", {"mask": "learned"})])
+    assert learned.needs.token_kl and not learned.needs.reference_hidden
+
+    class Shape:
+        hidden_size, num_hidden_layers = 8, 2
+
+    learned.build_modules(Shape(), "cpu")
+    assert learned.needs.reference_hidden  # its mask network reads the reference's hidden states
+    with pytest.raises(ConfigError, match="reward-model objective cannot be mixed"):
+        Objective([ObjectiveTerm("dpo"), ObjectiveTerm("bradley_terry")])

@@ -148,3 +148,32 @@ def test_compiled_body_trains_like_eager(small_model_dir, pairs_file, tmp_path):
     for a, b in zip(metrics(eager.run_dir), metrics(compiled.run_dir), strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
     assert weights(compiled.final_dir).keys() == weights(eager.final_dir).keys()
+
+
+def test_prepare_and_steps_in_pieces_on_records_in_memory_equal_one_run_from_the_file(small_model_dir, pairs_file,
+                                                                                       tmp_path):
+    """On-policy rounds and the demo call prepare → run_steps (any number of times) → finish with records they
+    made: the result equals `train` reading the same records from a file."""
+    from alignlab.train.loop import finish, prepare, run_steps
+
+    whole = train(make_config(small_model_dir, pairs_file, tmp_path / "whole", tmp_path / "cache", max_steps=5),
+                  log=lambda *_: None)
+    config = make_config(small_model_dir, pairs_file, tmp_path / "pieces", tmp_path / "cache", max_steps=5)
+    run = prepare(config, log=lambda *_: None, records=load_preferences(str(pairs_file)))
+    assert run_steps(run, 2) is False and run.state.step == 2
+    assert run_steps(run, 1) is False and run.state.step == 3
+    assert run_steps(run) is False and run.state.step == 5
+    pieces = finish(run)
+    assert [m["loss"] for m in metrics(pieces.run_dir)] == [m["loss"] for m in metrics(whole.run_dir)]
+    for name, value in weights(whole.final_dir).items():
+        assert torch.equal(weights(pieces.final_dir)[name], value), name
+    with pytest.raises(ConfigError, match="one format"):
+        prepare(config, log=lambda *_: None, records=["not a record"])
+
+
+def test_scoring_switches_live_in_one_section():
+    assert config_from_dict({"scoring": {"padding_free": False}}).scoring.padding_free is False
+    with pytest.raises(ConfigError, match=r"'train\.share_prefix' has moved: write scoring\.share_prefix"):
+        config_from_dict({"train": {"share_prefix": False}})
+    with pytest.raises(ConfigError, match=r"scoring\.chunk_tokens must be at least 1"):
+        config_from_dict({"scoring": {"chunk_tokens": 0}})
