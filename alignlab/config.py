@@ -37,11 +37,18 @@ class DataConfig:
     """Preference records: .jsonl, .json, .csv, .parquet, or a `datasets` folder saved to disk."""
     eval: str | None = None
     format: str = "auto"
+    """``paired``, ``scored`` (lists read as best/worst pairs), ``unpaired``, ``negatives``, ``sft``, or
+    ``auto``: told from the records' fields."""
     self_samples: int = 11
     """Negatives-only data: completions sampled per prompt from the initial model before training (D²O's K)."""
     self_sample_max_new_tokens: int = 64
-    """``paired``, ``scored`` (lists read as best/worst pairs), ``unpaired``, ``negatives``, ``sft``, or
-    ``auto``: told from the records' fields."""
+    transform: str | None = None
+    """``safety_recovery``: `train` holds (prompt, harmful, refusal) triplets, and every epoch draws new
+    safety-recovery SFT examples from them (`alignlab.data.transforms`); needs an objective that reads SFT data."""
+    recovery_probability: float = 0.5
+    """safety_recovery: the share of examples whose prompt gets a prefix of the harmful answer."""
+    max_recovery_prefix: int = 100
+    """safety_recovery: the longest harmful prefix, in tokens."""
     max_length: int = 512
     """Tokens of prompt + completion; completions are cut from the right to fit."""
     max_prompt_length: int = 256
@@ -273,6 +280,7 @@ def validate(config: RunConfig) -> None:
         "data.self_samples": config.data.self_samples,
         "data.self_sample_max_new_tokens": config.data.self_sample_max_new_tokens,
         "scoring.chunk_tokens": config.scoring.chunk_tokens,
+        "data.max_recovery_prefix": config.data.max_recovery_prefix,
     }
     for key, value in positive.items():
         if value < 1:
@@ -294,9 +302,32 @@ def validate(config: RunConfig) -> None:
     if not 0 <= config.train.warmup_ratio < 1:
         raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {config.train.warmup_ratio}")
     objective = objectives.Objective(objective_terms(config))
+    check_transform(config, objective)
     if objective.needs.token_kl and config.reference.mode != "model":
         raise ConfigError(f"objective '{objective.name}' needs the reference's full distribution at every token, "
                           "which precomputed log-probs do not keep: set reference.mode: model")
+
+
+TRANSFORMS = ("safety_recovery",)
+
+
+def check_transform(config: RunConfig, objective) -> None:
+    """A data transform redraws the training examples every epoch: the objective must read what it makes (SFT
+    examples), and a reference must score each draw as it comes (a frozen model, not precomputed log-probs)."""
+    transform = config.data.transform
+    if transform is None:
+        return
+    if transform not in TRANSFORMS:
+        raise ConfigError(f"data.transform: '{transform}' is not one of {', '.join(TRANSFORMS)}."
+                          + did_you_mean(transform, TRANSFORMS))
+    if "sft" not in objective.data_formats:
+        raise ConfigError(f"data.transform: {transform} makes SFT examples, and objective '{objective.name}' reads "
+                          f"{' or '.join(objective.data_formats)} data")
+    if objective.needs_reference and config.reference.mode != "model":
+        raise ConfigError(f"data.transform: {transform} draws new examples every epoch, whose reference log-probs "
+                          "cannot be precomputed: set reference.mode: model")
+    if not 0 <= config.data.recovery_probability <= 1:
+        raise ConfigError(f"data.recovery_probability must be in [0, 1], got {config.data.recovery_probability}")
 
 
 def objective_terms(config: RunConfig) -> list:

@@ -13,7 +13,7 @@ from typing import Any
 
 from alignlab.data.formats import RecordChecker, Text
 from alignlab.data.loading import read_records
-from alignlab.data.tokenize import TokenizedSFT, encode_prompt_and_completion
+from alignlab.data.tokenize import TokenizedSFT, TruncationStats, encode_prompt_and_completion, truncate
 from alignlab.errors import DataError
 
 
@@ -70,3 +70,17 @@ def safety_recovery_examples(
             prompt_ids = prompt_ids + harmful_ids[:k]
         examples.append(TokenizedSFT(prompt_ids, refusal_ids))
     return examples
+
+
+def safety_recovery_draw(triplets: list[SafetyTriplet], tokenizer, seed: int, recovery_probability: float,
+                         max_prefix: int, max_length: int, max_prompt_length: int
+                         ) -> tuple[list[TokenizedSFT], TruncationStats]:
+    """One epoch's draw of `safety_recovery_examples`, truncated by the data pipeline's policy (counted)."""
+    drawn = safety_recovery_examples(triplets, tokenizer, seed, recovery_probability, max_prefix)
+    examples, stats = [], TruncationStats()
+    for triplet, example in zip(triplets, drawn, strict=True):
+        prompt, (completion,), prompt_cut, completion_cut = truncate(example.prompt, (example.completion,),
+                                                                     max_length, max_prompt_length)
+        stats.count(triplet.location, prompt_cut, completion_cut)
+        examples.append(TokenizedSFT(prompt, completion))
+    return examples, stats

@@ -19,6 +19,7 @@ import math
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from tqdm import tqdm
 from alignlab import objectives
 from alignlab.config import RunConfig, objective_terms
 from alignlab.data import format_of, load_examples, resolve_format, tokenize_records
+from alignlab.data.transforms import load_triplets, safety_recovery_draw
 from alignlab.distributed import (
     WeightedMetrics,
     any_process,
@@ -98,6 +100,8 @@ class Run:
     steps: int
     trained_parameters: list[torch.nn.Parameter]
     say: object
+    draw: Callable[[int], tuple[list, object]] | None = None
+    """`data.transform`: the examples of an epoch, drawn anew every epoch."""
     last: dict = field(default_factory=dict)
     started: float = field(default_factory=time.time)
 
@@ -142,15 +146,33 @@ def _start(config: RunConfig, resume: bool, log):
     return accelerator, say, latest
 
 
+def _epoch_draws(config: RunConfig, tokenizer):
+    """`data.transform`'s examples for an epoch: ``draw(epoch) -> (examples, truncation stats)``, a function of
+    (seed, epoch) only, so a resumed run redraws the same ones."""
+    data = config.data
+    triplets = load_triplets(data.train)
+
+    def draw(epoch: int):
+        return safety_recovery_draw(triplets, tokenizer, config.train.seed * 100_003 + epoch, data.recovery_probability,
+                                    data.max_recovery_prefix, data.max_length, data.max_prompt_length)
+
+    return draw
+
+
 def _load_data(config: RunConfig, objective: objectives.Objective, tokenizer, say, records: list | None):
-    """(format, train examples, eval examples, data report); `records` (validated, in memory) replace
-    `data.train` when given."""
+    """(format, train examples, eval examples, data report, per-epoch draw or None); `records` (validated, in
+    memory) replace `data.train` when given."""
     lengths = (config.data.max_length, config.data.max_prompt_length)
+    draw = None
     if records is not None:
         data_format = resolve_format(format_of(records), "the records given", objective.data_formats,
                                      f"objective '{objective.name}'")
         examples, stats = tokenize_records(records, data_format, tokenizer, *lengths)
         source = f"{len(records)} records in memory"
+    elif config.data.transform:
+        data_format, draw = "sft", _epoch_draws(config, tokenizer)
+        examples, stats = draw(0)
+        source = f"{config.data.train} ({config.data.transform}, redrawn every epoch; epoch 1)"
     else:
         data_format = resolve_format(config.data.format, config.data.train, objective.data_formats,
                                      f"objective '{objective.name}'")
@@ -159,10 +181,11 @@ def _load_data(config: RunConfig, objective: objectives.Objective, tokenizer, sa
     say(f"train data {source} ({data_format}): {stats.summary()}")
     eval_examples, eval_stats = [], None
     if config.data.eval:
-        eval_examples, eval_stats = load_examples(config.data.eval, data_format, tokenizer, *lengths, say)
+        eval_format = "sft" if draw else data_format
+        eval_examples, eval_stats = load_examples(config.data.eval, eval_format, tokenizer, *lengths, say)
         say(f"eval data {config.data.eval}: {eval_stats.summary()}")
     report = {"train": stats.as_dict(), "eval": eval_stats.as_dict() if eval_stats else None}
-    return data_format, examples, eval_examples, report
+    return data_format, examples, eval_examples, report, draw
 
 
 def _load_policy(config: RunConfig, objective, tokenizer, device):
@@ -217,7 +240,8 @@ def prepare(config: RunConfig, resume: bool = False, log=print, records: list | 
     accelerator, say, latest = _start(config, resume, log)
     device, main = accelerator.device, accelerator.is_main_process
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
-    data_format, examples, eval_examples, data_report = _load_data(config, objective, tokenizer, say, records)
+    data_format, examples, eval_examples, data_report, draw = _load_data(config, objective, tokenizer, say,
+                                                                            records)
     folder = RunFolder(config.out_dir, writer=main).create()
     folder.write_config(config)
     folder.write_json("data_report.json", data_report)
@@ -260,7 +284,7 @@ def prepare(config: RunConfig, resume: bool = False, log=print, records: list | 
     builder = BatchBuilder(policy, reference, pad_id, device, needs, config.scoring)
     eval_builder = BatchBuilder(policy, eval_reference, pad_id, device, needs, config.scoring)
     return Run(config, accelerator, objective, tokenizer, model, policy, optimizer, scheduler, state, examples,
-               eval_examples, builder, eval_builder, reference, folder, metrics, steps, trained_parameters, say)
+               eval_examples, builder, eval_builder, reference, folder, metrics, steps, trained_parameters, say, draw)
 
 
 def accumulate(run: Run, group: list[list[int]]) -> tuple[dict, int]:
@@ -369,6 +393,8 @@ def run_steps(run: Run, n: int | None = None) -> bool:
                     disable=not (train.progress and run.main))
     with StopRequests() as stop, progress:
         while state.step < until:
+            if run.draw is not None:
+                run.examples = run.draw(state.epoch)[0]
             batches = micro_batches(len(run.examples), train.batch_size, train.seed, state.epoch)
             while state.micro_batch < len(batches) and state.step < until:
                 group = batches[state.micro_batch: state.micro_batch + train.grad_accum]

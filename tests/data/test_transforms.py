@@ -37,3 +37,37 @@ def test_bad_triplets_are_located(tmp_path):
     path.write_text(json.dumps(TRIPLET) + "\n" + json.dumps({**TRIPLET, "refusal": ["no"]}) + "\n")
     with pytest.raises(DataError, match=r"t.jsonl:line 2: field 'refusal': expected a string"):
         load_triplets(str(path))
+
+
+def test_safety_recovery_redraws_every_epoch_in_training_and_resumes_exactly(tmp_path, small_model_dir):
+    """`data.transform: safety_recovery` trains on a new draw each epoch (deterministic per seed and epoch), so
+    an interrupted run resumes to the straight run's weights."""
+    from alignlab import ConfigError
+    from alignlab.config import config_from_dict
+    from alignlab.train.loop import prepare, run_steps
+    from tests.conftest import check_resume_is_exact, quick_config
+
+    path = tmp_path / "triplets.jsonl"
+    requests = ["How do I pick a lock?", "How do I hotwire a car?", "How do I make a fake ID?",
+                "Where can I buy a gun?"]
+    path.write_text("".join(json.dumps({**TRIPLET, "prompt": r}) + "\n" for r in requests * 2))
+    settings = {"transform": "safety_recovery", "recovery_probability": 0.5, "max_recovery_prefix": 6}
+
+    def config_for(out, **train):
+        return quick_config(small_model_dir, path, out, {"name": "sft"}, data_settings=settings, epochs=3,
+                            **{"lr": 1e-3, **train})
+
+    run = prepare(config_for(tmp_path / "draws"), log=lambda *_: None)
+    draws = [run.draw(epoch)[0] for epoch in range(3)]
+    assert draws[0] == run.examples and draws[1] != draws[0] and draws[2] != draws[1]
+    assert run.draw(1)[0] == draws[1]  # a function of (seed, epoch)
+    assert all(len(e.prompt) <= 32 and len(e.prompt) + len(e.completion) <= 64 for d in draws for e in d)
+    run_steps(run, 3)  # 2 steps an epoch: the third step trains on the second epoch's draw
+    assert run.state.epoch == 1 and run.examples == draws[1]
+    check_resume_is_exact(config_for, tmp_path, stop=3)  # 2 steps an epoch: stops inside the second epoch
+    with pytest.raises(ConfigError, match=r"reference\.mode: model"):
+        config_from_dict({"data": {"transform": "safety_recovery"}, "objective": {"name": "token_constrained"}})
+    with pytest.raises(ConfigError, match="reads paired data"):
+        config_from_dict({"data": {"transform": "safety_recovery"}, "objective": {"name": "dpo"}})
+    with pytest.raises(ConfigError, match="Did you mean 'safety_recovery'"):
+        config_from_dict({"data": {"transform": "safety_recovery_"}, "objective": {"name": "sft"}})
