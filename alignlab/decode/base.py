@@ -13,14 +13,89 @@ completion under the decoding policy (for an honest KL estimate).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import torch
+
+from alignlab.data.formats import Text
+from alignlab.data.tokenize import encode_prompt
+from alignlab.decode.stream import Cost, Timer
 from alignlab.registries import check_params, summary, unknown_name
 
 COMMON_PARAMS = ("model", "tokenizer", "prompts", "n", "reward", "seed", "progress")
 """Arguments every decoder takes; the rest of its signature are its own parameters."""
+
+
+KL_KINDS = ("exact", "sampled", "estimate", "point")
+"""How a method's KL(π_method ‖ π_ref) is known: ``sampled`` — the mean of log π_method(y) − log π_ref(y) over
+its samples (it reports log π_method(y)); ``estimate`` — best-of-N's estimator (beside its bound); ``point`` — a
+deterministic search (−log π_ref(y)); ``exact`` — computed in closed form."""
+
+
+@dataclass
+class Samples:
+    """`n` completions per prompt, flattened: entry i belongs to prompt ``prompts[i]``."""
+
+    prompts: list[Text]
+    completions: list[str]
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    logps: torch.Tensor | None = None
+    """`[N]` log-prob of each completion under the decoding policy (the sum of the per-step log-probs of the
+    distribution actually sampled from), where the method defines one (None otherwise)."""
+    kl_kind: str | None = None
+    """One of `KL_KINDS`: how this method's KL from the reference is to be reported."""
+    cost: Cost | None = None
+    extras: dict = field(default_factory=dict)
+    """Method-specific per-sample values (e.g. best-of-N's reference log-prob of the selected sample)."""
+    prompts_truncated: int = 0
+    """Prompts cut from the left to fit the model's context beside the completion."""
+
+    def __len__(self) -> int:
+        return len(self.completions)
+
+
+def encode_prompts(tokenizer, prompts: list[Text], room: int | None = None) -> tuple[list[list[int]], int]:
+    """Prompt ids as training data encodes them (`alignlab.data.encode_prompt`), each cut from the left to `room`
+    tokens when longer (so prompt + completion fit the model's context); returns (ids, prompts cut)."""
+    ids = [encode_prompt(tokenizer, prompt) for prompt in prompts]
+    if room is None:
+        return ids, 0
+    cut = sum(len(row) > room for row in ids)
+    return [row[-room:] for row in ids], cut
+
+
+def context_room(model, max_new_tokens: int) -> int | None:
+    """Prompt tokens that fit beside `max_new_tokens` in the model's context (None when it states none)."""
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return None if context is None else max(1, context - max_new_tokens)
+
+
+def decode_in_batches(tokenizer, prompts: list[Text], n: int, batch_size: int, run, kl_kind: str, room: int | None,
+                      progress: bool = True) -> Samples:
+    """`run(prompts, prompt_ids, cost) -> (completion ids, logps [rows] or None, extras: dict of per-row lists)` for
+    `batch_size` prompts at a time (n rows each), gathered into one `Samples` with the method's cost."""
+    from tqdm import tqdm
+
+    prompt_ids, cut = encode_prompts(tokenizer, prompts, room)
+    cost = Cost()
+    completion_ids, logps, extras = [], [], {}
+    with Timer(cost):
+        for start in tqdm(range(0, len(prompts), batch_size), desc="decoding", unit="batch", disable=not progress):
+            ids, batch_logps, batch_extras = run(prompts[start: start + batch_size],
+                                                 prompt_ids[start: start + batch_size], cost)
+            completion_ids += ids
+            logps.append(batch_logps)
+            for key, values in batch_extras.items():
+                extras.setdefault(key, []).extend(values)
+    expanded = [p for p in prompts for _ in range(n)]
+    samples = Samples(expanded, [tokenizer.decode(ids, skip_special_tokens=True) for ids in completion_ids],
+                      [ids for ids in prompt_ids for _ in range(n)], completion_ids,
+                      torch.cat(logps) if logps and logps[0] is not None else None, kl_kind, cost, extras, cut)
+    return samples
 
 
 @dataclass(frozen=True)
@@ -69,3 +144,17 @@ def get(name: str, **params) -> Callable:
 
 def available() -> list[DecoderSpec]:
     return [_DECODERS[name] for name in sorted(_DECODERS)]
+
+
+@contextlib.contextmanager
+def evaluation_mode(*models):
+    """Models in eval mode, without gradients, for the block; their modes restored after."""
+    modes = [m.training for m in models]
+    try:
+        for m in models:
+            m.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for m, mode in zip(models, modes, strict=True):
+            m.train(mode)

@@ -6,31 +6,14 @@ distribution, which is what a sampled KL estimate or best-of-N needs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from tqdm import tqdm
 
 from alignlab.data.collate import pad_rows
 from alignlab.data.formats import Text
 from alignlab.data.tokenize import encode_prompt
-from alignlab.decode.base import register
-
-
-@dataclass
-class Samples:
-    """`n` completions per prompt, flattened: entry i belongs to prompt ``prompts[i]``."""
-
-    prompts: list[Text]
-    completions: list[str]
-    prompt_ids: list[list[int]]
-    completion_ids: list[list[int]]
-    logps: torch.Tensor | None = None
-    """`[N]` log-prob of each completion under the decoding policy, where the method defines one and computes
-    it (None otherwise)."""
-
-    def __len__(self) -> int:
-        return len(self.completions)
+from alignlab.decode.base import Samples, context_room, decode_in_batches, evaluation_mode, register
+from alignlab.decode.stream import TokenStream, decode_tokens, draw, generator_for, warped_logprobs
 
 
 def _cut_at_eos(ids: list[int], eos_id: int | None, pad_id: int | None) -> list[int]:
@@ -80,7 +63,6 @@ def generate_ids(
     return completion_ids
 
 
-@register("sample")
 def generate(
     model,
     tokenizer,
@@ -94,8 +76,9 @@ def generate(
     seed: int | None = None,
     progress: bool = True,
 ) -> Samples:
-    """Ancestral sampling with temperature, top-k and top-p: `n` completions for every prompt (a string, or
-    chat messages rendered by the chat template), `batch_size` sequences per `generate` call."""
+    """`n` sampled completions for every prompt (a string, or chat messages rendered by the chat template) through
+    transformers' `generate`, `batch_size` sequences per call: the demo's and D²O's data sampler. The registered
+    decoder `sample` also reports each completion's log-prob."""
     if seed is not None:
         torch.manual_seed(seed)
     expanded = [p for p in prompts for _ in range(n)]
@@ -104,3 +87,26 @@ def generate(
                                   progress)
     completions = [tokenizer.decode(ids, skip_special_tokens=True) for ids in completion_ids]
     return Samples(expanded, completions, encoded, completion_ids)
+
+
+@register("sample")
+def sample(model, tokenizer, prompts: list[Text], n: int = 1, *, max_new_tokens: int = 32, temperature: float = 1.0,
+           top_k: int = 0, top_p: float = 1.0, batch_size: int = 16, seed: int | None = None,
+           progress: bool = True) -> Samples:
+    """Ancestral sampling: y_t ~ softmax(z_t / T) restricted to the top-k tokens and the top-p nucleus.
+
+    Reports log π_sample(y) = Σ_t log of the (warped) distribution each token was drawn from, so with T = 1 and no
+    cut the samples and their log-probs are the model's own (KL kind ``sampled``).
+    """
+    generator = generator_for(seed, next(model.parameters()).device)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def run(_, prompt_ids, cost):
+        stream = TokenStream(model, prompt_ids, n, eos, pad, cost)
+        logps = decode_tokens(stream, max_new_tokens,
+                              lambda s: draw(warped_logprobs(s.logits, temperature, top_k, top_p), generator))
+        return stream.generated, logps.cpu(), {}
+
+    with evaluation_mode(model):
+        return decode_in_batches(tokenizer, prompts, n, batch_size, run, "sampled", context_room(model, max_new_tokens),
+                                 progress)

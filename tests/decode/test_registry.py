@@ -7,7 +7,7 @@ from alignlab.data import encode_prompt, encode_prompt_and_completion
 
 
 def test_decoders_are_found_by_name_with_their_parameters_checked():
-    assert decode.get("sample", temperature=0.7, top_k=5) is decode.generate
+    assert decode.get("sample", temperature=0.7, top_k=5) is decode.sample
     assert "temperature" in decode.spec("sample").params and "prompts" not in decode.spec("sample").params
     with pytest.raises(ConfigError, match="Did you mean 'sample'"):
         decode.get("sampel")
@@ -16,7 +16,7 @@ def test_decoders_are_found_by_name_with_their_parameters_checked():
     with pytest.raises(TypeError, match="must take tokenizer, prompts"):
         decode.register("broken")(lambda model, n: None)
     with pytest.raises(ValueError, match="registered twice"):
-        decode.register("sample")(decode.generate)
+        decode.register("sample")(decode.sample)
 
 
 def test_sampling_encodes_prompts_exactly_as_training_data_does():
@@ -34,6 +34,6 @@ def test_sampling_encodes_prompts_exactly_as_training_data_does():
     assert expected[2] == encode_prompt(tokenizer, chat)
     assert tokenizer.decode(expected[2]).rstrip().endswith("<|assistant|>")  # the generation prompt
     assert all(ids and len(ids) <= 4 for ids in samples.completion_ids)
-    again = decode.generate(model, tokenizer, prompts, n=2, max_new_tokens=4, seed=0, progress=False)
+    again = decode.get("sample")(model, tokenizer, prompts, n=2, max_new_tokens=4, seed=0, progress=False)
     assert again.completion_ids == samples.completion_ids
-    assert samples.logps is None or samples.logps.shape == torch.Size([6])
+    assert samples.logps.shape == torch.Size([6]) and (samples.logps < 0).all()

@@ -1,0 +1,72 @@
+"""Best-of-N and worst-of-N: N samples from the base model, the one with the highest (lowest) reward.
+
+Each prompt runs once and its KV cache is expanded to all N·n candidate rows (`TokenStream`), so N
+candidates cost one prefill, not N. Ties break uniformly at random. The selected sample's log-prob
+under the distribution the candidates came from is kept (``extras["base_logp"]``): with it
+`alignlab.diagnose.bon_kl.kl_estimate` gives Beirami et al.'s KL estimate beside the bound log N − (N−1)/N.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from alignlab.data.formats import Text
+from alignlab.decode.base import Samples, context_room, decode_in_batches, evaluation_mode, register
+from alignlab.decode.stream import TokenStream, decode_tokens, draw, generator_for, warped_logprobs
+
+
+def select_by_reward(rewards: torch.Tensor, pick_highest: bool, generator: torch.Generator | None) -> torch.Tensor:
+    """Per group (rows of `rewards` `[G, N]`), the index of the highest (lowest) reward, ties broken uniformly."""
+    target = rewards.max(-1, keepdim=True).values if pick_highest else rewards.min(-1, keepdim=True).values
+    return torch.multinomial((rewards == target).double(), 1, generator=generator).squeeze(-1)
+
+
+def _of_n(model, tokenizer, prompts: list[Text], n: int, reward, candidates: int, pick_highest: bool,
+          max_new_tokens: int, temperature: float, top_k: int, top_p: float, batch_size: int, seed: int | None,
+          progress: bool) -> Samples:
+    if candidates < 1:
+        raise ValueError(f"candidates must be at least 1, got {candidates}")
+    device = next(model.parameters()).device
+    generator = generator_for(seed, device)
+    cpu_generator = generator_for(None if seed is None else seed + 1, "cpu")
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def run(batch_prompts, prompt_ids, cost):
+        stream = TokenStream(model, prompt_ids, n * candidates, eos, pad, cost)
+        logps = decode_tokens(stream, max_new_tokens,
+                              lambda s: draw(warped_logprobs(s.logits, temperature, top_k, top_p), generator)).cpu()
+        texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in stream.generated]
+        row_prompts = [batch_prompts[int(p)] for p in stream.prompt_of]
+        scores = reward.score(row_prompts, texts).float().cpu()
+        cost.reward_calls += len(texts)
+        groups = scores.view(-1, candidates)
+        chosen = torch.arange(len(groups)) * candidates + select_by_reward(groups, pick_highest, cpu_generator)
+        ids = [stream.generated[int(row)] for row in chosen]
+        return ids, None, {"base_logp": logps[chosen].tolist(), "reward": scores[chosen].tolist(),
+                           "candidates": [candidates] * len(ids)}
+
+    with evaluation_mode(model):
+        return decode_in_batches(tokenizer, prompts, n, batch_size, run, "estimate",
+                                 context_room(model, max_new_tokens), progress)
+
+
+@register("best_of_n", needs_reward=True)
+def best_of_n(model, tokenizer, prompts: list[Text], n: int = 1, *, reward, candidates: int = 4,
+              max_new_tokens: int = 32, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+              batch_size: int = 8, seed: int | None = None, progress: bool = True) -> Samples:
+    """Best-of-N (rejection sampling against a reward; Stiennon et al., 2020; Beirami et al., 2024): draw N =
+    `candidates` samples y_1 … y_N ~ π_ref(·|x) and return argmax_i r(x, y_i). Its distribution is
+    π_N(y) = F(y)^N − F⁻(y)^N; its KL is reported as Beirami et al.'s estimate beside the bound log N − (N−1)/N.
+    """
+    return _of_n(model, tokenizer, prompts, n, reward, candidates, True, max_new_tokens, temperature, top_k, top_p,
+                 batch_size, seed, progress)
+
+
+@register("worst_of_n", needs_reward=True)
+def worst_of_n(model, tokenizer, prompts: list[Text], n: int = 1, *, reward, candidates: int = 4,
+               max_new_tokens: int = 32, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+               batch_size: int = 8, seed: int | None = None, progress: bool = True) -> Samples:
+    """Worst-of-N: the lowest-reward of N samples from π_ref (a red-teaming and InfAlign baseline); π(y) =
+    (1 − F⁻(y))^N − (1 − F(y))^N, the same KL estimate and bound as best-of-N by symmetry."""
+    return _of_n(model, tokenizer, prompts, n, reward, candidates, False, max_new_tokens, temperature, top_k, top_p,
+                 batch_size, seed, progress)
