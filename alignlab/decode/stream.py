@@ -9,6 +9,7 @@ row, and calls `stream.append(tokens)`; `select(rows)` keeps or repeats rows (be
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 
@@ -134,6 +135,14 @@ class TokenStream:
         self.cache = out.past_key_values
         self.logits = out.logits[:, -1].float()
         self.next_position = self.next_position + active.long()
+
+    def fork(self, rows: torch.Tensor) -> TokenStream:
+        """A separate stream holding copies of rows `rows` (e.g. candidates to roll out); its forward passes are
+        counted in the same cost."""
+        twin = copy.copy(self)
+        twin.cache = copy.deepcopy(self.cache)
+        twin.select(rows)
+        return twin
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep rows `rows` (in that order; a row may repeat), e.g. the surviving beams."""
