@@ -1,4 +1,4 @@
-"""The `alignlab` command line: train, demo, merge, objectives."""
+"""The `alignlab` command line: train, decode, demo, merge, objectives, decoders."""
 
 from __future__ import annotations
 
@@ -25,6 +25,39 @@ def _demo(args: argparse.Namespace) -> None:
     summary = run_demo(out_dir=args.out, seed=args.seed, progress=not args.quiet)
     if summary["dpo"]["reward"] <= summary["reference"]["reward"]:
         print("warning: the DPO model did not reach a higher mean reward than the reference", file=sys.stderr)
+
+
+def _decode(args: argparse.Namespace) -> None:
+    from alignlab.decode.run import load_decode_config, run_decode
+
+    config = load_decode_config(args.config, args.set)
+    if args.out:
+        config.out_dir = args.out
+    if args.quiet:
+        config.progress = False
+    summary = run_decode(config, resume=args.resume)
+    print(format_decode_table(summary))
+
+
+def format_decode_table(summary: dict) -> str:
+    lines = [f"{'method':<20} {'reward':>8} {'KL (nats)':>10} {'kind':<9} {'tokens/s':>9}"]
+    for point in summary["methods"]:
+        bound = f" (bound {point['kl_bound']:.3f})" if "kl_bound" in point else ""
+        rate = point["cost"]["tokens_per_s"] or 0
+        lines.append(f"{point['label']:<20} {point['reward']:>8.3f} {point['kl']:>10.3f} {point['kl_kind']:<9} "
+                     f"{rate:>9.0f}{bound}")
+    return "\n".join(lines)
+
+
+def _decoders(_: argparse.Namespace) -> None:
+    from alignlab import decode, rewards
+
+    print(f"{'decoder':<14} {'reward':<8} summary")
+    for spec in decode.available():
+        print(f"{spec.name:<14} {'needed' if spec.needs_reward else 'no':<8} {spec.summary}")
+    print(f"\n{'reward':<14} summary")
+    for name, summary in rewards.available():
+        print(f"{name:<14} {summary}")
 
 
 def _merge(args: argparse.Namespace) -> None:
@@ -63,6 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(run=_demo)
+
+    decoding = commands.add_parser("decode", help="decoding-time alignment methods on one prompt set, on one "
+                                   "reward-KL frontier, from a YAML config")
+    decoding.add_argument("config", help="YAML config (see examples/decode.yaml)")
+    decoding.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a config value, e.g. --set n=8 (repeatable)")
+    decoding.add_argument("--out", help="output folder (overrides out_dir)")
+    decoding.add_argument("--resume", action="store_true", help="keep the methods an earlier run finished")
+    decoding.add_argument("--quiet", action="store_true", help="no progress bars")
+    decoding.set_defaults(run=_decode)
+
+    listing_decoders = commands.add_parser("decoders", help="list the decoding methods and the rewards")
+    listing_decoders.set_defaults(run=_decoders)
 
     merge = commands.add_parser("merge", help="fold a run's LoRA adapters into its base model and save the result")
     merge.add_argument("adapters", help="folder with the adapters (a LoRA run's final/)")

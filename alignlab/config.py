@@ -197,7 +197,9 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
     return value
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+def build_dataclass(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """An instance of dataclass `cls` from plain data, every key and type checked (nested dataclasses, lists of
+    them and optional ones too); `prefix` names the section in errors."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -211,11 +213,13 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         annotation = hints[key]
         item = (typing.get_args(annotation) or (None,))[0]
         if dataclasses.is_dataclass(annotation):
-            values[key] = _build(annotation, value, f"{prefix}{key}.")
+            values[key] = build_dataclass(annotation, value, f"{prefix}{key}.")
         elif typing.get_origin(annotation) is list and dataclasses.is_dataclass(item):
             if not isinstance(value, list):
                 raise ConfigError(f"{prefix}{key}: expected a list, got {value!r}")
-            values[key] = [_build(item, element, f"{prefix}{key}[{i}].") for i, element in enumerate(value)]
+            values[key] = [build_dataclass(item, element, f"{prefix}{key}[{i}].") for i, element in enumerate(value)]
+        elif _optional_dataclass(annotation) and isinstance(value, dict):
+            values[key] = build_dataclass(_optional_dataclass(annotation), value, f"{prefix}{key}.")
         else:
             values[key] = _check_type(value, annotation, f"{prefix}{key}")
         allowed = CHOICES.get(f"{prefix}{key}")
@@ -225,6 +229,14 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
                 + did_you_mean(str(values[key]), allowed)
             )
     return cls(**values)
+
+
+def _optional_dataclass(annotation: Any) -> type | None:
+    """D for an annotation ``D | None`` where D is a dataclass, else None."""
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return None
+    options = [o for o in typing.get_args(annotation) if o is not type(None)]
+    return options[0] if len(options) == 1 and dataclasses.is_dataclass(options[0]) else None
 
 
 TERM_KEYS = ("name", "weight", "tilt", "use_weighting", "ld_alpha")
@@ -258,7 +270,7 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
     data = dict(data or {})
     if "objective" in data:
         data["objective"] = _objective_section(data["objective"])
-    config = _build(RunConfig, data, "")
+    config = build_dataclass(RunConfig, data, "")
     validate(config)
     return config
 
@@ -379,8 +391,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config (or start from defaults when `path` is None) and apply overrides."""
+def load_yaml(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A YAML config file's plain data (empty when `path` is None) with ``key=value`` overrides applied."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -392,7 +404,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{path}: not valid YAML: {error}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    return config_from_dict(apply_overrides(data, overrides or []))
+    return apply_overrides(data, overrides or [])
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML training config (or start from defaults when `path` is None) and apply overrides."""
+    return config_from_dict(load_yaml(path, overrides))
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:

@@ -74,6 +74,13 @@ class RunFolder:
         if self.writer:
             save_config(config, self.file(name), header=code_version())
 
+    def write_yaml(self, name: str, data: dict) -> None:
+        """Plain data as YAML, headed by the code version (for configs other than training's)."""
+        import yaml
+
+        if self.writer:
+            self.file(name).write_text(f"# {code_version()}\n" + yaml.safe_dump(data, sort_keys=False))
+
     def write_json(self, name: str, data) -> None:
         if self.writer:
             self.file(name).write_text(json.dumps(data, indent=2) + "\n")

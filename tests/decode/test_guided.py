@@ -68,7 +68,7 @@ def test_stochastic_args_reports_the_log_probs_of_the_distribution_it_samples():
         for t, token in enumerate(ids):
             with torch.no_grad():
                 logits, candidates = model(input_ids=torch.tensor([context])).logits[0, -1].float().topk(4)
-            texts = [tokenizer.decode(ids[:t] + [int(c)]) for c in candidates]
+            texts = [tokenizer.decode([*ids[:t], int(c)]) for c in candidates]
             scores = logits + 1.5 * reward.score_partial(["2 3"] * 4, texts)
             total += float((scores / 0.7).log_softmax(-1)[candidates.tolist().index(token)])
             context.append(token)

@@ -78,7 +78,8 @@ def test_reward_model_reward_reads_the_last_token_in_batches(tmp_path, tokenizer
     scores = reward.score(prompts, completions)
     with torch.no_grad():
         for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
-            ids = sum(encode_prompt_and_completion(tokenizer, p, c, "test"), [])
+            prompt_ids, completion_ids = encode_prompt_and_completion(tokenizer, p, c, "test")
+            ids = prompt_ids + completion_ids
             expected = sequence_rewards(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
             assert scores[i].item() == pytest.approx(expected.item(), abs=1e-5)
     batched = rewards.build("reward_model", path=str(tmp_path), batch_size=16)

@@ -1,0 +1,216 @@
+"""`alignlab decode CONFIG`: several decoding methods on one prompt set, one reward, one reward–KL frontier.
+
+Every method's KL(π_method ‖ π_ref) is reported with its kind (π_ref is the model being decoded):
+``sampled`` — mean of log π_method(y) − log π_ref(y) over its samples (the method reports log π_method(y),
+the engine scores log π_ref(y)); ``estimate`` — best-of-N's Beirami et al. estimate, beside its bound
+log N − (N − 1)/N; ``point`` — a deterministic method's −log π_ref(y). Each method's samples and summary are
+written as soon as it finishes, so a killed run resumes (``--resume``) with the methods still to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from alignlab import decode, rewards
+from alignlab.config import ModelConfig, build_dataclass, load_yaml
+from alignlab.data.formats import RecordChecker, Text
+from alignlab.data.loading import read_records
+from alignlab.diagnose.bon_kl import kl_bound, kl_estimate
+from alignlab.errors import ConfigError, DataError
+from alignlab.evaluate.frontier import plot_frontier, sample_logps
+from alignlab.run_folder import RunFolder
+
+COMMON = ("n", "seed", "progress", "max_new_tokens")
+"""Settings of the config that every method gets unless its entry sets them."""
+
+
+@dataclass
+class PromptsConfig:
+    path: str = ""
+    """Any supported data file (.jsonl, .json, .csv, .parquet, a `datasets` folder) whose records have `field`."""
+    field: str = "prompt"
+    """The prompt: a string, or a list of chat messages (rendered with the model's chat template)."""
+    limit: int | None = None
+    """Use only the first `limit` prompts."""
+
+
+@dataclass
+class MethodConfig:
+    name: str = "sample"
+    params: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None
+    """How the method is named in the outputs (default: its name, numbered when it repeats)."""
+
+
+@dataclass
+class DecodeConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    draft: ModelConfig | None = None
+    """The draft model of `speculative` (it must share the model's tokenizer)."""
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    reward: str | dict[str, Any] = "sentiment"
+    """The reward every method is judged by and the guided methods use: a name or ``{name: ..., params}``."""
+    methods: list[MethodConfig] = field(default_factory=lambda: [MethodConfig()])
+    n: int = 4
+    """Completions per prompt for each method."""
+    max_new_tokens: int = 32
+    seed: int = 0
+    progress: bool = True
+    out_dir: str = "runs/decode"
+
+
+def _method_entry(entry: Any, where: str) -> dict:
+    """``{name: best_of_n, candidates: 8, label: bo8}`` → ``{name, label, params: {candidates: 8}}``."""
+    if isinstance(entry, str):
+        return {"name": entry}
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected a name or a mapping like {{name: best_of_n, candidates: 8}}")
+    entry = dict(entry)
+    out = {key: entry.pop(key) for key in ("name", "label") if key in entry}
+    out["params"] = {**(entry.pop("params", None) or {}), **entry}
+    return out
+
+
+def decode_config(data: dict) -> DecodeConfig:
+    """A `DecodeConfig` from plain data, every method and parameter checked (the reward is built by `prepare`)."""
+    data = dict(data or {})
+    methods = data.get("methods", ["sample"])
+    if not isinstance(methods, list) or not methods:
+        raise ConfigError("methods: expected a non-empty list of decoding methods")
+    data["methods"] = [_method_entry(entry, f"methods[{i}]") for i, entry in enumerate(methods)]
+    config = build_dataclass(DecodeConfig, data, "")
+    for key in ("n", "max_new_tokens"):
+        if getattr(config, key) < 1:
+            raise ConfigError(f"{key} must be at least 1, got {getattr(config, key)}")
+    if not config.prompts.path:
+        raise ConfigError("prompts.path: name the prompt file")
+    labels = []
+    for method in config.methods:
+        decode.get(method.name, **{k: v for k, v in method.params.items() if k not in COMMON})
+        label = method.label or method.name
+        labels.append(label if label not in labels else f"{label}-{sum(x.startswith(label) for x in labels) + 1}")
+    for method, label in zip(config.methods, labels, strict=True):
+        method.label = label
+    if any("draft" in decode.spec(m.name).params for m in config.methods) and config.draft is None:
+        raise ConfigError("a method needs a draft model: set draft.path")
+    return config
+
+
+def read_prompts(config: PromptsConfig) -> list[Text]:
+    """The prompts of `config.path`; a record without the field stops with a located DataError."""
+    prompts = []
+    for location, record in read_records(config.path):
+        check = RecordChecker(config.path, location)
+        record = check.record(record, config.field)
+        prompts.append(check.text(check.required(record, config.field), config.field, allow_empty=True))
+        if config.limit and len(prompts) >= config.limit:
+            break
+    if not prompts:
+        raise DataError("no prompts", source=config.path)
+    return prompts
+
+
+def method_arguments(config: DecodeConfig, method: MethodConfig, reward, draft) -> dict:
+    """The method's parameters with the config's common settings, the reward and the draft where it takes them."""
+    spec = decode.spec(method.name)
+    taken = inspect.signature(spec.fn).parameters
+    arguments = {key: getattr(config, key) for key in COMMON if key in taken}
+    arguments.update(method.params)
+    if spec.needs_reward or "reward" in taken:
+        arguments["reward"] = reward
+    if "draft" in taken:
+        arguments["draft"] = draft
+    return arguments
+
+
+def summarise(samples, scores: torch.Tensor, ref_logps: torch.Tensor, method: MethodConfig) -> dict:
+    """Mean reward, KL with its kind (and bound for best-of-N), cost."""
+    point = {"method": method.name, "label": method.label, "params": method.params,
+             "reward": scores.mean().item(), "kl_kind": samples.kl_kind, "samples": len(samples),
+             "prompts_truncated": samples.prompts_truncated, "cost": samples.cost.as_dict()}
+    if samples.kl_kind == "sampled":
+        point["kl"] = (samples.logps - ref_logps).mean().item()
+    elif samples.kl_kind == "estimate":
+        candidates = samples.extras["candidates"][0]
+        point["kl"] = kl_estimate(torch.tensor(samples.extras["base_logp"]), candidates)
+        point["kl_bound"] = kl_bound(candidates)
+    else:
+        point["kl"] = (-ref_logps).mean().item()
+    if "accepted" in samples.extras:
+        calls = [count for counts in samples.extras["accepted"] for count in counts]
+        point["accepted_per_target_call"] = sum(calls) / max(1, len(calls))
+    return point
+
+
+def run_decode(config: DecodeConfig, resume: bool = False, log=print) -> dict:
+    """Decode `config.prompts` with every method; write samples, a summary and the frontier to `config.out_dir`."""
+    from alignlab.models.loading import load_model, load_tokenizer
+
+    reward = rewards.from_config(config.reward)
+    prompts = read_prompts(config.prompts)
+    tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
+    dtype = "float32" if config.model.dtype == "auto" else config.model.dtype
+    model = load_model(config.model.path, dtype, config.model.trust_remote_code)
+    draft = None
+    if config.draft is not None:
+        if load_tokenizer(config.draft.path, config.draft.trust_remote_code).get_vocab() != tokenizer.get_vocab():
+            raise ConfigError(f"draft model {config.draft.path} has another tokenizer than {config.model.path}")
+        draft = load_model(config.draft.path, dtype, config.draft.trust_remote_code)
+    folder = RunFolder(config.out_dir).create()
+    done = {path.stem: json.loads(path.read_text()) for path in sorted(folder.path.glob("methods/*.json"))}
+    if done and not resume:
+        raise ConfigError(f"{config.out_dir} already holds decoding results; pass --resume to continue, or choose "
+                          "another out_dir (--out)")
+    folder.write_yaml("config.yaml", as_dict(config))
+    (folder.path / "methods").mkdir(exist_ok=True)
+    log(f"{len(prompts)} prompts, {len(config.methods)} methods, reward {getattr(reward, 'name', reward)}")
+    for method in config.methods:
+        if method.label in done:
+            log(f"{method.label}: done earlier, kept")
+            continue
+        log(f"{method.label}: decoding")
+        samples = decode.get(method.name)(model, tokenizer, prompts, **method_arguments(config, method, reward, draft))
+        scores = reward.score(samples.prompts, samples.completions).float()
+        ref_logps = sample_logps(model, samples, tokenizer.pad_token_id or 0)
+        done[method.label] = summarise(samples, scores, ref_logps, method)
+        rows = [{"method": method.label, "prompt": samples.prompts[i], "completion": samples.completions[i],
+                 "reward": round(float(scores[i]), 4), "ref_logp": round(float(ref_logps[i]), 4),
+                 "logp": None if samples.logps is None else round(float(samples.logps[i]), 4)}
+                for i in range(len(samples))]
+        folder.write_jsonl(f"methods/{method.label}.jsonl", rows)
+        folder.write_json(f"methods/{method.label}.json", done[method.label])
+        log(f"{method.label}: reward {done[method.label]['reward']:.3f}, KL {done[method.label]['kl']:.3f} "
+            f"({samples.kl_kind}), {samples.cost.seconds:.1f} s")
+    return write_outputs(folder, config, done)
+
+
+def write_outputs(folder: RunFolder, config: DecodeConfig, done: dict) -> dict:
+    """samples.jsonl (every method), summary.json and frontier.png, in the config's method order."""
+    labels = [m.label for m in config.methods]
+    with folder.file("samples.jsonl").open("w") as out:
+        for label in labels:
+            out.write(folder.file(f"methods/{label}.jsonl").read_text())
+    summary = {"methods": [done[label] for label in labels], "reward": config.reward,
+               "model": config.model.path, "prompts": config.prompts.path,
+               "kl": "KL(pi_method || pi_ref) in nats per completion; kl_kind says how it is known"}
+    folder.write_json("summary.json", summary)
+    points = {f"{label} ({done[label]['kl_kind']})": done[label] for label in labels}
+    plot_frontier(points, {}, folder.file("frontier.png"), f"Decoding methods on {config.model.path}")
+    return summary
+
+
+def as_dict(config: DecodeConfig) -> dict:
+    data = dataclasses.asdict(config)
+    data["methods"] = [{"name": m.name, **({"label": m.label} if m.label else {}), **m.params}
+                       for m in config.methods]
+    return data
+
+
+def load_decode_config(path: str | None, overrides: list[str] | None = None) -> DecodeConfig:
+    return decode_config(load_yaml(path, overrides))
