@@ -64,7 +64,7 @@ def test_decode_config_is_checked_before_any_work(small_model_dir, prompt_file, 
             run_decode(decode_config({**config_data(small_model_dir, prompt_file, out), **change}))
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    with pytest.raises(DataError, match="no records|no prompts"):
+    with pytest.raises(DataError, match=r"no records|no prompts"):
         run_decode(decode_config(config_data(small_model_dir, empty, out)), log=lambda *_: None)
     wrong = tmp_path / "wrong.jsonl"
     wrong.write_text(json.dumps({"prompt": "fine"}) + "\n" + json.dumps({"text": "no prompt"}) + "\n")
