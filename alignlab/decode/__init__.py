@@ -1,12 +1,11 @@
 """Decoders share one interface (`alignlab.decode.base`): ``get(name)(model, tokenizer, prompts, n, ...) -> Samples``.
 
-Registered: ``sample`` (ancestral sampling, `sampling`), ``best_of_n`` and ``worst_of_n`` (`best_of_n`),
-``speculative`` (token and block verification, `speculative`), ``greedy`` and ``args`` (`guided`),
-``deal`` (`search`),
-``urial`` and ``guard_route`` (`prompting`).
+Registered: ``sample`` (`sampling`); ``best_of_n``, ``worst_of_n`` (`best_of_n`); ``greedy``, ``args``,
+``tq_star`` (`guided`); ``deal`` (`search`); ``infalign`` (`infalign`); ``speculative`` (token and block
+verification, `speculative`); ``urial``, ``guard_route`` (`prompting`).
 """
 
-from alignlab.decode import best_of_n, guided, prompting, sampling, search, speculative  # noqa: F401  (registers the decoders)
+from alignlab.decode import best_of_n, guided, infalign, prompting, sampling, search, speculative  # noqa: F401  (registers the decoders)
 from alignlab.decode.base import DecoderSpec, Samples, available, get, register, spec
 from alignlab.decode.sampling import generate, sample
 

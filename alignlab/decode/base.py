@@ -27,6 +27,8 @@ from alignlab.registries import check_params, summary, unknown_name
 
 COMMON_PARAMS = ("model", "tokenizer", "prompts", "n", "reward", "seed", "progress")
 """Arguments every decoder takes; the rest of its signature are its own parameters."""
+MODEL_PARAMS = ("draft", "baseline")
+"""Further models a decoder may take (loaded by `alignlab decode` from the config's sections of these names)."""
 
 
 KL_KINDS = ("exact", "sampled", "estimate", "point")
@@ -108,7 +110,12 @@ class DecoderSpec:
     @property
     def params(self) -> list[str]:
         """The method's own parameters, which a config may set."""
-        return [p for p in inspect.signature(self.fn).parameters if p not in COMMON_PARAMS]
+        return [p for p in inspect.signature(self.fn).parameters if p not in COMMON_PARAMS + MODEL_PARAMS]
+
+    @property
+    def models(self) -> list[str]:
+        """The further models it takes (`MODEL_PARAMS`)."""
+        return [p for p in inspect.signature(self.fn).parameters if p in MODEL_PARAMS]
 
 
 _DECODERS: dict[str, DecoderSpec] = {}

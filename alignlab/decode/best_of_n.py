@@ -2,8 +2,8 @@
 
 Each prompt runs once and its KV cache is expanded to all N·n candidate rows (`TokenStream`), so N
 candidates cost one prefill, not N. Ties break uniformly at random. The selected sample's log-prob
-under the distribution the candidates came from is kept (``extras["base_logp"]``): with it
-`alignlab.diagnose.bon_kl.kl_estimate` gives Beirami et al.'s KL estimate beside the bound log N − (N−1)/N.
+under the distribution the candidates came from is kept (``extras["base_logp"]``), and with it Beirami et al.'s
+KL estimate (``extras["kl"]``, `alignlab.diagnose.bon_kl`) beside the bound log N − (N−1)/N (``extras["kl_bound"]``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 from alignlab.data.formats import Text
 from alignlab.decode.base import Samples, context_room, decode_in_batches, evaluation_mode, register
 from alignlab.decode.stream import TokenStream, decode_tokens, draw, generator_for, warped_logprobs
+from alignlab.diagnose.bon_kl import kl_bound, kl_estimate_per_draw
 
 
 def select_by_reward(rewards: torch.Tensor, pick_highest: bool, generator: torch.Generator | None) -> torch.Tensor:
@@ -42,8 +43,10 @@ def _of_n(model, tokenizer, prompts: list[Text], n: int, reward, candidates: int
         groups = scores.view(-1, candidates)
         chosen = torch.arange(len(groups)) * candidates + select_by_reward(groups, pick_highest, cpu_generator)
         ids = [stream.generated[int(row)] for row in chosen]
-        return ids, None, {"base_logp": logps[chosen].tolist(), "reward": scores[chosen].tolist(),
-                           "candidates": [candidates] * len(ids)}
+        base = logps[chosen]
+        return ids, None, {"base_logp": base.tolist(), "reward": scores[chosen].tolist(),
+                           "kl": kl_estimate_per_draw(base, candidates).tolist(),
+                           "kl_bound": [kl_bound(candidates)] * len(ids)}
 
     with evaluation_mode(model):
         return decode_in_batches(tokenizer, prompts, n, batch_size, run, "estimate",

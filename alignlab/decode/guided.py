@@ -94,3 +94,81 @@ def args(model, tokenizer, prompts: list[Text], n: int = 1, *, reward, weight: f
     with evaluation_mode(model):
         return decode_in_batches(tokenizer, prompts, n, batch_size, run, kind, context_room(model, max_new_tokens),
                                  progress)
+
+
+def rollout_values(stream: TokenStream, tokenizer, prompts: list[Text], prompt_ids: list[list[int]],
+                   candidates: torch.Tensor, baseline, reward, rollouts: int, rollout_tokens: int,
+                   baseline_reward, beta: float, generator) -> torch.Tensor:
+    """Q̂(s, z_j) `[R, k]`: the reward of prefix ⊕ z_j ⊕ τ averaged over `rollouts` continuations τ of
+    `rollout_tokens` tokens sampled from `baseline`; with `baseline_reward`, each weighted by
+    exp((r − r_BL)/β) (self-normalised). Finished rows get 0."""
+    rows, k = candidates.shape
+    active = (~stream.done).nonzero().flatten().tolist()
+    values = torch.zeros(rows, k, device=stream.device)
+    if not active:
+        return values
+    prefixes = [[*prompt_ids[int(stream.prompt_of[r])], *stream.generated[r], int(z)]
+                for r in active for z in candidates[r]]
+    continuations = [[] for _ in range(len(prefixes) * rollouts)]
+    if rollout_tokens:
+        ahead = TokenStream(baseline, prefixes, rollouts, tokenizer.eos_token_id, stream.pad_id, stream.cost,
+                            role="baseline")
+        decode_tokens(ahead, rollout_tokens, lambda s: draw(s.logits.log_softmax(-1), generator))
+        continuations = ahead.generated
+    texts = [tokenizer.decode([*stream.generated[r], int(z), *continuations[((i * k) + j) * rollouts + m]],
+                              skip_special_tokens=True)
+             for i, r in enumerate(active) for j, z in enumerate(candidates[r]) for m in range(rollouts)]
+    row_prompts = [prompts[int(stream.prompt_of[r])] for r in active for _ in range(k * rollouts)]
+    scores = reward.score_partial(row_prompts, texts).double().view(len(active), k, rollouts)
+    stream.cost.reward_calls += len(texts)
+    if baseline_reward is not None:
+        weights = ((scores - baseline_reward.score_partial(row_prompts, texts).double().view_as(scores)) / beta)
+        scores = (weights.softmax(-1) * scores).sum(-1)
+    else:
+        scores = scores.mean(-1)
+    values[active] = scores.float().to(stream.device)
+    return values
+
+
+@register("tq_star", needs_reward=True)
+def tq_star(model, tokenizer, prompts: list[Text], n: int = 1, *, reward, baseline=None, alpha: float = 1.0,
+            top_k: int = 10, rollouts: int = 1, rollout_tokens: int = 20, mode: str = "greedy",
+            baseline_reward: str | dict | None = None, beta: float = 1.0, max_new_tokens: int = 32,
+            batch_size: int = 4, seed: int | None = None, progress: bool = True) -> Samples:
+    """Transfer Q* (Chakraborty et al., 2024; authors' code: one rollout of 20 tokens, top-k 10, α = 1): over the
+    top-k tokens z of π_ref, π(z|s) ∝ π_ref(z|s)·exp(α·Q̂(s, z)), Q̂ the mean reward of rollouts from `baseline` (a
+    model already aligned to the reward; "direct transfer"; the decoded model itself when not given). With
+    `baseline_reward` (the reward the baseline was aligned to), rollouts are weighted by exp((r − r_BL)/β)
+    ("indirect transfer"). ``greedy`` takes the best token (``point``); ``stochastic`` samples π and reports its
+    log-probs (``sampled``). Rewards score unfinished text; rollout length 0 is ARGS."""
+    from alignlab.rewards import from_config
+
+    if mode not in ("greedy", "stochastic"):
+        raise ConfigError(f"tq_star: mode must be 'greedy' or 'stochastic', got '{mode}'")
+    if rollouts < 1 or rollout_tokens < 0 or beta <= 0:
+        raise ConfigError("tq_star: rollouts must be at least 1, rollout_tokens at least 0 and beta positive")
+    check_partial("tq_star", reward)
+    baseline_reward = from_config(baseline_reward) if baseline_reward is not None else None
+    if baseline_reward is not None:
+        check_partial("tq_star (baseline_reward)", baseline_reward)
+    baseline = baseline if baseline is not None else model
+    generator = generator_for(seed, next(model.parameters()).device)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def run(batch_prompts, prompt_ids, cost):
+        stream = TokenStream(model, prompt_ids, n, eos, pad, cost)
+
+        def choose(s: TokenStream):
+            logprobs, candidates = s.logits.log_softmax(-1).topk(min(top_k, s.logits.shape[-1]), dim=-1)
+            q = rollout_values(s, tokenizer, batch_prompts, prompt_ids, candidates, baseline, reward, rollouts,
+                               rollout_tokens, baseline_reward, beta, generator)
+            policy = (logprobs + alpha * q).log_softmax(-1)
+            index, logp = greedy(policy) if mode == "greedy" else draw(policy, generator)
+            return candidates.gather(-1, index[:, None]).squeeze(-1), logp
+
+        logps = decode_tokens(stream, max_new_tokens, choose)
+        return stream.generated, logps.cpu() if mode == "stochastic" else None, {}
+
+    with evaluation_mode(model, baseline):
+        return decode_in_batches(tokenizer, prompts, n, batch_size, run, "sampled" if mode == "stochastic" else "point",
+                                 context_room(model, max_new_tokens + rollout_tokens), progress)

@@ -21,7 +21,6 @@ from alignlab import decode, rewards
 from alignlab.config import ModelConfig, build_dataclass, load_yaml
 from alignlab.data.formats import RecordChecker, Text
 from alignlab.data.loading import read_records
-from alignlab.diagnose.bon_kl import kl_bound, kl_estimate
 from alignlab.errors import ConfigError, DataError
 from alignlab.evaluate.frontier import plot_frontier, sample_logps
 from alignlab.run_folder import RunFolder
@@ -53,6 +52,8 @@ class DecodeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     draft: ModelConfig | None = None
     """The draft model of `speculative` (it must share the model's tokenizer)."""
+    baseline: ModelConfig | None = None
+    """`tq_star`'s baseline: a model already aligned to the reward (same tokenizer); the model itself if not given."""
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     reward: str | dict[str, Any] = "sentiment"
     """The reward every method is judged by and the guided methods use: a name or ``{name: ..., params}``."""
@@ -97,7 +98,7 @@ def decode_config(data: dict) -> DecodeConfig:
         labels.append(label if label not in labels else f"{label}-{sum(x.startswith(label) for x in labels) + 1}")
     for method, label in zip(config.methods, labels, strict=True):
         method.label = label
-    if any("draft" in decode.spec(m.name).params for m in config.methods) and config.draft is None:
+    if any("draft" in decode.spec(m.name).models for m in config.methods) and config.draft is None:
         raise ConfigError("a method needs a draft model: set draft.path")
     return config
 
@@ -116,16 +117,17 @@ def read_prompts(config: PromptsConfig) -> list[Text]:
     return prompts
 
 
-def method_arguments(config: DecodeConfig, method: MethodConfig, reward, draft) -> dict:
-    """The method's parameters with the config's common settings, the reward and the draft where it takes them."""
+def method_arguments(config: DecodeConfig, method: MethodConfig, reward, models: dict) -> dict:
+    """The method's parameters with the config's common settings, the reward and the further models it takes."""
     spec = decode.spec(method.name)
     taken = inspect.signature(spec.fn).parameters
     arguments = {key: getattr(config, key) for key in COMMON if key in taken}
     arguments.update(method.params)
     if spec.needs_reward or "reward" in taken:
         arguments["reward"] = reward
-    if "draft" in taken:
-        arguments["draft"] = draft
+    for name in spec.models:
+        if models.get(name) is not None:
+            arguments[name] = models[name]
     return arguments
 
 
@@ -136,10 +138,10 @@ def summarise(samples, scores: torch.Tensor, ref_logps: torch.Tensor, method: Me
              "prompts_truncated": samples.prompts_truncated, "cost": samples.cost.as_dict()}
     if samples.kl_kind == "sampled":
         point["kl"] = (samples.logps - ref_logps).mean().item()
-    elif samples.kl_kind == "estimate":
-        candidates = samples.extras["candidates"][0]
-        point["kl"] = kl_estimate(torch.tensor(samples.extras["base_logp"]), candidates)
-        point["kl_bound"] = kl_bound(candidates)
+    elif samples.kl_kind == "estimate":  # the method's own per-sample estimate (and bound, where it has one)
+        point["kl"] = sum(samples.extras["kl"]) / len(samples.extras["kl"])
+        if "kl_bound" in samples.extras:
+            point["kl_bound"] = max(samples.extras["kl_bound"])
     else:
         point["kl"] = (-ref_logps).mean().item()
     if "accepted" in samples.extras:
@@ -157,11 +159,14 @@ def run_decode(config: DecodeConfig, resume: bool = False, log=print) -> dict:
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
     dtype = "float32" if config.model.dtype == "auto" else config.model.dtype
     model = load_model(config.model.path, dtype, config.model.trust_remote_code)
-    draft = None
-    if config.draft is not None:
-        if load_tokenizer(config.draft.path, config.draft.trust_remote_code).get_vocab() != tokenizer.get_vocab():
-            raise ConfigError(f"draft model {config.draft.path} has another tokenizer than {config.model.path}")
-        draft = load_model(config.draft.path, dtype, config.draft.trust_remote_code)
+    models = {}
+    for name in ("draft", "baseline"):
+        section = getattr(config, name)
+        if section is None:
+            continue
+        if load_tokenizer(section.path, section.trust_remote_code).get_vocab() != tokenizer.get_vocab():
+            raise ConfigError(f"{name} model {section.path} has another tokenizer than {config.model.path}")
+        models[name] = load_model(section.path, dtype, section.trust_remote_code)
     folder = RunFolder(config.out_dir).create()
     done = {path.stem: json.loads(path.read_text()) for path in sorted(folder.path.glob("methods/*.json"))}
     if done and not resume:
@@ -175,7 +180,7 @@ def run_decode(config: DecodeConfig, resume: bool = False, log=print) -> dict:
             log(f"{method.label}: done earlier, kept")
             continue
         log(f"{method.label}: decoding")
-        samples = decode.get(method.name)(model, tokenizer, prompts, **method_arguments(config, method, reward, draft))
+        samples = decode.get(method.name)(model, tokenizer, prompts, **method_arguments(config, method, reward, models))
         scores = reward.score(samples.prompts, samples.completions).float()
         ref_logps = sample_logps(model, samples, tokenizer.pad_token_id or 0)
         done[method.label] = summarise(samples, scores, ref_logps, method)

@@ -99,3 +99,16 @@ def test_guidance_needs_a_reward_that_scores_unfinished_text():
             decode.get(name)(model, tokenizer, ["2"], reward=FinishedOnly(), progress=False)
     with pytest.raises(ConfigError, match="cannot exceed the beam width"):
         decode.get("deal")(model, tokenizer, ["2"], n=3, reward=LastTokenReward(), beams=2, progress=False)
+
+
+def test_tq_star_raises_the_reward_over_sampling_on_the_embedded_model(embedded):
+    model, tokenizer = embedded
+    prompts = review_prompts(6, seed=7)
+    sentiment = rewards.build("sentiment")
+    sampled = decode.get("sample")(model, tokenizer, prompts, n=2, max_new_tokens=12, seed=0, progress=False)
+    guided = decode.get("tq_star")(model, tokenizer, prompts, reward=sentiment, alpha=5.0, top_k=4, rollout_tokens=4,
+                                   max_new_tokens=12, seed=0, progress=False)
+    greedy = decode.get("greedy")(model, tokenizer, prompts, max_new_tokens=12, progress=False)  # TQ* at α = 0
+    reached = sentiment.score(guided.prompts, guided.completions).mean()
+    assert reached > sentiment.score(sampled.prompts, sampled.completions).mean()
+    assert reached > sentiment.score(greedy.prompts, greedy.completions).mean() + 0.2

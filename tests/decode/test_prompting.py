@@ -48,7 +48,8 @@ def test_guard_route_follows_each_route_with_a_stub_model(monkeypatch, tokenizer
 
 def test_urial_prompt_and_stop_strings(tokenizer):
     prompt = urial_prompt([{"role": "system", "content": "x"}, {"role": "user", "content": "Name a film."}])
-    assert prompt.count("# Query:\n```") == 4 and prompt.endswith("# Query:\n```\nName a film.\n```\n\n# Answer:\n```\n")
+    assert prompt.count("# Query:\n```") == 4
+    assert prompt.endswith("# Query:\n```\nName a film.\n```\n\n# Answer:\n```\n")
     ids = tokenizer("Watch The Quiet Kingdom.\n```\n\n# Query:\n```\nMore?", add_special_tokens=False)["input_ids"]
     kept, text = cut_at_stop(tokenizer, ids, ("# Query",))
     assert text == "Watch The Quiet Kingdom." and len(kept) < len(ids)
