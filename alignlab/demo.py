@@ -9,7 +9,9 @@ methods on the reward–KL frontier. Here, on the embedded model:
 3. pair the best and the worst completion of each prompt (chosen, rejected);
 4. train with DPO through the same loop and data path as ``alignlab train``;
 5. on held-out prompts, measure mean reward and sampled KL(π ‖ π_ref) of the reference, the DPO
-   model, and best-of-N sampling from the reference (N = 1 … 16).
+   model, and best-of-N sampling from the reference (N = 1 … 16, from 16 samples per prompt; KL: the bound);
+6. decode the same prompts with best-of-4 and best-of-16 through the shared prompt cache (KL: Beirami et
+   al.'s estimate beside the bound) and with stochastic ARGS (KL: sampled from its reported log-probs).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from alignlab.evaluate.frontier import (
     best_of_n_kl_bound,
     best_of_n_reward,
     plot_frontier,
+    sample_logps,
     sampled_kl,
 )
 from alignlab.models.loading import load_model_and_tokenizer
@@ -114,6 +117,33 @@ def frontier_points(policy, reference, tokenizer, reward, prompts: list[str], sa
     return points, rows
 
 
+DECODED_BEST_OF_N = (4, 16)
+
+
+def decoding_points(reference, tokenizer, reward, prompts: list[str], max_new_tokens: int, seed: int,
+                    progress: bool) -> tuple[dict, list[dict]]:
+    """Step 6: decoding-time alignment on the same prompts — best-of-N through the shared prompt cache (KL: Beirami
+    et al.'s estimate beside the bound) and stochastic ARGS (KL: sampled from its reported log-probs)."""
+    from alignlab import decode
+
+    points, rows = {}, []
+    runs = [(f"best-of-{n} (decoded)", "best_of_n", {"candidates": n, "reward": reward}) for n in DECODED_BEST_OF_N]
+    runs.append(("ARGS (stochastic, w=2)", "args", {"reward": reward, "weight": 2.0, "mode": "stochastic"}))
+    for label, name, params in runs:
+        samples = decode.get(name)(reference, tokenizer, prompts, n=1, max_new_tokens=max_new_tokens, seed=seed + 5,
+                                   progress=progress, **params)
+        scores = reward.score(samples.prompts, samples.completions)
+        if samples.kl_kind == "estimate":
+            kl = {"kl": sum(samples.extras["kl"]) / len(samples), "kl_bound": samples.extras["kl_bound"][0]}
+        else:
+            kl = {"kl": (samples.logps - sample_logps(reference, samples, tokenizer.pad_token_id)).mean().item()}
+        points[label] = {"reward": scores.mean().item(), **kl, "kl_kind": samples.kl_kind, "samples": len(samples),
+                         "cost": samples.cost.as_dict()}
+        rows += [{"model": label, "prompt": samples.prompts[i], "completion": samples.completions[i],
+                  "reward": round(float(scores[i]), 4)} for i in range(len(samples))]
+    return points, rows
+
+
 def run_demo(
     out_dir: str | Path = "runs/demo",
     model_path: str = EMBEDDED_MODEL_NAME,
@@ -145,10 +175,14 @@ def run_demo(
     policy = train(config, log=lambda message: log(f"   {message}"), records=records).model.eval()
 
     log(f"5. evaluating on {eval_prompts} held-out prompts")
-    points, rows = frontier_points(policy, reference, tokenizer, reward, review_prompts(eval_prompts, seed=seed + 2),
-                                   samples_per_prompt, max_new_tokens, seed, progress)
+    held_out = review_prompts(eval_prompts, seed=seed + 2)
+    points, rows = frontier_points(policy, reference, tokenizer, reward, held_out, samples_per_prompt, max_new_tokens,
+                                   seed, progress)
+    log("6. decoding-time alignment of the reference: best-of-N through a shared prompt cache, ARGS")
+    decoded, decoded_rows = decoding_points(reference, tokenizer, reward, held_out, max_new_tokens, seed, progress)
     summary = {
         **points,
+        "decoding": decoded,
         "settings": {"model": model_path, "seed": seed, "train_prompts": train_prompts,
                      "samples_per_prompt": samples_per_prompt, "pairs": len(pairs), "skipped_prompts": skipped,
                      "eval_prompts": eval_prompts, "max_new_tokens": max_new_tokens, "beta": beta, "lr": lr,
@@ -157,8 +191,8 @@ def run_demo(
         "seconds": round(time.time() - started, 1),
     }
     folder.write_json("summary.json", summary)
-    folder.write_jsonl("samples.jsonl", rows)
-    plot_frontier({"reference": summary["reference"], "DPO": summary["dpo"]},
+    folder.write_jsonl("samples.jsonl", rows + decoded_rows)
+    plot_frontier({"reference": summary["reference"], "DPO": summary["dpo"], **decoded},
                   {n: summary["best_of_n"][str(n)] for n in BEST_OF_N}, out / "frontier.png",
                   "Controlled sentiment on the embedded model")
     log(format_table(summary))
@@ -170,8 +204,13 @@ def run_demo(
 def format_table(summary: dict) -> str:
     rows = [("reference", summary["reference"]), ("DPO", summary["dpo"])]
     rows += [(f"best-of-{n}", point) for n, point in summary["best_of_n"].items()]
-    lines = [f"{'method':<12} {'reward':>8} {'KL (nats)':>10}"]
+    rows += list(summary.get("decoding", {}).items())
+    lines = [f"{'method':<24} {'reward':>8} {'KL (nats)':>10}"]
     for name, point in rows:
         bound = " (upper bound)" if point.get("kl_is_upper_bound") else ""
-        lines.append(f"{name:<12} {point['reward']:>8.3f} {point['kl']:>10.3f}{bound}")
+        if "kl_bound" in point:
+            bound = f" (estimate; bound {point['kl_bound']:.3f})"
+        elif point.get("kl_kind") == "sampled":
+            bound = " (sampled)"
+        lines.append(f"{name:<24} {point['reward']:>8.3f} {point['kl']:>10.3f}{bound}")
     return "\n".join(lines)

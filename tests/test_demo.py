@@ -20,3 +20,12 @@ def test_demo_aligns_the_embedded_model(tmp_path):
     assert (out / "frontier.png").stat().st_size > 10_000
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert {s["model"] for s in samples} == {"reference", "dpo"}
+    decoding = summary["decoding"]
+    assert list(decoding) == ["best-of-4 (decoded)", "best-of-16 (decoded)", "ARGS (stochastic, w=2)"]
+    for n in (4, 16):
+        point = decoding[f"best-of-{n} (decoded)"]
+        assert point["kl_kind"] == "estimate" and 0 <= point["kl"] <= point["kl_bound"] + 1e-9
+        assert point["reward"] > summary["reference"]["reward"] + 0.3
+        assert point["cost"]["forward_passes"]["policy"] <= 64 // 8 * 33  # one prefill per batch of prompts
+    assert decoding["ARGS (stochastic, w=2)"]["kl_kind"] == "sampled"
+    assert decoding["ARGS (stochastic, w=2)"]["reward"] > summary["reference"]["reward"] + 0.2
