@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class AlignlabError(Exception):
     """Base class of the errors that carry a message meant for the user."""
@@ -22,6 +24,15 @@ class DataError(AlignlabError, ValueError):
         prefix = f"{where}: " if where else ""
         field_part = f"field '{field}': " if field else ""
         super().__init__(f"{prefix}{field_part}{message}")
+
+    @classmethod
+    def at(cls, where: str | None, message: str, field: str | None = None) -> DataError:
+        """A DataError at a record's full location ``FILE:line N`` (or ``row N``, ``record N``), split into source
+        and location so both read as everywhere else."""
+        match = re.fullmatch(r"(.*):((?:line|row|record) \d+)", where or "")
+        if match:
+            return cls(message, source=match.group(1), location=match.group(2), field=field)
+        return cls(message, location=where, field=field)
 
 
 class ConfigError(AlignlabError, ValueError):

@@ -19,7 +19,7 @@ def test_demo_aligns_the_embedded_model(tmp_path):
     assert all(point["kl_is_upper_bound"] for point in best_of_n.values())
     assert (out / "frontier.png").stat().st_size > 10_000
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    assert {s["model"] for s in samples} == {"reference", "dpo"}
+    assert {s["model"] for s in samples} == {"reference", "dpo", *summary["decoding"]}
     decoding = summary["decoding"]
     assert list(decoding) == ["best-of-4 (decoded)", "best-of-16 (decoded)", "ARGS (stochastic, w=2)"]
     for n in (4, 16):

@@ -104,8 +104,8 @@ def _as_messages(text: Text, role: str) -> list[dict[str, str]]:
 
 def _chat_prompt_text(tokenizer, prompt: Text, location: str | None) -> str:
     if not getattr(tokenizer, "chat_template", None):
-        raise DataError("the record uses chat messages but the tokenizer has no chat template",
-                        location=location, field="prompt")
+        raise DataError.at(location, "the record uses chat messages but the tokenizer has no chat template",
+                           field="prompt")
     return tokenizer.apply_chat_template(_as_messages(prompt, "user"), tokenize=False, add_generation_prompt=True)
 
 
@@ -139,8 +139,8 @@ def encode_prompt_and_completion(
         _as_messages(prompt, "user") + _as_messages(completion, "assistant"), tokenize=False
     )
     if not full_text.startswith(prompt_text):
-        raise DataError("the chat template renders the prompt differently when the completion follows, "
-                        "so the completion cannot be separated", location=location)
+        raise DataError.at(location, "the chat template renders the prompt differently when the completion "
+                           "follows, so the completion cannot be separated")
     prompt_ids = encode_prompt(tokenizer, prompt, chat=True, location=location)
     completion_ids = tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
     return prompt_ids, completion_ids
@@ -170,8 +170,8 @@ def tokenize_with(examples, tokenizer, max_length: int, max_prompt_length: int, 
                    for name in fields]
         prompt = encoded[0][0]
         if any(other != prompt for other, _ in encoded[1:]):
-            raise DataError(f"the prompt tokenizes differently before {' and '.join(fields)}",
-                            location=example.location)
+            raise DataError.at(example.location, f"the prompt tokenizes differently before {' and '.join(fields)} "
+                               "(give them all as strings or all as chat messages)")
         prompt, completions, prompt_cut, completion_cut = truncate(
             prompt, tuple(c for _, c in encoded), max_length, max_prompt_length)
         stats.count(example.location, prompt_cut, completion_cut)
@@ -189,8 +189,8 @@ def tokenize_preferences(
     with_answers = [e.chosen_answer is not None for e in examples]
     if any(with_answers) and not all(with_answers):
         missing = examples[with_answers.index(False)]
-        raise DataError("some records have chosen_answer and rejected_answer and this one does not; give them "
-                        "in every record or in none", location=missing.location, field="chosen_answer")
+        raise DataError.at(missing.location, "some records have chosen_answer and rejected_answer and this one does "
+                           "not; give them in every record or in none", field="chosen_answer")
     fields = ("chosen", "rejected", "chosen_answer", "rejected_answer") if all(with_answers) else ("chosen", "rejected")
     return tokenize_with(examples, tokenizer, max_length, max_prompt_length, fields,
                          lambda e, prompt, c: TokenizedPair(prompt, c[0], c[1], e.reward_margin,

@@ -210,3 +210,14 @@ def test_scored_lists_become_best_worst_pairs(tmp_path, small_model_dir):
     messages = []
     train(config, log=messages.append)
     assert any("1 records skipped because all their scores tie" in m for m in messages)
+
+
+def test_errors_found_while_tokenizing_name_file_and_line_apart(tmp_path, tokenizer):
+    """A plain chosen beside a chat-message rejected: the prompt cannot be shared; the error is located like every
+    other (source = the file, location = the line)."""
+    mixed = {**GOOD, "rejected": [{"role": "assistant", "content": "no"}]}
+    path = write_jsonl(tmp_path / "mixed.jsonl", [GOOD, mixed])
+    with pytest.raises(DataError) as caught:
+        tokenize_preferences(load_preferences(str(path)), tokenizer, max_length=32, max_prompt_length=16)
+    assert caught.value.source == str(path) and caught.value.location == "line 2"
+    assert str(caught.value).startswith(f"{path}:line 2: the prompt tokenizes differently")
