@@ -52,7 +52,8 @@ class Samples:
     """One of `KL_KINDS`: how this method's KL from the reference is to be reported."""
     cost: Cost | None = None
     extras: dict = field(default_factory=dict)
-    """Method-specific per-sample values (e.g. best-of-N's reference log-prob of the selected sample)."""
+    """Method-specific values: per-sample lists (best-of-N's ``base_logp``, ``kl``, ``kl_bound``; speculative's
+    ``accepted``), or facts about the run (controlled decoding's ``value_fit``)."""
     prompts_truncated: int = 0
     """Prompts cut from the left to fit the model's context beside the completion."""
 

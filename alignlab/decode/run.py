@@ -144,6 +144,8 @@ def summarise(samples, scores: torch.Tensor, ref_logps: torch.Tensor, method: Me
             point["kl_bound"] = max(samples.extras["kl_bound"])
     else:
         point["kl"] = (-ref_logps).mean().item()
+    if "value_fit" in samples.extras:
+        point["value_fit"] = samples.extras["value_fit"]
     if "accepted" in samples.extras:
         calls = [count for counts in samples.extras["accepted"] for count in counts]
         point["accepted_per_target_call"] = sum(calls) / max(1, len(calls))

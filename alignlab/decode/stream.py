@@ -91,7 +91,7 @@ class TokenStream:
     """
 
     def __init__(self, model, prompt_ids: list[list[int]], n: int, eos_id: int | None, pad_id: int,
-                 cost: Cost | None = None, role: str = "policy") -> None:
+                 cost: Cost | None = None, role: str = "policy", keep_hidden: bool = False) -> None:
         if not prompt_ids or any(not ids for ids in prompt_ids):
             raise ValueError("every prompt needs at least one token")
         self.model, self.eos_id, self.pad_id, self.n = model, eos_id, pad_id, n
@@ -101,8 +101,12 @@ class TokenStream:
         input_ids = pad_rows([[pad_id] * (width - len(ids)) + ids for ids in prompt_ids], pad_id).to(self.device)
         mask = pad_rows([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompt_ids], 0).to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        self.keep_hidden = keep_hidden
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                    output_hidden_states=keep_hidden)
         self.cost.count(role)
+        self.hidden = out.hidden_states[-1][:, -1].repeat_interleave(n, 0) if keep_hidden else None
+        """The last layer's hidden state at each row's newest token (with `keep_hidden`)."""
         self.cache = out.past_key_values
         logits = out.logits[:, -1].float()
         if n > 1:
@@ -130,7 +134,9 @@ class TokenStream:
             self.done = self.done | (active & (tokens == self.eos_id))
         self.mask = torch.cat([self.mask, active.long()[:, None]], dim=1)
         out = self.model(input_ids=tokens[:, None], attention_mask=self.mask, position_ids=self.next_position[:, None],
-                         past_key_values=self.cache, use_cache=True)
+                         past_key_values=self.cache, use_cache=True, output_hidden_states=self.keep_hidden)
+        if self.keep_hidden:
+            self.hidden = out.hidden_states[-1][:, -1]
         self.cost.count(self.role)
         self.cache = out.past_key_values
         self.logits = out.logits[:, -1].float()
@@ -149,6 +155,7 @@ class TokenStream:
         rows = rows.to(self.device)
         self.cache.reorder_cache(rows)
         self.logits, self.mask, self.next_position = self.logits[rows], self.mask[rows], self.next_position[rows]
+        self.hidden = self.hidden[rows] if self.hidden is not None else None
         self.prompt_of, self.done = self.prompt_of[rows], self.done[rows]
         self.generated = [list(self.generated[r]) for r in rows.tolist()]
 
