@@ -12,7 +12,7 @@ import torch
 
 from alignlab.data.formats import Text
 from alignlab.decode.base import Samples, context_room, decode_in_batches, evaluation_mode, register
-from alignlab.decode.stream import TokenStream, decode_tokens, draw, generator_for, warped_logprobs
+from alignlab.decode.stream import TokenStream, decode_tokens, draw, generator_for, special_ids, warped_logprobs
 from alignlab.diagnose.bon_kl import kl_bound, kl_estimate_per_draw
 
 
@@ -30,7 +30,7 @@ def _of_n(model, tokenizer, prompts: list[Text], n: int, reward, candidates: int
     device = next(model.parameters()).device
     generator = generator_for(seed, device)
     cpu_generator = generator_for(None if seed is None else seed + 1, "cpu")
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    eos, pad = special_ids(tokenizer)
 
     def run(batch_prompts, prompt_ids, cost):
         stream = TokenStream(model, prompt_ids, n * candidates, eos, pad, cost)

@@ -23,7 +23,7 @@ from torch import nn
 
 from alignlab.data.formats import Text
 from alignlab.decode.base import Samples, context_room, decode_in_batches, evaluation_mode, register
-from alignlab.decode.stream import TokenStream, decode_tokens, draw, generator_for, greedy
+from alignlab.decode.stream import MODES, TokenStream, decode_tokens, generator_for, pick, special_ids
 from alignlab.errors import ConfigError
 
 
@@ -121,7 +121,7 @@ def controlled(model, tokenizer, prompts: list[Text], n: int = 1, *, reward, val
     prefix value head (`value_head`: a saved one; else fitted by Monte-Carlo regression on `value_samples` reference
     samples per prompt of `value_prompts`, a prompt file, or of the decoded prompts). ``greedy`` is a point;
     ``stochastic`` reports its log-probs (``sampled``). ``extras["value_fit"]`` describes the fit."""
-    if mode not in ("greedy", "stochastic"):
+    if mode not in MODES:
         raise ConfigError(f"controlled: mode must be 'greedy' or 'stochastic', got '{mode}'")
     fit, started = {}, time.perf_counter()
     if value_head is not None:
@@ -140,7 +140,7 @@ def controlled(model, tokenizer, prompts: list[Text], n: int = 1, *, reward, val
                           f"{model.config.hidden_size}")
     head = head.to(next(model.parameters()).device)
     generator = generator_for(seed, next(model.parameters()).device)
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    eos, pad = special_ids(tokenizer)
 
     def run(_, prompt_ids, cost):
         stream = TokenStream(model, prompt_ids, n, eos, pad, cost, keep_hidden=True)
@@ -148,7 +148,7 @@ def controlled(model, tokenizer, prompts: list[Text], n: int = 1, *, reward, val
         def choose(s: TokenStream):
             logprobs, candidates = s.logits.log_softmax(-1).topk(min(top_k, s.logits.shape[-1]), dim=-1)
             policy = (logprobs + alpha * candidate_values(s, candidates, head)).log_softmax(-1)
-            index, logp = greedy(policy) if mode == "greedy" else draw(policy, generator)
+            index, logp = pick(policy, mode, generator)
             return candidates.gather(-1, index[:, None]).squeeze(-1), logp
 
         logps = decode_tokens(stream, max_new_tokens, choose)

@@ -15,7 +15,7 @@ import torch
 
 from alignlab.data.formats import Text
 from alignlab.decode.base import Samples, context_room, decode_in_batches, evaluation_mode, register
-from alignlab.decode.stream import TokenStream, decode_tokens, draw, generator_for, greedy
+from alignlab.decode.stream import MODES, TokenStream, decode_tokens, draw, generator_for, greedy, pick, special_ids
 from alignlab.errors import ConfigError
 from alignlab.rewards.programmatic import scores_partial
 
@@ -31,7 +31,7 @@ def greedy_decoding(model, tokenizer, prompts: list[Text], n: int = 1, *, max_ne
                     batch_size: int = 16, seed: int | None = None, progress: bool = True) -> Samples:
     """Greedy decoding: y_t = argmax_v π(v | x, y_<t) (ties to the lowest id). Deterministic: its KL from the model
     is reported as a point value, −log π_ref(y) (KL kind ``point``)."""
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    eos, pad = special_ids(tokenizer)
 
     def run(_, prompt_ids, cost):
         stream = TokenStream(model, prompt_ids, n, eos, pad, cost)
@@ -70,13 +70,13 @@ def args(model, tokenizer, prompts: list[Text], n: int = 1, *, reward, weight: f
     """ARGS (Khanov et al., 2024): s_j = z_j + w·r(x, y_<t ⊕ v_j) over the top-k tokens v_j; ``greedy`` takes the
     best, ``stochastic`` samples softmax(s / T) (T = 0.7 as in the authors' code). The stochastic form reports the
     log-prob of each token under softmax(s / T) (KL kind ``sampled``); the greedy form is a point (``point``)."""
-    if mode not in ("greedy", "stochastic"):
+    if mode not in MODES:
         raise ConfigError(f"args: mode must be 'greedy' or 'stochastic', got '{mode}'")
     if temperature <= 0:
         raise ConfigError(f"args: temperature must be positive, got {temperature}")
     check_partial("args", reward)
     generator = generator_for(seed, next(model.parameters()).device)
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    eos, pad = special_ids(tokenizer)
 
     def run(batch_prompts, prompt_ids, cost):
         stream = TokenStream(model, prompt_ids, n, eos, pad, cost)
@@ -84,7 +84,7 @@ def args(model, tokenizer, prompts: list[Text], n: int = 1, *, reward, weight: f
         def choose(s: TokenStream):
             candidates, scores = args_scores(s, tokenizer, batch_prompts, reward, weight, top_k)
             logprobs = (scores / (temperature if mode == "stochastic" else 1.0)).log_softmax(-1)
-            index, logp = greedy(logprobs) if mode == "greedy" else draw(logprobs, generator)
+            index, logp = pick(logprobs, mode, generator)
             return candidates.gather(-1, index[:, None]).squeeze(-1), logp
 
         logps = decode_tokens(stream, max_new_tokens, choose)
@@ -143,7 +143,7 @@ def tq_star(model, tokenizer, prompts: list[Text], n: int = 1, *, reward, baseli
     log-probs (``sampled``). Rewards score unfinished text; rollout length 0 is ARGS."""
     from alignlab.rewards import from_config
 
-    if mode not in ("greedy", "stochastic"):
+    if mode not in MODES:
         raise ConfigError(f"tq_star: mode must be 'greedy' or 'stochastic', got '{mode}'")
     if rollouts < 1 or rollout_tokens < 0 or beta <= 0:
         raise ConfigError("tq_star: rollouts must be at least 1, rollout_tokens at least 0 and beta positive")
@@ -153,7 +153,7 @@ def tq_star(model, tokenizer, prompts: list[Text], n: int = 1, *, reward, baseli
         check_partial("tq_star (baseline_reward)", baseline_reward)
     baseline = baseline if baseline is not None else model
     generator = generator_for(seed, next(model.parameters()).device)
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    eos, pad = special_ids(tokenizer)
 
     def run(batch_prompts, prompt_ids, cost):
         stream = TokenStream(model, prompt_ids, n, eos, pad, cost)
@@ -163,7 +163,7 @@ def tq_star(model, tokenizer, prompts: list[Text], n: int = 1, *, reward, baseli
             q = rollout_values(s, tokenizer, batch_prompts, prompt_ids, candidates, baseline, reward, rollouts,
                                rollout_tokens, baseline_reward, beta, generator)
             policy = (logprobs + alpha * q).log_softmax(-1)
-            index, logp = greedy(policy) if mode == "greedy" else draw(policy, generator)
+            index, logp = pick(policy, mode, generator)
             return candidates.gather(-1, index[:, None]).squeeze(-1), logp
 
         logps = decode_tokens(stream, max_new_tokens, choose)

@@ -16,7 +16,7 @@ import torch
 
 from alignlab.data.formats import Text
 from alignlab.decode.base import Samples, context_room, decode_in_batches, evaluation_mode, register
-from alignlab.decode.stream import TokenStream, decode_tokens, draw, generator_for, warped_logprobs
+from alignlab.decode.stream import TokenStream, decode_tokens, draw, generator_for, special_ids, warped_logprobs
 from alignlab.errors import ConfigError
 
 TRANSFORMS = {
@@ -58,7 +58,7 @@ def infalign(model, tokenizer, prompts: list[Text], n: int = 1, *, reward, candi
         raise ConfigError("infalign: candidates and calibration_samples must be at least 1, beta at least 0")
     generator = generator_for(seed, next(model.parameters()).device)
     cpu_generator = generator_for(None if seed is None else seed + 1, "cpu")
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    eos, pad = special_ids(tokenizer)
     per_prompt = calibration_samples + n * candidates
 
     def run(batch_prompts, prompt_ids, cost):

@@ -13,7 +13,7 @@ from alignlab.data.collate import pad_rows
 from alignlab.data.formats import Text
 from alignlab.data.tokenize import encode_prompt
 from alignlab.decode.base import Samples, context_room, decode_in_batches, evaluation_mode, register
-from alignlab.decode.stream import TokenStream, decode_tokens, draw, generator_for, warped_logprobs
+from alignlab.decode.stream import TokenStream, decode_tokens, draw, generator_for, special_ids, warped_logprobs
 
 
 def _cut_at_eos(ids: list[int], eos_id: int | None, pad_id: int | None) -> list[int]:
@@ -99,7 +99,7 @@ def sample(model, tokenizer, prompts: list[Text], n: int = 1, *, max_new_tokens:
     cut the samples and their log-probs are the model's own (KL kind ``sampled``).
     """
     generator = generator_for(seed, next(model.parameters()).device)
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    eos, pad = special_ids(tokenizer)
 
     def run(_, prompt_ids, cost):
         stream = TokenStream(model, prompt_ids, n, eos, pad, cost)

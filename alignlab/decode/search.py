@@ -19,7 +19,7 @@ import torch
 from alignlab.data.formats import Text
 from alignlab.decode.base import Samples, context_room, decode_in_batches, evaluation_mode, register
 from alignlab.decode.guided import check_partial
-from alignlab.decode.stream import TokenStream, decode_tokens, greedy
+from alignlab.decode.stream import TokenStream, decode_tokens, greedy, special_ids
 from alignlab.errors import ConfigError
 
 
@@ -63,7 +63,7 @@ def deal(model, tokenizer, prompts: list[Text], n: int = 1, *, reward, weight: f
         raise ConfigError("deal: beams and top_k must be at least 1 and lookahead at least 0")
     if weight:
         check_partial("deal", reward)
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    eos, pad = special_ids(tokenizer)
 
     def run(batch_prompts, prompt_ids, cost):
         stream = TokenStream(model, prompt_ids, 1, eos, pad, cost)

@@ -177,3 +177,16 @@ def decode_tokens(stream: TokenStream, max_new_tokens: int, choose) -> torch.Ten
 def generator_for(seed: int | None, device) -> torch.Generator | None:
     """A seeded generator on `device`, or None (torch's global one) without a seed."""
     return None if seed is None else torch.Generator(device=device).manual_seed(seed)
+
+
+MODES = ("greedy", "stochastic")
+
+
+def pick(logprobs: torch.Tensor, mode: str, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`greedy` or `draw` from `logprobs`, as a guided method's `mode` says."""
+    return greedy(logprobs) if mode == "greedy" else draw(logprobs, generator)
+
+
+def special_ids(tokenizer) -> tuple[int | None, int]:
+    """(end-of-sequence id, padding id; 0 when the tokenizer has none)."""
+    return tokenizer.eos_token_id, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

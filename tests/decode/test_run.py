@@ -86,3 +86,12 @@ def test_cli_decode_and_listing(small_model_dir, prompt_file, tmp_path, capsys):
     listing = capsys.readouterr().out
     assert all(name in listing for name in ("best_of_n", "speculative", "deal", "args", "keywords", "refusal"))
     assert main(["decode", str(tmp_path / "nope.yaml")]) == 2
+
+
+def test_prompts_longer_than_the_context_are_cut_and_counted(small_model_dir, tmp_path):
+    """The small model has 256 positions: a 600-word prompt is cut from the left and counted, not a crash."""
+    prompts = tmp_path / "long.jsonl"
+    prompts.write_text(json.dumps({"prompt": "great film " * 300}) + "\n" + json.dumps({"prompt": "short"}) + "\n")
+    config = decode_config({**config_data(small_model_dir, prompts, tmp_path / "out"), "methods": ["sample", "greedy"]})
+    summary = run_decode(config, log=lambda *_: None)
+    assert [p["prompts_truncated"] for p in summary["methods"]] == [1, 1]

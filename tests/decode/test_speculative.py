@@ -38,10 +38,16 @@ def output_distribution(p: torch.Tensor, q: torch.Tensor, gamma: int, method: st
 
 
 def prefix_probabilities(sequences: dict, length: int) -> dict:
+    """P(the output stream starts with each `length`-token prefix) when verification rounds follow one another
+    (context-free target and draft: every round is the same distribution `sequences`; each emits ≥ 1 token)."""
     totals: dict[tuple, float] = {}
     for sequence, chance in sequences.items():
         if len(sequence) >= length:
             totals[sequence[:length]] = totals.get(sequence[:length], 0.0) + chance
+        else:
+            for rest, more in prefix_probabilities(sequences, length - len(sequence)).items():
+                key = (*sequence, *rest)
+                totals[key] = totals.get(key, 0.0) + chance * more
     return totals
 
 
@@ -55,8 +61,8 @@ def test_spec_values_token_accepts_10_9_block_accepts_11_9():
 
 @pytest.mark.parametrize("method", ["token", "block"])
 def test_both_verifications_emit_exactly_the_targets_distribution(method):
-    """Over every draft of a small vocabulary: the first emitted token follows p, and so does every prefix that
-    both methods always emit (the first token); block accepts at least as many tokens as token verification."""
+    """Over every draft of a small vocabulary: every output prefix of up to γ + 1 tokens has the target's
+    probability (rounds chained); block accepts at least as many tokens as token verification."""
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
         p = torch.rand(3, generator=g, dtype=torch.float64) + 0.05
@@ -64,9 +70,10 @@ def test_both_verifications_emit_exactly_the_targets_distribution(method):
         p, q = p / p.sum(), q / q.sum()
         sequences, accepted = output_distribution(p, q, 2, method)
         assert sum(sequences.values()) == pytest.approx(1.0, abs=1e-12)
-        first = prefix_probabilities(sequences, 1)
-        for token in range(3):
-            assert first.get((token,), 0.0) == pytest.approx(float(p[token]), abs=1e-12)
+        for length in (1, 2, 3):  # every prefix up to γ + 1 tokens has the target's probability
+            for prefix, chance in prefix_probabilities(sequences, length).items():
+                assert chance == pytest.approx(float(torch.prod(p[list(prefix)])), abs=1e-12)
+            assert sum(prefix_probabilities(sequences, length).values()) == pytest.approx(1.0, abs=1e-12)
         if method == "block":
             assert accepted >= output_distribution(p, q, 2, "token")[1] - 1e-12
 
