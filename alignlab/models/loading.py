@@ -49,10 +49,23 @@ def resolve_model_path(name_or_path: str) -> tuple[str, bool]:
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{path} is a folder but holds no config.json, so it is not a saved model")
         return str(path), True
-    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or path.suffix != ""
-    if looks_local:
-        raise ModelNotFoundError(f"no model folder at {path}")
+    if path.exists():
+        raise ModelNotFoundError(f"{path} is a file, not a model folder")
+    if name_or_path.startswith((".", "/", "~")) or not is_hub_id(name_or_path):
+        raise ModelNotFoundError(f"no model folder at {path}, and '{name_or_path}' is not a hub id either")
     return name_or_path, False
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether `name` is a valid hub repository id (``name`` or ``owner/name``; dots allowed, as in
+    ``Qwen/Qwen2.5-0.5B``)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return name.count("/") <= 1
 
 
 HUB_PROBE_SECONDS = 3.0

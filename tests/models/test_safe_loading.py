@@ -63,3 +63,39 @@ def test_remote_code_is_off_unless_asked(monkeypatch):
     with pytest.raises(ModelNotFoundError):
         load_model("alignlab/tiny-llama")
     assert seen["trust_remote_code"] is False and seen["use_safetensors"] is True
+
+
+def test_hub_ids_with_dots_are_looked_up_in_the_hub_cache(tmp_path, small_model_dir):
+    """`Qwen/Qwen2.5-0.5B`-style ids (a dot in the name) are hub ids, not paths: with fake cache entries and the hub
+    offline they load from the cache; a missing one says it is neither a folder nor cached."""
+    import shutil
+    import subprocess
+    import sys
+
+    from alignlab.models.loading import is_hub_id, resolve_model_path
+
+    for name in ("Qwen/Qwen2.5-0.5B", "meta-llama/Llama-3.2-1B", "acme/tiny.v1.5", "gpt2"):
+        assert is_hub_id(name) and resolve_model_path(name) == (name, False)
+    for name in ("a/b/c", "./acme/tiny.v1.5", "x..y/z"):
+        with pytest.raises(ModelNotFoundError, match="no model folder"):
+            resolve_model_path(name)
+    (tmp_path / "weights.safetensors").write_text("x")
+    with pytest.raises(ModelNotFoundError, match="is a file, not a model folder"):
+        resolve_model_path(str(tmp_path / "weights.safetensors"))
+    cache = tmp_path / "hub"
+    for repo in ("acme/tiny.v1.5", "Org/Model-3.2-mini"):
+        snapshot = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
+        shutil.copytree(small_model_dir, snapshot)
+        (snapshot.parent.parent / "refs").mkdir()
+        (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    script = ("from alignlab.models.loading import load_model_and_tokenizer\n"
+              "for repo in ('acme/tiny.v1.5', 'Org/Model-3.2-mini'):\n"
+              "    model, tokenizer = load_model_and_tokenizer(repo)\n"
+              "    print(repo, type(model).__name__, len(tokenizer))\n"
+              "try:\n    load_model_and_tokenizer('acme/other.v2')\n"
+              "except Exception as error:\n    print(type(error).__name__, error)\n")
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "acme/tiny.v1.5 LlamaForCausalLM" in result.stdout and "Org/Model-3.2-mini LlamaForCausalLM" in result.stdout
+    assert "ModelNotFoundError" in result.stdout and "acme/other.v2" in result.stdout
