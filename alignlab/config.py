@@ -9,6 +9,7 @@ hyperparameters are checked against the objective's signature.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -116,6 +117,9 @@ class TrainConfig:
     """`torch.compile` the transformer body after the reference pass. On a 2-core CPU (~30M model) compiled
     steps were ~3% faster with less memory, but compiling took ~2 minutes plus recompiles for new shapes:
     worth it only for long runs (see README, Performance)."""
+    guard_weights: bool = True
+    """Undo an update that makes any trained weight non-finite (and count it as a bad step). Keeps a copy of the
+    weights and optimizer moments from before each update: turn off for models that do not fit twice."""
     max_bad_steps: int = 5
     """A step with a non-finite loss or gradient is skipped (the weights do not change); more than this
     many in a row stop the run with an error."""
@@ -154,6 +158,17 @@ MOVED = {f"train.{key}": f"scoring.{key}" for key in ("share_prefix", "padding_f
 """Keys an earlier version read elsewhere, with where they are now."""
 
 
+def as_finite_float(value: Any, key: str) -> float:
+    """A number (an int, a float, or a string YAML 1.1 left unconverted, such as ``1e-5``) as a finite float."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+    return number
+
+
 def _check_type(value: Any, annotation: Any, key: str) -> Any:
     """Return `value` converted to `annotation` (int → float allowed) or raise ConfigError."""
     origin = typing.get_origin(annotation)
@@ -161,6 +176,8 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
         options = typing.get_args(annotation)
         if value is None and type(None) in options:
             return None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value}")
         for option in options:
             if option is type(None):
                 continue
@@ -169,6 +186,8 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
             except ConfigError as error:
                 if isinstance(value, list) and typing.get_origin(option) is list:
                     raise error from None  # a list whose element is wrong: say which
+                if "finite number" in str(error):
+                    raise error from None
                 continue
         names = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
         raise ConfigError(f"{key}: expected {names}, got {value!r}")
@@ -181,13 +200,8 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         item = typing.get_args(annotation)[0]
         return [_check_type(element, item, f"{key}[{i}]") for i, element in enumerate(value)]
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if annotation is float and isinstance(value, str):
-        try:  # YAML 1.1 reads 1e-5 (no dot) as a string
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if annotation is float and not isinstance(value, bool) and isinstance(value, (int, float, str)):
+        return as_finite_float(value, key)
     if annotation is bool and not isinstance(value, bool):
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if annotation is int and (isinstance(value, bool) or not isinstance(value, int)):

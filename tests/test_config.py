@@ -53,3 +53,13 @@ def test_missing_or_invalid_config_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("train: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "nan", "inf"])
+def test_non_finite_numbers_are_refused(value):
+    import yaml
+
+    for key in ("train.lr", "train.max_grad_norm", "objective.weight", "reference.sync_alpha"):
+        section, name = key.split(".")
+        with pytest.raises(ConfigError, match=r"finite number|expected a number"):
+            config_from_dict({section: {name: yaml.safe_load(value)}})

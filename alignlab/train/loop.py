@@ -59,6 +59,7 @@ from alignlab.train.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
+from alignlab.train.guard import WeightGuard, all_finite
 from alignlab.train.reference import CachedReference, ModelReference, Reference, cached_reference_logps
 from alignlab.train.schedule import make_scheduler, micro_batches, total_steps
 from alignlab.train.self_samples import with_self_samples
@@ -100,6 +101,10 @@ class Run:
     steps: int
     trained_parameters: list[torch.nn.Parameter]
     say: object
+    guard: WeightGuard | None = None
+    """Undoes an update that makes weights non-finite (`train.guard_weights`)."""
+    unverified_update: bool = False
+    """The last step updated the weights and no finite loss has been seen since."""
     draw: Callable[[int], tuple[list, object]] | None = None
     """`data.transform`: the examples of an epoch, drawn anew every epoch."""
     last: dict = field(default_factory=dict)
@@ -284,7 +289,8 @@ def prepare(config: RunConfig, resume: bool = False, log=print, records: list | 
     builder = BatchBuilder(policy, reference, pad_id, device, needs, config.scoring)
     eval_builder = BatchBuilder(policy, eval_reference, pad_id, device, needs, config.scoring)
     return Run(config, accelerator, objective, tokenizer, model, policy, optimizer, scheduler, state, examples,
-               eval_examples, builder, eval_builder, reference, folder, metrics, steps, trained_parameters, say, draw)
+               eval_examples, builder, eval_builder, reference, folder, metrics, steps, trained_parameters, say,
+               guard=WeightGuard(trained_parameters, optimizer) if config.train.guard_weights else None, draw=draw)
 
 
 def accumulate(run: Run, group: list[list[int]]) -> tuple[dict, int]:
@@ -303,18 +309,59 @@ def accumulate(run: Run, group: list[list[int]]) -> tuple[dict, int]:
     return metrics.pooled(), scored
 
 
-def count_bad_step(run: Run, loss: float, grad_norm: float) -> None:
-    """A non-finite loss or gradient never reaches the weights; too many in a row stop the run."""
+def divergence_advice(run: Run) -> str:
+    """Where the last good weights are, and what to change: a checkpoint is only ever written with finite weights."""
+    latest = latest_intact_checkpoint(run.checkpoints_dir, say=lambda *_: None)
+    where = (f"the last good weights are in {latest}" if latest is not None
+             else "no checkpoint was saved (train.save_every writes them)")
+    advice = "Lower train.lr or check the data"
+    if mixed_precision(run.config.train.precision) != "no":
+        advice += ", or use train.precision: fp32"
+    return f"{where}. {advice}."
+
+
+def count_bad_step(run: Run, what: str) -> None:
+    """A step whose loss, gradient or update was not finite leaves the weights as they were; too many in a row
+    stop the run."""
     state, limit = run.state, run.config.train.max_bad_steps
     state.skipped_steps += 1
     state.bad_steps_in_a_row += 1
-    run.say(f"step {state.step + 1}: loss {loss}, gradient norm {grad_norm}: skipped "
-            f"({state.bad_steps_in_a_row} in a row, {state.skipped_steps} in all)")
+    run.say(f"step {state.step + 1}: {what}: skipped ({state.bad_steps_in_a_row} in a row, "
+            f"{state.skipped_steps} in all)")
     if state.bad_steps_in_a_row > limit:
         raise TrainingDivergedError(
-            f"{state.bad_steps_in_a_row} steps in a row had a non-finite loss or gradient "
-            f"(train.max_bad_steps = {limit}); the last good weights are in the latest checkpoint of "
-            f"{run.checkpoints_dir}. Lower train.lr, check the data, or use train.precision: fp32")
+            f"{state.bad_steps_in_a_row} steps in a row had a non-finite loss, gradient or update "
+            f"(train.max_bad_steps = {limit}); {divergence_advice(run)}")
+
+
+def apply_update(run: Run, grad_norm: float) -> None:
+    """The optimizer step; with the weight guard, an update that makes a weight non-finite is undone at once, and
+    one that leaves them finite stays unverified until the next step's loss is finite."""
+    if run.guard is not None:
+        run.guard.snapshot()
+    run.optimizer.step()
+    if run.guard is not None and not run.guard.finite():
+        run.guard.restore()
+        run.unverified_update = False
+        count_bad_step(run, f"the update (gradient norm {grad_norm}) made weights non-finite; undone")
+    else:
+        run.unverified_update = True
+
+
+@torch.no_grad()
+def verify_last_update(run: Run) -> None:
+    """Before saving: the loss on one micro-batch after the last update; non-finite → that update is undone."""
+    if run.guard is None or not run.unverified_update:
+        return
+    indices = micro_batches(len(run.examples), run.config.train.batch_size, run.config.train.seed, 0)[0]
+    run.objective.train(False)
+    loss = run.objective(run.builder([run.examples[i] for i in indices], indices)).loss.item()
+    run.objective.train(True)
+    run.unverified_update = False
+    if not math.isfinite(loss):
+        run.guard.restore()
+        run.state.skipped_steps += 1
+        run.say(f"step {run.state.step}: its update gives a non-finite loss ({loss}); undone")
 
 
 def train_step(run: Run, group: list[list[int]]) -> dict:
@@ -324,11 +371,19 @@ def train_step(run: Run, group: list[list[int]]) -> dict:
     average_gradients(run.objective.parameters())  # the model's are averaged by the wrapper (DDP)
     grad_norm = float(run.accelerator.clip_grad_norm_(run.trained_parameters,
                                                       config.train.max_grad_norm or float("inf")))
-    if math.isfinite(totals["loss"]) and math.isfinite(grad_norm):
-        run.optimizer.step()
-        state.bad_steps_in_a_row = 0
+    if not (math.isfinite(totals["loss"]) and math.isfinite(grad_norm)):
+        undo = run.guard is not None and run.unverified_update
+        if undo:  # the update before this step may be what broke the model: undo it, and count its step as bad
+            run.guard.restore()
+            state.skipped_steps += 1
+            state.bad_steps_in_a_row += 1
+        run.unverified_update = False
+        count_bad_step(run, f"loss {totals['loss']}, gradient norm {grad_norm}"
+                       + ("; the previous step's update is undone too" if undo else ""))
     else:
-        count_bad_step(run, totals["loss"], grad_norm)
+        if run.unverified_update:  # a finite loss after the previous update: that update did no harm
+            state.bad_steps_in_a_row = 0
+        apply_update(run, grad_norm)
     with warnings.catch_warnings():  # a skipped first step calls the scheduler before the optimizer
         warnings.simplefilter("ignore", UserWarning)
         run.scheduler.step()
@@ -343,7 +398,14 @@ def train_step(run: Run, group: list[list[int]]) -> dict:
             "elapsed_s": round(time.time() - run.started, 2)}
 
 
+def refuse_non_finite_weights(run: Run, what: str) -> None:
+    if not all_finite(run.trained_parameters):
+        raise TrainingDivergedError(f"the weights hold non-finite values, so they are not saved as {what}; "
+                                    f"{divergence_advice(run)}")
+
+
 def checkpoint(run: Run) -> None:
+    refuse_non_finite_weights(run, f"checkpoint step-{run.state.step}")
     if run.main:
         synced = run.reference.model if run.config.reference.sync_ref else None
         save_checkpoint(run.checkpoints_dir, run.model, run.optimizer, run.scheduler, run.state, synced,
@@ -418,7 +480,14 @@ def run_steps(run: Run, n: int | None = None) -> bool:
 
 
 def finish(run: Run) -> TrainResult:
-    """A last evaluation, then the final weights (and tokenizer) in ``final/``."""
+    """A last evaluation, then the final weights (and tokenizer) in ``final/``; a run whose every step was skipped,
+    or whose weights are not finite, saves nothing and raises."""
+    state = run.state
+    verify_last_update(run)
+    if state.step and state.skipped_steps >= state.step:
+        raise TrainingDivergedError(f"all {state.step} steps were skipped for a non-finite loss, gradient or update, "
+                                    f"so the model never trained and final/ is not written; {divergence_advice(run)}")
+    refuse_non_finite_weights(run, "final/")
     if run.eval_examples:
         final_eval = evaluate(run.eval_builder, run.eval_examples, run.objective, run.config.train.batch_size)
         run.metrics.write({"step": run.state.step, **final_eval})

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,17 +97,22 @@ def test_non_finite_steps_are_skipped_and_counted(small_model_dir, pairs_file, t
     initial = load_file(str(small_model_dir / "model.safetensors"))
     poison_steps(monkeypatch, {1, 2, 3})
     said = []
-    result = train(quick_config(small_model_dir, pairs_file, tmp_path / "all-bad", DPO, max_steps=3,
-                                max_bad_steps=3), log=said.append)
-    assert_same_weights(initial, {k: v for k, v in final_weights(result.run_dir).items()})  # never reached the weights
-    history = run_history(result.run_dir)
+    with pytest.raises(TrainingDivergedError, match="all 3 steps were skipped"):  # never a success
+        train(quick_config(small_model_dir, pairs_file, tmp_path / "all-bad", DPO, max_steps=3, max_bad_steps=3,
+                           save_every=1), log=said.append)
+    assert not (tmp_path / "all-bad" / "final").exists()
+    kept = sorted((tmp_path / "all-bad" / "checkpoints").glob("step-*"))
+    assert kept  # the weights never changed: the checkpoints hold the initial ones
+    for folder in kept:
+        assert_same_weights(initial, load_file(str(folder / "model.safetensors")))
+    history = run_history(tmp_path / "all-bad")
     assert [m["skipped_steps"] for m in history] == [1, 2, 3]
-    assert any("3 skipped for a non-finite loss or gradient" in line for line in said)
 
     poison_steps(monkeypatch, {2})
     result = train(quick_config(small_model_dir, pairs_file, tmp_path / "one-bad", DPO, max_steps=3),
                    log=lambda *_: None)
-    assert [m["skipped_steps"] for m in run_history(result.run_dir)] == [0, 1, 1]
+    # the bad step 2 also undoes step 1's update (it may be what broke the model): 2 skipped, step 3 trains
+    assert [m["skipped_steps"] for m in run_history(result.run_dir)] == [0, 2, 2]
     assert all(torch.isfinite(v).all() for v in final_weights(result.run_dir).values())
     assert not any(torch.equal(v, initial[k]) for k, v in final_weights(result.run_dir).items()
                    if k.endswith("q_proj.weight"))
@@ -197,3 +203,57 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_weights(sm
     assert_same_weights(final_weights(straight.run_dir), final_weights(tmp_path / "run"))
     history = run_history(tmp_path / "run")
     assert [m["step"] for m in history] == list(range(1, steps + 1))
+
+
+def test_a_destructive_finite_update_is_undone_and_never_ends_as_success(small_model_dir, pairs_file, tmp_path):
+    """lr 1e6 leaves finite but destroyed weights whose next loss or gradient is not finite: each such update is
+    undone with the step after it, the run stops, and the checkpoint it names holds finite weights."""
+    config = quick_config(small_model_dir, pairs_file, tmp_path / "run", DPO, max_steps=12, lr=1e6,
+                          scheduler="constant", warmup_ratio=0.0, save_every=2, max_bad_steps=3)
+    with pytest.raises(TrainingDivergedError, match=r"last good weights are in .*step-\d+\. Lower") as caught:
+        train(config, log=lambda *_: None)
+    assert "precision" not in str(caught.value)  # a CPU already runs in float32
+    named = Path(str(caught.value).split("the last good weights are in ")[1].split(". ")[0])
+    assert all(torch.isfinite(v).all() for v in load_file(str(named / "model.safetensors")).values())
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_weight_guard_undoes_an_update_to_non_finite_weights():
+    from alignlab.train.guard import WeightGuard
+
+    layer = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=0.1)
+    guard = WeightGuard(list(layer.parameters()), optimizer)
+    for lr in (0.1, float("inf")):
+        before = [p.detach().clone() for p in layer.parameters()]
+        state = {k: v.clone() for k, v in optimizer.state[layer.weight].items()} if optimizer.state else {}
+        for p in layer.parameters():
+            p.grad = torch.ones_like(p)
+        optimizer.param_groups[0]["lr"] = lr
+        guard.snapshot()
+        optimizer.step()
+        if lr == 0.1:
+            assert guard.finite()
+            continue
+        assert not guard.finite()
+        guard.restore()
+        assert all(torch.equal(a, b) for a, b in zip(before, layer.parameters(), strict=True))
+        assert all(torch.equal(state[k], v) for k, v in optimizer.state[layer.weight].items())
+
+
+def test_non_finite_weights_are_never_saved(small_model_dir, pairs_file, tmp_path, monkeypatch):
+    """Without the guard, weights made non-finite stop the run at the next save: no checkpoint, no final/."""
+    original = torch.optim.AdamW.step
+
+    def breaking_step(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", breaking_step)
+    config = quick_config(small_model_dir, pairs_file, tmp_path / "run", DPO, max_steps=2, save_every=1,
+                          guard_weights=False)
+    with pytest.raises(TrainingDivergedError, match="not saved as checkpoint step-1; no checkpoint was saved"):
+        train(config, log=lambda *_: None)
+    assert not (tmp_path / "run" / "checkpoints" / "step-1").exists()
