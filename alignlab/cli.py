@@ -16,7 +16,7 @@ def _train(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.set)
     if args.out:
         config.out_dir = args.out
-    train(config, resume=args.resume)
+    train(config, resume=args.resume, overwrite=args.overwrite)
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -35,7 +35,7 @@ def _decode(args: argparse.Namespace) -> None:
         config.out_dir = args.out
     if args.quiet:
         config.progress = False
-    summary = run_decode(config, resume=args.resume)
+    summary = run_decode(config, resume=args.resume, overwrite=args.overwrite)
     print(format_decode_table(summary))
 
 
@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config value, e.g. --set train.lr=1e-5 (repeatable)")
     train.add_argument("--out", help="run folder (overrides out_dir)")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="clear the run folder first (it must otherwise be "
+                       "new or empty)")
     train.set_defaults(run=_train)
 
     demo = commands.add_parser("demo", help="controlled-sentiment DPO vs best-of-N on the embedded model (~3 min)")
@@ -104,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="override a config value, e.g. --set n=8 (repeatable)")
     decoding.add_argument("--out", help="output folder (overrides out_dir)")
     decoding.add_argument("--resume", action="store_true", help="keep the methods an earlier run finished")
+    decoding.add_argument("--overwrite", action="store_true", help="clear the output folder first")
     decoding.add_argument("--quiet", action="store_true", help="no progress bars")
     decoding.set_defaults(run=_decode)
 

@@ -446,3 +446,23 @@ def save_config(config: RunConfig, path: Path, header: str = "") -> None:
     """Write `config` as YAML that `load_config` reads back; `header` lines become YAML comments."""
     comments = "".join(f"# {line}\n" for line in header.splitlines())
     path.write_text(comments + yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+CHANGEABLE_ON_RESUME = ("train.max_steps", "train.save_every", "train.keep_checkpoints", "train.log_every",
+                        "train.eval_every", "train.progress", "train.compile", "train.guard_weights", "scoring.",
+                        "reference.cache_dir", "out_dir")
+"""Settings a resumed run may change: how long it runs, how it saves, logs and computes; nothing that changes what
+the steps do (data, model, objective and its hyper-parameters, optimizer, seed)."""
+
+
+def _flat(data, prefix: str = "") -> dict:
+    if isinstance(data, dict):
+        return {k: v for key, value in data.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): data}
+
+
+def resume_changes(saved: dict, config: RunConfig) -> list[str]:
+    """The settings of `config` that differ from the run's saved config.yaml data and may not change on resume."""
+    old, new = _flat(saved), _flat(config_to_dict(config))
+    return sorted(key for key in set(old) | set(new)
+                  if old.get(key) != new.get(key) and not key.startswith(CHANGEABLE_ON_RESUME))

@@ -26,6 +26,7 @@ from alignlab.assets.corpus import review_prompts
 from alignlab.config import DataConfig, ModelConfig, ObjectiveConfig, ReferenceConfig, RunConfig, TrainConfig
 from alignlab.data.formats import parse_preference
 from alignlab.decode.sampling import generate
+from alignlab.errors import ConfigError
 from alignlab.evaluate.frontier import (
     best_of_n_kl_bound,
     best_of_n_reward,
@@ -160,7 +161,10 @@ def run_demo(
 ) -> dict:
     """Run the experiment; write pairs, samples, ``summary.json`` and ``frontier.png`` to `out_dir`."""
     started = time.time()
-    folder = RunFolder(out_dir).create()
+    folder = RunFolder(out_dir)
+    if folder.holds_results() and not (folder.file("summary.json").exists() or folder.file("pairs.jsonl").exists()):
+        raise ConfigError(f"{folder.path} holds files that are not an earlier demo's; choose another folder (--out)")
+    folder.create(overwrite=True)  # an earlier demo's outputs are replaced
     out = folder.path
     torch.manual_seed(seed)
     reference, tokenizer = load_model_and_tokenizer(model_path)
@@ -195,6 +199,7 @@ def run_demo(
     plot_frontier({"reference": summary["reference"], "DPO": summary["dpo"], **decoded},
                   {n: summary["best_of_n"][str(n)] for n in BEST_OF_N}, out / "frontier.png",
                   "Controlled sentiment on the embedded model")
+    folder.unlock()
     log(format_table(summary))
     log(f"wrote {out / 'summary.json'}, {out / 'frontier.png'}, {out / 'samples.jsonl'} "
         f"in {summary['seconds']:.0f} s")

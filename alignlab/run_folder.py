@@ -7,10 +7,15 @@ Only one process writes (`writer`); the others of a distributed run get the same
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import alignlab
+from alignlab.errors import ConfigError
+
+LOCK = "run.lock"
 
 
 def code_version() -> str:
@@ -52,17 +57,76 @@ class MetricsLog:
                 handle.write(json.dumps(record) + "\n")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 class RunFolder:
-    """One command's output folder. Nothing is written until `create` (after every check has passed)."""
+    """One command's output folder. Nothing is written until `create` (after every check has passed); a run takes
+    the folder's lock (`run.lock`, holding its pid) when it creates it and gives it back when it ends."""
 
     def __init__(self, path: str | Path, writer: bool = True) -> None:
         self.path = Path(path)
         self.writer = writer
+        self.locked = False
 
-    def create(self) -> RunFolder:
-        if self.writer:
-            self.path.mkdir(parents=True, exist_ok=True)
+    def holds_results(self) -> bool:
+        """Whether the folder exists with anything in it besides a stale lock."""
+        return self.path.is_dir() and any(entry.name != LOCK for entry in self.path.iterdir())
+
+    def check_usable(self, resume: bool, overwrite: bool, command: str = "alignlab") -> None:
+        """Before any work: the folder must be new or empty, or be continued (`resume`) or replaced (`overwrite`)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"out_dir {self.path} is a file, not a folder")
+        if resume and overwrite:
+            raise ConfigError("--resume continues the run in the folder and --overwrite clears it: choose one")
+        if self.holds_results() and not (resume or overwrite):
+            raise ConfigError(f"{self.path} already holds the results of an earlier run; pass --resume to continue it, "
+                              f"--overwrite to clear it first, or choose another out_dir (--out)")
+
+    def create(self, overwrite: bool = False) -> RunFolder:
+        """Make the folder (clearing it first with `overwrite`) and take its lock."""
+        if not self.writer:
+            return self
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.lock()
+        if overwrite:
+            for entry in self.path.iterdir():
+                if entry.name != LOCK:
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         return self
+
+    def lock(self) -> None:
+        """Take `run.lock`; a lock whose process is gone is taken over, a live one stops this run."""
+        lock = self.path / LOCK
+        while True:
+            try:
+                descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    holder = int(lock.read_text().strip() or "0")
+                except (OSError, ValueError):
+                    holder = 0
+                if holder and holder != os.getpid() and _alive(holder):
+                    raise ConfigError(f"{self.path} is in use by another run (pid {holder}); wait for it to end, or "
+                                      f"remove {lock} if that process is not an alignlab run") from None
+                lock.unlink(missing_ok=True)  # stale: its process has ended
+                continue
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(str(os.getpid()))
+            self.locked = True
+            return
+
+    def unlock(self) -> None:
+        if self.locked:
+            (self.path / LOCK).unlink(missing_ok=True)
+            self.locked = False
 
     def file(self, name: str) -> Path:
         return self.path / name

@@ -152,10 +152,12 @@ def summarise(samples, scores: torch.Tensor, ref_logps: torch.Tensor, method: Me
     return point
 
 
-def run_decode(config: DecodeConfig, resume: bool = False, log=print) -> dict:
+def run_decode(config: DecodeConfig, resume: bool = False, log=print, overwrite: bool = False) -> dict:
     """Decode `config.prompts` with every method; write samples, a summary and the frontier to `config.out_dir`."""
     from alignlab.models.loading import load_model, load_tokenizer
 
+    folder = RunFolder(config.out_dir)
+    folder.check_usable(resume, overwrite)
     reward = rewards.from_config(config.reward)
     prompts = read_prompts(config.prompts)
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
@@ -169,11 +171,16 @@ def run_decode(config: DecodeConfig, resume: bool = False, log=print) -> dict:
         if load_tokenizer(section.path, section.trust_remote_code).get_vocab() != tokenizer.get_vocab():
             raise ConfigError(f"{name} model {section.path} has another tokenizer than {config.model.path}")
         models[name] = load_model(section.path, dtype, section.trust_remote_code)
-    folder = RunFolder(config.out_dir).create()
+    folder.create(overwrite)
+    try:
+        return _decode_methods(config, folder, model, tokenizer, prompts, reward, models, log)
+    finally:
+        folder.unlock()
+
+
+def _decode_methods(config: DecodeConfig, folder: RunFolder, model, tokenizer, prompts: list, reward, models: dict,
+                    log) -> dict:
     done = {path.stem: json.loads(path.read_text()) for path in sorted(folder.path.glob("methods/*.json"))}
-    if done and not resume:
-        raise ConfigError(f"{config.out_dir} already holds decoding results; pass --resume to continue, or choose "
-                          "another out_dir (--out)")
     folder.write_yaml("config.yaml", as_dict(config))
     (folder.path / "methods").mkdir(exist_ok=True)
     log(f"{len(prompts)} prompts, {len(config.methods)} methods, reward {getattr(reward, 'name', reward)}")

@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 from tqdm import tqdm
 
 from alignlab import objectives
-from alignlab.config import RunConfig, objective_terms
+from alignlab.config import CHANGEABLE_ON_RESUME, RunConfig, objective_terms, resume_changes
 from alignlab.data import format_of, load_examples, resolve_format, tokenize_records
 from alignlab.data.transforms import load_triplets, safety_recovery_draw
 from alignlab.distributed import (
@@ -126,7 +127,20 @@ def mixed_precision(precision: str) -> str:
     return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
 
 
-def _start(config: RunConfig, resume: bool, log):
+def check_resumed_config(config: RunConfig, run_dir: Path) -> None:
+    """A resumed run continues the run its folder holds: refuse settings that would change what its steps do."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    changed = resume_changes(yaml.safe_load(saved_path.read_text()) or {}, config)
+    if changed:
+        allowed = ", ".join(CHANGEABLE_ON_RESUME)
+        raise ConfigError(f"--resume continues the run in {run_dir}, whose config.yaml differs in "
+                          f"{', '.join(changed)}; resume with the same settings (only {allowed} may change), or start "
+                          "a new run with --overwrite or another out_dir")
+
+
+def _start(config: RunConfig, resume: bool, log, overwrite: bool = False):
     """The accelerator, the logger of this process, and the checkpoint to resume from (checked first)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -135,9 +149,12 @@ def _start(config: RunConfig, resume: bool, log):
                               mixed_precision=mixed_precision(config.train.precision))
     say = log if accelerator.is_main_process else (lambda *_: None)
     checkpoints_dir = Path(config.out_dir) / "checkpoints"
-    if not resume and list_checkpoints(checkpoints_dir):
+    if not resume and not overwrite and list_checkpoints(checkpoints_dir):
         raise ConfigError(f"{config.out_dir} already holds checkpoints of an earlier run; pass --resume to continue "
                           "it, or choose another out_dir (--out)")
+    RunFolder(config.out_dir).check_usable(resume, overwrite)
+    if resume:
+        check_resumed_config(config, Path(config.out_dir))
     latest = latest_intact_checkpoint(checkpoints_dir, say) if resume else None
     if resume and latest is None:
         say(f"--resume: no checkpoint in {checkpoints_dir}; starting from the beginning")
@@ -224,7 +241,8 @@ def _make_reference(config: RunConfig, model, examples: list, pad_id: int, devic
         return ModelReference(frozen_copy_or_self(model, has_adapters(model)), pad_id, device, config.scoring)
     with reference_context(model):  # a model with adapters is scored as its base model
         cached, path, hit = cached_reference_logps(model, examples, pad_id, config.train.batch_size * 2, device,
-                                                   config.reference.cache_dir, config.train.progress, config.scoring)
+                                                   config.reference.cache_dir, config.train.progress, config.scoring,
+                                                   say)
     say(f"reference log-probs {'read from' if hit else 'computed and cached in'} {path}")
     return CachedReference(cached)
 
@@ -238,16 +256,19 @@ def _optimizer(config: RunConfig, model, objective, steps: int):
     return optimizer, scheduler, [*groups[0]["params"], *objective.parameters()]
 
 
-def prepare(config: RunConfig, resume: bool = False, log=print, records: list | None = None) -> Run:
+def prepare(config: RunConfig, resume: bool = False, log=print, records: list | None = None,
+            overwrite: bool = False) -> Run:
     """Everything before the first step. A missing model, a missing file or a bad record stops the run before
-    anything is written; `records` (validated records in memory) train instead of `data.train`."""
+    anything is written; `records` (validated records in memory) train instead of `data.train`. The run folder
+    must be new or empty unless `resume` (continue it) or `overwrite` (clear it); the run holds its lock until
+    `finish` (or `run.folder.unlock()`)."""
     objective = objectives.Objective(objective_terms(config))
-    accelerator, say, latest = _start(config, resume, log)
+    accelerator, say, latest = _start(config, resume, log, overwrite)
     device, main = accelerator.device, accelerator.is_main_process
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
     data_format, examples, eval_examples, data_report, draw = _load_data(config, objective, tokenizer, say,
                                                                             records)
-    folder = RunFolder(config.out_dir, writer=main).create()
+    folder = RunFolder(config.out_dir, writer=main).create(overwrite)
     folder.write_config(config)
     folder.write_json("data_report.json", data_report)
     for term in objective.terms:
@@ -505,14 +526,19 @@ def finish(run: Run) -> TrainResult:
         run.say(f"done: {run.state.step} steps{note}; weights in {final_dir}, metrics in "
                 f"{run.folder.file('metrics.jsonl')}")
     run.accelerator.wait_for_everyone()
+    run.folder.unlock()
     return TrainResult(run.folder.path, final_dir, run.model, run.tokenizer, run.last)
 
 
-def train(config: RunConfig, resume: bool = False, log=print, records: list | None = None) -> TrainResult:
+def train(config: RunConfig, resume: bool = False, log=print, records: list | None = None,
+          overwrite: bool = False) -> TrainResult:
     """Train `config.model` with `config.objective` on `config.data` (or on `records`); everything lands in
-    `config.out_dir`."""
-    run = prepare(config, resume, log, records)
-    if run_steps(run):
-        return TrainResult(run.folder.path, run.folder.file("final"), run.model, run.tokenizer, run.last,
-                           interrupted=True)
-    return finish(run)
+    `config.out_dir` (new or empty; `resume` continues the run there, `overwrite` clears it first)."""
+    run = prepare(config, resume, log, records, overwrite)
+    try:
+        if run_steps(run):
+            return TrainResult(run.folder.path, run.folder.file("final"), run.model, run.tokenizer, run.last,
+                               interrupted=True)
+        return finish(run)
+    finally:
+        run.folder.unlock()

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
+from alignlab.errors import ConfigError
 from alignlab.models.adapters import reference_context
 from alignlab.models.scoring import DEFAULT_OPTIONS, ScoringOptions, score_slots
 
@@ -30,12 +31,7 @@ DEFAULT_CACHE_DIR = Path("~/.cache/alignlab/reference").expanduser()
 
 def weights_fingerprint(model) -> str:
     """sha256 over the names, dtypes, shapes and bytes of every parameter and buffer."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        data = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
-    return digest.hexdigest()
+    return tensors_digest(model.state_dict())
 
 
 def data_fingerprint(examples) -> str:
@@ -105,23 +101,68 @@ def compute_reference_logps(model, examples, pad_id: int, batch_size: int, devic
     return ReferenceLogps([values for values, _ in flattened], [offsets for _, offsets in flattened])
 
 
+def tensors_digest(named: dict[str, torch.Tensor]) -> str:
+    """sha256 over the names, shapes and bytes of `named` (sorted by name)."""
+    digest = hashlib.sha256()
+    for name in sorted(named):
+        data = named[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
+
+
+def expected_counts(examples) -> list[int]:
+    """Completion tokens per slot: the length each cached column must have."""
+    return [sum(len(e.completions[k]) for e in examples) for k in range(len(examples[0].completions))]
+
+
+def read_cache(path: Path, examples) -> tuple[ReferenceLogps | None, str]:
+    """The cached log-probs, or None with the reason they cannot be trusted (unreadable, another data set's,
+    altered bytes, or non-finite values)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata() or {}
+            named = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    except Exception as error:  # a truncated or foreign file: safetensors says why in its own words
+        return None, f"unreadable ({type(error).__name__}: {str(error)[:120]})"
+    if metadata.get("sha256") != tensors_digest(named):
+        return None, "its contents do not match the checksum written with them"
+    cached = ReferenceLogps.from_tensors(named)
+    counts = [len(values) for values in cached.values]
+    if metadata.get("examples") != str(len(examples)) or counts != expected_counts(examples):
+        return None, f"it holds {metadata.get('examples')} examples / {counts} tokens, not {len(examples)} / " \
+                     f"{expected_counts(examples)}"
+    if not all(bool(torch.isfinite(values).all()) for values in cached.values):
+        return None, "it holds non-finite log-probs"
+    return cached, ""
+
+
 def cached_reference_logps(
     model, examples, pad_id: int, batch_size: int, device, cache_dir: Path | None, progress: bool = True,
-    options: ScoringOptions = DEFAULT_OPTIONS,
+    options: ScoringOptions = DEFAULT_OPTIONS, say=print,
 ) -> tuple[ReferenceLogps, str, bool]:
-    """Reference log-probs from the cache when the fingerprint matches, else computed and stored.
+    """Reference log-probs from the cache when the fingerprint matches and the file checks out (checksum, shapes,
+    finite values), else computed and stored; a cache file that does not check out is reported and replaced.
 
     Returns (log-probs, cache file path, whether the cache was hit).
     """
     cache_dir = Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE_DIR
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise ConfigError(f"reference.cache_dir {cache_dir} is a file, not a folder")
     path = cache_dir / f"{cache_key(examples, model)}.safetensors"
     if path.is_file():
-        return ReferenceLogps.from_tensors(load_file(str(path))), str(path), True
+        cached, problem = read_cache(path, examples)
+        if cached is not None:
+            return cached, str(path), True
+        say(f"reference cache {path} cannot be used: {problem}; recomputing it")
     reference = compute_reference_logps(model, examples, pad_id, batch_size, device, progress, options)
     cache_dir.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(f".tmp{os.getpid()}")
-    save_file(reference.tensors(), str(temporary),
-              metadata={"examples": str(len(examples)), "scoring_version": SCORING_VERSION})
+    named = reference.tensors()
+    save_file(named, str(temporary), metadata={"examples": str(len(examples)), "scoring_version": SCORING_VERSION,
+                                               "sha256": tensors_digest(named)})
     os.replace(temporary, path)
     return reference, str(path), False
 

@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -177,3 +178,92 @@ def test_scoring_switches_live_in_one_section():
         config_from_dict({"train": {"share_prefix": False}})
     with pytest.raises(ConfigError, match=r"scoring\.chunk_tokens must be at least 1"):
         config_from_dict({"scoring": {"chunk_tokens": 0}})
+
+
+def test_run_folders_never_mix(small_model_dir, pairs_file, tmp_path):
+    """A second run into a used folder is refused unless --resume or --overwrite (which clears it: no LoRA adapters
+    left beside full weights); a live lock stops a concurrent run, a stale one is taken over."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    lora = make_config(small_model_dir, pairs_file, out, tmp_path / "cache", max_steps=1)
+    lora.adapter.r = 4
+    train(lora, log=lambda *_: None)
+    assert (out / "final" / "adapter_model.safetensors").is_file()
+    full = make_config(small_model_dir, pairs_file, out, tmp_path / "cache", max_steps=1)
+    with pytest.raises(ConfigError, match="already holds the results of an earlier run; pass --resume"):
+        train(full, log=lambda *_: None)
+    train(full, log=lambda *_: None, overwrite=True)
+    assert not (out / "final" / "adapter_model.safetensors").exists() and (out / "final" / "model.safetensors").exists()
+    assert not (out / "run.lock").exists()  # given back at the end
+    (tmp_path / "busy").mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "busy" / "run.lock").write_text(str(sleeper.pid))
+        busy = make_config(small_model_dir, pairs_file, tmp_path / "busy", tmp_path / "cache", max_steps=1)
+        with pytest.raises(ConfigError, match=rf"in use by another run \(pid {sleeper.pid}\)"):
+            train(busy, log=lambda *_: None)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    train(busy, log=lambda *_: None)  # the holder is gone: its lock is stale and taken over
+    assert (tmp_path / "busy" / "final" / "model.safetensors").is_file() and os.getpid()
+
+
+def test_resume_refuses_settings_that_change_the_run(small_model_dir, pairs_file, tmp_path):
+    out = tmp_path / "run"
+    train(make_config(small_model_dir, pairs_file, out, tmp_path / "cache", max_steps=2, save_every=1),
+          log=lambda *_: None)
+    for change, key in (({"lr": 0.5}, "train.lr"), ({"seed": 3}, "train.seed")):
+        changed = make_config(small_model_dir, pairs_file, out, tmp_path / "cache", max_steps=2, save_every=1, **change)
+        with pytest.raises(ConfigError, match=f"differs in {key}"):
+            train(changed, resume=True, log=lambda *_: None)
+    other_data = tmp_path / "other.jsonl"
+    other_data.write_text(pairs_file.read_text())
+    with pytest.raises(ConfigError, match=r"differs in data\.train"):
+        train(make_config(small_model_dir, other_data, out, tmp_path / "cache", max_steps=2, save_every=1),
+              resume=True, log=lambda *_: None)
+    longer = make_config(small_model_dir, pairs_file, out, tmp_path / "cache", max_steps=3, save_every=2)
+    assert train(longer, resume=True, log=lambda *_: None).last_metrics["step"] == 3  # how long may change
+    with pytest.raises(ConfigError, match="choose one"):
+        train(longer, resume=True, overwrite=True, log=lambda *_: None)
+
+
+def test_a_reference_cache_that_does_not_check_out_is_reported_and_recomputed(small_model_dir, pairs_file, tmp_path,
+                                                                               tokenizer):
+    """One flipped byte, a cut file, another data set's cache under the key, non-finite values: each is said and
+    recomputed, never trained on."""
+    from safetensors.torch import save_file
+
+    from alignlab.train.reference import read_cache, tensors_digest
+
+    model = load_model(str(small_model_dir))
+    pairs, _ = tokenize_preferences(load_preferences(str(pairs_file)), tokenizer, max_length=64, max_prompt_length=32)
+    fewer, _ = tokenize_preferences(load_preferences(str(pairs_file))[:3], tokenizer, max_length=64,
+                                    max_prompt_length=32)
+    fresh, path, _ = cached_reference_logps(model, pairs, tokenizer.pad_token_id, 4, "cpu", tmp_path, False)
+    path = Path(path)
+    good = path.read_bytes()
+    _, other, _ = cached_reference_logps(model, fewer, tokenizer.pad_token_id, 4, "cpu", tmp_path, False)
+    flipped = bytearray(good)
+    flipped[-5] ^= 0x40
+    damages = {"flipped byte": bytes(flipped), "cut short": good[: len(good) // 2],
+               "another data set": Path(other).read_bytes()}
+    for damage, content in damages.items():
+        path.write_bytes(content)
+        said = []
+        again, _, hit = cached_reference_logps(model, pairs, tokenizer.pad_token_id, 4, "cpu", tmp_path, False,
+                                               say=said.append)
+        assert not hit and len(said) == 1 and "cannot be used" in said[0] and "recomputing" in said[0], damage
+        assert all(torch.equal(a, b) for a, b in zip(again.values, fresh.values, strict=True)), damage
+        assert read_cache(path, pairs)[0] is not None  # replaced by the recomputed one
+    named = {name: value.clone() for name, value in fresh.tensors().items()}
+    named["slot0"][0] = float("nan")  # well-formed, checksummed, and wrong
+    save_file(named, str(path), metadata={"examples": str(len(pairs)), "sha256": tensors_digest(named)})
+    said = []
+    assert not cached_reference_logps(model, pairs, tokenizer.pad_token_id, 4, "cpu", tmp_path, False,
+                                      say=said.append)[2]
+    assert "non-finite" in said[0]
+    assert cached_reference_logps(model, pairs, tokenizer.pad_token_id, 4, "cpu", tmp_path, False)[2]  # intact: a hit
