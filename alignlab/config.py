@@ -307,6 +307,10 @@ def validate(config: RunConfig) -> None:
         "data.self_sample_max_new_tokens": config.data.self_sample_max_new_tokens,
         "scoring.chunk_tokens": config.scoring.chunk_tokens,
         "data.max_recovery_prefix": config.data.max_recovery_prefix,
+        "data.max_prompt_length": config.data.max_prompt_length,
+        "train.log_every": config.train.log_every,
+        "train.keep_checkpoints": config.train.keep_checkpoints,
+        "train.max_steps": config.train.max_steps if config.train.max_steps is not None else 1,
     }
     for key, value in positive.items():
         if value < 1:
@@ -327,6 +331,15 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"train.max_bad_steps must be 0 or more, got {config.train.max_bad_steps}")
     if not 0 <= config.train.warmup_ratio < 1:
         raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {config.train.warmup_ratio}")
+    if config.train.max_grad_norm is not None and config.train.max_grad_norm <= 0:
+        raise ConfigError("train.max_grad_norm must be positive (or null: no clipping), got "
+                          f"{config.train.max_grad_norm}")
+    for key in ("seed", "eval_every", "save_every"):
+        if getattr(config.train, key) < 0:
+            raise ConfigError(f"train.{key} must be 0 or more, got {getattr(config.train, key)}")
+    if config.train.eval_every and not config.data.eval:
+        raise ConfigError("train.eval_every is set but data.eval names no evaluation data")
+    check_objective_values(config)
     objective = objectives.Objective(objective_terms(config))
     check_transform(config, objective)
     if objective.needs.token_kl and config.reference.mode != "model":
@@ -354,6 +367,21 @@ def check_transform(config: RunConfig, objective) -> None:
                           "cannot be precomputed: set reference.mode: model")
     if not 0 <= config.data.recovery_probability <= 1:
         raise ConfigError(f"data.recovery_probability must be in [0, 1], got {config.data.recovery_probability}")
+
+
+def check_objective_values(config: RunConfig) -> None:
+    """Each objective's weight, names and values of its hyper-parameters (numbers converted in place)."""
+    from alignlab import objectives
+    from alignlab.objectives.validation import check_values, converted_params
+
+    for index, entry in enumerate(config.objective):
+        where = "objective" if len(config.objective) == 1 else f"objective[{index}]"
+        if entry.weight < 0:
+            raise ConfigError(f"{where}.weight must be 0 or more, got {entry.weight}")
+        objectives.check_hparams(entry.name, entry.params)
+        spec = objectives.spec(entry.name)
+        entry.params = converted_params(spec, entry.params, where)
+        check_values(spec, entry.params, where)
 
 
 def objective_terms(config: RunConfig) -> list:
@@ -410,10 +438,14 @@ def load_yaml(path: str | Path | None, overrides: list[str] | None = None) -> di
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"{path} is a folder; name a YAML config file")
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {error.start}); save the config as UTF-8") from None
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML: {error}") from None
         if not isinstance(data, dict):

@@ -63,3 +63,53 @@ def test_non_finite_numbers_are_refused(value):
         section, name = key.split(".")
         with pytest.raises(ConfigError, match=r"finite number|expected a number"):
             config_from_dict({section: {name: yaml.safe_load(value)}})
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"objective": {"name": "dpo", "beta": 0}}, "beta must be positive"),
+    ({"objective": {"name": "dpo", "beta": -0.5}}, "beta must be positive"),
+    ({"objective": {"name": "dpo", "label_smoothing": 0.7}}, "label_smoothing must be in"),
+    ({"objective": {"name": "dpo", "f_divergence": "bogus"}}, "unknown f_divergence 'bogus'"),
+    ({"objective": {"name": "kto", "beta": "much"}}, r"objective\.beta: expected a number"),
+    ({"objective": [{"name": "dpo"}, {"name": "sft", "weight": -1}]}, r"objective\[1\]\.weight must be 0 or more"),
+    ({"train": {"max_grad_norm": -1}}, "max_grad_norm must be positive"),
+    ({"train": {"max_steps": 0}}, "max_steps must be at least 1"),
+    ({"train": {"max_steps": -3}}, "max_steps must be at least 1"),
+    ({"data": {"max_prompt_length": 0}}, "max_prompt_length must be at least 1"),
+    ({"train": {"keep_checkpoints": 0}}, "keep_checkpoints must be at least 1"),
+    ({"train": {"log_every": 0}}, "log_every must be at least 1"),
+    ({"train": {"seed": -1}}, "seed must be 0 or more"),
+    ({"train": {"eval_every": 5}}, "data.eval names no evaluation data"),
+])
+def test_every_value_is_checked_with_the_config(data, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(data)
+
+
+def test_yaml_numbers_reach_objectives_as_numbers():
+    config = config_from_dict({"objective": {"name": "dpo", "beta": "1e-1", "label_smoothing": "5e-2"}})
+    assert config.objective[0].params == {"beta": 0.1, "label_smoothing": 0.05}
+
+
+def test_config_files_and_folders_fail_clearly(tmp_path, small_model_dir, pairs_file):
+    from alignlab.config import load_config
+    from alignlab.train import train
+
+    with pytest.raises(ConfigError, match="is a folder; name a YAML config file"):
+        load_config(tmp_path)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("train: {lr: 1.0e-5}\n# caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(latin)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match=r"data\.train: name the training data"):
+        train(load_config(empty), log=lambda *_: None)
+    base = {"model": {"path": str(small_model_dir)}, "data": {"train": str(pairs_file)}, "train": {"max_steps": 1}}
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        train(config_from_dict({**base, "out_dir": str(tmp_path / "a-file")}), log=lambda *_: None)
+    with pytest.raises(ConfigError, match=r"cache_dir .* is a file"):
+        train(config_from_dict({**base, "out_dir": str(tmp_path / "run"),
+                                "reference": {"cache_dir": str(tmp_path / "a-file")}}), log=lambda *_: None)
+    assert not (tmp_path / "run").exists()

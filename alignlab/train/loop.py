@@ -152,7 +152,11 @@ def _start(config: RunConfig, resume: bool, log, overwrite: bool = False):
     if not resume and not overwrite and list_checkpoints(checkpoints_dir):
         raise ConfigError(f"{config.out_dir} already holds checkpoints of an earlier run; pass --resume to continue "
                           "it, or choose another out_dir (--out)")
-    RunFolder(config.out_dir).check_usable(resume, overwrite)
+    if accelerator.is_main_process:  # the others may already see the folder the main process makes
+        RunFolder(config.out_dir).check_usable(resume, overwrite)
+    cache = config.reference.cache_dir
+    if cache and Path(cache).expanduser().exists() and not Path(cache).expanduser().is_dir():
+        raise ConfigError(f"reference.cache_dir {cache} is a file, not a folder")
     if resume:
         check_resumed_config(config, Path(config.out_dir))
     latest = latest_intact_checkpoint(checkpoints_dir, say) if resume else None
@@ -263,6 +267,8 @@ def prepare(config: RunConfig, resume: bool = False, log=print, records: list | 
     must be new or empty unless `resume` (continue it) or `overwrite` (clear it); the run holds its lock until
     `finish` (or `run.folder.unlock()`)."""
     objective = objectives.Objective(objective_terms(config))
+    if records is None and not config.data.train:
+        raise ConfigError("data.train: name the training data (a file, or a datasets folder)")
     accelerator, say, latest = _start(config, resume, log, overwrite)
     device, main = accelerator.device, accelerator.is_main_process
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
