@@ -73,7 +73,8 @@ def _objectives(_: argparse.Namespace) -> None:
     print(f"{'name':<18} {'data':<12} {'reference':<10} summary")
     for spec in objectives.available():
         formats = "/".join(spec.data_formats)
-        print(f"{spec.name:<18} {formats:<12} {'needed' if spec.needs_reference else 'no':<10} {spec.summary}")
+        summary = spec.summary if len(spec.summary) <= 76 else spec.summary[:75].rstrip() + "…"
+        print(f"{spec.name:<18} {formats:<12} {'needed' if spec.needs_reference else 'no':<10} {summary}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "new or empty)")
     train.set_defaults(run=_train)
 
-    demo = commands.add_parser("demo", help="controlled-sentiment DPO vs best-of-N on the embedded model (~3 min)")
+    demo = commands.add_parser("demo", help="controlled-sentiment DPO vs best-of-N and ARGS on the embedded model "
+                               "(~2 min)")
     demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -139,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("alignlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`alignlab objectives | head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 

@@ -105,23 +105,26 @@ class RunFolder:
     def lock(self) -> None:
         """Take `run.lock`; a lock whose process is gone is taken over, a live one stops this run."""
         lock = self.path / LOCK
-        while True:
-            try:
-                descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
+        mine = self.path / f".{LOCK}.{os.getpid()}"
+        mine.write_text(str(os.getpid()))
+        try:
+            while True:
                 try:
-                    holder = int(lock.read_text().strip() or "0")
-                except (OSError, ValueError):
-                    holder = 0
-                if holder and holder != os.getpid() and _alive(holder):
-                    raise ConfigError(f"{self.path} is in use by another run (pid {holder}); wait for it to end, or "
-                                      f"remove {lock} if that process is not an alignlab run") from None
-                lock.unlink(missing_ok=True)  # stale: its process has ended
-                continue
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(str(os.getpid()))
-            self.locked = True
-            return
+                    os.link(mine, lock)  # atomic: the lock appears with its pid already in it
+                except FileExistsError:
+                    try:
+                        holder = int(lock.read_text().strip() or "0")
+                    except (OSError, ValueError):
+                        holder = 0
+                    if holder and holder != os.getpid() and _alive(holder):
+                        raise ConfigError(f"{self.path} is in use by another run (pid {holder}); wait for it to end, "
+                                          f"or remove {lock} if that process is not an alignlab run") from None
+                    lock.unlink(missing_ok=True)  # stale: its process has ended
+                    continue
+                self.locked = True
+                return
+        finally:
+            mine.unlink(missing_ok=True)
 
     def unlock(self) -> None:
         if self.locked:

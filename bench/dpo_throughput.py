@@ -188,6 +188,11 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--one", nargs=3, metavar=("MODEL_DIR", "DATA", "SETTING"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    for name in ("steps", "trl_default_steps"):  # the first step is a warm-up that the rates leave out
+        if getattr(args, name) < 2:
+            parser.error(f"--{name.replace('_', '-')} must be at least 2 (the first step is not timed)")
+    if args.pairs < args.batch_size or args.batch_size < 1:
+        parser.error("--batch-size must be at least 1 and at most --pairs")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers.utils import logging as transformers_logging
 
@@ -224,8 +229,10 @@ def main() -> None:
             steps = args.trl_default_steps if setting == "trl_default" else args.steps
             command = [sys.executable, __file__, "--steps", str(steps), "--batch-size", str(args.batch_size),
                        "--one", str(model_dir), str(data), setting]
-            output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-            results[setting] = json.loads(output.strip().splitlines()[-1])
+            child = subprocess.run(command, capture_output=True, text=True)
+            if child.returncode != 0:
+                sys.exit(f"setting {setting} failed (exit {child.returncode}):\n{child.stderr[-3000:]}")
+            results[setting] = json.loads(child.stdout.strip().splitlines()[-1])
             print(f"{setting:>14}: {results[setting]['pairs_per_s']:.2f} pairs/s, "
                   f"peak RSS {results[setting]['peak_rss_mb']:.0f} MB", flush=True)
         limit = matmul_flops()

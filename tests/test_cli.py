@@ -121,3 +121,19 @@ def test_bad_config_fails_before_any_work_with_what_to_change(small_model_dir, p
     error = capsys.readouterr().err
     assert expected in error and len(error.strip().splitlines()) == 1, error
     assert not out.exists()  # nothing was written
+
+
+def test_listing_fits_a_terminal_and_survives_a_closed_pipe():
+    result = subprocess.run(f"{sys.executable} -m alignlab objectives | head -3", shell=True, capture_output=True,
+                            text=True, timeout=120)
+    assert result.stdout.count("\n") == 3 and "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+    full = subprocess.run([sys.executable, "-m", "alignlab", "objectives"], capture_output=True, text=True, timeout=120)
+    assert max(len(line) for line in full.stdout.splitlines()) <= 120
+
+
+def test_kto_balance_warning_without_one_side():
+    from alignlab.objectives.unpaired import kto_balance_warning
+
+    assert "no undesirable examples" in kto_balance_warning({}, [True] * 5)
+    assert "no desirable examples" in kto_balance_warning({}, [False] * 5)
+    assert kto_balance_warning({}, [True, False]) is None

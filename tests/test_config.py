@@ -113,3 +113,9 @@ def test_config_files_and_folders_fail_clearly(tmp_path, small_model_dir, pairs_
         train(config_from_dict({**base, "out_dir": str(tmp_path / "run"),
                                 "reference": {"cache_dir": str(tmp_path / "a-file")}}), log=lambda *_: None)
     assert not (tmp_path / "run").exists()
+
+
+def test_an_objective_module_that_cannot_be_built_is_a_config_error():
+    with pytest.raises(ConfigError, match="sparsepo"):
+        config_from_dict({"objective": {"name": "sparsepo", "mask": "learned", "dropout": 2.0},
+                          "reference": {"mode": "model"}})

@@ -16,7 +16,7 @@ from alignlab.decode import (  # noqa: F401  (registers the decoders)
     search,
     speculative,
 )
-from alignlab.decode.base import DecoderSpec, Samples, available, get, register, spec
+from alignlab.decode.base import DecoderSpec, Samples, available, check_ranges, get, register, spec
 from alignlab.decode.sampling import generate, sample
 
-__all__ = ["DecoderSpec", "Samples", "available", "generate", "get", "register", "sample", "spec"]
+__all__ = ["DecoderSpec", "Samples", "available", "check_ranges", "generate", "get", "register", "sample", "spec"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ import torch
 from alignlab.data.formats import Text
 from alignlab.data.tokenize import encode_prompt
 from alignlab.decode.stream import Cost, Timer
+from alignlab.errors import ConfigError
 from alignlab.registries import check_params, summary, unknown_name
 
 COMMON_PARAMS = ("model", "tokenizer", "prompts", "n", "reward", "seed", "progress")
@@ -143,10 +145,36 @@ def spec(name: str) -> DecoderSpec:
     return _DECODERS[name]
 
 
+RANGES = {
+    "temperature": (lambda v: v > 0, "positive"), "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "top_k": (lambda v: v >= 0, "0 or more"), "candidates": (lambda v: v >= 1, "at least 1"),
+    "gamma": (lambda v: v >= 1, "at least 1"), "beams": (lambda v: v >= 1, "at least 1"),
+    "rollouts": (lambda v: v >= 1, "at least 1"), "rollout_tokens": (lambda v: v >= 0, "0 or more"),
+    "lookahead": (lambda v: v >= 0, "0 or more"), "calibration_samples": (lambda v: v >= 1, "at least 1"),
+    "value_samples": (lambda v: v >= 1, "at least 1"), "value_epochs": (lambda v: v >= 1, "at least 1"),
+    "beta": (lambda v: v >= 0, "0 or more"), "batch_size": (lambda v: v >= 1, "at least 1"),
+    "max_new_tokens": (lambda v: v >= 1, "at least 1"), "route_tokens": (lambda v: v >= 1, "at least 1"),
+}
+"""Ranges of the parameters decoders share by name, checked with the config."""
+
+
+def check_ranges(name: str, params: dict) -> None:
+    for key, value in params.items():
+        if key not in RANGES:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"decoder '{name}': {key} must be a number, got {value!r}")
+        ok, expected = RANGES[key]
+        if not math.isfinite(value) or not ok(value):
+            raise ConfigError(f"decoder '{name}': {key} must be {expected}, got {value}")
+
+
 def get(name: str, **params) -> Callable:
-    """The decoder `name`, its parameters checked (ConfigError with a suggestion when one is unknown)."""
+    """The decoder `name`, its parameters checked (ConfigError with a suggestion when one is unknown, or when a
+    shared parameter is out of its range)."""
     decoder = spec(name)
     check_params("decoder", name, params, decoder.params)
+    check_ranges(name, params)
     return decoder.fn
 
 

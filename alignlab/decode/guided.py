@@ -113,6 +113,8 @@ def rollout_values(stream: TokenStream, tokenizer, prompts: list[Text], prompt_i
     if rollout_tokens:
         ahead = TokenStream(baseline, prefixes, rollouts, tokenizer.eos_token_id, stream.pad_id, stream.cost,
                             role="baseline")
+        ended = torch.tensor([p[-1] == tokenizer.eos_token_id for p in prefixes], device=ahead.device)
+        ahead.done = ended.repeat_interleave(rollouts)  # a candidate that ends the answer has nothing to roll out
         decode_tokens(ahead, rollout_tokens, lambda s: draw(s.logits.log_softmax(-1), generator))
         continuations = ahead.generated
     texts = [tokenizer.decode([*stream.generated[r], int(z), *continuations[((i * k) + j) * rollouts + m]],

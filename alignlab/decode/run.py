@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import yaml
 
 from alignlab import decode, rewards
 from alignlab.config import ModelConfig, build_dataclass, load_yaml
@@ -94,6 +95,7 @@ def decode_config(data: dict) -> DecodeConfig:
     labels = []
     for method in config.methods:
         decode.get(method.name, **{k: v for k, v in method.params.items() if k not in COMMON})
+        decode.check_ranges(method.name, method.params)
         label = method.label or method.name
         labels.append(label if label not in labels else f"{label}-{sum(x.startswith(label) for x in labels) + 1}")
     for method, label in zip(config.methods, labels, strict=True):
@@ -152,12 +154,26 @@ def summarise(samples, scores: torch.Tensor, ref_logps: torch.Tensor, method: Me
     return point
 
 
+SHARED_SETTINGS = ("model", "draft", "baseline", "prompts", "reward", "n", "max_new_tokens", "seed")
+"""What every method of a decoding run shares: a resumed run must keep them."""
+
+
+def check_resumed_decoding(config: DecodeConfig, saved: dict) -> None:
+    new = as_dict(config)
+    changed = [key for key in SHARED_SETTINGS if saved.get(key) != new.get(key)]
+    if changed:
+        raise ConfigError(f"--resume keeps the methods decoded earlier, and the saved config.yaml differs in "
+                          f"{', '.join(changed)}: resume with the same settings, or --overwrite")
+
+
 def run_decode(config: DecodeConfig, resume: bool = False, log=print, overwrite: bool = False) -> dict:
     """Decode `config.prompts` with every method; write samples, a summary and the frontier to `config.out_dir`."""
     from alignlab.models.loading import load_model, load_tokenizer
 
     folder = RunFolder(config.out_dir)
     folder.check_usable(resume, overwrite)
+    if resume and folder.file("config.yaml").is_file():
+        check_resumed_decoding(config, yaml.safe_load(folder.file("config.yaml").read_text()) or {})
     reward = rewards.from_config(config.reward)
     prompts = read_prompts(config.prompts)
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
@@ -181,6 +197,11 @@ def run_decode(config: DecodeConfig, resume: bool = False, log=print, overwrite:
 def _decode_methods(config: DecodeConfig, folder: RunFolder, model, tokenizer, prompts: list, reward, models: dict,
                     log) -> dict:
     done = {path.stem: json.loads(path.read_text()) for path in sorted(folder.path.glob("methods/*.json"))}
+    for method in config.methods:
+        kept = done.get(method.label)
+        if kept is not None and (kept["method"], kept["params"]) != (method.name, method.params):
+            raise ConfigError(f"{method.label} was decoded earlier as {kept['method']} with {kept['params']}, now "
+                              f"{method.name} with {method.params}: give it another label, or --overwrite")
     folder.write_yaml("config.yaml", as_dict(config))
     (folder.path / "methods").mkdir(exist_ok=True)
     log(f"{len(prompts)} prompts, {len(config.methods)} methods, reward {getattr(reward, 'name', reward)}")

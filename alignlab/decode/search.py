@@ -32,6 +32,7 @@ def _heuristic(stream: TokenStream, tokenizer, prompt: Text, reward) -> torch.Te
 def deal_step(stream: TokenStream, beam_logp: torch.Tensor, tokenizer, prompt: Text, reward, beams: int, top_k: int,
               lookahead: int, weight: float) -> torch.Tensor:
     """One DeAL step in place: expand, look ahead, keep the best `beams` candidates; returns their log π(y_≤t)."""
+    top_k = min(top_k, stream.logits.shape[-1])
     top_logp, top_tokens = stream.logits.log_softmax(-1).topk(top_k, dim=-1)
     done = stream.done[:, None]
     first = torch.arange(top_k, device=stream.device)[None] == 0

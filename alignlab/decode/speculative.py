@@ -105,7 +105,7 @@ class CachedRow:
         out = self.model(input_ids=ids, position_ids=positions, past_key_values=self.cache, use_cache=True)
         self.cost.count(self.role)
         self.cache, self.length = out.past_key_values, self.length + len(tokens)
-        return warped_logprobs(out.logits[0].float(), temperature).double()
+        return warped_logprobs(out.logits[0].float(), temperature).double().cpu()  # verification runs on the CPU
 
     def crop(self, length: int) -> None:
         if length < self.length:

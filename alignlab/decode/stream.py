@@ -102,6 +102,8 @@ class TokenStream:
         mask = pad_rows([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompt_ids], 0).to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         self.keep_hidden = keep_hidden
+        self.counts_tokens = role == "policy"
+        """Whether its tokens are the method's output (look-ahead forks and rollouts count passes, not tokens)."""
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
                     output_hidden_states=keep_hidden)
         self.cost.count(role)
@@ -129,7 +131,8 @@ class TokenStream:
         tokens = torch.where(active, tokens, torch.full_like(tokens, self.pad_id))
         for row in active.nonzero().flatten().tolist():
             self.generated[row].append(int(tokens[row]))
-        self.cost.generated_tokens += int(active.sum())
+        if self.counts_tokens:
+            self.cost.generated_tokens += int(active.sum())
         if self.eos_id is not None:
             self.done = self.done | (active & (tokens == self.eos_id))
         self.mask = torch.cat([self.mask, active.long()[:, None]], dim=1)
@@ -146,6 +149,7 @@ class TokenStream:
         """A separate stream holding copies of rows `rows` (e.g. candidates to roll out); its forward passes are
         counted in the same cost."""
         twin = copy.copy(self)
+        twin.counts_tokens = False
         twin.cache = copy.deepcopy(self.cache)
         twin.select(rows)
         return twin

@@ -29,7 +29,8 @@ def kl_estimate_per_draw(ref_logprobs_of_selected: torch.Tensor, n: int) -> torc
     expm1), so ε near 0 and near 1 keep their precision."""
     kl_bound(n)
     log_eps = ref_logprobs_of_selected.double().clamp(max=0.0)
-    log_one_minus = torch.log1p(-log_eps.exp())  # log(1 − ε), −inf at ε = 1
+    # log(1 − ε), −inf at ε = 1: log1p(−e^x) for small ε, log(−expm1(x)) near ε = 1 (both exact in their range)
+    log_one_minus = torch.where(log_eps < -math.log(2), torch.log1p(-log_eps.exp()), torch.log(-torch.expm1(log_eps)))
     log_a = n * log_one_minus  # log (1 − ε)^N
     a = log_a.exp()
     first = torch.where(a > 0, a * (math.log(n) + (n - 1) * log_one_minus - (n - 1) / n), torch.zeros_like(a))

@@ -91,6 +91,9 @@ def kto_balance_warning(params: dict, labels: list[bool]) -> str | None:
     """KTO's authors recommend λ_D·n_D / (λ_U·n_U) in [1, 4/3]; a warning when the data and weights are off."""
     desirable = sum(labels)
     undesirable = len(labels) - desirable
+    if not desirable or not undesirable:
+        side = "undesirable" if desirable else "desirable"
+        return f"warning: kto with no {side} examples among {len(labels)}: it learns from one side only"
     ratio = (params.get("desirable_weight", 1.0) * desirable
              / max(1e-9, params.get("undesirable_weight", 1.0) * undesirable))
     if 1 <= ratio <= 4 / 3:

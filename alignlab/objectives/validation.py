@@ -63,11 +63,11 @@ def check_values(spec: ObjectiveSpec, params: dict, where: str) -> None:
     arguments = dict(params)
     if spec.running_mean is not None:
         arguments[spec.running_mean_param] = 0.0
-    if spec.module_factory is not None:
-        shape = SimpleNamespace(hidden_size=HIDDEN, num_hidden_layers=1, rms_norm_eps=1e-5)
-        arguments["module"] = spec.module_factory(shape, **params)
     batch = dummy_batch(spec.data_formats[0], spec.model_kind, spec.needs_reference)
     try:
+        if spec.module_factory is not None:
+            shape = SimpleNamespace(hidden_size=HIDDEN, num_hidden_layers=1, rms_norm_eps=1e-5)
+            arguments["module"] = spec.module_factory(shape, **params)
         with torch.no_grad():
             spec.fn(batch, **arguments)
     except ConfigError as error:

@@ -7,11 +7,12 @@ import torch
 
 
 def all_finite(parameters: list[torch.Tensor]) -> bool:
-    """Whether every value of every tensor is finite (one fused norm per tensor, no full-size masks)."""
+    """Whether every value of every tensor is finite: the max-abs norm of each (fused, no full-size masks) is finite
+    exactly when every value is, in any dtype (a sum could overflow float16)."""
     if not parameters:
         return True
-    norms = torch._foreach_norm([p.detach() for p in parameters], 1)
-    return bool(torch.isfinite(torch.stack(norms)).all())
+    norms = torch._foreach_norm([p.detach() for p in parameters], float("inf"))
+    return bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
 
 
 class WeightGuard:

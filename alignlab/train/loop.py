@@ -274,15 +274,15 @@ def prepare(config: RunConfig, resume: bool = False, log=print, records: list | 
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
     data_format, examples, eval_examples, data_report, draw = _load_data(config, objective, tokenizer, say,
                                                                             records)
-    folder = RunFolder(config.out_dir, writer=main).create(overwrite)
-    folder.write_config(config)
-    folder.write_json("data_report.json", data_report)
     for term in objective.terms:
         warning = kto_balance_warning(term.params, [e.label for e in examples]) if term.name == "kto" else None
         if warning:
             say(warning)
 
     model = _load_policy(config, objective, tokenizer, device)
+    folder = RunFolder(config.out_dir, writer=main).create(overwrite)  # only now: every check has passed
+    folder.write_config(config)
+    folder.write_json("data_report.json", data_report)
     pad_id = tokenizer.pad_token_id
     if data_format == "negatives":
         say(f"sampling {config.data.self_samples} completions per prompt from the initial model")
@@ -408,7 +408,7 @@ def train_step(run: Run, group: list[list[int]]) -> dict:
         count_bad_step(run, f"loss {totals['loss']}, gradient norm {grad_norm}"
                        + ("; the previous step's update is undone too" if undo else ""))
     else:
-        if run.unverified_update:  # a finite loss after the previous update: that update did no harm
+        if run.unverified_update or run.guard is None:  # a finite loss: the previous update did no harm
             state.bad_steps_in_a_row = 0
         apply_update(run, grad_norm)
     with warnings.catch_warnings():  # a skipped first step calls the scheduler before the optimizer

@@ -95,3 +95,21 @@ def test_prompts_longer_than_the_context_are_cut_and_counted(small_model_dir, tm
     config = decode_config({**config_data(small_model_dir, prompts, tmp_path / "out"), "methods": ["sample", "greedy"]})
     summary = run_decode(config, log=lambda *_: None)
     assert [p["prompts_truncated"] for p in summary["methods"]] == [1, 1]
+
+
+def test_resumed_decoding_keeps_its_settings_and_ranges_are_checked(small_model_dir, prompt_file, tmp_path):
+    out = tmp_path / "out"
+    base = {**config_data(small_model_dir, prompt_file, out), "methods": ["sample", {"name": "best_of_n",
+                                                                                    "candidates": 2}]}
+    run_decode(decode_config(base), log=lambda *_: None)
+    with pytest.raises(ConfigError, match="differs in n"):
+        run_decode(decode_config({**base, "n": 3}), resume=True, log=lambda *_: None)
+    changed = {**base, "methods": ["sample", {"name": "best_of_n", "candidates": 3}]}
+    with pytest.raises(ConfigError, match="best_of_n was decoded earlier"):
+        run_decode(decode_config(changed), resume=True, log=lambda *_: None)
+    for method, message in (({"name": "sample", "temperature": 0}, "temperature must be positive"),
+                            ({"name": "sample", "top_p": 0.0}, r"top_p must be in \(0, 1\]"),
+                            ({"name": "best_of_n", "candidates": 0}, "candidates must be at least 1"),
+                            ({"name": "deal", "beams": 0}, "beams must be at least 1")):
+        with pytest.raises(ConfigError, match=message):
+            decode_config({**base, "methods": [method]})

@@ -47,3 +47,11 @@ def test_binary_uniform_and_the_estimators_limits():
     assert values[-1] == pytest.approx(kl_bound(16), abs=1e-12)  # ε → 0: the bound
     with pytest.raises(ValueError):
         kl_bound(0)
+
+
+def test_estimator_keeps_precision_near_epsilon_one():
+    """ε = 1 − δ: KL̂ ≈ δ·(terms of order log δ); it must stay finite, non-negative and shrink with δ."""
+    values = [kl_estimate_per_draw(torch.tensor([math.log1p(-delta)], dtype=torch.float64), 4).item()
+              for delta in (1e-3, 1e-6, 1e-9, 1e-12)]
+    assert all(math.isfinite(v) and v >= 0 for v in values)
+    assert values == sorted(values, reverse=True) and values[-1] < 1e-9

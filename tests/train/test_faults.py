@@ -257,3 +257,21 @@ def test_non_finite_weights_are_never_saved(small_model_dir, pairs_file, tmp_pat
     with pytest.raises(TrainingDivergedError, match="not saved as checkpoint step-1; no checkpoint was saved"):
         train(config, log=lambda *_: None)
     assert not (tmp_path / "run" / "checkpoints" / "step-1").exists()
+
+
+def test_without_the_guard_good_steps_reset_the_bad_step_count(small_model_dir, pairs_file, tmp_path, monkeypatch):
+    poison_steps(monkeypatch, {2, 4})
+    result = train(quick_config(small_model_dir, pairs_file, tmp_path / "run", DPO, max_steps=5, max_bad_steps=1,
+                                guard_weights=False), log=lambda *_: None)  # never 2 bad steps in a row
+    assert [m["skipped_steps"] for m in run_history(result.run_dir)] == [0, 1, 1, 2, 2]
+
+
+def test_finiteness_check_holds_for_half_precision_weights():
+    from alignlab.train.guard import all_finite
+
+    big = torch.full((512, 512), 60000.0, dtype=torch.float16)  # an L1 norm would overflow float16
+    assert all_finite([big])
+    big[3, 7] = float("inf")
+    assert not all_finite([big])
+    big[3, 7] = float("nan")
+    assert not all_finite([big])

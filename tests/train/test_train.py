@@ -14,12 +14,13 @@ from alignlab.train import train
 from alignlab.train.reference import cached_reference_logps
 
 
-def make_config(model_dir, data, out, cache, scoring=None, **train):
+def make_config(model_dir, data, out, cache, scoring=None, eval_data=None, **train):
     settings = {"batch_size": 2, "lr": 1e-3, "warmup_ratio": 0.0, "progress": False, **train}
     return config_from_dict({
         "scoring": scoring or {},
         "model": {"path": str(model_dir)},
-        "data": {"train": str(data), "max_length": 64, "max_prompt_length": 32},
+        "data": {"train": str(data), "eval": str(eval_data) if eval_data else None, "max_length": 64,
+                 "max_prompt_length": 32},
         "objective": {"name": "dpo", "beta": 0.5},
         "reference": {"cache_dir": str(cache)},
         "train": settings,
@@ -116,8 +117,7 @@ def test_gradient_accumulation_matches_one_large_batch(small_model_dir, pairs_fi
 
 def test_evaluation_every_n_steps_and_fresh_run_guard(small_model_dir, pairs_file, tmp_path):
     config = make_config(small_model_dir, pairs_file, tmp_path / "run", tmp_path / "cache",
-                         max_steps=4, eval_every=2, save_every=4)
-    config.data.eval = str(pairs_file)
+                         max_steps=4, eval_every=2, save_every=4, eval_data=pairs_file)
     train(config, log=lambda *_: None)
     evals = [m for m in metrics(tmp_path / "run") if "eval/loss" in m]
     assert [m["step"] for m in evals] == [2, 4, 4]  # every 2 steps, and once at the end
@@ -169,7 +169,8 @@ def test_prepare_and_steps_in_pieces_on_records_in_memory_equal_one_run_from_the
     for name, value in weights(whole.final_dir).items():
         assert torch.equal(weights(pieces.final_dir)[name], value), name
     with pytest.raises(ConfigError, match="one format"):
-        prepare(config, log=lambda *_: None, records=["not a record"])
+        prepare(make_config(small_model_dir, pairs_file, tmp_path / "other", tmp_path / "cache", max_steps=5),
+                log=lambda *_: None, records=["not a record"])
 
 
 def test_scoring_switches_live_in_one_section():
@@ -267,3 +268,18 @@ def test_a_reference_cache_that_does_not_check_out_is_reported_and_recomputed(sm
                                       say=said.append)[2]
     assert "non-finite" in said[0]
     assert cached_reference_logps(model, pairs, tokenizer.pad_token_id, 4, "cpu", tmp_path, False)[2]  # intact: a hit
+
+
+def test_a_model_that_fails_to_load_leaves_no_run_folder(small_model_dir, pairs_file, tmp_path):
+    """The model is loaded (and fails) before config.yaml or data_report.json are written."""
+    import shutil
+
+    from alignlab import AlignlabError
+
+    broken = tmp_path / "no-weights"
+    shutil.copytree(small_model_dir, broken)
+    (broken / "model.safetensors").unlink()
+    config = make_config(broken, pairs_file, tmp_path / "run", tmp_path / "cache", max_steps=1)
+    with pytest.raises(AlignlabError):
+        train(config, log=lambda *_: None)
+    assert not (tmp_path / "run").exists()
