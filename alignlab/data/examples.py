@@ -66,6 +66,7 @@ def load_examples(path: str, data_format: str, tokenizer, max_length: int, max_p
 
     Scored lists become best/worst pairs; records whose scores all tie are counted and reported.
     """
+    tied = 0
     if data_format == "scored":
         records, tied = load_scored(path)
         if tied:
@@ -74,7 +75,9 @@ def load_examples(path: str, data_format: str, tokenizer, max_length: int, max_p
         records = LOADERS[data_format](path)
     else:
         raise ConfigError(f"alignlab does not read {data_format} data yet")
-    return tokenize_records(records, data_format, tokenizer, max_length, max_prompt_length)
+    examples, stats = tokenize_records(records, data_format, tokenizer, max_length, max_prompt_length)
+    stats.skipped_ties = tied
+    return examples, stats
 
 
 def format_of(records: list) -> str:

@@ -31,6 +31,8 @@ from alignlab.data.loading import read_records
 from alignlab.errors import DataError
 
 ROLES = ("system", "user", "assistant")
+LABEL_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+"""Spellings of an unpaired label accepted from text cells (CSV)."""
 Message = dict[str, str]
 Text = str | list[Message]
 
@@ -123,9 +125,13 @@ class RecordChecker:
         values = value if isinstance(value, list) else [value]
         if not values or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
             raise self.error(f"expected a number or a non-empty list of numbers, got {value!r}", field=name)
-        if not all(math.isfinite(v) for v in values):
+        try:
+            numbers = tuple(float(v) for v in values)
+        except OverflowError:  # an integer too large for a float (JSON allows 10**400)
+            raise self.error("a reward is too large to be a number alignlab can use", field=name) from None
+        if not all(math.isfinite(v) for v in numbers):
             raise self.error(f"rewards must be finite, got {value!r}", field=name)
-        return tuple(float(v) for v in values)
+        return numbers
 
     def reward_margin(self, record: dict[str, Any]) -> tuple[float, ...] | None:
         """chosen_reward − rejected_reward when the record has both (a number each, or equal-length lists)."""
@@ -199,6 +205,8 @@ def parse_unpaired(record: Any, source: str, location: str) -> UnpairedExample:
     record = check.record(record, "prompt, completion, label")
     prompt, completion = check.prompt(record), check.completion(record, "completion")
     label = check.required(record, "label")
+    if isinstance(label, str) and label.strip().lower() in LABEL_WORDS:  # CSV cells are text
+        label = LABEL_WORDS[label.strip().lower()]
     if not isinstance(label, bool):
         raise check.error(f"expected true (desirable) or false (undesirable), got {label!r}", field="label")
     return UnpairedExample(prompt, completion, label, f"{source}:{location}")

@@ -17,6 +17,39 @@ from alignlab.errors import DataError
 SUPPORTED = ".jsonl, .json, .csv, .parquet, or a folder written by datasets' save_to_disk"
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise ValueError(f"the key '{key}' appears twice in one object")
+    return dict(pairs)
+
+
+def _text_only(value: Any) -> None:
+    """Raise ValueError for a string holding a lone surrogate (valid JSON, not text: ``"\\ud800"``)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("a string holds a lone surrogate escape (such as \\ud800), which is not text") from None
+    elif isinstance(value, dict):
+        for item in value.values():
+            _text_only(item)
+    elif isinstance(value, list):
+        for item in value:
+            _text_only(item)
+
+
+def parse_json(text: str) -> Any:
+    """JSON that is text all through: duplicate keys, lone surrogates and too-deep nesting raise ValueError."""
+    try:
+        data = json.loads(text, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    _text_only(data)
+    return data
+
+
 def _jsonl(path: Path) -> Iterator[tuple[str, Any]]:
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
@@ -26,22 +59,29 @@ def _jsonl(path: Path) -> Iterator[tuple[str, Any]]:
             except UnicodeDecodeError as error:
                 raise DataError(f"not valid UTF-8 ({error.reason} at byte {error.start})",
                                 source=str(path), location=location) from None
+            if number == 1:
+                text = text.removeprefix("\ufeff")  # a byte-order mark, as some editors write
             if not text.strip():
                 continue
             try:
-                yield location, json.loads(text)
+                record = parse_json(text)
             except json.JSONDecodeError as error:
                 raise DataError(f"not valid JSON: {error.msg} (column {error.colno})",
                                 source=str(path), location=location) from None
+            except ValueError as error:
+                raise DataError(f"not usable JSON: {error}", source=str(path), location=location) from None
+            yield location, record
 
 
 def _json(path: Path) -> Iterator[tuple[str, Any]]:
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = parse_json(path.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError as error:
         raise DataError(f"not valid UTF-8 ({error.reason} at byte {error.start})", source=str(path)) from None
     except json.JSONDecodeError as error:
         raise DataError(f"not valid JSON: {error.msg}", source=str(path), location=f"line {error.lineno}") from None
+    except ValueError as error:
+        raise DataError(f"not usable JSON: {error}", source=str(path)) from None
     if not isinstance(data, list):
         raise DataError(f"expected a JSON list of records, got {type(data).__name__}", source=str(path))
     for number, record in enumerate(data, start=1):
@@ -50,8 +90,13 @@ def _json(path: Path) -> Iterator[tuple[str, Any]]:
 
 def _csv(path: Path) -> Iterator[tuple[str, Any]]:
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: Excel's "CSV UTF-8" starts with a BOM
             reader = csv.DictReader(handle)
+            header = reader.fieldnames or []
+            repeated = sorted({name for name in header if header.count(name) > 1})
+            if repeated:
+                raise DataError(f"the header names column '{repeated[0]}' more than once", source=str(path),
+                                location="line 1")
             for record in reader:
                 location = f"line {reader.line_num}"
                 if None in record:

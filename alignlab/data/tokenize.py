@@ -75,6 +75,12 @@ class TruncationStats:
     prompt_truncated: int = 0
     completion_truncated: int = 0
     truncated_locations: list[str] = field(default_factory=list)
+    text_cut: int = 0
+    """Records whose text was cut to `CHARS_PER_TOKEN_BOUND`·max_length characters before tokenizing."""
+    identical_pairs: int = 0
+    """Pairs whose chosen and rejected completions are the same tokens (kept: their DPO-style loss is log 2)."""
+    skipped_ties: int = 0
+    """Scored records skipped because all their scores tie."""
 
     def count(self, location: str, prompt_cut: bool, completion_cut: bool) -> None:
         self.examples += 1
@@ -88,14 +94,19 @@ class TruncationStats:
         return len(self.truncated_locations)
 
     def summary(self) -> str:
+        extra = "".join(f"; {n} {what}" for n, what in ((self.identical_pairs, "pairs with chosen = rejected"),
+                                                         (self.skipped_ties, "scored records skipped (all tied)"),
+                                                         (self.text_cut, "records with very long text pre-cut"))
+                        if n)
         return (f"{self.examples} examples; {self.truncated} truncated "
                 f"({self.prompt_truncated} prompts cut from the left, "
-                f"{self.completion_truncated} with completions cut from the right)")
+                f"{self.completion_truncated} with completions cut from the right){extra}")
 
     def as_dict(self) -> dict:
         return {"examples": self.examples, "truncated": self.truncated,
                 "prompt_truncated": self.prompt_truncated, "completion_truncated": self.completion_truncated,
-                "first_truncated": self.truncated_locations[:20]}
+                "first_truncated": self.truncated_locations[:20], "text_cut": self.text_cut,
+                "identical_pairs": self.identical_pairs, "skipped_ties": self.skipped_ties}
 
 
 def _as_messages(text: Text, role: str) -> list[dict[str, str]]:
@@ -161,13 +172,28 @@ def truncate(
     return prompt, tuple(c[:budget] for c in completions), prompt_cut, completion_cut
 
 
+CHARS_PER_TOKEN_BOUND = 32
+"""Text longer than this many characters per token of `max_length` is cut before tokenizing (from the side
+truncation keeps), so one huge record costs time and memory in proportion to what is kept."""
+
+
+def bounded(text, limit: int, keep_end: bool):
+    """`text` cut to `limit` characters (its end kept for prompts, its start for completions); messages as they are."""
+    if not isinstance(text, str) or len(text) <= limit:
+        return text
+    return text[-limit:] if keep_end else text[:limit]
+
+
 def tokenize_with(examples, tokenizer, max_length: int, max_prompt_length: int, fields: tuple[str, ...], build):
     """Encode each example's prompt with each of its completion `fields`, truncate, and `build` the
     tokenized example from (example, prompt ids, completion ids); counts truncations, drops nothing."""
     out, stats = [], TruncationStats()
+    limit = CHARS_PER_TOKEN_BOUND * max_length
     for example in examples:
-        encoded = [encode_prompt_and_completion(tokenizer, example.prompt, getattr(example, name), example.location)
-                   for name in fields]
+        texts = [bounded(example.prompt, limit, True), *(bounded(getattr(example, name), limit, False)
+                                                         for name in fields)]
+        stats.text_cut += texts != [example.prompt, *(getattr(example, name) for name in fields)]
+        encoded = [encode_prompt_and_completion(tokenizer, texts[0], text, example.location) for text in texts[1:]]
         prompt = encoded[0][0]
         if any(other != prompt for other, _ in encoded[1:]):
             raise DataError.at(example.location, f"the prompt tokenizes differently before {' and '.join(fields)} "
@@ -192,9 +218,11 @@ def tokenize_preferences(
         raise DataError.at(missing.location, "some records have chosen_answer and rejected_answer and this one does "
                            "not; give them in every record or in none", field="chosen_answer")
     fields = ("chosen", "rejected", "chosen_answer", "rejected_answer") if all(with_answers) else ("chosen", "rejected")
-    return tokenize_with(examples, tokenizer, max_length, max_prompt_length, fields,
-                         lambda e, prompt, c: TokenizedPair(prompt, c[0], c[1], e.reward_margin,
-                                                            (c[2], c[3]) if len(c) == 4 else None))
+    pairs, stats = tokenize_with(examples, tokenizer, max_length, max_prompt_length, fields,
+                                 lambda e, prompt, c: TokenizedPair(prompt, c[0], c[1], e.reward_margin,
+                                                                    (c[2], c[3]) if len(c) == 4 else None))
+    stats.identical_pairs = sum(pair.chosen == pair.rejected for pair in pairs)
+    return pairs, stats
 
 
 def tokenize_sft(
@@ -220,8 +248,12 @@ def tokenize_unpaired(
 
     The mismatched pairing is fixed by the data order, so reference log-probs of it can be precomputed.
     """
-    encoded = [encode_prompt_and_completion(tokenizer, e.prompt, e.completion, e.location) for e in examples]
+    limit = CHARS_PER_TOKEN_BOUND * max_length
+    texts = [(bounded(e.prompt, limit, True), bounded(e.completion, limit, False)) for e in examples]
+    encoded = [encode_prompt_and_completion(tokenizer, prompt, completion, e.location)
+               for e, (prompt, completion) in zip(examples, texts, strict=True)]
     out, stats = [], TruncationStats()
+    stats.text_cut = sum(t != (e.prompt, e.completion) for e, t in zip(examples, texts, strict=True))
     for i, (example, (prompt, completion)) in enumerate(zip(examples, encoded, strict=True)):
         other = encoded[(i + 1) % len(encoded)][1]
         prompt, (completion, other), prompt_cut, completion_cut = truncate(

@@ -221,3 +221,64 @@ def test_errors_found_while_tokenizing_name_file_and_line_apart(tmp_path, tokeni
         tokenize_preferences(load_preferences(str(path)), tokenizer, max_length=32, max_prompt_length=16)
     assert caught.value.source == str(path) and caught.value.location == "line 2"
     assert str(caught.value).startswith(f"{path}:line 2: the prompt tokenizes differently")
+
+
+def test_byte_order_marks_are_accepted(tmp_path):
+    from alignlab.data import read_records
+
+    jsonl = tmp_path / "bom.jsonl"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\n")
+    single = tmp_path / "bom.json"
+    single.write_bytes(b"\xef\xbb\xbf" + json.dumps([GOOD]).encode())
+    table = tmp_path / "bom.csv"
+    table.write_bytes(b"\xef\xbb\xbfprompt,chosen,rejected\nThe film is, wonderful., dull.\n")
+    for path in (jsonl, single, table):
+        assert [sorted(record) for _, record in read_records(path)] == [["chosen", "prompt", "rejected"]], path
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ('{"prompt": "a", "chosen": "b", "chosen": "c", "rejected": "d"}', "the key 'chosen' appears twice"),
+    ('{"prompt": "\\ud800", "chosen": "b", "rejected": "d"}', "lone surrogate"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+])
+def test_json_that_is_not_text_is_located(tmp_path, content, message):
+    path = tmp_path / "odd.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + content + "\n")
+    with pytest.raises(DataError, match=message) as caught:
+        load_preferences(str(path))
+    assert caught.value.location == "line 2"
+
+
+def test_csv_duplicates_big_numbers_and_text_labels(tmp_path):
+    from alignlab.data import load_unpaired
+
+    table = tmp_path / "dup.csv"
+    table.write_text("prompt,chosen,rejected,chosen\na,b,c,d\n")
+    with pytest.raises(DataError, match="column 'chosen' more than once"):
+        load_preferences(str(table))
+    huge = tmp_path / "huge.jsonl"
+    huge.write_text(json.dumps({**GOOD, "chosen_reward": 10**400, "rejected_reward": 0}) + "\n")
+    with pytest.raises(DataError, match="too large") as caught:
+        load_preferences(str(huge))
+    assert caught.value.field == "chosen_reward"
+    labels = tmp_path / "unpaired.csv"
+    labels.write_text("prompt,completion,label\na,b,true\na,c,False\na,d,1\na,e,no\n")
+    assert [e.label for e in load_unpaired(str(labels))] == [True, False, True, False]
+
+
+def test_identical_pairs_ties_and_huge_text_are_counted(tmp_path, tokenizer):
+    import time
+
+    from alignlab.data import load_examples
+
+    same = {**GOOD, "rejected": GOOD["chosen"]}
+    long = {**GOOD, "prompt": "great film " * 200_000}  # 2.2 MB on one line
+    path = write_jsonl(tmp_path / "d.jsonl", [GOOD, same, long])
+    started = time.perf_counter()
+    examples, stats = load_examples(str(path), "paired", tokenizer, 48, 24)
+    assert time.perf_counter() - started < 20 and len(examples[2].prompt) == 24
+    assert stats.identical_pairs == 1 and stats.text_cut == 1 and stats.prompt_truncated == 1
+    scored = write_jsonl(tmp_path / "s.jsonl", [{"prompt": "p", "completions": ["a", "b"], "scores": [1, 1]},
+                                                {"prompt": "p", "completions": ["a", "b"], "scores": [1, 2]}])
+    _, stats = load_examples(str(scored), "scored", tokenizer, 48, 24, say=lambda *_: None)
+    assert stats.as_dict()["skipped_ties"] == 1 and "1 scored records skipped" in stats.summary()
