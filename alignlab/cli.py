@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 from alignlab.errors import AlignlabError
 
@@ -127,23 +129,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(Exception):
+    """SIGTERM outside the training steps (start-up, reference pass, sampling, saving): nothing to checkpoint."""
+
+
+def _on_sigterm(_signum, _frame) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # alignlab shows its own progress
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None  # the steps install their own
     try:
         args.run(args)
     except AlignlabError as error:
         print(f"alignlab: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("alignlab: interrupted", file=sys.stderr)
+        print("alignlab: interrupted; nothing more was saved", file=sys.stderr)
         return 130
+    except Terminated:
+        print("alignlab: stopped by SIGTERM outside the training steps: nothing was saved", file=sys.stderr)
+        return 143
     except BrokenPipeError:  # the reader went away (`alignlab objectives | head`): nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

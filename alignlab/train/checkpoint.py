@@ -10,6 +10,7 @@ leaves no half checkpoint under a final name; one damaged later (a lost file, fl
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -55,13 +56,41 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def out_of_space(error: BaseException) -> bool:
+    """Whether `error` is a full disk (an OSError, or torch's serializer reporting one in its own words)."""
+    text = str(error).lower()
+    return (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "no space left" in text \
+        or ("enforce fail" in text and "write" in text)
+
+
+def remove_temporary_checkpoints(folder: Path) -> int:
+    """Delete checkpoint folders a killed or failed save left half-written; returns how many."""
+    stale = list(folder.glob(".step-*.tmp")) if folder.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(stale)
+
+
 def save_checkpoint(folder: Path, model, optimizer, scheduler, state: TrainerState, reference=None,
                     objective=None) -> Path:
-    """Write checkpoint `folder/step-N` atomically and return its path.
+    """Write checkpoint `folder/step-N` atomically and return its path; a full disk is a `CheckpointError` that
+    says so, with the half-written folder removed.
 
     `reference` is saved too when training changes it (TR-DPO reference syncing), and the objective's
     running statistics (BCO's δ) when it has any.
     """
+    try:
+        return _save_checkpoint(folder, model, optimizer, scheduler, state, reference, objective)
+    except (OSError, RuntimeError) as error:
+        remove_temporary_checkpoints(folder)
+        if out_of_space(error):
+            raise CheckpointError(f"no space left on the device for checkpoint step-{state.step} in {folder}; free "
+                                  "space (or lower train.keep_checkpoints) and resume with --resume") from None
+        raise
+
+
+def _save_checkpoint(folder: Path, model, optimizer, scheduler, state: TrainerState, reference=None,
+                     objective=None) -> Path:
     final = folder / f"step-{state.step}"
     temporary = folder / f".step-{state.step}.tmp"
     shutil.rmtree(temporary, ignore_errors=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 import warnings
 from collections import defaultdict
@@ -58,6 +59,7 @@ from alignlab.train.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
+    remove_temporary_checkpoints,
     save_checkpoint,
 )
 from alignlab.train.guard import WeightGuard, all_finite
@@ -127,6 +129,17 @@ def mixed_precision(precision: str) -> str:
     return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
 
 
+def check_writable(folder: Path) -> None:
+    """Checkpoints will be written into `folder`: find out now rather than at the first save."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"checkpoints cannot be written into {folder}: {error.strerror}") from None
+
+
 def check_resumed_config(config: RunConfig, run_dir: Path) -> None:
     """A resumed run continues the run its folder holds: refuse settings that would change what its steps do."""
     saved_path = run_dir / "config.yaml"
@@ -159,6 +172,8 @@ def _start(config: RunConfig, resume: bool, log, overwrite: bool = False):
         raise ConfigError(f"reference.cache_dir {cache} is a file, not a folder")
     if resume:
         check_resumed_config(config, Path(config.out_dir))
+    if resume and accelerator.is_main_process and (removed := remove_temporary_checkpoints(checkpoints_dir)):
+        say(f"removed {removed} half-written checkpoint folder(s) left in {checkpoints_dir}")
     latest = latest_intact_checkpoint(checkpoints_dir, say) if resume else None
     if resume and latest is None:
         say(f"--resume: no checkpoint in {checkpoints_dir}; starting from the beginning")
@@ -283,6 +298,8 @@ def prepare(config: RunConfig, resume: bool = False, log=print, records: list | 
     folder = RunFolder(config.out_dir, writer=main).create(overwrite)  # only now: every check has passed
     folder.write_config(config)
     folder.write_json("data_report.json", data_report)
+    if main and config.train.save_every:
+        check_writable(folder.file("checkpoints"))
     pad_id = tokenizer.pad_token_id
     if data_format == "negatives":
         say(f"sampling {config.data.self_samples} completions per prompt from the initial model")

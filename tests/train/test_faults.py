@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignlab import CheckpointError, TrainingDivergedError
+from alignlab import CheckpointError, ConfigError, TrainingDivergedError
 from alignlab.objectives import Objective, ObjectiveOutput
 from alignlab.train import train
 from alignlab.train.checkpoint import verify_checkpoint
@@ -275,3 +275,49 @@ def test_finiteness_check_holds_for_half_precision_weights():
     assert not all_finite([big])
     big[3, 7] = float("nan")
     assert not all_finite([big])
+
+
+def test_sigterm_outside_the_steps_is_one_clear_line(small_model_dir, pairs_file, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    from alignlab.cli import main
+    from alignlab.train import loop
+
+    original = loop.load_tokenizer
+
+    def terminated_while_starting(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "load_tokenizer", terminated_while_starting)
+    config = tmp_path / "config.yaml"
+    write_config(quick_config(small_model_dir, pairs_file, tmp_path / "run", DPO, max_steps=2), config)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["train", str(config)]) == 143
+    assert "stopped by SIGTERM outside the training steps: nothing was saved" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is given back
+
+
+def test_full_disk_and_unwritable_checkpoints_are_said(small_model_dir, pairs_file, tmp_path, monkeypatch):
+    from alignlab.train import checkpoint
+    from alignlab.train.loop import check_writable
+
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ConfigError, match="checkpoints cannot be written"):
+        check_writable(tmp_path / "a-file" / "checkpoints")
+
+    def full(folder, *args, **kwargs):
+        (folder / ".step-1.tmp").mkdir(parents=True)
+        raise RuntimeError("[enforce fail at inline_container.cc:595] . unexpected pos 64 vs 0: write failed")
+
+    monkeypatch.setattr(checkpoint, "_save_checkpoint", full)
+    config = quick_config(small_model_dir, pairs_file, tmp_path / "run", DPO, max_steps=2, save_every=1)
+    with pytest.raises(CheckpointError, match="no space left on the device for checkpoint step-1"):
+        train(config, log=lambda *_: None)
+    assert not list((tmp_path / "run" / "checkpoints").glob(".step-*.tmp"))
+    monkeypatch.undo()
+    (tmp_path / "run" / "checkpoints" / ".step-7.tmp").mkdir()
+    said = []
+    train(config, resume=True, log=said.append)
+    assert any("removed 1 half-written checkpoint" in line for line in said)
