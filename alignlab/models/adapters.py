@@ -74,6 +74,11 @@ def merge_adapters(adapter_dir: str | Path, out_dir: str | Path, base: str | Non
     if not config_file.is_file():
         raise ConfigError(f"{adapter_dir} holds no adapter_config.json: it is not a folder of LoRA adapters "
                           "(a run trained with an `adapter:` section saves them in its final/ folder)")
+    if not (adapter_dir / "adapter_model.safetensors").is_file():
+        pickled = sorted(p.name for p in adapter_dir.glob("adapter_model.*"))
+        raise ConfigError(f"{adapter_dir} holds no adapter_model.safetensors"
+                          + (f" (only {', '.join(pickled)}: pickle files, which can run code when loaded)" if pickled
+                             else "") + "; alignlab loads adapters from safetensors only")
     recorded = json.loads(config_file.read_text())
     base = base or recorded.get("base_model_name_or_path")
     if not base:

@@ -113,10 +113,28 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
             location, trust_remote_code=trust_remote_code, local_files_only=local or _offline()
         )
     except OSError as error:
-        raise ModelNotFoundError(_not_found_message(name_or_path, "tokenizer", error)) from None
+        raise ModelNotFoundError(_not_found_message(name_or_path, "tokenizer", error, local)) from None
+    except ValueError as error:
+        raise _custom_code_or(error, name_or_path, "tokenizer", local) from None
     if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise ConfigError(f"the tokenizer of '{name_or_path}' has neither a padding nor an end-of-sequence "
+                              "token, and alignlab needs one to pad batches: add one (tokenizer.add_special_tokens) "
+                              "and save it with the model")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+def _custom_code_or(error: ValueError, name: str, what: str, local: bool) -> Exception:
+    """A clear error for transformers' ValueErrors: a model that ships its own code (loaded without
+    trust_remote_code), or a folder it cannot build the model or tokenizer from."""
+    if "trust_remote_code" in str(error):
+        return ConfigError(f"'{name}' ships its own Python code, which alignlab does not run unless asked: set "
+                           "model.trust_remote_code: true if you trust its source")
+    return ModelNotFoundError(_not_found_message(name, what, error, local))
 
 
 def load_model(name_or_path: str, dtype: str = "auto", trust_remote_code: bool = False, device: str = "cpu",
@@ -127,11 +145,12 @@ def load_model(name_or_path: str, dtype: str = "auto", trust_remote_code: bool =
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     location, local = resolve_model_path(name_or_path)
-    if local and not any(Path(location).glob("*.safetensors")):
+    if local and not any((Path(location) / name).is_file() for name in WEIGHT_FILES):
         pickled = sorted(p.name for pattern in ("*.bin", "*.pt", "*.pth") for p in Path(location).glob(pattern))
         found = f" (it has {', '.join(pickled)}: pickle files, which can run code when loaded)" if pickled else ""
-        raise ModelNotFoundError(f"{location} holds no .safetensors weights{found}; alignlab loads weights from "
-                                 "safetensors only: convert them with save_pretrained(safe_serialization=True)")
+        raise ModelNotFoundError(f"{location} holds no model.safetensors (or its sharded index){found}; alignlab "
+                                 "loads weights from safetensors only: convert them with "
+                                 "save_pretrained(safe_serialization=True)")
     extra = {"num_labels": 1} if kind == "reward" else {}
     auto = AutoModelForSequenceClassification if kind == "reward" else AutoModelForCausalLM
     try:
@@ -144,11 +163,21 @@ def load_model(name_or_path: str, dtype: str = "auto", trust_remote_code: bool =
             **extra,
         )
     except OSError as error:
-        raise ModelNotFoundError(_not_found_message(name_or_path, "model", error)) from None
+        raise ModelNotFoundError(_not_found_message(name_or_path, "model", error, local)) from None
+    except ValueError as error:
+        raise _custom_code_or(error, name_or_path, "model", local) from None
+    except Exception as error:
+        if type(error).__name__ == "SafetensorError":  # a weights file cut short or not safetensors at all
+            raise ModelNotFoundError(f"the weights of '{name_or_path}' cannot be read ({error}); the file may be "
+                                     "incomplete: copy or download it again") from None
+        raise
     return model.to(device).eval()
 
 
-def _not_found_message(name: str, what: str, error: Exception) -> str:
+def _not_found_message(name: str, what: str, error: Exception, local: bool = False) -> str:
+    first_line = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    if local:
+        return f"could not load the {what} of the local folder {name}: {first_line}"
     offline = ""
     if _offline_mode_set():
         offline = " The machine is offline (HF_HUB_OFFLINE=1), so only the local cache was searched."

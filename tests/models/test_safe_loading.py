@@ -45,7 +45,10 @@ def test_model_folder_with_only_pickled_weights_is_refused(tmp_path):
     (folder / "model.safetensors").unlink()
     marker = tmp_path / "payload-ran"
     torch.save({"model.embed_tokens.weight": Payload(marker)}, folder / "pytorch_model.bin")
-    with pytest.raises(ModelNotFoundError, match=r"no \.safetensors weights \(it has pytorch_model\.bin: pickle"):
+    with pytest.raises(ModelNotFoundError, match=r"no model\.safetensors .*\(it has pytorch_model\.bin: pickle"):
+        load_model(str(folder))
+    (folder / "unrelated.safetensors").write_bytes(b"")  # a stray file does not open the gate
+    with pytest.raises(ModelNotFoundError, match=r"no model\.safetensors"):
         load_model(str(folder))
     assert not marker.exists()
 
@@ -99,3 +102,51 @@ def test_hub_ids_with_dots_are_looked_up_in_the_hub_cache(tmp_path, small_model_
     assert result.returncode == 0, result.stderr[-2000:]
     assert "acme/tiny.v1.5 LlamaForCausalLM" in result.stdout and "Org/Model-3.2-mini LlamaForCausalLM" in result.stdout
     assert "ModelNotFoundError" in result.stdout and "acme/other.v2" in result.stdout
+
+
+def test_broken_model_folders_are_clear_errors(tmp_path, small_model_dir):
+    import json
+    import shutil
+
+    from alignlab import ConfigError
+    from alignlab.models.adapters import merge_adapters
+    from alignlab.models.loading import load_tokenizer
+
+    cut = tmp_path / "cut"
+    shutil.copytree(small_model_dir, cut)
+    weights = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(weights[: len(weights) // 3])
+    with pytest.raises(ModelNotFoundError, match=r"cannot be read .* incomplete"):
+        load_model(str(cut))
+    bare = tmp_path / "bare"
+    shutil.copytree(small_model_dir, bare)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (bare / name).unlink(missing_ok=True)
+    with pytest.raises(ModelNotFoundError, match="tokenizer of the local folder"):
+        load_tokenizer(str(bare))
+    nameless = tmp_path / "nameless"
+    shutil.copytree(small_model_dir, nameless)
+    config = json.loads((nameless / "tokenizer_config.json").read_text())
+    for key in ("eos_token", "pad_token"):
+        config.pop(key, None)
+    (nameless / "tokenizer_config.json").write_text(json.dumps(config))
+    tokenizer = load_tokenizer(str(small_model_dir))
+    tokenizer.pad_token, tokenizer.eos_token = None, None
+    tokenizer.save_pretrained(nameless)
+    with pytest.raises(ConfigError, match="neither a padding nor an end-of-sequence token"):
+        load_tokenizer(str(nameless))
+    custom = tmp_path / "custom"
+    shutil.copytree(small_model_dir, custom)
+    model_config = json.loads((custom / "config.json").read_text())
+    model_config["model_type"] = "mine"
+    model_config["auto_map"] = {"AutoModelForCausalLM": "modeling_mine.MyModel",
+                                "AutoConfig": "configuration_mine.MyConfig"}
+    (custom / "config.json").write_text(json.dumps(model_config))
+    with pytest.raises(ConfigError, match="ships its own Python code"):
+        load_model(str(custom))
+    adapters = tmp_path / "adapters"
+    adapters.mkdir()
+    (adapters / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(small_model_dir)}))
+    (adapters / "adapter_model.bin").write_bytes(b"x")
+    with pytest.raises(ConfigError, match=r"no adapter_model\.safetensors .*adapter_model\.bin: pickle"):
+        merge_adapters(adapters, tmp_path / "merged")
