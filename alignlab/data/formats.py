@@ -205,7 +205,8 @@ def parse_unpaired(record: Any, source: str, location: str) -> UnpairedExample:
     record = check.record(record, "prompt, completion, label")
     prompt, completion = check.prompt(record), check.completion(record, "completion")
     label = check.required(record, "label")
-    if isinstance(label, str) and label.strip().lower() in LABEL_WORDS:  # CSV cells are text
+    text_cells = str(source).lower().endswith(".csv")  # CSV cells are text; JSON has true and false
+    if text_cells and isinstance(label, str) and label.strip().lower() in LABEL_WORDS:
         label = LABEL_WORDS[label.strip().lower()]
     if not isinstance(label, bool):
         raise check.error(f"expected true (desirable) or false (undesirable), got {label!r}", field="label")
