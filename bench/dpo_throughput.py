@@ -36,6 +36,7 @@ SETTINGS = {
     "padded_rows": {"scoring.padding_free": "false"},  # one right-padded row per pair, prompt shared
     "separate_rows": {"scoring.share_prefix": "false"},  # chosen and rejected rows, prompt twice
     "compiled": {"train.compile": "true"},  # torch.compile'd body (not run unless named in --settings)
+    "no_guard": {"train.guard_weights": "false"},  # without the copy that undoes non-finite updates (named only)
 }
 DEFAULT_SETTINGS = ("default", "padded_rows", "separate_rows")
 TRL_SETTINGS = ("trl_tuned", "trl_default")
