@@ -18,13 +18,10 @@ from __future__ import annotations
 import json
 import re
 
-import torch
-
 from alignlab.data.formats import Text
 from alignlab.data.tokenize import encode_prompt
 from alignlab.decode.base import Samples, context_room, encode_prompts, evaluation_mode, register
 from alignlab.decode.stream import Cost, Timer, TokenStream, decode_tokens, draw, generator_for, greedy, warped_logprobs
-from alignlab.models.scoring import score_slots
 
 URIAL_PREAMBLE = """# Instructions
 
@@ -56,10 +53,16 @@ URIAL_EXAMPLES = (
 URIAL_STOPS = ("# Query",)
 
 
+def _query(prompt: Text) -> str:
+    """The query text: a string prompt, or the last user message of a conversation."""
+    if isinstance(prompt, str):
+        return prompt
+    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
+
+
 def urial_prompt(query: Text) -> str:
     """The URIAL prefix, the examples, and `query` (a string, or the last user message of a conversation)."""
-    if not isinstance(query, str):
-        query = next((m["content"] for m in reversed(query) if m["role"] == "user"), "")
+    query = _query(query)
     blocks = [URIAL_PREAMBLE]
     for example_query, answer in URIAL_EXAMPLES:
         blocks.append(f"# Query:\n```\n{example_query}\n```\n\n# Answer:\n```\n{answer}\n```\n")
@@ -80,16 +83,6 @@ def cut_at_stop(tokenizer, ids: list[int], stops: tuple[str, ...]) -> tuple[list
     return ids, re.sub(r"\s*```\s*$", "", text.strip())
 
 
-@torch.no_grad()
-def _summed_logps(model, pad_id: int, prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> torch.Tensor:
-    from alignlab.data.tokenize import TokenizedSFT
-
-    examples = [TokenizedSFT(p, c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
-    device = next(model.parameters()).device
-    return torch.cat([score_slots(model, examples[i: i + 32], pad_id, device).logps[0].sum(-1).cpu()
-                      for i in range(0, len(examples), 32)])
-
-
 @register("urial")
 def urial(model, tokenizer, prompts: list[Text], n: int = 1, *, max_new_tokens: int = 128, temperature: float = 0.0,
           seed: int | None = None, progress: bool = True) -> Samples:
@@ -98,6 +91,8 @@ def urial(model, tokenizer, prompts: list[Text], n: int = 1, *, max_new_tokens: 
     prefix is about 900 tokens: with a shorter context its start is cut (counted in `prompts_truncated`).
     Reports log π(y | URIAL prompt) of the kept tokens (the stop's own probability left out), so the sampled KL is
     taken against the model on the bare prompt."""
+    from alignlab.evaluate.frontier import summed_logps  # the engine's scoring of ids (evaluate imports decode)
+
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     generator = generator_for(seed, next(model.parameters()).device)
     cost = Cost()
@@ -112,7 +107,7 @@ def urial(model, tokenizer, prompts: list[Text], n: int = 1, *, max_new_tokens: 
         decode_tokens(stream, max_new_tokens, choose)
         kept = [cut_at_stop(tokenizer, ids, URIAL_STOPS) for ids in stream.generated]
         rows = [ids for ids in urial_ids for _ in range(n)]
-        logps = _summed_logps(model, pad, rows, [ids for ids, _ in kept])
+        logps = summed_logps(model, rows, [ids for ids, _ in kept], pad, batch_size=32)
     bare, _ = encode_prompts(tokenizer, prompts)
     return Samples([p for p in prompts for _ in range(n)], [text for _, text in kept],
                    [ids for ids in bare for _ in range(n)], [ids for ids, _ in kept], logps,
@@ -169,9 +164,6 @@ def _as_user(tokenizer, text: str) -> Text:
     return [{"role": "user", "content": text}] if getattr(tokenizer, "chat_template", None) else text
 
 
-def _query(prompt: Text) -> str:
-    return prompt if isinstance(prompt, str) else next((m["content"] for m in reversed(prompt) if m["role"] == "user"),
-                                                       "")
 
 
 @register("guard_route")

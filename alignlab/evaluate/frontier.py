@@ -14,22 +14,26 @@ import torch
 
 from alignlab.data.tokenize import TokenizedSFT
 from alignlab.decode.sampling import Samples
+from alignlab.diagnose.bon_kl import kl_bound
 from alignlab.models.scoring import DEFAULT_OPTIONS, ScoringOptions, score_slots
 
 
 @torch.no_grad()
+def summed_logps(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int,
+                 batch_size: int = 64, options: ScoringOptions = DEFAULT_OPTIONS) -> torch.Tensor:
+    """Summed log-prob `[N]` of each completion (token ids) after its prompt under `model`, scored by the engine
+    as training scores completions."""
+    device = next(model.parameters()).device
+    examples = [TokenizedSFT(prompt, completion) for prompt, completion in zip(prompt_ids, completion_ids, strict=True)]
+    totals = [score_slots(model, examples[start: start + batch_size], pad_id, device, options).logps[0].sum(-1).cpu()
+              for start in range(0, len(examples), batch_size)]
+    return torch.cat(totals) if totals else torch.zeros(0)
+
+
 def sample_logps(model, samples: Samples, pad_id: int, batch_size: int = 64,
                  options: ScoringOptions = DEFAULT_OPTIONS) -> torch.Tensor:
-    """Summed log-prob `[N]` of every sampled completion (its ids, not re-tokenized text) under `model`,
-    scored by the engine as training scores completions."""
-    device = next(model.parameters()).device
-    examples = [TokenizedSFT(prompt, completion)
-                for prompt, completion in zip(samples.prompt_ids, samples.completion_ids, strict=True)]
-    totals = []
-    for start in range(0, len(examples), batch_size):
-        scored = score_slots(model, examples[start: start + batch_size], pad_id, device, options)
-        totals.append(scored.logps[0].sum(-1).cpu())
-    return torch.cat(totals)
+    """Summed log-prob `[N]` of every sampled completion (its ids, not re-tokenized text) under `model`."""
+    return summed_logps(model, samples.prompt_ids, samples.completion_ids, pad_id, batch_size, options)
 
 
 def sampled_kl(policy, reference, samples: Samples, pad_id: int, batch_size: int = 64) -> float:
@@ -39,8 +43,9 @@ def sampled_kl(policy, reference, samples: Samples, pad_id: int, batch_size: int
 
 
 def best_of_n_kl_bound(n: int) -> float:
-    """log N − (N − 1)/N: the usual analytic best-of-N KL, an upper bound on the true KL."""
-    return math.log(n) - (n - 1) / n
+    """log N − (N − 1)/N: the usual analytic best-of-N KL, an upper bound on the true KL
+    (`alignlab.diagnose.bon_kl.kl_bound`)."""
+    return kl_bound(n)
 
 
 def best_of_n_reward(rewards: torch.Tensor, n: int) -> float:
