@@ -130,6 +130,57 @@ class TrainConfig:
     progress: bool = True
 
 
+ONLINE_MODES = ("raft", "online_dpo", "bon_distill", "rloo", "grpo")
+ONLINE_DATA = {"raft": ("sft",), "online_dpo": ("paired",), "bon_distill": ("sft", "paired"), "rloo": ("rollouts",),
+               "grpo": ("rollouts",)}
+"""The data each online mode builds from a round's samples: what its objective must read."""
+
+
+@dataclass
+class OnlineConfig:
+    """On-policy rounds (`alignlab.online`): each round samples `samples_per_prompt` completions per prompt from
+    the current policy, scores them with `reward`, builds the round's training data as `mode` says and trains on
+    it through the one loop (the `train` section applies to every round)."""
+
+    mode: str = "raft"
+    """``raft`` (SFT on the best completions), ``online_dpo`` (pairs → a paired objective), ``bon_distill`` (SFT on,
+    or pairs from, the reference's best-of-N), ``rloo`` / ``grpo`` (policy gradient with K samples per prompt)."""
+    rounds: int = 3
+    prompts: str = ""
+    """Prompt records (any supported data file) whose `prompt_field` holds a string or chat messages."""
+    prompt_field: str = "prompt"
+    prompts_per_round: int | None = None
+    """Prompts sampled per round, taken in turn from the file (default: all of them every round)."""
+    eval_prompts: str | None = None
+    """Held-out prompts: after every round (and before the first) the policy is sampled on them and its mean
+    reward and sampled KL to the initial model are logged."""
+    eval_samples: int = 2
+    """Completions per held-out prompt."""
+    samples_per_prompt: int = 4
+    """K: completions sampled per prompt per round (N of best-of-N for ``bon_distill``)."""
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    sample_batch_size: int = 16
+    """Prompts per sampling batch (each with K rows, one shared prompt cache)."""
+    reward: str | dict[str, Any] = "sentiment"
+    """The reward: a name (``alignlab decoders`` lists them) or ``{name: ..., param: value}``."""
+    keep_top: int = 1
+    """``raft``/``bon_distill`` (SFT): completions kept per prompt, best first."""
+    pairs: str = "best_worst"
+    """``online_dpo``: ``best_worst`` (one pair per prompt) or ``all`` (every pair whose rewards differ by more
+    than `min_gap`)."""
+    min_gap: float = 0.0
+    """Pairs need chosen − rejected reward > `min_gap`; prompts without such a pair are counted and skipped."""
+    reference: str = "initial"
+    """``online_dpo``: the reference of each round's objective — the ``initial`` model or the ``previous`` round's."""
+    kl_penalty: float = 0.0
+    """β of the KL penalty in the reward (``rloo``/``grpo``): r = R − β·Σ_t (log π_old − log π_ref) per completion."""
+    scale_rewards: bool = True
+    """``grpo``: divide by the group's standard deviation (false: Liu et al., 2025's unbiased variant)."""
+
+
 @dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -142,10 +193,15 @@ class RunConfig:
     scoring: ScoringOptions = field(default_factory=ScoringOptions)
     """How the scoring engine lays out batches (`alignlab.models.scoring.ScoringOptions`): the same numbers
     either way, only speed and memory differ."""
+    online: OnlineConfig | None = None
+    """On-policy rounds instead of a data file (`OnlineConfig`)."""
     out_dir: str = "runs/run"
 
 
 CHOICES = {
+    "online.mode": ONLINE_MODES,
+    "online.pairs": ("best_worst", "all"),
+    "online.reference": ("initial", "previous"),
     "data.format": ("auto", "paired", "scored", "unpaired", "negatives", "sft"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "reference.mode": ("precompute", "model"),
@@ -342,6 +398,7 @@ def validate(config: RunConfig) -> None:
     check_objective_values(config)
     objective = objectives.Objective(objective_terms(config))
     check_transform(config, objective)
+    check_online(config, objective)
     if objective.needs.token_kl and config.reference.mode != "model":
         raise ConfigError(f"objective '{objective.name}' needs the reference's full distribution at every token, "
                           "which precomputed log-probs do not keep: set reference.mode: model")
@@ -367,6 +424,48 @@ def check_transform(config: RunConfig, objective) -> None:
                           "cannot be precomputed: set reference.mode: model")
     if not 0 <= config.data.recovery_probability <= 1:
         raise ConfigError(f"data.recovery_probability must be in [0, 1], got {config.data.recovery_probability}")
+
+
+def check_online(config: RunConfig, objective) -> None:
+    """The online section against the rest: prompts instead of data.train, an objective that reads what the mode
+    builds, groups of at least two samples where the mode compares samples, ranges of the sampling settings."""
+    from alignlab.rewards import check_entry
+
+    online = config.online
+    if online is None:
+        if "rollouts" in objective.data_formats:
+            raise ConfigError(f"objective '{objective.name}' trains on completions sampled during online rounds: add "
+                              "an online section (e.g. online: {mode: grpo, prompts: prompts.jsonl})")
+        return
+    if not online.prompts:
+        raise ConfigError("online.prompts: name the prompt file the rounds sample from")
+    if config.data.train or config.data.eval or config.data.transform:
+        raise ConfigError("online rounds train on their own samples of online.prompts, so data.train, data.eval and "
+                          "data.transform are not read: remove them (held-out prompts go in online.eval_prompts)")
+    if config.adapter.r:
+        raise ConfigError("online rounds with LoRA adapters are not supported yet: set adapter.r: 0")
+    wanted = ONLINE_DATA[online.mode]
+    if not set(wanted) & set(objective.data_formats):
+        raise ConfigError(f"online.mode {online.mode} builds {' or '.join(wanted)} data, and objective "
+                          f"'{objective.name}' reads {' or '.join(objective.data_formats)} data")
+    pairwise = online.mode in ("online_dpo", "rloo", "grpo") or (
+        online.mode == "bon_distill" and "sft" not in objective.data_formats)
+    if pairwise and online.samples_per_prompt < 2:
+        raise ConfigError(f"online.mode {online.mode} compares the samples of a prompt: online.samples_per_prompt "
+                          f"must be at least 2, got {online.samples_per_prompt}")
+    for key in ("rounds", "samples_per_prompt", "max_new_tokens", "sample_batch_size", "keep_top", "eval_samples"):
+        if getattr(online, key) < 1:
+            raise ConfigError(f"online.{key} must be at least 1, got {getattr(online, key)}")
+    if online.prompts_per_round is not None and online.prompts_per_round < 1:
+        raise ConfigError(f"online.prompts_per_round must be at least 1, got {online.prompts_per_round}")
+    if online.keep_top > online.samples_per_prompt:
+        raise ConfigError(f"online.keep_top ({online.keep_top}) cannot exceed online.samples_per_prompt "
+                          f"({online.samples_per_prompt})")
+    if not online.temperature > 0 or not 0 < online.top_p <= 1 or online.top_k < 0:
+        raise ConfigError("online sampling: temperature must be positive, top_p in (0, 1] and top_k 0 or more")
+    if online.min_gap < 0 or online.kl_penalty < 0:
+        raise ConfigError("online.min_gap and online.kl_penalty must be 0 or more")
+    check_entry(online.reward, "online.reward")
 
 
 def check_objective_values(config: RunConfig) -> None:
@@ -480,9 +579,9 @@ def save_config(config: RunConfig, path: Path, header: str = "") -> None:
     path.write_text(comments + yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
 
-CHANGEABLE_ON_RESUME = ("train.max_steps", "train.save_every", "train.keep_checkpoints", "train.log_every",
-                        "train.eval_every", "train.progress", "train.compile", "train.guard_weights", "scoring.",
-                        "reference.cache_dir", "out_dir")
+CHANGEABLE_ON_RESUME = ("online.rounds", "train.max_steps", "train.save_every", "train.keep_checkpoints",
+                        "train.log_every", "train.eval_every", "train.progress", "train.compile",
+                        "train.guard_weights", "scoring.", "reference.cache_dir", "out_dir")
 """Settings a resumed run may change: how long it runs, how it saves, logs and computes; nothing that changes what
 the steps do (data, model, objective and its hyper-parameters, optimizer, seed)."""
 

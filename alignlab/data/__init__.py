@@ -27,6 +27,7 @@ from alignlab.data.loading import read_records
 from alignlab.data.tokenize import (
     TokenizedNegatives,
     TokenizedPair,
+    TokenizedRollout,
     TokenizedSFT,
     TokenizedUnpaired,
     TruncationStats,
@@ -44,6 +45,7 @@ __all__ = [
     "SFTExample",
     "TokenizedNegatives",
     "TokenizedPair",
+    "TokenizedRollout",
     "TokenizedSFT",
     "TokenizedUnpaired",
     "TruncationStats",

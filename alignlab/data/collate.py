@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from alignlab.data.tokenize import TokenizedPair, TokenizedSFT, TokenizedUnpaired
+from alignlab.data.tokenize import TokenizedPair, TokenizedRollout, TokenizedSFT, TokenizedUnpaired
 
 
 def pad_rows(rows: list[list[int]], value: int) -> torch.Tensor:
@@ -38,7 +38,8 @@ def collate_slots(examples, pad_id: int) -> dict[str, torch.Tensor]:
 
 def batch_extras(examples) -> dict[str, torch.Tensor]:
     """Per-example values beside the tokens: ``labels`` `[B]` (unpaired), ``reward_margins`` `[B, M]`
-    (pairs that all carry reward scores), ``aligned_scores`` `[B]` (SFT records that all carry them)."""
+    (pairs that all carry reward scores), ``aligned_scores`` `[B]` (SFT records that all carry them),
+    ``advantages`` `[B]` (online rollouts)."""
     extras = {}
     first = examples[0]
     if isinstance(first, TokenizedUnpaired):
@@ -49,6 +50,8 @@ def batch_extras(examples) -> dict[str, torch.Tensor]:
             extras["reward_margins"] = torch.tensor(margins, dtype=torch.float32)
     if isinstance(first, TokenizedSFT) and all(e.aligned_score is not None for e in examples):
         extras["aligned_scores"] = torch.tensor([e.aligned_score for e in examples], dtype=torch.float32)
+    if isinstance(first, TokenizedRollout):
+        extras["advantages"] = torch.tensor([e.advantage for e in examples], dtype=torch.float32)
     return extras
 
 

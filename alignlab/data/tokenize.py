@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from alignlab.data.formats import NegativeExample, PreferenceExample, SFTExample, Text, UnpairedExample
 from alignlab.errors import DataError
 
@@ -67,6 +69,22 @@ class TokenizedUnpaired:
     @property
     def completions(self) -> tuple[list[int], ...]:
         return self.completion, self.mismatched
+
+
+@dataclass(frozen=True, eq=False)
+class TokenizedRollout:
+    """A completion sampled during an online round (its token ids as sampled), its advantage, and the per-token
+    log-probs of its tokens under the sampling policy (π_old) and the reference, scored before training."""
+
+    prompt: list[int]
+    completion: list[int]
+    advantage: float
+    old_logps: torch.Tensor
+    ref_logps: torch.Tensor
+
+    @property
+    def completions(self) -> tuple[list[int], ...]:
+        return (self.completion,)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from alignlab.objectives import (  # noqa: F401  (register the objectives)
     d2o,
     distill,
     dpo,
+    policy_gradient,
     reference_free,
     reward_model,
     sft,
@@ -25,6 +26,7 @@ from alignlab.objectives.batches import (
     ObjectiveOutput,
     PreferenceLogps,
     RewardScores,
+    RolloutLogps,
     SFTLogps,
     UnpairedLogps,
 )
@@ -40,6 +42,7 @@ __all__ = [
     "ObjectiveTerm",
     "PreferenceLogps",
     "RewardScores",
+    "RolloutLogps",
     "SFTLogps",
     "UnpairedLogps",
     "available",

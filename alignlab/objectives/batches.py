@@ -97,6 +97,19 @@ class NegativesLogps:
 
 
 @dataclass
+class RolloutLogps:
+    """Per-token log-probs `[B, T]` of completions sampled during an online round, with 0/1 masks: the policy's
+    now (with gradient), the sampling policy's (π_old, scored before the round's first step) and the
+    reference's; plus each completion's advantage `[B]`."""
+
+    policy: torch.Tensor
+    old: torch.Tensor
+    reference: torch.Tensor
+    mask: torch.Tensor
+    advantages: torch.Tensor
+
+
+@dataclass
 class RewardScores:
     chosen: torch.Tensor
     """`[B]` rewards of prompt + chosen."""

@@ -12,7 +12,14 @@ from types import SimpleNamespace
 import torch
 
 from alignlab.errors import ConfigError
-from alignlab.objectives.batches import NegativesLogps, PreferenceLogps, RewardScores, SFTLogps, UnpairedLogps
+from alignlab.objectives.batches import (
+    NegativesLogps,
+    PreferenceLogps,
+    RewardScores,
+    RolloutLogps,
+    SFTLogps,
+    UnpairedLogps,
+)
 from alignlab.objectives.registry import ObjectiveSpec
 
 ROWS, TOKENS, HIDDEN = 2, 3, 8
@@ -55,6 +62,7 @@ def dummy_batch(data_format: str, model_kind: str, reference: bool):
         "unpaired": lambda: UnpairedLogps(zeros, ref, mask, torch.tensor([True, False]), zeros, ref, mask),
         "sft": lambda: SFTLogps(zeros, ref, mask, torch.zeros(ROWS)),
         "negatives": lambda: NegativesLogps(zeros, ref, mask, [zeros], [ref], [mask]),
+        "rollouts": lambda: RolloutLogps(zeros, zeros, zeros, mask, torch.zeros(ROWS)),
     }[data_format]()
 
 

@@ -2,13 +2,14 @@
 `build(name, **params)` or `from_config(entry)`; rewards that can score unfinished text implement `PartialReward`.
 
 Registered: ``sentiment`` (VADER, offline), ``keywords``, ``length``, ``regex``, ``refusal``, ``weighted``
-(`programmatic`), ``reward_model`` (a sequence-classification model, `reward_model`).
+(`programmatic`), ``reward_model`` (a sequence-classification model, `reward_model`), ``follow_up``
+(follow-up likelihood as reward, `follow_up`).
 """
 
-from alignlab.rewards import programmatic, reward_model  # noqa: F401  (registers the rewards)
-from alignlab.rewards.base import PartialReward, Reward, available, build, from_config, register
+from alignlab.rewards import follow_up, programmatic, reward_model  # noqa: F401  (registers the rewards)
+from alignlab.rewards.base import PartialReward, Reward, available, build, check_entry, from_config, register
 from alignlab.rewards.programmatic import scores_partial
 from alignlab.rewards.sentiment import SentimentReward
 
-__all__ = ["PartialReward", "Reward", "SentimentReward", "available", "build", "from_config", "register",
+__all__ = ["PartialReward", "Reward", "SentimentReward", "available", "build", "check_entry", "from_config", "register",
            "scores_partial"]

@@ -71,6 +71,17 @@ def from_config(entry: Any) -> Reward:
     return build(entry["name"], **params)
 
 
+def check_entry(entry: Any, where: str = "reward") -> None:
+    """A reward config entry's name and parameter names, checked without building the reward (which may load a
+    model)."""
+    if isinstance(entry, str):
+        params_of(entry)
+        return
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise ConfigError(f"{where}: expected a name or a mapping like {{name: sentiment}}, got {entry!r}")
+    check_params("reward", entry["name"], {k: v for k, v in entry.items() if k != "name"}, params_of(entry["name"]))
+
+
 def available() -> list[tuple[str, str]]:
     """(name, one-line summary) of every registered reward."""
     return [(name, summary(_REWARDS[name])) for name in sorted(_REWARDS)]

@@ -16,6 +16,7 @@ import torch
 from alignlab.data import (
     TokenizedNegatives,
     TokenizedPair,
+    TokenizedRollout,
     TokenizedSFT,
     TokenizedUnpaired,
     batch_extras,
@@ -28,10 +29,11 @@ from alignlab.objectives import (
     NegativesLogps,
     PreferenceLogps,
     RewardScores,
+    RolloutLogps,
     SFTLogps,
     UnpairedLogps,
 )
-from alignlab.train.reference import Reference
+from alignlab.train.reference import Reference, per_token_values
 
 
 @dataclass
@@ -72,11 +74,20 @@ def negatives_batch(s: ScoredSlots) -> NegativesLogps:
     return NegativesLogps(s.policy[0], s.reference[0], s.masks[0], s.policy[1:], s.reference[1:], s.masks[1:])
 
 
+def rollout_batch(s: ScoredSlots) -> RolloutLogps:
+    """An online round's samples: the policy's log-probs now, and the sampling policy's and the reference's, scored
+    before the round trained (held by each example)."""
+    mask = s.masks[0]
+    return RolloutLogps(s.policy[0], per_token_values([e.old_logps for e in s.examples], mask),
+                        per_token_values([e.ref_logps for e in s.examples], mask), mask, s.extras["advantages"])
+
+
 SLOT_BATCHES: dict[type, Callable[[ScoredSlots], object]] = {
     TokenizedPair: pair_batch,
     TokenizedUnpaired: unpaired_batch,
     TokenizedSFT: sft_batch,
     TokenizedNegatives: negatives_batch,
+    TokenizedRollout: rollout_batch,
 }
 
 

@@ -30,7 +30,16 @@ from tqdm import tqdm
 
 from alignlab import objectives
 from alignlab.config import CHANGEABLE_ON_RESUME, RunConfig, objective_terms, resume_changes
-from alignlab.data import format_of, load_examples, resolve_format, tokenize_records
+from alignlab.data import (
+    TokenizedPair,
+    TokenizedRollout,
+    TokenizedSFT,
+    TruncationStats,
+    format_of,
+    load_examples,
+    resolve_format,
+    tokenize_records,
+)
 from alignlab.data.transforms import load_triplets, safety_recovery_draw
 from alignlab.distributed import (
     WeightedMetrics,
@@ -200,12 +209,33 @@ def _epoch_draws(config: RunConfig, tokenizer):
     return draw
 
 
-def _load_data(config: RunConfig, objective: objectives.Objective, tokenizer, say, records: list | None):
+TOKENIZED_FORMATS = {TokenizedSFT: "sft", TokenizedPair: "paired", TokenizedRollout: "rollouts"}
+"""Formats of examples given to a run already tokenized (online rounds)."""
+
+
+def _given_examples(examples: list, objective: objectives.Objective) -> str:
+    kinds = {TOKENIZED_FORMATS.get(type(e)) for e in examples}
+    if len(kinds) != 1 or None in kinds:
+        raise ConfigError("examples given to a run must all be of one tokenized type: "
+                          f"{', '.join(t.__name__ for t in TOKENIZED_FORMATS)}")
+    data_format = kinds.pop()
+    if data_format not in objective.data_formats:
+        raise ConfigError(f"objective '{objective.name}' reads {' or '.join(objective.data_formats)} data, and the "
+                          f"examples given are {data_format} data")
+    return data_format
+
+
+def _load_data(config: RunConfig, objective: objectives.Objective, tokenizer, say, records: list | None,
+               tokenized: list | None = None):
     """(format, train examples, eval examples, data report, per-epoch draw or None); `records` (validated, in
-    memory) replace `data.train` when given."""
+    memory) or `tokenized` examples replace `data.train` when given."""
     lengths = (config.data.max_length, config.data.max_prompt_length)
     draw = None
-    if records is not None:
+    if tokenized is not None:
+        data_format, examples = _given_examples(tokenized, objective), tokenized
+        stats = TruncationStats(examples=len(examples))
+        source = f"{len(examples)} examples in memory"
+    elif records is not None:
         data_format = resolve_format(format_of(records), "the records given", objective.data_formats,
                                      f"objective '{objective.name}'")
         examples, stats = tokenize_records(records, data_format, tokenizer, *lengths)
@@ -254,8 +284,9 @@ def _with_adapters(config: RunConfig, model, say):
 
 
 def _make_reference(config: RunConfig, model, examples: list, pad_id: int, device, say) -> Reference:
-    """The reference of `examples`: log-probs precomputed from `model` as loaded (before any step) and cached,
-    or a frozen copy of it (``reference.mode: model``; with adapters, the model itself with them disabled)."""
+    """The reference of `examples`: log-probs precomputed from `model` (the policy as loaded, before any step,
+    unless another reference model is given) and cached, or a frozen copy of it (``reference.mode: model``; with
+    adapters, the model itself with them disabled)."""
     if config.reference.mode == "model":
         return ModelReference(frozen_copy_or_self(model, has_adapters(model)), pad_id, device, config.scoring)
     with reference_context(model):  # a model with adapters is scored as its base model
@@ -276,25 +307,28 @@ def _optimizer(config: RunConfig, model, objective, steps: int):
 
 
 def prepare(config: RunConfig, resume: bool = False, log=print, records: list | None = None,
-            overwrite: bool = False) -> Run:
+            overwrite: bool = False, examples: list | None = None, model: torch.nn.Module | None = None,
+            reference_model: torch.nn.Module | None = None) -> Run:
     """Everything before the first step. A missing model, a missing file or a bad record stops the run before
-    anything is written; `records` (validated records in memory) train instead of `data.train`. The run folder
-    must be new or empty unless `resume` (continue it) or `overwrite` (clear it); the run holds its lock until
-    `finish` (or `run.folder.unlock()`)."""
+    anything is written; `records` (validated records in memory) or `examples` (tokenized) train instead of
+    `data.train`; `model` (already loaded from `config.model.path`) is trained instead of loading it again, and
+    `reference_model` (a frozen model with the same tokenizer) gives the reference instead of the policy as
+    loaded. The run folder must be new or empty unless `resume` (continue it) or `overwrite` (clear it); the run
+    holds its lock until `finish` (or `run.folder.unlock()`)."""
     objective = objectives.Objective(objective_terms(config))
-    if records is None and not config.data.train:
+    if records is None and examples is None and not config.data.train:
         raise ConfigError("data.train: name the training data (a file, or a datasets folder)")
     accelerator, say, latest = _start(config, resume, log, overwrite)
     device, main = accelerator.device, accelerator.is_main_process
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
     data_format, examples, eval_examples, data_report, draw = _load_data(config, objective, tokenizer, say,
-                                                                            records)
+                                                                            records, examples)
     for term in objective.terms:
         warning = kto_balance_warning(term.params, [e.label for e in examples]) if term.name == "kto" else None
         if warning:
             say(warning)
 
-    model = _load_policy(config, objective, tokenizer, device)
+    model = _load_policy(config, objective, tokenizer, device) if model is None else model
     folder = RunFolder(config.out_dir, writer=main).create(overwrite)  # only now: every check has passed
     folder.write_config(config)
     folder.write_json("data_report.json", data_report)
@@ -311,9 +345,10 @@ def prepare(config: RunConfig, resume: bool = False, log=print, records: list | 
     reference = eval_reference = None
     if objective.needs_reference:
         with accelerator.main_process_first():  # the main process computes and caches, the others read the cache
-            reference = _make_reference(config, model, examples, pad_id, device, say)
+            scorer = model if reference_model is None else reference_model
+            reference = _make_reference(config, scorer, examples, pad_id, device, say)
             if eval_examples:
-                eval_reference = _make_reference(config, model, eval_examples, pad_id, device, say)
+                eval_reference = _make_reference(config, scorer, eval_examples, pad_id, device, say)
     if config.train.compile:
         say("compiling the model with torch.compile (the first steps and new batch shapes take longer)")
         getattr(model, "base_model", model).compile(dynamic=True)  # in place: parameter names unchanged
@@ -556,7 +591,12 @@ def finish(run: Run) -> TrainResult:
 def train(config: RunConfig, resume: bool = False, log=print, records: list | None = None,
           overwrite: bool = False) -> TrainResult:
     """Train `config.model` with `config.objective` on `config.data` (or on `records`); everything lands in
-    `config.out_dir` (new or empty; `resume` continues the run there, `overwrite` clears it first)."""
+    `config.out_dir` (new or empty; `resume` continues the run there, `overwrite` clears it first). A config with
+    an online section runs its rounds (`alignlab.online.run_online`)."""
+    if config.online is not None and records is None:
+        from alignlab.online import run_online
+
+        return run_online(config, resume, log, overwrite)
     run = prepare(config, resume, log, records, overwrite)
     try:
         if run_steps(run):

@@ -46,6 +46,14 @@ def cache_key(examples, model) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
+def per_token_values(rows: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    """Per-example token values (one 1-D tensor per row of `mask`) laid out on the batch's `[B, T]` 0/1 mask."""
+    values = torch.cat(rows).to(mask.device, torch.float32)
+    if values.numel() != int(mask.sum()):
+        raise RuntimeError("stored per-token log-probs do not match the batch's completion tokens")
+    return torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_scatter(mask.bool(), values)
+
+
 @dataclass
 class ReferenceLogps:
     """Per-token reference log-probs of every example's completions, one flattened column per slot
@@ -56,14 +64,8 @@ class ReferenceLogps:
 
     def for_batch(self, indices: list[int], masks: list[torch.Tensor]) -> list[torch.Tensor]:
         """Reference log-probs laid out like the batch's `[B, L]` completion masks, one per slot."""
-        out = []
-        for flat, offsets, mask in zip(self.values, self.offsets, masks, strict=True):
-            values = torch.cat([flat[offsets[i]: offsets[i + 1]] for i in indices]).to(mask.device)
-            if values.numel() != int(mask.sum()):
-                raise RuntimeError("cached reference log-probs do not match the batch's completion tokens")
-            out.append(torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
-                       .masked_scatter(mask.bool(), values))
-        return out
+        return [per_token_values([flat[offsets[i]: offsets[i + 1]] for i in indices], mask)
+                for flat, offsets, mask in zip(self.values, self.offsets, masks, strict=True)]
 
     def tensors(self) -> dict[str, torch.Tensor]:
         named = {}

@@ -1,0 +1,386 @@
+"""On-policy rounds: sample from the policy, score with a reward, build the round's data, train on it through the
+one loop — and again, from the weights the round ended with.
+
+Per round r (`OnlineConfig` has every setting):
+
+1. the round's prompts, K completions each, sampled from the policy as the round starts (``bon_distill``: from
+   the initial model, whose best-of-N is the target), token ids kept as sampled;
+2. rewards (a sample whose reward raises or is not finite is excluded and counted), and every sample's per-token
+   log-probs under the sampling policy and the initial model (the engine's, as training scores them): the
+   round's sampled KL to the initial model and entropy;
+3. the mode's training data (`alignlab.online.round_data`): the best completions (``raft``), pairs
+   (``online_dpo``), or rollouts with advantages (``rloo``, ``grpo``);
+4. a training run over them (`alignlab.train.loop.prepare` / `run_steps` / `finish`; the `train` section applies
+   to each round, whose optimizer and schedule start afresh);
+5. on held-out prompts (``online.eval_prompts``): mean reward and sampled KL to the initial model.
+
+Run folder: ``config.yaml``; ``online.jsonl`` (a line per round); ``rounds/round-NNN/`` with ``samples.jsonl``
+(written once sampled and scored, read back by a resumed run), ``run/`` (the round's training run, with its
+checkpoints), ``eval_samples.jsonl`` and ``round.json`` (written when the round is done); ``final/`` (the last
+round's weights). A kill during sampling loses that round's samples; a kill during training resumes from the
+round's last checkpoint, bit-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from alignlab import decode, rewards
+from alignlab.config import RunConfig
+from alignlab.data.formats import Text
+from alignlab.data.tokenize import TokenizedSFT, truncate
+from alignlab.decode.run import PromptsConfig, read_prompts
+from alignlab.errors import AlignlabError, ConfigError
+from alignlab.files import write_text_atomic
+from alignlab.models.loading import load_model, load_tokenizer
+from alignlab.online.round_data import (
+    Group,
+    RoundCounts,
+    best_vs_random_pairs,
+    preference_pairs,
+    rollouts,
+    top_examples,
+)
+from alignlab.run_folder import RunFolder
+from alignlab.train.loop import TrainResult, check_resumed_config, finish, prepare, run_steps
+from alignlab.train.reference import compute_reference_logps
+
+EVAL_SEED_OFFSET = 999_983
+
+
+class RewardFailedError(AlignlabError):
+    """The reward failed on every sample of a round: nothing to train on."""
+
+
+def round_prompts(prompts: list[Text], per_round: int | None, round_index: int) -> list[Text]:
+    """Round `round_index`'s (1-based) prompts: all of them, or the next `per_round` in turn (wrapping around)."""
+    if per_round is None:
+        return list(prompts)
+    start = (round_index - 1) * per_round
+    return [prompts[(start + i) % len(prompts)] for i in range(per_round)]
+
+
+def safe_rewards(reward, prompts: list[Text], completions: list[str]) -> tuple[list[float], str | None]:
+    """One reward per completion; NaN where the reward raised or gave a non-finite value (scored one at a time
+    after a batch fails, to find which), with the first error's text."""
+    first_error = None
+    try:
+        scores = [float(x) for x in torch.as_tensor(reward.score(prompts, completions)).flatten().tolist()]
+        if len(scores) != len(completions):
+            raise ValueError(f"the reward gave {len(scores)} scores for {len(completions)} completions")
+    except Exception as error:
+        first_error = f"{type(error).__name__}: {error}"
+        scores = []
+        for prompt, completion in zip(prompts, completions, strict=True):
+            try:
+                scores.append(float(torch.as_tensor(reward.score([prompt], [completion])).flatten()[0]))
+            except Exception as single:
+                scores.append(math.nan)
+                first_error = first_error or f"{type(single).__name__}: {single}"
+    if first_error is None and not all(math.isfinite(s) for s in scores):
+        first_error = "non-finite reward"
+    return [s if math.isfinite(s) else math.nan for s in scores], first_error
+
+
+def token_logps(model, examples: list[TokenizedSFT], pad_id: int, batch_size: int, options) -> list[torch.Tensor]:
+    """Per-token log-probs of each example's completion under `model`, scored the training engine's way."""
+    device = next(model.parameters()).device
+    scored = compute_reference_logps(model, examples, pad_id, batch_size, device, False, options)
+    values, offsets = scored.values[0], scored.offsets[0]
+    return [values[offsets[i]: offsets[i + 1]] for i in range(len(examples))]
+
+
+def sample_stats(reward_values: list[float], old: list[torch.Tensor], ref: list[torch.Tensor]) -> dict:
+    """Mean/max/min reward of the usable samples, sampled KL(π_old ‖ π_ref) (mean of Σ_t ℓ_old − ℓ_ref over samples),
+    per-token entropy estimate (mean of −ℓ_old over sampled tokens), mean completion length."""
+    usable = [r for r in reward_values if math.isfinite(r)]
+    tokens = sum(len(o) for o in old)
+    return {
+        "reward_mean": sum(usable) / len(usable) if usable else math.nan,
+        "reward_max": max(usable) if usable else math.nan,
+        "reward_min": min(usable) if usable else math.nan,
+        "kl": sum(float((o - r).sum()) for o, r in zip(old, ref, strict=True)) / max(1, len(old)),
+        "entropy_per_token": -sum(float(o.sum()) for o in old) / max(1, tokens),
+        "completion_tokens": tokens / max(1, len(old)),
+    }
+
+
+class OnlineRun:
+    """The state of an online run between rounds: settings, prompts, reward, tokenizer, the initial model."""
+
+    def __init__(self, config: RunConfig, log) -> None:
+        online = config.online
+        self.config, self.online, self.say = config, online, log
+        self.reward = rewards.from_config(online.reward)
+        self.prompts = read_prompts(PromptsConfig(online.prompts, online.prompt_field))
+        self.eval_prompts = (read_prompts(PromptsConfig(online.eval_prompts, online.prompt_field))
+                             if online.eval_prompts else [])
+        self.tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
+        self.pad_id = self.tokenizer.pad_token_id
+        self.initial = self.load(config.model.path)
+        self.initial.requires_grad_(False)
+        self.folder = RunFolder(config.out_dir)
+
+    @property
+    def device(self) -> str:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def load(self, path: str):
+        dtype = "float32" if self.config.model.dtype == "auto" else self.config.model.dtype
+        return load_model(path, dtype, self.config.model.trust_remote_code, self.device)
+
+    def round_dir(self, index: int) -> Path:
+        return self.folder.file("rounds") / f"round-{index:03d}"
+
+    def start_path(self, index: int) -> str:
+        return self.config.model.path if index == 1 else str(self.round_dir(index - 1) / "run" / "final")
+
+    def seed(self, index: int) -> int:
+        return self.config.train.seed * 1_000_003 + index
+
+    # 1-2: sample and score ------------------------------------------------------------------------------------
+
+    def draw(self, model, prompts: list[Text], k: int, seed: int) -> tuple[list[Group], list[list[int]], dict]:
+        """K samples per prompt from `model`, truncated like training data and scored: (groups, completion ids
+        as sampled, facts: reward failures, truncations, first reward error)."""
+        online, data = self.online, self.config.data
+        samples = decode.get("sample")(model, self.tokenizer, prompts, n=k, max_new_tokens=online.max_new_tokens,
+                                       temperature=online.temperature, top_k=online.top_k, top_p=online.top_p,
+                                       batch_size=online.sample_batch_size, seed=seed,
+                                       progress=self.config.train.progress)
+        scores, error = safe_rewards(self.reward, samples.prompts, samples.completions)
+        groups, truncated = [], 0
+        eos = self.tokenizer.eos_token_id
+        for p in range(len(prompts)):
+            rows = range(p * k, (p + 1) * k)
+            examples = []
+            for i in rows:
+                prompt, (completion,), prompt_cut, completion_cut = truncate(
+                    samples.prompt_ids[i], (samples.completion_ids[i] or [eos],), data.max_length,
+                    data.max_prompt_length)
+                truncated += prompt_cut or completion_cut
+                examples.append(TokenizedSFT(prompt, completion))
+            groups.append(Group(examples, [scores[i] for i in rows]))
+        facts = {"reward_failures": sum(not math.isfinite(s) for s in scores), "truncated": truncated,
+                 "prompts_cut_for_context": samples.prompts_truncated, "first_reward_error": error}
+        return groups, samples.completions, facts
+
+    def scored_logps(self, policy, examples: list[TokenizedSFT]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per-token log-probs of the samples under the sampling policy and under the initial model."""
+        batch = self.config.train.batch_size * 2
+        old = token_logps(policy, examples, self.pad_id, batch, self.config.scoring)
+        ref = old if policy is self.initial else token_logps(self.initial, examples, self.pad_id, batch,
+                                                             self.config.scoring)
+        return old, ref
+
+    # 3: the round's data -------------------------------------------------------------------------------------
+
+    def build(self, groups: list[Group], old: list[torch.Tensor], ref: list[torch.Tensor], objective_formats,
+              index: int, counts: RoundCounts) -> list:
+        online = self.online
+        if online.mode == "raft" or (online.mode == "bon_distill" and "sft" in objective_formats):
+            return top_examples(groups, online.keep_top, counts)
+        if online.mode == "bon_distill":
+            return best_vs_random_pairs(groups, self.seed(index), counts)
+        if online.mode == "online_dpo":
+            return preference_pairs(groups, online.pairs, online.min_gap, counts)
+        return rollouts(groups, old, ref, online.mode, online.kl_penalty, online.scale_rewards, counts)
+
+    # 5: held-out evaluation ----------------------------------------------------------------------------------
+
+    def evaluate(self, model, where: Path) -> dict | None:
+        """Mean reward and sampled KL to the initial model of `model` on the held-out prompts (the same seed every
+        round); samples written to `where`."""
+        if not self.eval_prompts:
+            return None
+        groups, completions, facts = self.draw(model, self.eval_prompts, self.online.eval_samples,
+                                               self.config.train.seed * 1_000_003 + EVAL_SEED_OFFSET)
+        examples = [e for g in groups for e in g.examples]
+        old, ref = self.scored_logps(model, examples)
+        values = [r for g in groups for r in g.rewards]
+        rows = [{"prompt": prompt, "completion": c, "reward": None if math.isnan(r) else round(r, 5)}
+                for prompt, c, r in zip([p for p in self.eval_prompts for _ in range(self.online.eval_samples)],
+                                        completions, values, strict=True)]
+        write_text_atomic(where, "".join(json.dumps(row) + "\n" for row in rows))
+        return {**sample_stats(values, old, ref), "reward_failures": facts["reward_failures"]}
+
+
+def _samples_rows(groups: list[Group], prompts: list[Text], completions: list[str]) -> list[dict]:
+    k = len(groups[0].examples) if groups else 0
+    rows = []
+    for g, group in enumerate(groups):
+        for i, (example, reward) in enumerate(zip(group.examples, group.rewards, strict=True)):
+            rows.append({"group": g, "prompt": prompts[g], "completion": completions[g * k + i],
+                         "reward": None if math.isnan(reward) else reward, "prompt_ids": example.prompt,
+                         "completion_ids": example.completion})
+    return rows
+
+
+def _groups_from_rows(rows: list[dict]) -> list[Group]:
+    groups: dict[int, Group] = {}
+    for row in rows:
+        group = groups.setdefault(row["group"], Group([], []))
+        group.examples.append(TokenizedSFT(row["prompt_ids"], row["completion_ids"]))
+        group.rewards.append(math.nan if row["reward"] is None else float(row["reward"]))
+    return [groups[g] for g in sorted(groups)]
+
+
+def round_config(config: RunConfig, run_dir: Path, start_path: str) -> RunConfig:
+    """The config of one round's training run: the same train/objective/scoring settings, in the round's folder."""
+    return dataclasses.replace(
+        config, online=None, out_dir=str(run_dir / "run"),
+        model=dataclasses.replace(config.model, path=start_path),
+        reference=dataclasses.replace(config.reference, cache_dir=str(run_dir / "reference_cache")),
+    )
+
+
+def _one_round(state: OnlineRun, index: int, objective_formats) -> tuple[dict | None, object]:
+    """Round `index`: (its record, the trained model), or (None, None) when a signal stopped its training."""
+    config, online, say = state.config, state.online, state.say
+    where = state.round_dir(index)
+    where.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    model = state.load(state.start_path(index))
+    sampler = state.initial if online.mode == "bon_distill" else model
+    samples_file = where / "samples.jsonl"
+    facts = {}
+    if samples_file.is_file():
+        rows = [json.loads(line) for line in samples_file.read_text().splitlines()]
+        groups = _groups_from_rows(rows)
+        say(f"round {index}: {len(rows)} samples read back from {samples_file}")
+    else:
+        prompts = round_prompts(state.prompts, online.prompts_per_round, index)
+        say(f"round {index}: sampling {online.samples_per_prompt} completions for {len(prompts)} prompts")
+        groups, completions, facts = state.draw(sampler, prompts, online.samples_per_prompt, state.seed(index))
+        if facts["reward_failures"]:
+            say(f"round {index}: the reward failed on {facts['reward_failures']} samples, which are left out "
+                f"({facts['first_reward_error']})")
+        rows = _samples_rows(groups, prompts, completions)
+        write_text_atomic(samples_file, "".join(json.dumps(row) + "\n" for row in rows))
+    if not any(g.usable() for g in groups):
+        raise RewardFailedError(f"round {index}: the reward failed on all {len(rows)} samples; see {samples_file}")
+    sampled = time.time()
+    examples = [e for g in groups for e in g.examples]
+    old, ref = state.scored_logps(sampler, examples)
+    counts = RoundCounts(groups=len(groups), samples=len(examples),
+                         reward_failures=sum(len(g.examples) - len(g.usable()) for g in groups))
+    data = state.build(groups, old, ref, objective_formats, index, counts)
+    skipped = {k: v for k, v in counts.as_dict().items() if k in ("single_groups", "tied_groups") and v}
+    if skipped:
+        listed = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skipped.items())
+        say(f"round {index}: {listed} (no pair / zero advantage; counted in online.jsonl)")
+    if not data:
+        raise RewardFailedError(f"round {index}: no training data from {len(examples)} samples (every group tied or "
+                                f"had one usable sample: {counts.as_dict()}); raise samples_per_prompt or lower "
+                                "online.min_gap")
+    scored = time.time()
+    sub = round_config(config, where, state.start_path(index))
+    resume = bool(list((where / "run" / "checkpoints").glob("step-*")))
+    reference_model = state.initial if online.reference == "initial" else None
+    run = prepare(sub, resume=resume, log=lambda m: say(f"   {m}"), examples=data, model=model,
+                  reference_model=reference_model, overwrite=not resume)
+    try:
+        if run_steps(run):
+            return None, None
+        result = finish(run)
+    finally:
+        run.folder.unlock()
+    trained = time.time()
+    record = {"round": index, "samples": sample_stats([r for g in groups for r in g.rewards], old, ref),
+              "counts": counts.as_dict(), "steps": run.state.step,
+              "train": {k: v for k, v in result.last_metrics.items() if isinstance(v, (int, float))},
+              **{k: v for k, v in facts.items() if k != "reward_failures"}}
+    record["eval"] = state.evaluate(result.model, where / "eval_samples.jsonl")
+    record["seconds"] = {"sample_and_score": round(sampled - started, 2), "logps_and_data": round(scored - sampled, 2),
+                         "train": round(trained - scored, 2), "eval": round(time.time() - trained, 2)}
+    return record, result.model
+
+
+def _write_log(state: OnlineRun, baseline: dict | None) -> list[dict]:
+    records = [json.loads(p.read_text()) for p in sorted(state.folder.file("rounds").glob("round-*/round.json"))]
+    lines = ([{"round": 0, "eval": baseline}] if baseline else []) + records
+    write_text_atomic(state.folder.file("online.jsonl"), "".join(json.dumps(r) + "\n" for r in lines))
+    return records
+
+
+def format_rounds(records: list[dict], baseline: dict | None) -> str:
+    lines = [f"{'round':>5} {'sample reward':>13} {'sample KL':>9} {'entropy':>8} {'examples':>8} "
+             f"{'eval reward':>11} {'eval KL':>8}"]
+    if baseline:
+        lines.append(f"{0:>5} {'':>13} {'':>9} {'':>8} {'':>8} {baseline['reward_mean']:>11.3f} "
+                     f"{baseline['kl']:>8.3f}")
+    for r in records:
+        s, e = r["samples"], r.get("eval") or {}
+        lines.append(f"{r['round']:>5} {s['reward_mean']:>13.3f} {s['kl']:>9.3f} {s['entropy_per_token']:>8.3f} "
+                     f"{r['counts']['examples']:>8} {e.get('reward_mean', math.nan):>11.3f} "
+                     f"{e.get('kl', math.nan):>8.3f}")
+    return "\n".join(lines)
+
+
+def run_online(config: RunConfig, resume: bool = False, log=print, overwrite: bool = False) -> TrainResult:
+    """Run `config.online.rounds` rounds of sample → score → train (module docstring); `resume` continues the run in
+    `config.out_dir` (rounds already done are kept, a round's training continues from its checkpoint)."""
+    from alignlab import objectives
+    from alignlab.config import objective_terms
+
+    if config.online is None:
+        raise ConfigError("run_online needs a config with an online section")
+    folder = RunFolder(config.out_dir)
+    folder.check_usable(resume, overwrite)
+    if resume:
+        check_resumed_config(config, folder.path)
+    objective = objectives.Objective(objective_terms(config))
+    state = OnlineRun(config, log)  # prompts, reward, tokenizer, initial model: checked before anything is written
+    folder.create(overwrite)
+    try:
+        folder.write_config(config)
+        baseline_file = folder.file("rounds") / "round-000" / "eval.json"
+        baseline = None
+        if state.eval_prompts:
+            if baseline_file.is_file():
+                baseline = json.loads(baseline_file.read_text())
+            else:
+                log(f"round 0: the initial model on {len(state.eval_prompts)} held-out prompts")
+                baseline_file.parent.mkdir(parents=True, exist_ok=True)
+                baseline = state.evaluate(state.initial, baseline_file.parent / "eval_samples.jsonl")
+                write_text_atomic(baseline_file, json.dumps(baseline, indent=2) + "\n")
+        model = None
+        for index in range(1, config.online.rounds + 1):
+            done = state.round_dir(index) / "round.json"
+            if done.is_file():
+                continue
+            record, model = _one_round(state, index, objective.data_formats)
+            if record is None:
+                return TrainResult(folder.path, folder.file("final"), state.initial, state.tokenizer, {},
+                                   interrupted=True)
+            write_text_atomic(done, json.dumps(record, indent=2) + "\n")
+            evaluation = record["eval"]
+            log(f"round {index} done: sample reward {record['samples']['reward_mean']:.3f}, sampled KL "
+                f"{record['samples']['kl']:.3f}" + (f"; held-out reward {evaluation['reward_mean']:.3f}, KL "
+                                                     f"{evaluation['kl']:.3f}" if evaluation else ""))
+            _write_log(state, baseline)
+        records = _write_log(state, baseline)
+        last_final = state.round_dir(config.online.rounds) / "run" / "final"
+        final = folder.file("final")
+        if final.exists():
+            shutil.rmtree(final)
+        shutil.copytree(last_final, final)
+        if model is None:
+            model = state.load(str(final))
+        write_text_atomic(folder.file("summary.yaml"), yaml.safe_dump(
+            {"mode": config.online.mode, "rounds": len(records), "baseline": baseline,
+             "last_round": records[-1] if records else None}, sort_keys=False))
+        log(format_rounds(records, baseline))
+        log(f"done: {len(records)} rounds of {config.online.mode}; weights in {final}, per-round log in "
+            f"{folder.file('online.jsonl')}")
+        return TrainResult(folder.path, final, model, state.tokenizer, records[-1] if records else {})
+    finally:
+        folder.unlock()
