@@ -151,6 +151,8 @@ def load_model(name_or_path: str, dtype: str = "auto", trust_remote_code: bool =
         raise ModelNotFoundError(f"{location} holds no model.safetensors (or its sharded index){found}; alignlab "
                                  "loads weights from safetensors only: convert them with "
                                  "save_pretrained(safe_serialization=True)")
+    if kind == "reward":
+        check_single_output(name_or_path, location, local)
     extra = {"num_labels": 1} if kind == "reward" else {}
     auto = AutoModelForSequenceClassification if kind == "reward" else AutoModelForCausalLM
     try:
@@ -172,6 +174,21 @@ def load_model(name_or_path: str, dtype: str = "auto", trust_remote_code: bool =
                                      "incomplete: copy or download it again") from None
         raise
     return model.to(device).eval()
+
+
+def check_single_output(name: str, location: str, local: bool) -> None:
+    """A reward model gives one number per sequence: refuse a classifier saved with several outputs (labels)."""
+    from transformers import PretrainedConfig
+
+    try:
+        raw, _ = PretrainedConfig.get_config_dict(location, local_files_only=local or _offline())
+    except OSError:
+        return  # loading itself reports the missing model
+    labels = [str(label) for label in (raw.get("id2label") or {}).values()]
+    outputs = len(labels) or raw.get("num_labels") or 1
+    if outputs > 1:
+        raise ConfigError(f"{name} is a classifier with {outputs} outputs ({', '.join(labels)}); a reward model "
+                          "gives one number per sequence (num_labels = 1)")
 
 
 def _not_found_message(name: str, what: str, error: Exception, local: bool = False) -> str:

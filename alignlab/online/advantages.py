@@ -12,13 +12,19 @@ GROUP_STD_EPSILON = 1e-4
 """Added to the group's standard deviation before dividing (Shao et al., 2024)."""
 
 
+def mean_differences(rewards: torch.Tensor) -> torch.Tensor:
+    """r_i − mean r, computed as (1/K)·Σ_j (r_i − r_j): exactly 0 for equal rewards (the mean of equal floats need
+    not round back to them)."""
+    return (rewards.unsqueeze(1) - rewards.unsqueeze(0)).mean(1)
+
+
 def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
     """Leave-one-out (Ahmadian et al., 2024; Kool et al., 2019): A_i = r_i − (1/(K−1))·Σ_{j≠i} r_j for the K
     rewards `[K]` of one prompt's samples, equal to K/(K−1)·(r_i − mean r). Σ_i A_i = 0; K < 2 ⇒ 0."""
     k = rewards.numel()
     if k < 2:
         return torch.zeros_like(rewards)
-    return rewards - (rewards.sum() - rewards) / (k - 1)
+    return mean_differences(rewards) * k / (k - 1)
 
 
 def group_advantages(rewards: torch.Tensor, scale: bool = True) -> torch.Tensor:
@@ -27,5 +33,5 @@ def group_advantages(rewards: torch.Tensor, scale: bool = True) -> torch.Tensor:
     Training"). K < 2 ⇒ 0."""
     if rewards.numel() < 2:
         return torch.zeros_like(rewards)
-    centred = rewards - rewards.mean()
+    centred = mean_differences(rewards)
     return centred / (rewards.std() + GROUP_STD_EPSILON) if scale else centred

@@ -173,12 +173,14 @@ class OnlineRun:
                  "prompts_cut_for_context": samples.prompts_truncated, "first_reward_error": error}
         return groups, samples.completions, facts
 
-    def scored_logps(self, policy, examples: list[TokenizedSFT]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per-token log-probs of the samples under the sampling policy and under the initial model."""
+    def scored_logps(self, policy, examples: list[TokenizedSFT], initial_weights: bool = False
+                     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per-token log-probs of the samples under the sampling policy and under the initial model (the same
+        numbers when the policy is the initial model or holds its weights, `initial_weights`)."""
         batch = self.config.train.batch_size * 2
         old = token_logps(policy, examples, self.pad_id, batch, self.config.scoring)
-        ref = old if policy is self.initial else token_logps(self.initial, examples, self.pad_id, batch,
-                                                             self.config.scoring)
+        same = initial_weights or policy is self.initial
+        ref = old if same else token_logps(self.initial, examples, self.pad_id, batch, self.config.scoring)
         return old, ref
 
     # 3: the round's data -------------------------------------------------------------------------------------
@@ -250,11 +252,10 @@ def _one_round(state: OnlineRun, index: int, objective_formats) -> tuple[dict | 
     started = time.time()
     model = state.load(state.start_path(index))
     sampler = state.initial if online.mode == "bon_distill" else model
-    samples_file = where / "samples.jsonl"
-    facts = {}
-    if samples_file.is_file():
+    samples_file, facts_file = where / "samples.jsonl", where / "samples_facts.json"
+    if samples_file.is_file() and facts_file.is_file():
         rows = [json.loads(line) for line in samples_file.read_text().splitlines()]
-        groups = _groups_from_rows(rows)
+        groups, facts = _groups_from_rows(rows), json.loads(facts_file.read_text())
         say(f"round {index}: {len(rows)} samples read back from {samples_file}")
     else:
         prompts = round_prompts(state.prompts, online.prompts_per_round, index)
@@ -264,12 +265,13 @@ def _one_round(state: OnlineRun, index: int, objective_formats) -> tuple[dict | 
             say(f"round {index}: the reward failed on {facts['reward_failures']} samples, which are left out "
                 f"({facts['first_reward_error']})")
         rows = _samples_rows(groups, prompts, completions)
+        write_text_atomic(facts_file, json.dumps(facts) + "\n")  # first: samples.jsonl marks both as written
         write_text_atomic(samples_file, "".join(json.dumps(row) + "\n" for row in rows))
     if not any(g.usable() for g in groups):
         raise RewardFailedError(f"round {index}: the reward failed on all {len(rows)} samples; see {samples_file}")
     sampled = time.time()
     examples = [e for g in groups for e in g.examples]
-    old, ref = state.scored_logps(sampler, examples)
+    old, ref = state.scored_logps(sampler, examples, initial_weights=index == 1)
     counts = RoundCounts(groups=len(groups), samples=len(examples),
                          reward_failures=sum(len(g.examples) - len(g.usable()) for g in groups))
     data = state.build(groups, old, ref, objective_formats, index, counts)
@@ -296,7 +298,8 @@ def _one_round(state: OnlineRun, index: int, objective_formats) -> tuple[dict | 
     trained = time.time()
     record = {"round": index, "samples": sample_stats([r for g in groups for r in g.rewards], old, ref),
               "counts": counts.as_dict(), "steps": run.state.step,
-              "train": {k: v for k, v in result.last_metrics.items() if isinstance(v, (int, float))},
+              "train": {k: v for k, v in result.last_metrics.items()
+                        if isinstance(v, (int, float)) and k != "elapsed_s"},
               **{k: v for k, v in facts.items() if k != "reward_failures"}}
     record["eval"] = state.evaluate(result.model, where / "eval_samples.jsonl")
     record["seconds"] = {"sample_and_score": round(sampled - started, 2), "logps_and_data": round(scored - sampled, 2),

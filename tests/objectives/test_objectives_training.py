@@ -33,17 +33,24 @@ def reference_mode(objective) -> str:
 
 
 def run(model_dir, data, out, objective, steps, lr=1e-3):
+    """Train `objective` for `steps` steps on `data`; objectives that read rollouts get one online round whose
+    prompts are those of `data`."""
+    entries = objective if isinstance(objective, list) else [objective]
+    online = "rollouts" in objectives.spec(entries[0]["name"]).data_formats
     config = config_from_dict({
         "model": {"path": str(model_dir)},
-        "data": {"train": str(data), "max_length": 96, "max_prompt_length": 32, "self_samples": 3,
-                 "self_sample_max_new_tokens": 12},
+        "data": {"max_length": 96, "max_prompt_length": 32, "self_samples": 3, "self_sample_max_new_tokens": 12,
+                 **({} if online else {"train": str(data)})},
         "objective": objective,
         "reference": {"cache_dir": str(out.parent / "cache"), "mode": reference_mode(objective)},
         "train": {"batch_size": 4, "max_steps": steps, "lr": lr, "warmup_ratio": 0.0, "progress": False},
+        **({"online": {"mode": entries[0]["name"], "rounds": 1, "prompts": str(data), "samples_per_prompt": 2,
+                       "max_new_tokens": 8}} if online else {}),
         "out_dir": str(out),
     })
     result = train(config, log=lambda *_: None)
-    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    metrics = out / "rounds" / "round-001" / "run" / "metrics.jsonl" if online else out / "metrics.jsonl"
+    history = [json.loads(line) for line in metrics.read_text().splitlines()]
     return result, history
 
 
@@ -84,8 +91,8 @@ def few_sft(tmp_path_factory):
 @pytest.mark.parametrize("name", [spec.name for spec in objectives.available()])
 def test_every_objective_trains(name, small_model_dir, few_pairs, few_unpaired, few_negatives, few_sft,
                                 few_answer_pairs, tmp_path):
-    data = {"paired": few_pairs, "unpaired": few_unpaired, "sft": few_sft,
-            "negatives": few_negatives}[objectives.spec(name).data_formats[0]]
+    data = {"paired": few_pairs, "unpaired": few_unpaired, "sft": few_sft, "negatives": few_negatives,
+            "rollouts": few_pairs}[objectives.spec(name).data_formats[0]]
     if name == "bvpo":
         data = few_answer_pairs
     result, history = run(small_model_dir, data, tmp_path / name, {"name": name}, steps=2)

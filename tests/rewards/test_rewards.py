@@ -85,3 +85,64 @@ def test_reward_model_reward_reads_the_last_token_in_batches(tmp_path, tokenizer
     batched = rewards.build("reward_model", path=str(tmp_path), batch_size=16)
     torch.testing.assert_close(batched.score(prompts, completions), scores, atol=1e-5, rtol=1e-5)
     assert batched.score_partial(prompts, completions).shape == (2,)
+
+
+def test_reward_model_with_several_outputs_is_refused(tmp_path, tokenizer):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from alignlab import ConfigError, rewards
+
+    model = LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, num_labels=3, pad_token_id=tokenizer.pad_token_id))
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="classifier with 3 outputs"):
+        rewards.build("reward_model", path=str(tmp_path))
+
+
+def _unigram_model(folder, preferred: dict[int, float], vocab: int = 12):
+    """A tiny Llama whose next-token distribution ignores the context: logits = a fixed bias (log-probs known)."""
+    from tests.conftest import random_llama
+    from tests.decode.conftest import ToyTokenizer
+
+    model = random_llama(vocab, hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=1,
+                         num_hidden_layers=1)
+    head = torch.nn.Linear(16, vocab, bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        for token, logit in preferred.items():
+            head.bias[token] = logit
+    model.set_output_embeddings(head)
+    return model, ToyTokenizer(), torch.log_softmax(head.bias.detach().double(), -1)
+
+
+def test_follow_up_likelihood_by_construction():
+    from alignlab.rewards.follow_up import FollowUpReward
+
+    model, tokenizer, logp = _unigram_model(None, {5: 3.0, 6: 2.0, 7: -1.0})
+    # positive follow-ups use the tokens the model prefers, negative ones the token it avoids
+    positive, negative = ["5 6", "5"], ["7 7 8"]
+    reward = FollowUpReward.from_model(model, tokenizer, positive, negative)
+    scores = reward.score(["2 3", "4"], [" 9", " 10 11"])
+    expected = ((logp[5] + logp[6]) / 2 + logp[5]) / 2 - (2 * logp[7] + logp[8]) / 3
+    torch.testing.assert_close(scores, torch.full((2,), float(expected), dtype=torch.float32), atol=1e-5, rtol=0)
+    assert scores[0] > 0
+    swapped = FollowUpReward.from_model(model, tokenizer, negative, positive).score(["2 3", "4"], [" 9", " 10 11"])
+    torch.testing.assert_close(swapped, -scores)
+    same = FollowUpReward.from_model(model, tokenizer, positive, positive).score(["2 3"], [" 9"])
+    assert same.tolist() == [0.0]
+
+
+def test_follow_up_reward_with_a_chat_template_scores_the_next_user_turn(tokenizer):
+    from alignlab.rewards.follow_up import NEGATIVE_FOLLOW_UPS, POSITIVE_FOLLOW_UPS, FollowUpReward
+    from tests.conftest import random_llama
+
+    model = random_llama(len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    reward = FollowUpReward.from_model(model, tokenizer, list(POSITIVE_FOLLOW_UPS), list(NEGATIVE_FOLLOW_UPS))
+    context, follow = reward.follow_up_ids("Recommend a film.", "Try Silent River.", "Thanks!")
+    text = tokenizer.decode(context)
+    assert text.endswith("<|user|>\n") and "Try Silent River." in text
+    assert tokenizer.decode(follow) == "Thanks!"
+    assert reward.score(["Recommend a film."] * 2, ["Try Silent River.", "No."]).shape == (2,)
