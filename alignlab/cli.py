@@ -1,4 +1,4 @@
-"""The `alignlab` command line: train, decode, demo, merge, objectives, decoders."""
+"""The `alignlab` command line: train, decode, label, demo, merge, objectives, decoders."""
 
 from __future__ import annotations
 
@@ -49,6 +49,15 @@ def format_decode_table(summary: dict) -> str:
         lines.append(f"{point['label']:<20} {point['reward']:>8.3f} {point['kl']:>10.3f} {point['kl_kind']:<9} "
                      f"{rate:>9.0f}{bound}")
     return "\n".join(lines)
+
+
+def _label(args: argparse.Namespace) -> None:
+    from alignlab.online.label import label, load_label_config
+
+    config = load_label_config(args.reward, args.set)
+    if args.quiet:
+        config.progress = False
+    label(config, args.input, args.output)
 
 
 def _decoders(_: argparse.Namespace) -> None:
@@ -113,6 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     decoding.add_argument("--overwrite", action="store_true", help="clear the output folder first")
     decoding.add_argument("--quiet", action="store_true", help="no progress bars")
     decoding.set_defaults(run=_decode)
+
+    labelling = commands.add_parser("label", help="score completions with a reward (sampling them for prompt-only "
+                                    "records) into scored lists or pairs for offline training")
+    labelling.add_argument("--reward", required=True, metavar="CONFIG",
+                           help="YAML config (reward, model, samples, output: scored|paired, ...; see "
+                           "examples/label.yaml) or just a reward name")
+    labelling.add_argument("input", help="records with a prompt, and completions/completion or nothing")
+    labelling.add_argument("output", help="the JSONL file to write")
+    labelling.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                           help="override a config value, e.g. --set output=paired (repeatable)")
+    labelling.add_argument("--quiet", action="store_true", help="no progress bars")
+    labelling.set_defaults(run=_label)
 
     listing_decoders = commands.add_parser("decoders", help="list the decoding methods and the rewards")
     listing_decoders.set_defaults(run=_decoders)

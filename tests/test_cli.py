@@ -55,14 +55,22 @@ def test_every_example_config_is_valid():
 
     from alignlab.config import load_config
     from alignlab.decode.run import load_decode_config
+    from alignlab.online.label import load_label_config
 
     configs = sorted((ROOT / "examples").glob("*.yaml"))
     assert len(configs) >= 5
     for path in configs:
-        if "methods" in yaml.safe_load(path.read_text()):  # a decoding config
+        data = yaml.safe_load(path.read_text())
+        if "methods" in data:  # a decoding config
             assert (ROOT / load_decode_config(path).prompts.path).is_file(), path
             continue
+        if "output" in data:  # a labelling config
+            load_label_config(str(path))
+            continue
         config = load_config(path)
+        if config.online is not None:
+            assert (ROOT / config.online.prompts).is_file() and (ROOT / config.online.eval_prompts).is_file(), path
+            continue
         assert (ROOT / config.data.train).is_file(), path
 
 

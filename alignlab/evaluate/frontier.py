@@ -63,8 +63,10 @@ def best_of_n_reward(rewards: torch.Tensor, n: int) -> float:
     return (ordered @ weights).mean().item()
 
 
-def plot_frontier(methods: dict[str, dict], best_of_n: dict[int, dict], path, title: str) -> None:
-    """Reward against KL: one marker per trained method, one line for best-of-N."""
+def plot_frontier(methods: dict[str, dict], best_of_n: dict[int, dict], path, title: str,
+                  families: dict[str, list[str]] | None = None) -> None:
+    """Reward against KL: one marker per trained method, one line for best-of-N, and one line per family of
+    methods (`families`: a name → the methods of a sweep, e.g. DPO at several β)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,9 +80,15 @@ def plot_frontier(methods: dict[str, dict], best_of_n: dict[int, dict], path, ti
         for n in ns:
             ax.annotate(f"N={n}", (best_of_n[n]["kl"], best_of_n[n]["reward"]), textcoords="offset points",
                         xytext=(4, -10), fontsize=8, color="gray")
+    in_family = {name for names in (families or {}).values() for name in names}
+    for (family, names), marker in zip((families or {}).items(), "osD^v", strict=False):
+        swept = sorted((methods[n] for n in names if n in methods), key=lambda p: p["kl"])
+        if swept:
+            ax.plot([p["kl"] for p in swept], [p["reward"] for p in swept], f"{marker}-", markersize=7, label=family)
     markers = iter("s^Dv<>p*")
     for name, point in methods.items():
-        ax.plot([point["kl"]], [point["reward"]], next(markers, "o"), markersize=9, label=name)
+        if name not in in_family:
+            ax.plot([point["kl"]], [point["reward"]], next(markers, "o"), markersize=9, label=name)
     ax.set_xlabel("KL(π ‖ π_ref)  [nats per completion]")
     ax.set_ylabel("mean reward")
     ax.set_title(title)
