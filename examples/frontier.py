@@ -79,6 +79,9 @@ def main() -> None:
     parser.add_argument("--online-lr", type=float, default=1e-4)
     parser.add_argument("--quick", action="store_true", help="a small run to check the script (~2 min)")
     args = parser.parse_args()
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
     if args.quick:
         args.train_prompts, args.eval_prompts, args.rounds, args.max_new_tokens = 64, 16, 2, 16
     started = time.time()

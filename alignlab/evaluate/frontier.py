@@ -72,7 +72,7 @@ def plot_frontier(methods: dict[str, dict], best_of_n: dict[int, dict], path, ti
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = plt.subplots(figsize=(8.4, 4.4))
     if best_of_n:
         ns = sorted(best_of_n)
         ax.plot([best_of_n[n]["kl"] for n in ns], [best_of_n[n]["reward"] for n in ns], "o--", color="gray",
@@ -93,7 +93,7 @@ def plot_frontier(methods: dict[str, dict], best_of_n: dict[int, dict], path, ti
     ax.set_ylabel("mean reward")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

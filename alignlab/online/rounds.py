@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -336,6 +337,8 @@ def run_online(config: RunConfig, resume: bool = False, log=print, overwrite: bo
 
     if config.online is None:
         raise ConfigError("run_online needs a config with an online section")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("online rounds run in one process for now: start them without torchrun/accelerate launch")
     folder = RunFolder(config.out_dir)
     folder.check_usable(resume, overwrite)
     if resume:
