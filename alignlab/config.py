@@ -179,6 +179,11 @@ class OnlineConfig:
     """β of the KL penalty in the reward (``rloo``/``grpo``): r = R − β·Σ_t (log π_old − log π_ref) per completion."""
     scale_rewards: bool = True
     """``grpo``: divide by the group's standard deviation (false: Liu et al., 2025's unbiased variant)."""
+    old_logps: str = "rescore"
+    """Per-token log-probs of the sampling policy (π_old): ``rescore`` — a forward pass of the training engine over
+    the round's samples (ρ = 1 exactly at the first step); ``sampler`` — the log-probs the sampler drew each token
+    with (one forward pass fewer per round; equal up to float rounding between cached and full-sequence
+    attention, ~10⁻⁵; needs unwarped sampling: temperature 1, top_k 0, top_p 1)."""
 
 
 @dataclass
@@ -202,6 +207,7 @@ CHOICES = {
     "online.mode": ONLINE_MODES,
     "online.pairs": ("best_worst", "all"),
     "online.reference": ("initial", "previous"),
+    "online.old_logps": ("rescore", "sampler"),
     "data.format": ("auto", "paired", "scored", "unpaired", "negatives", "sft"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "reference.mode": ("precompute", "model"),
@@ -463,6 +469,9 @@ def check_online(config: RunConfig, objective) -> None:
                           f"({online.samples_per_prompt})")
     if not online.temperature > 0 or not 0 < online.top_p <= 1 or online.top_k < 0:
         raise ConfigError("online sampling: temperature must be positive, top_p in (0, 1] and top_k 0 or more")
+    if online.old_logps == "sampler" and (online.temperature != 1 or online.top_k or online.top_p != 1):
+        raise ConfigError("online.old_logps: sampler takes π_old's log-probs from the sampler, which draws from a "
+                          "warped distribution unless temperature is 1, top_k 0 and top_p 1: use rescore")
     if online.min_gap < 0 or online.kl_penalty < 0:
         raise ConfigError("online.min_gap and online.kl_penalty must be 0 or more")
     check_entry(online.reward, "online.reward")

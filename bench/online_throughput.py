@@ -5,7 +5,8 @@
 One round = `--prompts` prompts × `--k` completions sampled from the current policy (`--max-new-tokens`, T = 1),
 scored with the sentiment reward, then trained on in optimizer steps of `--batch-size` completions (one pass),
 GRPO with ε = 0.2, β = 0.04 (k3 KL to the initial model), per-sequence token means. alignlab runs it as
-`alignlab train` with an online section and reports each round's generate+score / log-probs+data / train
+`alignlab train` with an online section (``--old-logps sampler``: π_old's log-probs from the sampler, one
+forward pass fewer) and reports each round's generate+score / log-probs+data / train
 seconds from its own log; TRL runs the same model, prompts and settings through `GRPOTrainer`
 (`steps_per_generation` = steps per round, so it too samples a round's completions at once and then takes the
 round's optimizer steps; `loss_type="grpo"`; fp32 on the CPU). Each in its own process. Printed: samples/s per
@@ -48,7 +49,8 @@ def run_alignlab(model_dir: Path, prompts: Path, out: Path, args) -> dict:
         "train": {"batch_size": args.batch_size, "lr": LEARNING_RATE, "scheduler": "constant", "warmup_ratio": 0.0,
                   "progress": False},
         "online": {"mode": "grpo", "rounds": args.rounds, "prompts": str(prompts), "samples_per_prompt": args.k,
-                   "max_new_tokens": args.max_new_tokens, "sample_batch_size": args.prompts},
+                   "max_new_tokens": args.max_new_tokens, "sample_batch_size": args.prompts,
+                   "old_logps": args.old_logps},
         "out_dir": str(out / "run"),
     })
     train(config, log=lambda *_: None)
@@ -117,6 +119,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=32, help="completions per optimizer step")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; the first is a warm-up and is not timed")
+    parser.add_argument("--old-logps", choices=("rescore", "sampler"), default="rescore",
+                        help="alignlab's online.old_logps: π_old from a scoring pass (default) or from the sampler")
     parser.add_argument("--vs", choices=("trl",), help="also run TRL's GRPOTrainer on the same settings")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--one", nargs=3, metavar=("MODEL_DIR", "PROMPTS", "ENGINE"), help=argparse.SUPPRESS)
@@ -150,6 +154,7 @@ def main() -> None:
             small_model(model_dir)
         for engine in engines:
             command = [sys.executable, __file__, "--prompts", str(args.prompts), "--k", str(args.k),
+                       "--old-logps", args.old_logps,
                        "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.batch_size),
                        "--rounds", str(args.rounds), "--one", str(model_dir), str(prompts), engine]
             child = subprocess.run(command, capture_output=True, text=True)

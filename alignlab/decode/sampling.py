@@ -96,16 +96,25 @@ def sample(model, tokenizer, prompts: list[Text], n: int = 1, *, max_new_tokens:
     """Ancestral sampling: y_t ~ softmax(z_t / T) restricted to the top-k tokens and the top-p nucleus.
 
     Reports log π_sample(y) = Σ_t log of the (warped) distribution each token was drawn from, so with T = 1 and no
-    cut the samples and their log-probs are the model's own (KL kind ``sampled``).
+    cut the samples and their log-probs are the model's own (KL kind ``sampled``); ``extras["token_logps"]`` holds
+    each completion's per-token terms.
     """
     generator = generator_for(seed, next(model.parameters()).device)
     eos, pad = special_ids(tokenizer)
 
     def run(_, prompt_ids, cost):
         stream = TokenStream(model, prompt_ids, n, eos, pad, cost)
-        logps = decode_tokens(stream, max_new_tokens,
-                              lambda s: draw(warped_logprobs(s.logits, temperature, top_k, top_p), generator))
-        return stream.generated, logps.cpu(), {}
+        steps = []
+
+        def choose(s):
+            tokens, logps = draw(warped_logprobs(s.logits, temperature, top_k, top_p), generator)
+            steps.append(logps)
+            return tokens, logps
+
+        logps = decode_tokens(stream, max_new_tokens, choose)
+        per_step = torch.stack(steps, 1).cpu() if steps else torch.zeros(stream.rows, 0)
+        token_logps = [per_step[row, : len(ids)].tolist() for row, ids in enumerate(stream.generated)]
+        return stream.generated, logps.cpu(), {"token_logps": token_logps}
 
     with evaluation_mode(model):
         return decode_in_batches(tokenizer, prompts, n, batch_size, run, "sampled", context_room(model, max_new_tokens),

@@ -24,6 +24,8 @@ class Group:
 
     examples: list[TokenizedSFT]
     rewards: list[float]
+    sampler_logps: list[list[float]] | None = None
+    """Per-token log-probs each completion was drawn with (the sampler's), when kept."""
 
     def usable(self) -> list[int]:
         """Indices of the samples whose reward is a finite number."""

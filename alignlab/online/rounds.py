@@ -160,25 +160,33 @@ class OnlineRun:
         scores, error = safe_rewards(self.reward, samples.prompts, samples.completions)
         groups, truncated = [], 0
         eos = self.tokenizer.eos_token_id
+        drawn_with = samples.extras["token_logps"]
         for p in range(len(prompts)):
             rows = range(p * k, (p + 1) * k)
-            examples = []
+            examples, logps = [], []
             for i in rows:
                 prompt, (completion,), prompt_cut, completion_cut = truncate(
                     samples.prompt_ids[i], (samples.completion_ids[i] or [eos],), data.max_length,
                     data.max_prompt_length)
                 truncated += prompt_cut or completion_cut
                 examples.append(TokenizedSFT(prompt, completion))
-            groups.append(Group(examples, [scores[i] for i in rows]))
+                logps.append(drawn_with[i][: len(completion)])
+            groups.append(Group(examples, [scores[i] for i in rows], logps))
         facts = {"reward_failures": sum(not math.isfinite(s) for s in scores), "truncated": truncated,
                  "prompts_cut_for_context": samples.prompts_truncated, "first_reward_error": error}
         return groups, samples.completions, facts
 
-    def scored_logps(self, policy, examples: list[TokenizedSFT], initial_weights: bool = False
-                     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def scored_logps(self, policy, examples: list[TokenizedSFT], initial_weights: bool = False,
+                     drawn_with: list[list[float]] | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per-token log-probs of the samples under the sampling policy and under the initial model (the same
-        numbers when the policy is the initial model or holds its weights, `initial_weights`)."""
+        numbers when the policy is the initial model or holds its weights, `initial_weights`). With `drawn_with`
+        (``online.old_logps: sampler``; the sampler's log-probs, one list per sample) the sampling policy's are
+        those, and only the initial model runs."""
         batch = self.config.train.batch_size * 2
+        if drawn_with is not None and all(len(d) == len(e.completion) for d, e in zip(drawn_with, examples,
+                                                                                        strict=True)):
+            old = [torch.tensor(d, dtype=torch.float32) for d in drawn_with]
+            return old, token_logps(self.initial, examples, self.pad_id, batch, self.config.scoring)
         old = token_logps(policy, examples, self.pad_id, batch, self.config.scoring)
         same = initial_weights or policy is self.initial
         ref = old if same else token_logps(self.initial, examples, self.pad_id, batch, self.config.scoring)
@@ -223,16 +231,17 @@ def _samples_rows(groups: list[Group], prompts: list[Text], completions: list[st
         for i, (example, reward) in enumerate(zip(group.examples, group.rewards, strict=True)):
             rows.append({"group": g, "prompt": prompts[g], "completion": completions[g * k + i],
                          "reward": None if math.isnan(reward) else reward, "prompt_ids": example.prompt,
-                         "completion_ids": example.completion})
+                         "completion_ids": example.completion, "sampler_logps": group.sampler_logps[i]})
     return rows
 
 
 def _groups_from_rows(rows: list[dict]) -> list[Group]:
     groups: dict[int, Group] = {}
     for row in rows:
-        group = groups.setdefault(row["group"], Group([], []))
+        group = groups.setdefault(row["group"], Group([], [], []))
         group.examples.append(TokenizedSFT(row["prompt_ids"], row["completion_ids"]))
         group.rewards.append(math.nan if row["reward"] is None else float(row["reward"]))
+        group.sampler_logps.append(row["sampler_logps"])
     return [groups[g] for g in sorted(groups)]
 
 
@@ -272,7 +281,8 @@ def _one_round(state: OnlineRun, index: int, objective_formats) -> tuple[dict | 
         raise RewardFailedError(f"round {index}: the reward failed on all {len(rows)} samples; see {samples_file}")
     sampled = time.time()
     examples = [e for g in groups for e in g.examples]
-    old, ref = state.scored_logps(sampler, examples, initial_weights=index == 1)
+    drawn_with = [d for g in groups for d in g.sampler_logps] if online.old_logps == "sampler" else None
+    old, ref = state.scored_logps(sampler, examples, initial_weights=index == 1, drawn_with=drawn_with)
     counts = RoundCounts(groups=len(groups), samples=len(examples),
                          reward_failures=sum(len(g.examples) - len(g.usable()) for g in groups))
     data = state.build(groups, old, ref, objective_formats, index, counts)

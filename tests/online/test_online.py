@@ -244,3 +244,29 @@ def test_kill_9_in_round_two_then_resume_is_bit_identical(small_model_dir, promp
                 for line in (run / "online.jsonl").read_text().splitlines()]
 
     assert without_times(tmp_path / "run") == without_times(tmp_path / "straight")
+
+
+def test_sampler_log_probs_match_the_engine_and_can_stand_for_pi_old(small_model_dir, prompts_file, tmp_path):
+    from alignlab import decode
+    from alignlab.models.loading import load_model, load_tokenizer
+    from alignlab.models.scoring import DEFAULT_OPTIONS
+    from alignlab.online.rounds import token_logps
+
+    model, tokenizer = load_model(str(small_model_dir)), load_tokenizer(str(small_model_dir))
+    samples = decode.get("sample")(model, tokenizer, ["The film is", "I watched"], n=3, max_new_tokens=10, seed=1,
+                                   progress=False)
+    drawn = samples.extras["token_logps"]
+    assert [len(d) for d in drawn] == [len(ids) for ids in samples.completion_ids]
+    torch.testing.assert_close(torch.tensor([sum(d) for d in drawn]), samples.logps, atol=1e-4, rtol=0)
+    examples = [TokenizedSFT(p, c) for p, c in zip(samples.prompt_ids, samples.completion_ids, strict=True)]
+    rescored = token_logps(model, examples, tokenizer.pad_token_id, 8, DEFAULT_OPTIONS)
+    for d, r in zip(drawn, rescored, strict=True):
+        torch.testing.assert_close(torch.tensor(d), r, atol=1e-4, rtol=0)
+
+    config = online_config(small_model_dir, prompts_file, tmp_path / "run", old_logps="sampler")
+    train(config, log=lambda *_: None)
+    first_step = json.loads((tmp_path / "run" / "rounds" / "round-002" / "run" / "metrics.jsonl").read_text()
+                            .splitlines()[0])
+    assert first_step["pg/ratio_mean"] == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(ConfigError, match="old_logps"):
+        online_config(small_model_dir, prompts_file, tmp_path / "x", old_logps="sampler", temperature=0.7)
