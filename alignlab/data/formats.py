@@ -91,7 +91,9 @@ class RecordChecker:
         return record
 
     def required(self, record: dict[str, Any], name: str) -> Any:
-        if name not in record or record[name] is None:
+        if name in record and record[name] is None:
+            raise self.error("is null; a value is required", field=name)
+        if name not in record:
             present = ", ".join(record) or "none"
             raise self.error(f"missing (fields present: {present})", field=name)
         return record[name]

@@ -7,6 +7,7 @@ row (tabular formats) of the record, so that every later error can point the use
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,9 +89,27 @@ def _json(path: Path) -> Iterator[tuple[str, Any]]:
         yield f"record {number}", record
 
 
-def _csv(path: Path) -> Iterator[tuple[str, Any]]:
+def _utf8_or_located_error(path: Path) -> str:
+    """The file's text; bytes that are not UTF-8 (e.g. a Latin-1 export) raise a DataError naming their line."""
+    raw = path.read_bytes()
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: Excel's "CSV UTF-8" starts with a BOM
+        return raw.decode("utf-8-sig")  # -sig: Excel's "CSV UTF-8" starts with a BOM
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise DataError(f"not valid UTF-8 ({error.reason} at byte {error.start}); save the file as UTF-8",
+                        source=str(path), location=f"line {line}") from None
+
+
+CSV_FIELD_LIMIT = 2**31 - 1
+"""Characters a CSV cell may hold: as many as a JSONL string (Python's csv module stops at 131,072 by default);
+text beyond what training keeps is cut later, and counted."""
+
+
+def _csv(path: Path) -> Iterator[tuple[str, Any]]:
+    text = _utf8_or_located_error(path)
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
+    try:
+        with io.StringIO(text, newline="") as handle:
             reader = csv.DictReader(handle)
             header = reader.fieldnames or []
             repeated = sorted({name for name in header if header.count(name) > 1})
@@ -106,8 +125,6 @@ def _csv(path: Path) -> Iterator[tuple[str, Any]]:
                     raise DataError("fewer cells than header columns", source=str(path), location=location,
                                     field=missing[0])
                 yield location, record
-    except UnicodeDecodeError as error:
-        raise DataError(f"not valid UTF-8 ({error.reason} at byte {error.start})", source=str(path)) from None
     except csv.Error as error:
         raise DataError(f"not valid CSV: {error}", source=str(path)) from None
 
@@ -127,9 +144,19 @@ def _parquet(path: Path) -> Iterator[tuple[str, Any]]:
     yield from _rows(table.to_pylist())
 
 
+DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+"""Files `datasets`' save_to_disk writes: a folder with none of them holds no saved dataset."""
+
+
 def _saved_dataset(path: Path) -> Iterator[tuple[str, Any]]:
     import datasets
 
+    if not any(path.iterdir()):
+        raise DataError("an empty folder; name a data file or a folder written by datasets' save_to_disk",
+                        source=str(path))
+    if not any((path / marker).is_file() for marker in DATASET_MARKERS):
+        raise DataError(f"a folder without {' or '.join(DATASET_MARKERS)}, so not one written by datasets' "
+                        f"save_to_disk; name a data file ({SUPPORTED})", source=str(path))
     try:
         dataset = datasets.load_from_disk(str(path))
     except Exception as error:  # datasets raises FileNotFoundError or its own errors

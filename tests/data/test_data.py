@@ -29,7 +29,7 @@ def error_for(tmp_path, record, name="data.jsonl"):
         ({"chosen": "yes", "rejected": "no"}, "prompt", "missing"),
         ({"prompt": "x", "chosen": 3, "rejected": "no"}, "chosen", "got int"),
         ({"prompt": "x", "chosen": "   ", "rejected": "no"}, "chosen", "empty"),
-        ({"prompt": "x", "chosen": "yes", "rejected": None}, "rejected", "missing"),
+        ({"prompt": "x", "chosen": "yes", "rejected": None}, "rejected", "is null"),
         ({"prompt": [{"role": "robot", "content": "hi"}], "chosen": "a", "rejected": "b"}, "prompt[0].role", "role"),
         ({"prompt": [{"role": "user", "content": 5}], "chosen": "a", "rejected": "b"}, "prompt[0].content", "string"),
         ({"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "user", "content": "a"}],
@@ -100,7 +100,7 @@ def test_tabular_formats_locate_bad_rows(tmp_path):
         load_preferences(str(tmp_path / "d.csv"))
     pq.write_table(pa.Table.from_pylist([GOOD, {"prompt": "a", "chosen": "b", "rejected": None}]),
                    tmp_path / "d.parquet")
-    with pytest.raises(DataError, match=r"d.parquet:row 2: field 'rejected': missing"):
+    with pytest.raises(DataError, match=r"d.parquet:row 2: field 'rejected': is null"):
         load_preferences(str(tmp_path / "d.parquet"))
     (tmp_path / "d.json").write_text(json.dumps([GOOD, {"prompt": "a"}]))
     with pytest.raises(DataError, match=r"d.json:record 2: field 'chosen'"):
@@ -282,3 +282,24 @@ def test_identical_pairs_ties_and_huge_text_are_counted(tmp_path, tokenizer):
                                                 {"prompt": "p", "completions": ["a", "b"], "scores": [1, 2]}])
     _, stats = load_examples(str(scored), "scored", tokenizer, 48, 24, say=lambda *_: None)
     assert stats.as_dict()["skipped_ties"] == 1 and "1 scored records skipped" in stats.summary()
+
+
+def test_csv_latin1_huge_cells_and_empty_dataset_folders(tmp_path):
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("prompt,chosen,rejected\na,b,c\nd,caf\u00e9,f\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin.csv:line 3: not valid UTF-8") as caught:
+        load_preferences(str(latin))
+    assert caught.value.location == "line 3"
+    big = "word " * 40_000  # 200,000 characters: over the csv module's default cell limit
+    table = tmp_path / "big.csv"
+    table.write_text(f'prompt,chosen,rejected\na,"{big}",c\n')
+    (tmp_path / "big.jsonl").write_text(json.dumps({"prompt": "a", "chosen": big, "rejected": "c"}) + "\n")
+    assert load_preferences(str(table))[0].chosen == load_preferences(str(tmp_path / "big.jsonl"))[0].chosen
+    empty = tmp_path / "empty_folder"
+    empty.mkdir()
+    with pytest.raises(DataError, match="an empty folder"):
+        load_preferences(str(empty))
+    (tmp_path / "stray").mkdir()
+    (tmp_path / "stray" / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match="not one written by datasets' save_to_disk"):
+        load_preferences(str(tmp_path / "stray"))
