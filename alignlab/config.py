@@ -541,8 +541,31 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+INPUT_PATHS = ("model.path", "data.train", "data.eval", "online.prompts", "online.eval_prompts", "online.reward.path",
+               "draft.path", "baseline.path", "prompts.path", "reward.path")
+"""Config keys that name files or folders a command reads (across training, decoding and labelling configs)."""
+
+
+def resolve_input_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """`data` with each relative input path (`INPUT_PATHS`) that exists under `base` (the config file's folder)
+    made absolute; other values (hub ids, the embedded model's name, paths relative to the working directory)
+    are left as written."""
+    for dotted in INPUT_PATHS:
+        *parents, key = dotted.split(".")
+        node = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        value = node.get(key) if isinstance(node, dict) else None
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute() \
+                and (base / value).exists():
+            node[key] = str((base / value).resolve())
+    return data
+
+
 def load_yaml(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
-    """A YAML config file's plain data (empty when `path` is None) with ``key=value`` overrides applied."""
+    """A YAML config file's plain data (empty when `path` is None) with ``key=value`` overrides applied. Relative
+    input paths written in the file resolve against the file's folder when they exist there
+    (`resolve_input_paths`); paths given as overrides are taken as typed (relative to the working directory)."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -558,6 +581,7 @@ def load_yaml(path: str | Path | None, overrides: list[str] | None = None) -> di
             raise ConfigError(f"{path}: not valid YAML: {error}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        data = resolve_input_paths(data, path.resolve().parent)
     return apply_overrides(data, overrides or [])
 
 

@@ -119,3 +119,21 @@ def test_an_objective_module_that_cannot_be_built_is_a_config_error():
     with pytest.raises(ConfigError, match="sparsepo"):
         config_from_dict({"objective": {"name": "sparsepo", "mask": "learned", "dropout": 2.0},
                           "reference": {"mode": "model"}})
+
+
+def test_relative_input_paths_resolve_against_the_config_files_folder(tmp_path, monkeypatch):
+    from alignlab.config import load_config
+
+    folder = tmp_path / "project" / "configs"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "pairs.jsonl").write_text("{}\n")
+    (folder / "run.yaml").write_text("model: {path: Qwen/Qwen2.5-0.5B}\ndata: {train: data/pairs.jsonl, "
+                                     "eval: elsewhere.jsonl}\nout_dir: runs/x\n")
+    monkeypatch.chdir(tmp_path)
+    config = load_config(folder / "run.yaml")
+    assert config.data.train == str((folder / "data" / "pairs.jsonl").resolve())
+    assert config.model.path == "Qwen/Qwen2.5-0.5B"  # not a path under the folder: a hub id, left as written
+    assert config.data.eval == "elsewhere.jsonl"  # not under the folder: relative to the working directory
+    assert config.out_dir == "runs/x"  # outputs go where the command runs
+    overridden = load_config(folder / "run.yaml", ["data.train=data/pairs.jsonl"])
+    assert overridden.data.train == "data/pairs.jsonl"  # typed on the command line: relative to the working directory
