@@ -52,6 +52,29 @@ def pooled_sum_and_count(values: torch.Tensor) -> tuple[float, int]:
     return total, int(count)
 
 
+def contributing() -> bool:
+    """False while this process scores a weight-0 placeholder batch (`placeholder_batch`)."""
+    return _contributing
+
+
+def gathered(values: torch.Tensor) -> torch.Tensor:
+    """Every process's `values` `[n_p, ...]` (detached) concatenated in rank order; a placeholder batch adds none.
+    `values` itself (detached) when alone."""
+    values = values.detach()
+    if not _contributing:
+        values = values[:0]
+    if not is_distributed():
+        return values
+    sizes = [torch.zeros(1, dtype=torch.long, device=values.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([len(values)], dtype=torch.long, device=values.device))
+    longest = max(int(size) for size in sizes)
+    padded = torch.zeros((longest, *values.shape[1:]), dtype=values.dtype, device=values.device)
+    padded[: len(values)] = values
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([part[: int(size)] for part, size in zip(parts, sizes, strict=True)])
+
+
 def mean_across_processes(values: torch.Tensor) -> torch.Tensor:
     """The mean of `values` pooled over every process's copy, as a 0-d tensor like `values`."""
     total, count = pooled_sum_and_count(values)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from alignlab.distributed import gathered
 from alignlab.errors import ConfigError
 from alignlab.objectives.batches import ObjectiveOutput, PreferenceLogps
 from alignlab.objectives.common import check_beta, pair_logps, paired_output
@@ -33,8 +34,8 @@ def distill(batch: PreferenceLogps, beta: float = 0.1, pessimistic: bool = True)
     margins = batch.reward_margins.to(s.pc.dtype)
     per_member = (margins - beta * (s.cl - s.rl).unsqueeze(-1)) ** 2  # [B, M]
     member_losses = per_member.mean(0)
-    if pessimistic:
-        worst = int(torch.argmax(member_losses.detach()))
+    if pessimistic:  # the worst member over the whole micro-batch, also when processes share it
+        worst = int(torch.argmax(gathered(per_member).mean(0)))
         losses, loss = per_member[:, worst], member_losses[worst]
     else:
         losses, loss = per_member.mean(-1), member_losses.mean()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from alignlab.distributed import pooled_sum_and_count
+from alignlab.distributed import contributing, gathered, is_distributed, pooled_sum_and_count
 from alignlab.errors import ConfigError
 from alignlab.objectives import modifiers
 from alignlab.objectives.batches import ObjectiveOutput
@@ -32,6 +32,22 @@ def tilted_mean(losses: torch.Tensor, tilt: float) -> torch.Tensor:
         return losses.mean()
     n = torch.tensor(float(losses.numel()), dtype=losses.dtype, device=losses.device)
     return (torch.logsumexp(tilt * losses, dim=0) - torch.log(n)) / tilt
+
+
+def global_tilted_mean(losses: torch.Tensor, tilt: float) -> torch.Tensor:
+    """`tilted_mean` of the global micro-batch when it is split between processes: every process gets the value
+    R_t of all processes' losses, and a gradient on its own losses that the loop's weighting (the process's share
+    n_p/N of the micro-batch) and the gradient all-reduce turn into R_t's exact gradient, Σ_i softmax(t·ℓ)_i·∇ℓ_i.
+    Alone, it is `tilted_mean`."""
+    if not is_distributed():
+        return tilted_mean(losses, tilt)
+    everything = gathered(losses)
+    value = tilted_mean(everything, tilt)
+    if not contributing() or not len(losses):
+        return value + 0 * losses.sum()
+    weights = torch.exp(tilt * losses.detach() - torch.logsumexp(tilt * everything, dim=0))
+    scale = len(everything) / len(losses)  # undoes the loop's n_p/N weighting of this process's loss
+    return value + scale * (weights * (losses - losses.detach())).sum()
 
 
 @dataclass(frozen=True)
@@ -165,7 +181,7 @@ class Objective:
         if term.tilt:
             if losses is None:
                 raise ConfigError(f"objective '{term.name}' gives no per-example losses, so it cannot be tilted")
-            output.loss = tilted_mean(losses, term.tilt)
+            output.loss = global_tilted_mean(losses, term.tilt)
         return output
 
     def __call__(self, batch) -> ObjectiveOutput:
