@@ -257,6 +257,20 @@ def score_slots(model, examples, pad_id: int, device, options: ScoringOptions = 
     return SlotScores(layout.to_slots(flat.logps), layout.masks, square)
 
 
+def score_prompts(model, examples, pad_id: int, device, options: ScoringOptions = DEFAULT_OPTIONS) -> SlotScores:
+    """The log-probs of each example's prompt tokens after its first (the first has no context), as one slot."""
+    from alignlab.data.tokenize import TokenizedSFT
+
+    return score_slots(model, [TokenizedSFT(e.prompt[:1], e.prompt[1:]) for e in examples], pad_id, device, options)
+
+
+def score_slots_and_prompts(model, examples, pad_id: int, device, options: ScoringOptions = DEFAULT_OPTIONS,
+                            with_square_mass: bool = False) -> tuple[SlotScores, SlotScores]:
+    """`score_slots` and `score_prompts` in one call (one forward of a distributed wrapper)."""
+    return (score_slots(model, examples, pad_id, device, options, with_square_mass),
+            score_prompts(model, examples, pad_id, device, options))
+
+
 def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Scalar reward `[N]` of each right-padded row from a sequence-classification model with one output,
     read at the row's last attended token (not inferred from pad ids, which may equal end-of-sequence)."""

@@ -42,6 +42,10 @@ class PreferenceLogps:
     ref_chosen_hidden: torch.Tensor | None = None
     """`[layers, B, T, H]` reference hidden states per token (SparsePO's learned masks)."""
     ref_rejected_hidden: torch.Tensor | None = None
+    policy_prompt: torch.Tensor | None = None
+    """`[B, T]` the policy's log-probs of the prompt's tokens after its first, with gradient; only when an objective
+    asks (ORPO's ``nll_on_prompt``)."""
+    prompt_mask: torch.Tensor | None = None
 
     @property
     def has_reference(self) -> bool:

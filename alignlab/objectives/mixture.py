@@ -90,7 +90,9 @@ class Objective:
             readable = "; ".join(f"{t.name}: {'/'.join(spec(t.name).data_formats)}" for t in terms)
             raise ConfigError(f"objectives mixed in one run must read one data format; these share none ({readable})")
         self.terms = terms
-        self._needs = dataclasses.replace(needs, square_mass=any(term.use_weighting for term in terms))
+        self._needs = dataclasses.replace(
+            needs, square_mass=any(term.use_weighting for term in terms),
+            prompt_logps=needs.prompt_logps or any(term.params.get("nll_on_prompt") for term in terms))
         self.training = True
         self.running = [[0.0, 0] for _ in terms]
         """Per term: [sum, count] of the values its running mean is taken over (e.g. BCO's rewards)."""

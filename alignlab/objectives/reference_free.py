@@ -52,26 +52,40 @@ def log1m_exp(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > -0.6931, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
+def prompt_and_chosen_nll(batch: PreferenceLogps) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch NLL, per-example NLL `[B]`) over the prompt's tokens after its first and the chosen completion's
+    tokens: a mean over all those tokens of the batch, and per example."""
+    if batch.policy_prompt is None or batch.prompt_mask is None:
+        raise ConfigError("nll_on_prompt needs the prompts' log-probs, and the batch has none")
+    sums = (batch.policy_prompt * batch.prompt_mask).sum(-1) + (batch.policy_chosen * batch.chosen_mask).sum(-1)
+    counts = batch.prompt_mask.sum(-1) + batch.chosen_mask.sum(-1)
+    return -sums.sum() / counts.sum().clamp(min=1), -sums / counts.clamp(min=1)
+
+
 @register("orpo", Needs())
-def orpo(batch: PreferenceLogps, beta: float = 0.1) -> ObjectiveOutput:
+def orpo(batch: PreferenceLogps, beta: float = 0.1, nll_on_prompt: bool = False) -> ObjectiveOutput:
     """ORPO (Hong et al., 2024, "ORPO: Monolithic Preference Optimization without Reference Model"):
     SFT on chosen plus an odds-ratio penalty, β = λ:
 
         loss = NLL(chosen) − β·mean log σ(log_odds),
         log_odds = (ac − ar) − (log(1 − e^ac) − log(1 − e^ar))
 
-    NLL(chosen) is a mean over all chosen tokens of the batch. Rewards in the metrics are β·ac, β·ar.
+    NLL(chosen) is a mean over all chosen tokens of the batch; with `nll_on_prompt` over the prompt's tokens (after
+    its first) and the chosen tokens, as TRL and the authors' code compute it. Rewards in the metrics are β·ac, β·ar;
+    ``logps/*`` are the per-token means ac, ar.
     """
     check_beta("orpo", beta)
     pc, pr, nc, nr = policy_logps(batch)
     ac, ar = pc / nc, pr / nr
     log_odds = (ac - ar) - (log1m_exp(ac) - log1m_exp(ar))
     ratio = F.logsigmoid(log_odds)
-    losses = chosen_nll_per_example(batch) - beta * ratio
-    metrics = reference_free_metrics(beta, ac, ar, pc, pr)
-    metrics.update({"nll_loss": chosen_nll(batch).item(), "log_odds_ratio": ratio.mean().item(),
+    nll, nll_per_example = (prompt_and_chosen_nll(batch) if nll_on_prompt
+                            else (chosen_nll(batch), chosen_nll_per_example(batch)))
+    losses = nll_per_example - beta * ratio
+    metrics = reference_free_metrics(beta, ac, ar, ac, ar)  # logps/*: per-token means, as TRL logs ORPO's
+    metrics.update({"nll_loss": nll.item(), "log_odds_ratio": ratio.mean().item(),
                     "log_odds_chosen": log_odds.mean().item()})
-    return ObjectiveOutput(chosen_nll(batch) - beta * ratio.mean(), metrics, losses)
+    return ObjectiveOutput(nll - beta * ratio.mean(), metrics, losses)
 
 
 @register("asft", Needs())

@@ -35,6 +35,8 @@ class Needs:
     """log Σ_v π_θ(v)² per token (WPO's weights)."""
     reference_hidden: bool = False
     """The reference's hidden states of every layer per token (learned token masks)."""
+    prompt_logps: bool = False
+    """The policy's log-probs of each prompt's tokens after its first (ORPO's NLL over prompt and completion)."""
 
     def union(self, other: Needs) -> Needs:
         """Everything either needs; the data formats both read (preferred order of `self`)."""

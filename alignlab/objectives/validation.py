@@ -48,7 +48,7 @@ def _pairs(reference: bool) -> PreferenceLogps:
     activations, hidden = torch.zeros(1, ROWS, TOKENS), torch.zeros(1, ROWS, TOKENS, HIDDEN)
     answers = PreferenceLogps(zeros, zeros, ref, ref, mask, mask, zeros, zeros)
     return PreferenceLogps(zeros, zeros, ref, ref, mask, mask, zeros, zeros, torch.zeros(ROWS, 1), answers, zeros,
-                           zeros, activations, activations, hidden, hidden)
+                           zeros, activations, activations, hidden, hidden, zeros, mask)
 
 
 def dummy_batch(data_format: str, model_kind: str, reference: bool):

@@ -23,7 +23,13 @@ from alignlab.data import (
     collate_slots,
 )
 from alignlab.errors import ConfigError
-from alignlab.models.scoring import ScoringOptions, score_slots, score_token_kl, sequence_rewards
+from alignlab.models.scoring import (
+    ScoringOptions,
+    score_slots,
+    score_slots_and_prompts,
+    score_token_kl,
+    sequence_rewards,
+)
 from alignlab.objectives import (
     Needs,
     NegativesLogps,
@@ -110,13 +116,21 @@ class BatchBuilder:
             return self.reward_scores(examples, extras)
         if self.needs.token_kl:
             return self.token_kl_pairs(examples, extras)
-        scored = self.policy(score_slots, examples, self.pad_id, self.device, self.options,
-                             with_square_mass=self.needs.square_mass)
+        prompts = None
+        if self.needs.prompt_logps and isinstance(examples[0], TokenizedPair):
+            scored, prompts = self.policy(score_slots_and_prompts, examples, self.pad_id, self.device, self.options,
+                                          with_square_mass=self.needs.square_mass)
+        else:
+            scored = self.policy(score_slots, examples, self.pad_id, self.device, self.options,
+                                 with_square_mass=self.needs.square_mass)
         slots = len(scored.logps)
         refs = self.reference.logps(examples, indices, scored.masks) if self.reference else [None] * slots
         squares = scored.square_mass or [None] * slots
         build = SLOT_BATCHES[type(examples[0])]
-        return build(ScoredSlots(scored.logps, refs, squares, [m.float() for m in scored.masks], extras, examples))
+        batch = build(ScoredSlots(scored.logps, refs, squares, [m.float() for m in scored.masks], extras, examples))
+        if prompts is not None:
+            batch.policy_prompt, batch.prompt_mask = prompts.logps[0], prompts.masks[0].float()
+        return batch
 
     def reward_scores(self, examples: list, extras: dict) -> RewardScores:
         """Rewards of prompt + chosen and prompt + rejected from a sequence-classification head (one row per
