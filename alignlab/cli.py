@@ -1,4 +1,4 @@
-"""The `alignlab` command line: train, decode, label, demo, merge, objectives, decoders."""
+"""The `alignlab` command line: train, decode, label, diagnose, demo, merge, objectives, decoders."""
 
 from __future__ import annotations
 
@@ -58,6 +58,13 @@ def _label(args: argparse.Namespace) -> None:
     if args.quiet:
         config.progress = False
     label(config, args.input, args.output)
+
+
+def _diagnose_ches(args: argparse.Namespace) -> None:
+    from alignlab.diagnose.run import diagnose_ches
+
+    diagnose_ches(args.data, args.model, args.out, args.drop_top, args.batch_size, args.max_length,
+                  args.max_prompt_length, args.overwrite, args.trust_remote_code, not args.quiet)
 
 
 def _decoders(_: argparse.Namespace) -> None:
@@ -134,6 +141,24 @@ def build_parser() -> argparse.ArgumentParser:
                            help="override a config value, e.g. --set output=paired (repeatable)")
     labelling.add_argument("--quiet", action="store_true", help="no progress bars")
     labelling.set_defaults(run=_label)
+
+    diagnosing = commands.add_parser("diagnose", help="diagnostics of data and models (CHES, …)")
+    diagnostics = diagnosing.add_subparsers(dest="diagnostic", required=True, metavar="DIAGNOSTIC")
+    ches = diagnostics.add_parser("ches", help="rank preference pairs by CHES (likelihood displacement risk) and "
+                                  "write the data without the riskiest")
+    ches.add_argument("data", help="paired records (prompt, chosen, rejected)")
+    ches.add_argument("--model", default="alignlab/tiny-llama", help="the model to be trained, at its starting "
+                      "point (default: the embedded model)")
+    ches.add_argument("--out", required=True, help="output folder (new or empty, or --overwrite)")
+    ches.add_argument("--drop-top", type=float, default=0.05, help="fraction of pairs with the highest LN-CHES to "
+                      "drop (default 0.05)")
+    ches.add_argument("--batch-size", type=int, default=16)
+    ches.add_argument("--max-length", type=int, default=512)
+    ches.add_argument("--max-prompt-length", type=int, default=256)
+    ches.add_argument("--overwrite", action="store_true", help="clear the output folder first")
+    ches.add_argument("--trust-remote-code", action="store_true")
+    ches.add_argument("--quiet", action="store_true", help="no progress bars")
+    ches.set_defaults(run=_diagnose_ches)
 
     listing_decoders = commands.add_parser("decoders", help="list the decoding methods and the rewards")
     listing_decoders.set_defaults(run=_decoders)

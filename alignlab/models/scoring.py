@@ -217,6 +217,20 @@ def _selected_scores(model, layout: SlotLayout, options: ScoringOptions, with_sq
                               options.recompute_head, with_square_mass)
 
 
+@torch.no_grad()
+def completion_hidden_states(model, examples, pad_id: int, device, options: ScoringOptions = DEFAULT_OPTIONS
+                             ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The last layer's hidden states that predict each completion token (from the last prompt token to the
+    second-to-last completion token), one `[B, T, H]` tensor per slot, with the slots' `[B, T]` 0/1 masks."""
+    layout = slot_layout(examples, pad_id, device, options, _body_and_head(model)[0] is not None)
+    body, _ = _body_and_head(model)
+    if body is not None:
+        hidden = body(**layout.inputs).last_hidden_state
+    else:
+        hidden = model(**layout.inputs, output_hidden_states=True).hidden_states[-1]
+    return layout.to_slots(layout.select(hidden)), layout.masks
+
+
 def completion_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
                       position_ids: torch.Tensor | None = None, options: ScoringOptions = DEFAULT_OPTIONS,
                       with_square_mass: bool = False) -> TokenScores:

@@ -15,7 +15,7 @@ import torch
 from alignlab.distributed import contributing, gathered, is_distributed, pooled_sum_and_count
 from alignlab.errors import ConfigError
 from alignlab.objectives import modifiers
-from alignlab.objectives.batches import ObjectiveOutput
+from alignlab.objectives.batches import ObjectiveOutput, PreferenceLogps
 from alignlab.objectives.registry import Needs, check_hparams, spec
 
 
@@ -48,6 +48,17 @@ def global_tilted_mean(losses: torch.Tensor, tilt: float) -> torch.Tensor:
     weights = torch.exp(tilt * losses.detach() - torch.logsumexp(tilt * everything, dim=0))
     scale = len(everything) / len(losses)  # undoes the loop's n_p/N weighting of this process's loss
     return value + scale * (weights * (losses - losses.detach())).sum()
+
+
+def displacement_metrics(batch) -> dict[str, float]:
+    """Likelihood displacement (Razin et al., 2025): the mean change of the chosen and the rejected completions'
+    summed log-probs against the reference (the model at step 0), from the log-probs the batch already holds."""
+    if not isinstance(batch, PreferenceLogps) or not batch.has_reference:
+        return {}
+    with torch.no_grad():
+        chosen = ((batch.policy_chosen - batch.ref_chosen) * batch.chosen_mask).sum(-1).mean()
+        rejected = ((batch.policy_rejected - batch.ref_rejected) * batch.rejected_mask).sum(-1).mean()
+    return {"displacement/chosen_logp_delta": chosen.item(), "displacement/rejected_logp_delta": rejected.item()}
 
 
 @dataclass(frozen=True)
@@ -187,7 +198,7 @@ class Objective:
         return output
 
     def __call__(self, batch) -> ObjectiveOutput:
-        total, metrics = None, {}
+        total, metrics = None, displacement_metrics(batch)
         for index, term in enumerate(self.terms):
             output = self.term_loss(index, term, batch)
             total = term.weight * output.loss if total is None else total + term.weight * output.loss

@@ -119,6 +119,7 @@ class Run:
     """The last step updated the weights and no finite loss has been seen since."""
     draw: Callable[[int], tuple[list, object]] | None = None
     """`data.transform`: the examples of an epoch, drawn anew every epoch."""
+    displacement_warned: bool = False
     last: dict = field(default_factory=dict)
     started: float = field(default_factory=time.time)
 
@@ -510,8 +511,27 @@ def evaluate(builder: BatchBuilder, examples, objective, batch_size: int) -> dic
     return {f"eval/{k}": v / len(examples) for k, v in sums.items()}
 
 
+DISPLACEMENT_TOLERANCE = 0.05
+"""Nats of summed log-prob change below which likelihood displacement is not reported (numerical noise)."""
+
+
+def warn_displacement(run: Run, record: dict) -> None:
+    """Once per run: the chosen completions' log-prob fell below the reference's while the margin over the rejected
+    ones rose — likelihood displacement (Razin et al., 2025)."""
+    chosen = record.get("displacement/chosen_logp_delta")
+    rejected = record.get("displacement/rejected_logp_delta")
+    if run.displacement_warned or chosen is None or rejected is None:
+        return
+    if chosen < -DISPLACEMENT_TOLERANCE and chosen - rejected > DISPLACEMENT_TOLERANCE:
+        run.displacement_warned = True
+        run.say(f"step {record['step']}: likelihood displacement: the chosen completions' log-prob is {chosen:.2f} "
+                f"nats below the reference's while the margin over the rejected ones rose to {chosen - rejected:.2f};"
+                " `alignlab diagnose ches DATA` ranks the pairs that cause it (docs: README, Diagnostics)")
+
+
 def after_step(run: Run, record: dict) -> bool:
     """Log, evaluate and checkpoint as configured after a step; True when the step wrote a checkpoint."""
+    warn_displacement(run, record)
     train, step = run.config.train, run.state.step
     if run.main and (step % train.log_every == 0 or step == run.steps):
         run.metrics.write(record)
