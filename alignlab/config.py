@@ -464,6 +464,11 @@ def check_online(config: RunConfig, objective) -> None:
             raise ConfigError(f"online.{key} must be at least 1, got {getattr(online, key)}")
     if online.prompts_per_round is not None and online.prompts_per_round < 1:
         raise ConfigError(f"online.prompts_per_round must be at least 1, got {online.prompts_per_round}")
+    room = config.data.max_length - config.data.max_prompt_length
+    if online.max_new_tokens > room:
+        raise ConfigError(f"online.max_new_tokens ({online.max_new_tokens}) must fit beside the longest prompt: at "
+                          f"most data.max_length − data.max_prompt_length = {room}, so the reward scores the "
+                          "completion training sees")
     if online.keep_top > online.samples_per_prompt:
         raise ConfigError(f"online.keep_top ({online.keep_top}) cannot exceed online.samples_per_prompt "
                           f"({online.samples_per_prompt})")
@@ -542,7 +547,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 INPUT_PATHS = ("model.path", "data.train", "data.eval", "online.prompts", "online.eval_prompts", "online.reward.path",
-               "draft.path", "baseline.path", "prompts.path", "reward.path")
+               "online.reward.model", "draft.path", "baseline.path", "prompts.path", "reward.path", "reward.model")
 """Config keys that name files or folders a command reads (across training, decoding and labelling configs)."""
 
 

@@ -154,6 +154,7 @@ RANGES = {
     "value_samples": (lambda v: v >= 1, "at least 1"), "value_epochs": (lambda v: v >= 1, "at least 1"),
     "beta": (lambda v: v >= 0, "0 or more"), "batch_size": (lambda v: v >= 1, "at least 1"),
     "max_new_tokens": (lambda v: v >= 1, "at least 1"), "route_tokens": (lambda v: v >= 1, "at least 1"),
+    "max_prompt_tokens": (lambda v: v >= 1, "at least 1"),
 }
 """Ranges of the parameters decoders share by name, checked with the config."""
 

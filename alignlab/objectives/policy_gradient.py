@@ -23,12 +23,16 @@ from alignlab.objectives.batches import ObjectiveOutput, RolloutLogps
 from alignlab.objectives.registry import Needs, register
 
 AGGREGATIONS = ("sequence_mean", "sequence_sum", "token_mean")
+MAX_LOG_RATIO = 20.0
+"""log ρ is capped here before exp (e²⁰ ≈ 5·10⁸): an overflowing ratio would give 0·∞ = NaN in the unused branch
+of the minimum; such a token is far outside any clip range."""
 
 
 def clipped_surrogate(policy: torch.Tensor, old: torch.Tensor, advantages: torch.Tensor,
                       epsilon: float) -> torch.Tensor:
-    """s_t = min(ρ_t·A, clip(ρ_t, 1 − ε, 1 + ε)·A) per token `[B, T]`, ρ_t = exp(ℓ_θ,t − ℓ_old,t), A per row `[B]`."""
-    ratio = torch.exp(policy - old)
+    """s_t = min(ρ_t·A, clip(ρ_t, 1 − ε, 1 + ε)·A) per token `[B, T]`, ρ_t = exp(ℓ_θ,t − ℓ_old,t) (log ρ capped at
+    `MAX_LOG_RATIO`), A per row `[B]`."""
+    ratio = torch.exp((policy - old).clamp(max=MAX_LOG_RATIO))
     a = advantages.unsqueeze(-1)
     return torch.minimum(ratio * a, ratio.clamp(1 - epsilon, 1 + epsilon) * a)
 

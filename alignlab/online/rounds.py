@@ -82,7 +82,10 @@ def safe_rewards(reward, prompts: list[Text], completions: list[str]) -> tuple[l
         scores = []
         for prompt, completion in zip(prompts, completions, strict=True):
             try:
-                scores.append(float(torch.as_tensor(reward.score([prompt], [completion])).flatten()[0]))
+                value = torch.as_tensor(reward.score([prompt], [completion])).flatten()
+                if value.numel() != 1:
+                    raise ValueError(f"the reward gave {value.numel()} values for one completion")
+                scores.append(float(value[0]))
             except Exception as single:
                 scores.append(math.nan)
                 first_error = first_error or f"{type(single).__name__}: {single}"
@@ -156,6 +159,7 @@ class OnlineRun:
         samples = decode.get("sample")(model, self.tokenizer, prompts, n=k, max_new_tokens=online.max_new_tokens,
                                        temperature=online.temperature, top_k=online.top_k, top_p=online.top_p,
                                        batch_size=online.sample_batch_size, seed=seed,
+                                       max_prompt_tokens=data.max_prompt_length,
                                        progress=self.config.train.progress)
         scores, error = safe_rewards(self.reward, samples.prompts, samples.completions)
         groups, truncated = [], 0
@@ -275,10 +279,11 @@ def _one_round(state: OnlineRun, index: int, objective_formats) -> tuple[dict | 
             say(f"round {index}: the reward failed on {facts['reward_failures']} samples, which are left out "
                 f"({facts['first_reward_error']})")
         rows = _samples_rows(groups, prompts, completions)
+        if not any(g.usable() for g in groups):  # not kept: a resumed run samples and scores again
+            raise RewardFailedError(f"round {index}: the reward failed on all {len(rows)} samples "
+                                    f"({facts['first_reward_error']})")
         write_text_atomic(facts_file, json.dumps(facts) + "\n")  # first: samples.jsonl marks both as written
         write_text_atomic(samples_file, "".join(json.dumps(row) + "\n" for row in rows))
-    if not any(g.usable() for g in groups):
-        raise RewardFailedError(f"round {index}: the reward failed on all {len(rows)} samples; see {samples_file}")
     sampled = time.time()
     examples = [e for g in groups for e in g.examples]
     drawn_with = [d for g in groups for d in g.sampler_logps] if online.old_logps == "sampler" else None
@@ -290,8 +295,8 @@ def _one_round(state: OnlineRun, index: int, objective_formats) -> tuple[dict | 
     if skipped:
         listed = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skipped.items())
         say(f"round {index}: {listed} (no pair / zero advantage; counted in online.jsonl)")
-    if not data:
-        raise RewardFailedError(f"round {index}: no training data from {len(examples)} samples (every group tied or "
+    if not data or all(getattr(e, "advantage", 1.0) == 0 for e in data):
+        raise RewardFailedError(f"round {index}: no training signal from {len(examples)} samples (every group tied or "
                                 f"had one usable sample: {counts.as_dict()}); raise samples_per_prompt or lower "
                                 "online.min_gap")
     scored = time.time()

@@ -157,11 +157,11 @@ def test_online_config_errors(change, message):
 def flaky_reward():
     @rewards.register("test_flaky_length")
     class FlakyLength:
-        """Test reward: completion length in characters / 10; raises on completions containing 'e'."""
+        """Test reward: completion length in characters / 10; raises on completions of odd length."""
 
         def score(self, prompts, completions):
-            if any("e" in c for c in completions):
-                raise ValueError("no e allowed")
+            if any(len(c) % 2 for c in completions):
+                raise ValueError("no odd lengths allowed")
             return torch.tensor([len(c) / 10 for c in completions])
 
     return "test_flaky_length"
@@ -176,9 +176,9 @@ def test_a_reward_failing_on_some_samples_is_counted_and_the_round_trains(small_
     samples = [json.loads(line) for line in (tmp_path / "run" / "rounds" / "round-001" / "samples.jsonl")
                .read_text().splitlines()]
     failed = sum(s["reward"] is None for s in samples)
-    assert failed == sum("e" in s["completion"] for s in samples) > 0
+    assert failed == sum(len(s["completion"]) % 2 for s in samples) > 0
     assert record["counts"]["reward_failures"] == failed and record["counts"]["examples"] == len(samples) - failed
-    assert "no e allowed" in record["first_reward_error"]
+    assert "no odd lengths allowed" in record["first_reward_error"]
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "rounds" / "round-001" / "run" /
                                                     "metrics.jsonl").read_text().splitlines()]
     assert losses and all(math.isfinite(loss) for loss in losses)
@@ -270,3 +270,28 @@ def test_sampler_log_probs_match_the_engine_and_can_stand_for_pi_old(small_model
     assert first_step["pg/ratio_mean"] == pytest.approx(1.0, abs=1e-4)
     with pytest.raises(ConfigError, match="old_logps"):
         online_config(small_model_dir, prompts_file, tmp_path / "x", old_logps="sampler", temperature=0.7)
+
+
+def test_samples_are_drawn_after_the_prompt_training_sees(small_model_dir, tmp_path):
+    from alignlab import decode
+    from alignlab.models.loading import load_model, load_tokenizer
+
+    model, tokenizer = load_model(str(small_model_dir)), load_tokenizer(str(small_model_dir))
+    long_prompt = "The film " * 40
+    samples = decode.get("sample")(model, tokenizer, [long_prompt], n=2, max_new_tokens=4, seed=0,
+                                   max_prompt_tokens=8, progress=False)
+    assert all(len(ids) == 8 for ids in samples.prompt_ids) and samples.prompts_truncated == 1
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        config_from_dict({"objective": "grpo", "data": {"max_length": 64, "max_prompt_length": 48},
+                          "online": {"mode": "grpo", "prompts": "p.jsonl", "max_new_tokens": 32}})
+
+
+def test_a_multi_output_reward_is_a_failure_not_its_first_value():
+    class TwoValues:
+        name = "two"
+
+        def score(self, prompts, completions):
+            return torch.ones(len(completions), 2)
+
+    scores, error = safe_rewards(TwoValues(), ["p", "q"], ["a", "b"])
+    assert all(math.isnan(s) for s in scores) and "4 scores for 2 completions" in error
