@@ -95,41 +95,12 @@ def _objectives(_: argparse.Namespace) -> None:
         print(f"{spec.name:<18} {formats:<12} {'needed' if spec.needs_reference else 'no':<10} {summary}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="alignlab",
-        description="Align language models with preferences: train, decode, diagnose, on one reward-KL frontier.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _add_set_option(parser: argparse.ArgumentParser, example: str) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a config value, e.g. --set {example} (repeatable)")
 
-    train = commands.add_parser("train", help="train a model with a preference objective from a YAML config")
-    train.add_argument("config", help="YAML config (see examples/dpo.yaml)")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set train.lr=1e-5 (repeatable)")
-    train.add_argument("--out", help="run folder (overrides out_dir)")
-    train.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
-    train.add_argument("--overwrite", action="store_true", help="clear the run folder first (it must otherwise be "
-                       "new or empty)")
-    train.set_defaults(run=_train)
 
-    demo = commands.add_parser("demo", help="controlled-sentiment DPO vs best-of-N and ARGS on the embedded model "
-                               "(~2 min)")
-    demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
-    demo.set_defaults(run=_demo)
-
-    decoding = commands.add_parser("decode", help="decoding-time alignment methods on one prompt set, on one "
-                                   "reward-KL frontier, from a YAML config")
-    decoding.add_argument("config", help="YAML config (see examples/decode.yaml)")
-    decoding.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                          help="override a config value, e.g. --set n=8 (repeatable)")
-    decoding.add_argument("--out", help="output folder (overrides out_dir)")
-    decoding.add_argument("--resume", action="store_true", help="keep the methods an earlier run finished")
-    decoding.add_argument("--overwrite", action="store_true", help="clear the output folder first")
-    decoding.add_argument("--quiet", action="store_true", help="no progress bars")
-    decoding.set_defaults(run=_decode)
-
+def _add_label_command(commands) -> None:
     labelling = commands.add_parser("label", help="score completions with a reward (sampling them for prompt-only "
                                     "records) into scored lists or pairs for offline training")
     labelling.add_argument("--reward", required=True, metavar="CONFIG",
@@ -137,11 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
                            "examples/label.yaml) or just a reward name")
     labelling.add_argument("input", help="records with a prompt, and completions/completion or nothing")
     labelling.add_argument("output", help="the JSONL file to write")
-    labelling.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                           help="override a config value, e.g. --set output=paired (repeatable)")
+    _add_set_option(labelling, "output=paired")
     labelling.add_argument("--quiet", action="store_true", help="no progress bars")
     labelling.set_defaults(run=_label)
 
+
+def _add_diagnose_commands(commands) -> None:
     diagnosing = commands.add_parser("diagnose", help="diagnostics of data and models (CHES, …)")
     diagnostics = diagnosing.add_subparsers(dest="diagnostic", required=True, metavar="DIAGNOSTIC")
     ches = diagnostics.add_parser("ches", help="rank preference pairs by CHES (likelihood displacement risk) and "
@@ -159,6 +131,43 @@ def build_parser() -> argparse.ArgumentParser:
     ches.add_argument("--trust-remote-code", action="store_true")
     ches.add_argument("--quiet", action="store_true", help="no progress bars")
     ches.set_defaults(run=_diagnose_ches)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alignlab",
+        description="Align language models with preferences: train, decode, diagnose, on one reward-KL frontier.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a model with a preference objective from a YAML config")
+    train.add_argument("config", help="YAML config (see examples/dpo.yaml)")
+    _add_set_option(train, "train.lr=1e-5")
+    train.add_argument("--out", help="run folder (overrides out_dir)")
+    train.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="clear the run folder first (it must otherwise be "
+                       "new or empty)")
+    train.set_defaults(run=_train)
+
+    demo = commands.add_parser("demo", help="controlled-sentiment DPO vs best-of-N and ARGS on the embedded model "
+                               "(~2 min)")
+    demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(run=_demo)
+
+    decoding = commands.add_parser("decode", help="decoding-time alignment methods on one prompt set, on one "
+                                   "reward-KL frontier, from a YAML config")
+    decoding.add_argument("config", help="YAML config (see examples/decode.yaml)")
+    _add_set_option(decoding, "n=8")
+    decoding.add_argument("--out", help="output folder (overrides out_dir)")
+    decoding.add_argument("--resume", action="store_true", help="keep the methods an earlier run finished")
+    decoding.add_argument("--overwrite", action="store_true", help="clear the output folder first")
+    decoding.add_argument("--quiet", action="store_true", help="no progress bars")
+    decoding.set_defaults(run=_decode)
+
+    _add_label_command(commands)
+    _add_diagnose_commands(commands)
 
     listing_decoders = commands.add_parser("decoders", help="list the decoding methods and the rewards")
     listing_decoders.set_defaults(run=_decoders)

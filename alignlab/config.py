@@ -435,6 +435,7 @@ def check_transform(config: RunConfig, objective) -> None:
 def check_online(config: RunConfig, objective) -> None:
     """The online section against the rest: prompts instead of data.train, an objective that reads what the mode
     builds, groups of at least two samples where the mode compares samples, ranges of the sampling settings."""
+    from alignlab.decode.base import check_ranges
     from alignlab.rewards import check_entry
 
     online = config.online
@@ -459,9 +460,11 @@ def check_online(config: RunConfig, objective) -> None:
     if pairwise and online.samples_per_prompt < 2:
         raise ConfigError(f"online.mode {online.mode} compares the samples of a prompt: online.samples_per_prompt "
                           f"must be at least 2, got {online.samples_per_prompt}")
-    for key in ("rounds", "samples_per_prompt", "max_new_tokens", "sample_batch_size", "keep_top", "eval_samples"):
+    for key in ("rounds", "samples_per_prompt", "keep_top", "eval_samples"):
         if getattr(online, key) < 1:
             raise ConfigError(f"online.{key} must be at least 1, got {getattr(online, key)}")
+    check_ranges("sample", {"max_new_tokens": online.max_new_tokens, "batch_size": online.sample_batch_size,
+                            "temperature": online.temperature, "top_k": online.top_k, "top_p": online.top_p})
     if online.prompts_per_round is not None and online.prompts_per_round < 1:
         raise ConfigError(f"online.prompts_per_round must be at least 1, got {online.prompts_per_round}")
     room = config.data.max_length - config.data.max_prompt_length
@@ -472,8 +475,6 @@ def check_online(config: RunConfig, objective) -> None:
     if online.keep_top > online.samples_per_prompt:
         raise ConfigError(f"online.keep_top ({online.keep_top}) cannot exceed online.samples_per_prompt "
                           f"({online.samples_per_prompt})")
-    if not online.temperature > 0 or not 0 < online.top_p <= 1 or online.top_k < 0:
-        raise ConfigError("online sampling: temperature must be positive, top_p in (0, 1] and top_k 0 or more")
     if online.old_logps == "sampler" and (online.temperature != 1 or online.top_k or online.top_p != 1):
         raise ConfigError("online.old_logps: sampler takes π_old's log-probs from the sampler, which draws from a "
                           "warped distribution unless temperature is 1, top_k 0 and top_p 1: use rescore")

@@ -127,7 +127,8 @@ class TruncationStats:
                 "identical_pairs": self.identical_pairs, "skipped_ties": self.skipped_ties}
 
 
-def _as_messages(text: Text, role: str) -> list[dict[str, str]]:
+def as_messages(text: Text, role: str) -> list[dict[str, str]]:
+    """Chat messages as they are, or a string as one message from `role`."""
     return text if isinstance(text, list) else [{"role": role, "content": text}]
 
 
@@ -135,7 +136,7 @@ def _chat_prompt_text(tokenizer, prompt: Text, location: str | None) -> str:
     if not getattr(tokenizer, "chat_template", None):
         raise DataError.at(location, "the record uses chat messages but the tokenizer has no chat template",
                            field="prompt")
-    return tokenizer.apply_chat_template(_as_messages(prompt, "user"), tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(as_messages(prompt, "user"), tokenize=False, add_generation_prompt=True)
 
 
 def encode_prompt(tokenizer, prompt: Text, chat: bool | None = None, location: str | None = None) -> list[int]:
@@ -165,7 +166,7 @@ def encode_prompt_and_completion(
         return encode_prompt(tokenizer, prompt, chat=False), completion_ids
     prompt_text = _chat_prompt_text(tokenizer, prompt, location)
     full_text = tokenizer.apply_chat_template(
-        _as_messages(prompt, "user") + _as_messages(completion, "assistant"), tokenize=False
+        as_messages(prompt, "user") + as_messages(completion, "assistant"), tokenize=False
     )
     if not full_text.startswith(prompt_text):
         raise DataError.at(location, "the chat template renders the prompt differently when the completion "

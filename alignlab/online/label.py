@@ -22,6 +22,7 @@ from alignlab import rewards
 from alignlab.config import ModelConfig, build_dataclass, load_yaml
 from alignlab.data.formats import RecordChecker, Text
 from alignlab.data.loading import read_records
+from alignlab.decode.base import check_ranges
 from alignlab.errors import ConfigError, DataError
 from alignlab.files import write_text_atomic
 from alignlab.online.rounds import safe_rewards
@@ -62,11 +63,10 @@ def load_label_config(reward: str, overrides: list[str] | None = None) -> LabelC
     if config.output not in OUTPUTS:
         raise ConfigError(f"output: '{config.output}' is not one of {', '.join(OUTPUTS)}."
                           + did_you_mean(config.output, OUTPUTS))
-    for key in ("samples", "max_new_tokens", "batch_size"):
-        if getattr(config, key) < 1:
-            raise ConfigError(f"{key} must be at least 1, got {getattr(config, key)}")
-    if not config.temperature > 0 or not 0 < config.top_p <= 1 or config.min_gap < 0:
-        raise ConfigError("temperature must be positive, top_p in (0, 1] and min_gap 0 or more")
+    if config.samples < 1 or config.min_gap < 0:
+        raise ConfigError("samples must be at least 1 and min_gap 0 or more")
+    check_ranges("sample", {"max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size,
+                            "temperature": config.temperature, "top_p": config.top_p})
     rewards.check_entry(config.reward, "reward")
     return config
 

@@ -258,6 +258,30 @@ def round_config(config: RunConfig, run_dir: Path, start_path: str) -> RunConfig
     )
 
 
+def _round_samples(state: OnlineRun, index: int, sampler, where: Path) -> tuple[list[Group], dict]:
+    """Round `index`'s scored samples and facts: read back when an earlier attempt wrote them, else drawn from
+    `sampler`, scored and written (not when the reward failed on every sample, so a resumed run tries again)."""
+    online, say = state.online, state.say
+    samples_file, facts_file = where / "samples.jsonl", where / "samples_facts.json"
+    if samples_file.is_file() and facts_file.is_file():
+        rows = [json.loads(line) for line in samples_file.read_text().splitlines()]
+        say(f"round {index}: {len(rows)} samples read back from {samples_file}")
+        return _groups_from_rows(rows), json.loads(facts_file.read_text())
+    prompts = round_prompts(state.prompts, online.prompts_per_round, index)
+    say(f"round {index}: sampling {online.samples_per_prompt} completions for {len(prompts)} prompts")
+    groups, completions, facts = state.draw(sampler, prompts, online.samples_per_prompt, state.seed(index))
+    if facts["reward_failures"]:
+        say(f"round {index}: the reward failed on {facts['reward_failures']} samples, which are left out "
+            f"({facts['first_reward_error']})")
+    rows = _samples_rows(groups, prompts, completions)
+    if not any(g.usable() for g in groups):
+        raise RewardFailedError(f"round {index}: the reward failed on all {len(rows)} samples "
+                                f"({facts['first_reward_error']})")
+    write_text_atomic(facts_file, json.dumps(facts) + "\n")  # first: samples.jsonl marks both as written
+    write_text_atomic(samples_file, "".join(json.dumps(row) + "\n" for row in rows))
+    return groups, facts
+
+
 def _one_round(state: OnlineRun, index: int, objective_formats) -> tuple[dict | None, object]:
     """Round `index`: (its record, the trained model), or (None, None) when a signal stopped its training."""
     config, online, say = state.config, state.online, state.say
@@ -266,24 +290,7 @@ def _one_round(state: OnlineRun, index: int, objective_formats) -> tuple[dict | 
     started = time.time()
     model = state.load(state.start_path(index))
     sampler = state.initial if online.mode == "bon_distill" else model
-    samples_file, facts_file = where / "samples.jsonl", where / "samples_facts.json"
-    if samples_file.is_file() and facts_file.is_file():
-        rows = [json.loads(line) for line in samples_file.read_text().splitlines()]
-        groups, facts = _groups_from_rows(rows), json.loads(facts_file.read_text())
-        say(f"round {index}: {len(rows)} samples read back from {samples_file}")
-    else:
-        prompts = round_prompts(state.prompts, online.prompts_per_round, index)
-        say(f"round {index}: sampling {online.samples_per_prompt} completions for {len(prompts)} prompts")
-        groups, completions, facts = state.draw(sampler, prompts, online.samples_per_prompt, state.seed(index))
-        if facts["reward_failures"]:
-            say(f"round {index}: the reward failed on {facts['reward_failures']} samples, which are left out "
-                f"({facts['first_reward_error']})")
-        rows = _samples_rows(groups, prompts, completions)
-        if not any(g.usable() for g in groups):  # not kept: a resumed run samples and scores again
-            raise RewardFailedError(f"round {index}: the reward failed on all {len(rows)} samples "
-                                    f"({facts['first_reward_error']})")
-        write_text_atomic(facts_file, json.dumps(facts) + "\n")  # first: samples.jsonl marks both as written
-        write_text_atomic(samples_file, "".join(json.dumps(row) + "\n" for row in rows))
+    groups, facts = _round_samples(state, index, sampler, where)
     sampled = time.time()
     examples = [e for g in groups for e in g.examples]
     drawn_with = [d for g in groups for d in g.sampler_logps] if online.old_logps == "sampler" else None
@@ -344,6 +351,38 @@ def format_rounds(records: list[dict], baseline: dict | None) -> str:
     return "\n".join(lines)
 
 
+def _baseline(state: OnlineRun) -> dict | None:
+    """The initial model on the held-out prompts (round 0), evaluated once and kept for resumed runs."""
+    if not state.eval_prompts:
+        return None
+    baseline_file = state.round_dir(0) / "eval.json"
+    if baseline_file.is_file():
+        return json.loads(baseline_file.read_text())
+    state.say(f"round 0: the initial model on {len(state.eval_prompts)} held-out prompts")
+    baseline_file.parent.mkdir(parents=True, exist_ok=True)
+    baseline = state.evaluate(state.initial, baseline_file.parent / "eval_samples.jsonl")
+    write_text_atomic(baseline_file, json.dumps(baseline, indent=2) + "\n")
+    return baseline
+
+
+def _finish_online(state: OnlineRun, records: list[dict], baseline: dict | None, model) -> TrainResult:
+    """The last round's weights copied to ``final/``, a summary, the per-round table."""
+    config, folder = state.config, state.folder
+    final = folder.file("final")
+    if final.exists():
+        shutil.rmtree(final)
+    shutil.copytree(state.round_dir(config.online.rounds) / "run" / "final", final)
+    if model is None:  # every round was done by an earlier run
+        model = state.load(str(final))
+    write_text_atomic(folder.file("summary.yaml"), yaml.safe_dump(
+        {"mode": config.online.mode, "rounds": len(records), "baseline": baseline,
+         "last_round": records[-1] if records else None}, sort_keys=False))
+    state.say(format_rounds(records, baseline))
+    state.say(f"done: {len(records)} rounds of {config.online.mode}; weights in {final}, per-round log in "
+              f"{folder.file('online.jsonl')}")
+    return TrainResult(folder.path, final, model, state.tokenizer, records[-1] if records else {})
+
+
 def run_online(config: RunConfig, resume: bool = False, log=print, overwrite: bool = False) -> TrainResult:
     """Run `config.online.rounds` rounds of sample → score → train (module docstring); `resume` continues the run in
     `config.out_dir` (rounds already done are kept, a round's training continues from its checkpoint)."""
@@ -363,16 +402,7 @@ def run_online(config: RunConfig, resume: bool = False, log=print, overwrite: bo
     folder.create(overwrite)
     try:
         folder.write_config(config)
-        baseline_file = folder.file("rounds") / "round-000" / "eval.json"
-        baseline = None
-        if state.eval_prompts:
-            if baseline_file.is_file():
-                baseline = json.loads(baseline_file.read_text())
-            else:
-                log(f"round 0: the initial model on {len(state.eval_prompts)} held-out prompts")
-                baseline_file.parent.mkdir(parents=True, exist_ok=True)
-                baseline = state.evaluate(state.initial, baseline_file.parent / "eval_samples.jsonl")
-                write_text_atomic(baseline_file, json.dumps(baseline, indent=2) + "\n")
+        baseline = _baseline(state)
         model = None
         for index in range(1, config.online.rounds + 1):
             done = state.round_dir(index) / "round.json"
@@ -383,25 +413,11 @@ def run_online(config: RunConfig, resume: bool = False, log=print, overwrite: bo
                 return TrainResult(folder.path, folder.file("final"), state.initial, state.tokenizer, {},
                                    interrupted=True)
             write_text_atomic(done, json.dumps(record, indent=2) + "\n")
+            _write_log(state, baseline)  # online.jsonl grows as rounds finish
             evaluation = record["eval"]
             log(f"round {index} done: sample reward {record['samples']['reward_mean']:.3f}, sampled KL "
                 f"{record['samples']['kl']:.3f}" + (f"; held-out reward {evaluation['reward_mean']:.3f}, KL "
                                                      f"{evaluation['kl']:.3f}" if evaluation else ""))
-            _write_log(state, baseline)
-        records = _write_log(state, baseline)
-        last_final = state.round_dir(config.online.rounds) / "run" / "final"
-        final = folder.file("final")
-        if final.exists():
-            shutil.rmtree(final)
-        shutil.copytree(last_final, final)
-        if model is None:
-            model = state.load(str(final))
-        write_text_atomic(folder.file("summary.yaml"), yaml.safe_dump(
-            {"mode": config.online.mode, "rounds": len(records), "baseline": baseline,
-             "last_round": records[-1] if records else None}, sort_keys=False))
-        log(format_rounds(records, baseline))
-        log(f"done: {len(records)} rounds of {config.online.mode}; weights in {final}, per-round log in "
-            f"{folder.file('online.jsonl')}")
-        return TrainResult(folder.path, final, model, state.tokenizer, records[-1] if records else {})
+        return _finish_online(state, _write_log(state, baseline), baseline, model)
     finally:
         folder.unlock()

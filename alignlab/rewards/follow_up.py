@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from alignlab.data.tokenize import TokenizedSFT
+from alignlab.data.tokenize import TokenizedSFT, as_messages
 from alignlab.errors import ConfigError
 from alignlab.models.scoring import score_slots
 from alignlab.rewards.base import register
@@ -34,10 +34,6 @@ NEGATIVE_FOLLOW_UPS = (
     "I do not like this, please try again.",
 )
 """alignlab's own follow-ups of a dissatisfied user."""
-
-
-def _as_messages(prompt) -> list[dict]:
-    return list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
 
 
 @register("follow_up")
@@ -76,7 +72,7 @@ class FollowUpReward:
         template, the header of the next user turn."""
         tokenizer = self.tokenizer
         if getattr(tokenizer, "chat_template", None):
-            conversation = [*_as_messages(prompt), {"role": "assistant", "content": response}]
+            conversation = [*as_messages(prompt, "user"), {"role": "assistant", "content": response}]
             before = tokenizer.apply_chat_template(conversation, tokenize=False)
             full = tokenizer.apply_chat_template([*conversation, {"role": "user", "content": follow_up}],
                                                  tokenize=False)

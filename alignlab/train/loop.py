@@ -298,6 +298,19 @@ def _make_reference(config: RunConfig, model, examples: list, pad_id: int, devic
     return CachedReference(cached)
 
 
+def _references(config: RunConfig, accelerator, objective, scorer, examples: list, eval_examples: list, pad_id: int,
+                say) -> tuple[Reference | None, Reference | None]:
+    """The references of the training and evaluation examples from `scorer` (None when the objective needs none);
+    the main process computes and caches them first, the others read the cache."""
+    if not objective.needs_reference:
+        return None, None
+    with accelerator.main_process_first():
+        reference = _make_reference(config, scorer, examples, pad_id, accelerator.device, say)
+        evaluation = (_make_reference(config, scorer, eval_examples, pad_id, accelerator.device, say)
+                      if eval_examples else None)
+    return reference, evaluation
+
+
 def _optimizer(config: RunConfig, model, objective, steps: int):
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": config.train.weight_decay}]
     groups += [{"params": list(m.parameters()), "weight_decay": getattr(m, "weight_decay", 0.0)}
@@ -343,13 +356,9 @@ def prepare(config: RunConfig, resume: bool = False, log=print, records: list | 
             eval_examples = _self_samples(config, model, tokenizer, eval_examples, config.train.seed + 1)
     if config.adapter.r:
         model = _with_adapters(config, model, say)
-    reference = eval_reference = None
-    if objective.needs_reference:
-        with accelerator.main_process_first():  # the main process computes and caches, the others read the cache
-            scorer = model if reference_model is None else reference_model
-            reference = _make_reference(config, scorer, examples, pad_id, device, say)
-            if eval_examples:
-                eval_reference = _make_reference(config, scorer, eval_examples, pad_id, device, say)
+    scorer = model if reference_model is None else reference_model
+    reference, eval_reference = _references(config, accelerator, objective, scorer, examples,
+                                            eval_examples, pad_id, say)
     if config.train.compile:
         say("compiling the model with torch.compile (the first steps and new batch shapes take longer)")
         getattr(model, "base_model", model).compile(dynamic=True)  # in place: parameter names unchanged
