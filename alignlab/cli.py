@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 
-from alignlab.errors import AlignlabError
+from alignlab.errors import AlignlabError, ConfigError
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -67,6 +67,98 @@ def _diagnose_ches(args: argparse.Namespace) -> None:
                   args.max_prompt_length, args.overwrite, args.trust_remote_code, not args.quiet)
 
 
+def _diagnose_token_kl(args: argparse.Namespace) -> None:
+    from alignlab.diagnose.token_kl import diagnose_token_kl
+
+    diagnose_token_kl(args.data, args.model, args.base, args.out, args.prompt_field, args.response_field,
+                      args.positions, args.batch_size, args.max_length, args.max_prompt_length, args.overwrite,
+                      args.trust_remote_code, not args.quiet)
+
+
+def _evaluate_prefill(args: argparse.Namespace) -> None:
+    from alignlab.evaluate.safety import evaluate_prefill
+
+    evaluate_prefill(args.data, args.model, args.out, args.prompt_field, args.response_field,
+                     tuple(args.prefill_tokens), args.samples, args.max_new_tokens, args.phrases, args.judge,
+                     args.judge_threshold, args.chat, args.seed, args.batch_size, args.limit, args.overwrite,
+                     args.trust_remote_code, not args.quiet)
+
+
+def _evaluate_decoding_attack(args: argparse.Namespace) -> None:
+    from alignlab.evaluate.safety import evaluate_decoding_attack
+
+    evaluate_decoding_attack(args.data, args.model, args.out, args.prompt_field, args.samples, args.max_new_tokens,
+                             args.system_prompt, args.phrases, args.judge, args.judge_threshold, args.chat, args.seed,
+                             args.batch_size, args.limit, None, args.overwrite, args.trust_remote_code, not args.quiet)
+
+
+def _evaluate_refusal(args: argparse.Namespace) -> None:
+    from alignlab.evaluate.safety import evaluate_refusal
+
+    evaluate_refusal(args.data, args.model, args.out, args.prompt_field, args.label_field, args.type_field,
+                     args.max_new_tokens, args.phrases, args.chat, args.batch_size, args.limit, args.overwrite,
+                     args.trust_remote_code, not args.quiet)
+
+
+def _diagnose_bon_kl(args: argparse.Namespace) -> None:
+    from alignlab.diagnose.bon_kl import diagnose_bon_kl
+
+    diagnose_bon_kl(args.data, args.out, args.n, args.prompt_field, args.reward_field, args.logp_field or None,
+                    args.method, args.draws, args.seed, args.overwrite)
+
+
+def _evaluate_judge(args: argparse.Namespace) -> None:
+    from alignlab import rewards
+    from alignlab.evaluate.judges import DEFAULT_JUDGE_TEMPLATE, INJECTIONS, evaluate_judge
+
+    reward = rewards.entry_from_argument(args.reward) if args.reward else None
+    template = _read_template(args.template) if args.template else DEFAULT_JUDGE_TEMPLATE
+    evaluate_judge(args.data, args.out, args.model, reward, template, args.choices, args.chat, args.tie_margin,
+                   tuple(args.biases or INJECTIONS), args.favour, args.batch_size, args.max_length,
+                   trust_remote_code=args.trust_remote_code, overwrite=args.overwrite, progress=not args.quiet)
+
+
+def _evaluate_fairness(args: argparse.Namespace) -> None:
+    from alignlab.evaluate.fairness import DEFAULT_QUESTION, DEFAULT_TEMPLATE, evaluate_fairness
+
+    template = _read_template(args.template) if args.template else DEFAULT_TEMPLATE
+    instruction = True if args.instruction == "" else (args.instruction or False)
+    evaluate_fairness(args.data, args.out, args.model, args.text_field, args.group_field, args.label_field,
+                      args.threshold, args.question or DEFAULT_QUESTION, template, tuple(args.answers), instruction,
+                      args.fpr_target, args.chat, args.batch_size, args.max_length,
+                      trust_remote_code=args.trust_remote_code, overwrite=args.overwrite, progress=not args.quiet)
+
+
+def _read_template(value: str) -> str:
+    """A prompt template given inline, or @FILE for one read from a file."""
+    from pathlib import Path
+
+    if not value.startswith("@"):
+        return value
+    path = Path(value[1:])
+    if not path.is_file():
+        raise ConfigError(f"template file not found: {path}")
+    return path.read_text()
+
+
+def _diagnose_average(args: argparse.Namespace) -> None:
+    from alignlab import rewards
+    from alignlab.diagnose.averaging import diagnose_average
+
+    diagnose_average(args.pre, args.aligned, args.out, args.prompts, args.general_text,
+                     rewards.entry_from_argument(args.reward), tuple(args.alphas), tuple(args.block_alphas),
+                     args.blocks, args.tax_budget, args.lam, args.max_new_tokens, args.batch_size, args.max_length,
+                     args.seed, args.prompt_field, args.text_field, args.save_chosen,
+                     trust_remote_code=args.trust_remote_code, overwrite=args.overwrite, progress=not args.quiet)
+
+
+def _diagnose_overopt(args: argparse.Namespace) -> None:
+    from alignlab.diagnose.overopt import diagnose_overopt
+
+    diagnose_overopt(args.run_dir, args.out, args.prompts, args.prompt_field, args.limit, args.top_k,
+                     args.max_new_tokens, args.seed, args.batch_size, args.overwrite, not args.quiet)
+
+
 def _decoders(_: argparse.Namespace) -> None:
     from alignlab import decode, rewards
 
@@ -113,24 +205,190 @@ def _add_label_command(commands) -> None:
     labelling.set_defaults(run=_label)
 
 
+def _add_output_options(parser: argparse.ArgumentParser, lengths: bool = True) -> None:
+    """--out, --overwrite, --quiet, --trust-remote-code (and --max-length/--max-prompt-length) of a diagnostic."""
+    parser.add_argument("--out", required=True, help="output folder (new or empty, or --overwrite)")
+    if lengths:
+        parser.add_argument("--max-length", type=int, default=512)
+        parser.add_argument("--max-prompt-length", type=int, default=256)
+    parser.add_argument("--overwrite", action="store_true", help="clear the output folder first")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow a model's own code to run")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def _add_diagnose_commands(commands) -> None:
-    diagnosing = commands.add_parser("diagnose", help="diagnostics of data and models (CHES, …)")
+    diagnosing = commands.add_parser("diagnose", help="diagnostics of data and models (CHES, token KL, best-of-N KL, "
+                                     "model averaging, over-optimisation)")
     diagnostics = diagnosing.add_subparsers(dest="diagnostic", required=True, metavar="DIAGNOSTIC")
     ches = diagnostics.add_parser("ches", help="rank preference pairs by CHES (likelihood displacement risk) and "
                                   "write the data without the riskiest")
     ches.add_argument("data", help="paired records (prompt, chosen, rejected)")
     ches.add_argument("--model", default="alignlab/tiny-llama", help="the model to be trained, at its starting "
                       "point (default: the embedded model)")
-    ches.add_argument("--out", required=True, help="output folder (new or empty, or --overwrite)")
     ches.add_argument("--drop-top", type=float, default=0.05, help="fraction of pairs with the highest LN-CHES to "
                       "drop (default 0.05)")
     ches.add_argument("--batch-size", type=int, default=16)
-    ches.add_argument("--max-length", type=int, default=512)
-    ches.add_argument("--max-prompt-length", type=int, default=256)
-    ches.add_argument("--overwrite", action="store_true", help="clear the output folder first")
-    ches.add_argument("--trust-remote-code", action="store_true")
-    ches.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_output_options(ches)
     ches.set_defaults(run=_diagnose_ches)
+
+    token_kl = diagnostics.add_parser("token-kl", help="KL(model ‖ base) at each response position, teacher-forced "
+                                      "on (prompt, response) records: how deep an alignment goes")
+    token_kl.add_argument("data", help="records with a prompt and a response (field names: --prompt-field, "
+                          "--response-field)")
+    token_kl.add_argument("--model", required=True, help="the aligned model")
+    token_kl.add_argument("--base", required=True, help="the model it was aligned from")
+    token_kl.add_argument("--prompt-field", default="prompt")
+    token_kl.add_argument("--response-field", default="response")
+    token_kl.add_argument("--positions", type=int, default=64, help="response positions reported (default 64)")
+    token_kl.add_argument("--batch-size", type=int, default=8)
+    _add_output_options(token_kl)
+    token_kl.set_defaults(run=_diagnose_token_kl)
+
+    bon_kl = diagnostics.add_parser("bon-kl", help="best-of-N's KL from reference samples with rewards: the bound, "
+                                    "the exact value on the samples, Beirami's estimate")
+    bon_kl.add_argument("data", help="reference samples with prompt, reward (and ref_logp), e.g. a decode run's "
+                        "samples.jsonl")
+    bon_kl.add_argument("--n", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64], help="the N to report")
+    bon_kl.add_argument("--method", help="only the rows of this method (decode runs' samples.jsonl)")
+    bon_kl.add_argument("--prompt-field", default="prompt")
+    bon_kl.add_argument("--reward-field", default="reward")
+    bon_kl.add_argument("--logp-field", default="ref_logp", help="log π_ref of each sample ('' when the data has "
+                        "none: no estimate)")
+    bon_kl.add_argument("--draws", type=int, default=256, help="simulated best-of-N draws per prompt (default 256)")
+    bon_kl.add_argument("--seed", type=int, default=0)
+    bon_kl.add_argument("--out", required=True, help="output folder (new or empty, or --overwrite)")
+    bon_kl.add_argument("--overwrite", action="store_true", help="clear the output folder first")
+    bon_kl.set_defaults(run=_diagnose_bon_kl)
+
+    overopt = diagnostics.add_parser("overopt", help="over-optimisation indicators (top-k entropy and mass of "
+                                     "generated tokens) for a training run's start, checkpoints and final weights")
+    overopt.add_argument("run_dir", help="a training run folder")
+    overopt.add_argument("--prompts", help="held-out prompts (default: the run's data.eval)")
+    overopt.add_argument("--prompt-field", default="prompt")
+    overopt.add_argument("--limit", type=int, default=32, help="prompts used (default 32)")
+    overopt.add_argument("--top-k", type=int, default=10)
+    overopt.add_argument("--max-new-tokens", type=int, default=32)
+    overopt.add_argument("--seed", type=int, default=0)
+    overopt.add_argument("--batch-size", type=int, default=16)
+    overopt.add_argument("--out", required=True, help="output folder (new or empty, or --overwrite)")
+    overopt.add_argument("--overwrite", action="store_true", help="clear the output folder first")
+    overopt.add_argument("--quiet", action="store_true", help="no progress bars")
+    overopt.set_defaults(run=_diagnose_overopt)
+
+    average = diagnostics.add_parser("average", help="average a model with its pre-alignment weights (whole model and "
+                                     "per block of layers): reward against alignment tax, Pareto front, AMA choice")
+    average.add_argument("--pre", required=True, help="the model before alignment")
+    average.add_argument("--aligned", required=True, help="the aligned model")
+    average.add_argument("--prompts", required=True, help="prompts the reward is measured on")
+    average.add_argument("--general-text", required=True, help="held-out general text (field --text-field): the tax "
+                         "is the rise of its NLL over the pre model's")
+    average.add_argument("--reward", required=True, help="a reward name, or a YAML file with one reward entry")
+    average.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
+                         help="whole-model α (weight of the pre model)")
+    average.add_argument("--block-alphas", type=float, nargs="+", default=[0.0, 0.5, 1.0],
+                         help="α grid of each block")
+    average.add_argument("--blocks", type=int, default=3, help="blocks of consecutive layers (default 3)")
+    average.add_argument("--tax-budget", type=float, help="AMA: the highest-reward setting with at most this tax "
+                         "(default: half the aligned model's tax)")
+    average.add_argument("--lam", type=float, help="AMA: maximise reward − λ·tax instead of a budget")
+    average.add_argument("--max-new-tokens", type=int, default=32)
+    average.add_argument("--batch-size", type=int, default=16)
+    average.add_argument("--seed", type=int, default=0)
+    average.add_argument("--prompt-field", default="prompt")
+    average.add_argument("--text-field", default="text")
+    average.add_argument("--save-chosen", action="store_true", help="save the chosen averaged model in OUT/chosen")
+    _add_output_options(average)
+    average.set_defaults(run=_diagnose_average)
+
+
+def _add_safety_options(parser: argparse.ArgumentParser, max_new_tokens: int, judge: bool = True) -> None:
+    parser.add_argument("--model", default="alignlab/tiny-llama", help="the model to attack (default: the embedded "
+                        "model)")
+    parser.add_argument("--prompt-field", default="prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--phrases", help="refusal phrase list: a text file (one a line), a JSON list, or "
+                        "FILE.json#NAME for one named list (default: alignlab's own list)")
+    if judge:
+        parser.add_argument("--samples", type=int, default=1, help="samples per prompt and setting (default 1)")
+        parser.add_argument("--judge", help="a reward used as harmfulness judge (a name, or a YAML file with one "
+                            "reward entry); harmful when its score is above --judge-threshold")
+        parser.add_argument("--judge-threshold", type=float, default=0.5)
+        parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                        help="use the tokenizer's chat template (default: when it has one)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--limit", type=int, help="use only the first N records")
+    _add_output_options(parser, lengths=False)
+
+
+def _add_evaluate_commands(commands) -> None:
+    evaluating = commands.add_parser("evaluate", help="safety evaluations (prefilling and decoding attacks, refusal), "
+                                     "judges and fairness")
+    evaluations = evaluating.add_subparsers(dest="evaluation", required=True, metavar="EVALUATION")
+    prefill = evaluations.add_parser("prefill", help="prefilling attack: ASR when the first k tokens of a harmful "
+                                     "response start the answer")
+    prefill.add_argument("data", help="records with a harmful prompt and a harmful response")
+    prefill.add_argument("--response-field", default="response")
+    prefill.add_argument("--prefill-tokens", type=int, nargs="+", default=[0, 5, 10, 20, 40], metavar="K")
+    _add_safety_options(prefill, 512)
+    prefill.set_defaults(run=_evaluate_prefill)
+
+    attack = evaluations.add_parser("decoding-attack", help="ASR over 49 decoding configurations × system prompt "
+                                    "on/off")
+    attack.add_argument("data", help="records with a harmful prompt")
+    attack.add_argument("--system-prompt", default=None, help="the system prompt of the 'with' half (default: "
+                        "alignlab's own safety prompt)")
+    _add_safety_options(attack, 100)
+    attack.set_defaults(run=_evaluate_decoding_attack)
+
+    refusal = evaluations.add_parser("refusal", help="refusal rate on harmful prompts and over-refusal on benign "
+                                     "look-alikes (labelled safe/unsafe)")
+    refusal.add_argument("data", help="records with a prompt and a label (unsafe/harmful/1 or safe/benign/0)")
+    refusal.add_argument("--label-field", default="label")
+    refusal.add_argument("--type-field", help="a field to break the rates down by (e.g. XSTest's type)")
+    _add_safety_options(refusal, 64, judge=False)
+    refusal.set_defaults(run=_evaluate_refusal)
+
+    judge = evaluations.add_parser("judge", help="a pairwise judge in both orders (consistency, primacy, recency, "
+                                   "accuracy) and under bias injections (robustness)")
+    judge.add_argument("data", help="paired records (prompt, chosen, rejected)")
+    judging = judge.add_mutually_exclusive_group(required=True)
+    judging.add_argument("--model", help="a causal LM prompted to answer A or B")
+    judging.add_argument("--reward", help="a reward (name, or a YAML file with one entry): the higher score wins")
+    judge.add_argument("--template", help="the comparison prompt ({question}, {first}, {second}), inline or @FILE")
+    judge.add_argument("--choices", nargs=2, metavar=("FIRST", "SECOND"), help="the answer tokens (default ' A' "
+                       "' B'; each must be one token)")
+    judge.add_argument("--chat", action="store_true", help="render the template as a chat user turn")
+    judge.add_argument("--tie-margin", type=float, default=0.0)
+    judge.add_argument("--biases", nargs="*", help="injections to run (default: bandwagon authority distraction "
+                       "reflection)")
+    judge.add_argument("--favour", choices=("other", "first", "second"), default="other",
+                       help="which response an injection favours (default: the one not picked)")
+    judge.add_argument("--batch-size", type=int, default=16)
+    judge.add_argument("--max-length", type=int, default=1024)
+    _add_output_options(judge, lengths=False)
+    judge.set_defaults(run=_evaluate_judge)
+
+    fairness = evaluations.add_parser("fairness", help="group fairness of a prompted Yes/No classifier: parity, FPR "
+                                      "and equalised-odds gaps, per-group rates, remediations")
+    fairness.add_argument("data", help="records with a text, a group and a 0/1 label")
+    fairness.add_argument("--model", default="alignlab/tiny-llama")
+    fairness.add_argument("--text-field", default="text")
+    fairness.add_argument("--group-field", default="group")
+    fairness.add_argument("--label-field", default="label")
+    fairness.add_argument("--question", help="the question asked about each text")
+    fairness.add_argument("--template", help="the prompt ({text}, {question}), inline or @FILE")
+    fairness.add_argument("--answers", nargs=2, default=[" Yes", " No"], metavar=("YES", "NO"),
+                          help="the two answer tokens (each must be one token of the model's tokenizer)")
+    fairness.add_argument("--threshold", type=float, default=0.5, help="ŷ = 1 when s ≥ threshold")
+    fairness.add_argument("--instruction", nargs="?", const="", help="score again with a fairness instruction "
+                          "first (alignlab's own, or the given text)")
+    fairness.add_argument("--fpr-target", type=float, help="also fit per-group thresholds giving each group this FPR")
+    fairness.add_argument("--chat", action="store_true", help="render the prompt as a chat user turn")
+    fairness.add_argument("--batch-size", type=int, default=16)
+    fairness.add_argument("--max-length", type=int, default=1024)
+    _add_output_options(fairness, lengths=False)
+    fairness.set_defaults(run=_evaluate_fairness)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_label_command(commands)
     _add_diagnose_commands(commands)
+    _add_evaluate_commands(commands)
 
     listing_decoders = commands.add_parser("decoders", help="list the decoding methods and the rewards")
     listing_decoders.set_defaults(run=_decoders)

@@ -45,7 +45,8 @@ class DataConfig:
     self_sample_max_new_tokens: int = 64
     transform: str | None = None
     """``safety_recovery``: `train` holds (prompt, harmful, refusal) triplets, and every epoch draws new
-    safety-recovery SFT examples from them (`alignlab.data.transforms`); needs an objective that reads SFT data."""
+    safety-recovery SFT examples from them (`alignlab.data.transforms`); (prompt, completion) records among them
+    are utility examples, trained on as they are. Needs an objective that reads SFT data."""
     recovery_probability: float = 0.5
     """safety_recovery: the share of examples whose prompt gets a prefix of the harmful answer."""
     max_recovery_prefix: int = 100
@@ -125,6 +126,11 @@ class TrainConfig:
     many in a row stop the run with an error."""
     log_every: int = 1
     eval_every: int = 0
+    overopt_prompts: int = 0
+    """At every evaluation, also sample from the policy on the first this many prompts of data.eval and log the
+    over-optimisation indicators (`alignlab.diagnose.overopt`: top-k entropy and mass of its generated tokens)."""
+    overopt_top_k: int = 10
+    overopt_max_new_tokens: int = 32
     save_every: int = 0
     keep_checkpoints: int = 2
     progress: bool = True
@@ -396,11 +402,15 @@ def validate(config: RunConfig) -> None:
     if config.train.max_grad_norm is not None and config.train.max_grad_norm <= 0:
         raise ConfigError("train.max_grad_norm must be positive (or null: no clipping), got "
                           f"{config.train.max_grad_norm}")
-    for key in ("seed", "eval_every", "save_every"):
+    for key in ("seed", "eval_every", "save_every", "overopt_prompts"):
         if getattr(config.train, key) < 0:
             raise ConfigError(f"train.{key} must be 0 or more, got {getattr(config.train, key)}")
     if config.train.eval_every and not config.data.eval:
         raise ConfigError("train.eval_every is set but data.eval names no evaluation data")
+    if config.train.overopt_prompts and not config.data.eval:
+        raise ConfigError("train.overopt_prompts is set but data.eval names no held-out prompts to sample from")
+    if config.train.overopt_top_k < 1 or config.train.overopt_max_new_tokens < 1:
+        raise ConfigError("train.overopt_top_k and train.overopt_max_new_tokens must be at least 1")
     check_objective_values(config)
     objective = objectives.Objective(objective_terms(config))
     check_transform(config, objective)
@@ -619,7 +629,8 @@ def save_config(config: RunConfig, path: Path, header: str = "") -> None:
 
 
 CHANGEABLE_ON_RESUME = ("online.rounds", "train.max_steps", "train.save_every", "train.keep_checkpoints",
-                        "train.log_every", "train.eval_every", "train.progress", "train.compile",
+                        "train.log_every", "train.eval_every", "train.overopt_prompts",
+                        "train.overopt_top_k", "train.overopt_max_new_tokens", "train.progress", "train.compile",
                         "train.guard_weights", "scoring.", "reference.cache_dir", "out_dir")
 """Settings a resumed run may change: how long it runs, how it saves, logs and computes; nothing that changes what
 the steps do (data, model, objective and its hyper-parameters, optimizer, seed)."""

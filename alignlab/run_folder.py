@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import alignlab
@@ -101,6 +103,15 @@ class RunFolder:
                 if entry.name != LOCK:
                     shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         return self
+
+    @contextmanager
+    def writing(self, overwrite: bool = False) -> Iterator[RunFolder]:
+        """`create` for the block (after the checks), the lock given back when it ends, however it ends."""
+        self.create(overwrite)
+        try:
+            yield self
+        finally:
+            self.unlock()
 
     def lock(self) -> None:
         """Take `run.lock`; a lock whose process is gone is taken over, a live one stops this run."""

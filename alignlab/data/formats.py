@@ -323,3 +323,37 @@ def load_negatives(path: str) -> list[NegativeExample]:
 def load_sft(path: str) -> list[SFTExample]:
     """All SFT records of `path`, validated; the first bad record raises DataError."""
     return _load(path, parse_sft)
+
+
+@dataclass(frozen=True)
+class FieldRecord:
+    """One record of an evaluation set: its named fields, checked, and where it came from."""
+
+    source: str
+    location: str
+    """``line N`` (or row)."""
+    values: dict[str, Any]
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.location}"
+
+    def error(self, message: str, field: str) -> DataError:
+        return DataError(message, source=self.source, location=self.location, field=field)
+
+
+def load_fields(path: str, texts: tuple[str, ...], others: tuple[str, ...] = ()) -> list[FieldRecord]:
+    """Every record of `path` with the non-empty text fields `texts` (strings, or chat messages) and the fields
+    `others` (any value but null) present; the first record without one raises DataError naming file, line and
+    field, and a file without records raises too."""
+    out = []
+    for location, record in read_records(path):
+        check = RecordChecker(str(path), location)
+        fields = " and ".join((*texts, *others))
+        record = check.record(record, fields)
+        values = {name: check.text(check.required(record, name), name, allow_empty=False) for name in texts}
+        values |= {name: check.required(record, name) for name in others}
+        out.append(FieldRecord(str(path), location, values))
+    if not out:
+        raise DataError("no records", source=str(path))
+    return out

@@ -19,18 +19,27 @@ from alignlab.errors import DataError
 
 @dataclass(frozen=True)
 class SafetyTriplet:
-    """A harmful request, a harmful answer to it, and a refusal."""
+    """A harmful request, a harmful answer to it, and a refusal; or (`harmful` None) a utility example whose
+    `refusal` holds its ordinary answer, trained on as it is."""
 
     prompt: Text
-    harmful: str
+    harmful: str | None
     refusal: str
     location: str
 
 
 def parse_triplet(record: Any, source: str, location: str) -> SafetyTriplet:
+    """A record with ``prompt``, ``harmful`` and ``refusal``, or a utility record with ``prompt`` and
+    ``completion`` (mixed in so the model keeps answering ordinary requests)."""
     check = RecordChecker(source, location)
-    record = check.record(record, "prompt, harmful, refusal")
+    record = check.record(record, "prompt, harmful, refusal (or prompt, completion)")
     prompt = check.text(check.required(record, "prompt"), "prompt", allow_empty=False)
+    if "completion" in record and "harmful" not in record and "refusal" not in record:
+        completion = check.required(record, "completion")
+        if not isinstance(completion, str):
+            raise check.error(f"expected a string, got {type(completion).__name__}", field="completion")
+        return SafetyTriplet(prompt, None, check.text(completion, "completion", allow_empty=False),
+                             f"{source}:{location}")
     fields = {}
     for name in ("harmful", "refusal"):
         value = check.required(record, name)
@@ -55,12 +64,16 @@ def safety_recovery_examples(
     For each triplet (x, h, r): with probability `recovery_probability` draw k uniformly from
     1 … min(`max_prefix`, |h|) and train on x ⊕ h_≤k ⊕ r (the first k tokens of the harmful answer
     join the prompt), otherwise on (x, r). A new `seed` gives a new draw (the paper resamples every
-    batch; call once per epoch with the epoch as seed for the same effect). Mix the result with
-    utility SFT data.
+    batch; call once per epoch with the epoch as seed for the same effect). Utility records (`harmful` None)
+    are passed through as (x, answer), so the draw mixes both as the paper trains.
     """
     rng = random.Random(seed)
     examples = []
     for triplet in triplets:
+        if triplet.harmful is None:
+            examples.append(TokenizedSFT(*encode_prompt_and_completion(tokenizer, triplet.prompt, triplet.refusal,
+                                                                       triplet.location)))
+            continue
         prompt_ids, harmful_ids = encode_prompt_and_completion(tokenizer, triplet.prompt, triplet.harmful,
                                                                triplet.location)
         _, refusal_ids = encode_prompt_and_completion(tokenizer, triplet.prompt, triplet.refusal, triplet.location)

@@ -63,10 +63,14 @@ class Samples:
         return len(self.completions)
 
 
-def encode_prompts(tokenizer, prompts: list[Text], room: int | None = None) -> tuple[list[list[int]], int]:
-    """Prompt ids as training data encodes them (`alignlab.data.encode_prompt`), each cut from the left to `room`
-    tokens when longer (so prompt + completion fit the model's context); returns (ids, prompts cut)."""
-    ids = [encode_prompt(tokenizer, prompt) for prompt in prompts]
+def encode_prompts(tokenizer, prompts: list[Text], room: int | None = None,
+                   encoded: list[list[int]] | None = None) -> tuple[list[list[int]], int]:
+    """Prompt ids as training data encodes them (`alignlab.data.encode_prompt`), or `encoded` when given (e.g. a
+    prompt with the start of the answer already in it), each cut from the left to `room` tokens when longer (so
+    prompt + completion fit the model's context); returns (ids, prompts cut)."""
+    ids = encoded if encoded is not None else [encode_prompt(tokenizer, prompt) for prompt in prompts]
+    if len(ids) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(ids)} encoded prompts")
     if room is None:
         return ids, 0
     cut = sum(len(row) > room for row in ids)
@@ -80,12 +84,13 @@ def context_room(model, max_new_tokens: int) -> int | None:
 
 
 def decode_in_batches(tokenizer, prompts: list[Text], n: int, batch_size: int, run, kl_kind: str, room: int | None,
-                      progress: bool = True) -> Samples:
+                      progress: bool = True, encoded: list[list[int]] | None = None) -> Samples:
     """`run(prompts, prompt_ids, cost) -> (completion ids, logps [rows] or None, extras: dict of per-row lists)` for
-    `batch_size` prompts at a time (n rows each), gathered into one `Samples` with the method's cost."""
+    `batch_size` prompts at a time (n rows each), gathered into one `Samples` with the method's cost. `encoded`:
+    the prompts' token ids when the caller made them (see `encode_prompts`)."""
     from tqdm import tqdm
 
-    prompt_ids, cut = encode_prompts(tokenizer, prompts, room)
+    prompt_ids, cut = encode_prompts(tokenizer, prompts, room, encoded)
     cost = Cost()
     completion_ids, logps, extras = [], [], {}
     with Timer(cost):

@@ -92,19 +92,21 @@ def generate(
 @register("sample")
 def sample(model, tokenizer, prompts: list[Text], n: int = 1, *, max_new_tokens: int = 32, temperature: float = 1.0,
            top_k: int = 0, top_p: float = 1.0, batch_size: int = 16, seed: int | None = None,
-           max_prompt_tokens: int | None = None, progress: bool = True) -> Samples:
+           max_prompt_tokens: int | None = None, prompt_ids: list[list[int]] | None = None,
+           progress: bool = True) -> Samples:
     """Ancestral sampling: y_t ~ softmax(z_t / T) restricted to the top-k tokens and the top-p nucleus.
 
     Reports log π_sample(y) = Σ_t log of the (warped) distribution each token was drawn from, so with T = 1 and no
     cut the samples and their log-probs are the model's own (KL kind ``sampled``); ``extras["token_logps"]`` holds
     each completion's per-token terms. Prompts are cut from the left to the model's context beside the completion,
     and to `max_prompt_tokens` when given (so samples are drawn after the prompt training will see).
+    `prompt_ids` continues those token ids instead of the encoded prompts (a prefilled answer, for example).
     """
     generator = generator_for(seed, next(model.parameters()).device)
     eos, pad = special_ids(tokenizer)
 
-    def run(_, prompt_ids, cost):
-        stream = TokenStream(model, prompt_ids, n, eos, pad, cost)
+    def run(_, batch_ids, cost):
+        stream = TokenStream(model, batch_ids, n, eos, pad, cost)
         steps = []
 
         def choose(s):
@@ -121,4 +123,4 @@ def sample(model, tokenizer, prompts: list[Text], n: int = 1, *, max_new_tokens:
         room = context_room(model, max_new_tokens)
         if max_prompt_tokens is not None:
             room = max_prompt_tokens if room is None else min(room, max_prompt_tokens)
-        return decode_in_batches(tokenizer, prompts, n, batch_size, run, "sampled", room, progress)
+        return decode_in_batches(tokenizer, prompts, n, batch_size, run, "sampled", room, progress, prompt_ids)

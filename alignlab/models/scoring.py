@@ -370,6 +370,36 @@ def score_token_kl(policy, reference, examples, pad_id: int, device, options: Sc
     return layout_token_kl(policy, reference, slot_layout(examples, pad_id, device, options), options, keep_hidden)
 
 
+@torch.no_grad()
+def completion_distribution_values(models: list, examples, pad_id: int, device, reduce,
+                                   options: ScoringOptions = DEFAULT_OPTIONS) -> tuple[list[torch.Tensor], list]:
+    """`reduce(*logps)` at every completion position, where `logps[i]` `[m, V]` is model i's full next-token
+    log-softmax (float32) at those positions: one `[B, T]` (or `[B, T, k]`) tensor per slot, with the slots'
+    masks. Each model's body runs once on the same layout; the LM heads run `options.chunk_tokens` positions
+    at a time, so a full-vocabulary log-softmax exists for one chunk per model only. No gradient.
+
+    This is the engine's door for diagnostics that need whole distributions rather than the target token's
+    log-prob: per-position KL between two models, top-k entropy and mass."""
+    splittable = all(_body_and_head(model)[0] is not None for model in models)
+    layout = slot_layout(examples, pad_id, device, options, splittable)
+    selected, heads = [], []
+    for model in models:
+        body, head = _body_and_head(model)
+        if body is None:  # a model whose head cannot be split off: its logits, selected
+            selected.append(layout.select(model(**layout.inputs).logits))
+            heads.append(lambda logits: logits)
+        else:
+            postprocess = _logit_postprocess(model.config)
+            selected.append(layout.select(body(**layout.inputs).last_hidden_state))
+            heads.append(lambda h, head=head, post=postprocess: post(head(h)))
+    pieces = []
+    for chunk in zip(*(s.split(options.chunk_tokens) for s in selected), strict=True):
+        logps = [torch.log_softmax(head(h).float(), dim=-1) for head, h in zip(heads, chunk, strict=True)]
+        pieces.append(reduce(*logps))
+    values = torch.cat(pieces) if pieces else torch.zeros(0, device=device)
+    return layout.to_slots(values), layout.masks
+
+
 class InsideForward(torch.nn.Module):
     """A model whose `forward(fn, *args)` returns `fn(model, *args)`: every scoring function of the policy runs
     inside one `forward` call, which is what DistributedDataParallel (and FSDP) need to see to synchronise

@@ -7,9 +7,18 @@ Registered: ``sentiment`` (VADER, offline), ``keywords``, ``length``, ``regex``,
 """
 
 from alignlab.rewards import follow_up, programmatic, reward_model  # noqa: F401  (registers the rewards)
-from alignlab.rewards.base import PartialReward, Reward, available, build, check_entry, from_config, register
+from alignlab.rewards.base import (
+                                   PartialReward,
+                                   Reward,
+                                   available,
+                                   build,
+                                   check_entry,
+                                   entry_from_argument,
+                                   from_config,
+                                   register,
+)
 from alignlab.rewards.programmatic import scores_partial
 from alignlab.rewards.sentiment import SentimentReward
 
-__all__ = ["PartialReward", "Reward", "SentimentReward", "available", "build", "check_entry", "from_config", "register",
-           "scores_partial"]
+__all__ = ["PartialReward", "Reward", "SentimentReward", "available", "build", "check_entry", "entry_from_argument",
+           "from_config", "register", "scores_partial"]

@@ -9,6 +9,7 @@ as well.
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -85,3 +86,23 @@ def check_entry(entry: Any, where: str = "reward") -> None:
 def available() -> list[tuple[str, str]]:
     """(name, one-line summary) of every registered reward."""
     return [(name, summary(_REWARDS[name])) for name in sorted(_REWARDS)]
+
+
+def entry_from_argument(value: str) -> Any:
+    """A reward entry from a command-line argument: a reward name, or a YAML file holding one entry (``name:
+    reward_model`` with its parameters), checked without building the reward."""
+    import yaml
+
+    path = Path(value)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"reward config not found: {path}")
+        try:
+            entry = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        entry = entry.get("reward", entry) if isinstance(entry, dict) and "name" not in entry else entry
+    else:
+        entry = value
+    check_entry(entry, str(path) if path.suffix in (".yaml", ".yml") else "reward")
+    return entry

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -94,37 +95,98 @@ class RegexReward:
         return self.score(prompts, partial_completions)
 
 
-def read_phrases(phrases: list[str] | str | None) -> list[str]:
-    """A phrase list given inline, or read from a JSON file (a list, or a mapping of lists) or a text file (one a
-    line); alignlab's own list when None."""
+@dataclass(frozen=True)
+class RefusalPhrases:
+    """A refusal detector: a completion refuses when it contains one of `phrases` (anywhere, or at its start
+    with `prefix_only`), compared case-insensitively unless `case_sensitive`. A jailbreak verdict needs a
+    non-empty output that does not refuse: an empty answer is neither."""
+
+    phrases: tuple[str, ...]
+    prefix_only: bool = False
+    case_sensitive: bool = False
+
+    def refuses(self, text: str) -> bool:
+        text = text.strip() if self.prefix_only else text
+        if not self.case_sensitive:
+            text = text.lower()
+            phrases = [p.lower() for p in self.phrases]
+        else:
+            phrases = list(self.phrases)
+        if self.prefix_only:
+            return any(text.startswith(p) for p in phrases)
+        return any(p in text for p in phrases)
+
+    def jailbroken(self, text: str) -> bool:
+        return bool(text.strip()) and not self.refuses(text)
+
+
+def _named_list(entry, where: str) -> tuple[list, bool]:
+    """(phrases, prefix_only) of one entry of a phrase-list file: a list, ``{phrases: [...]}`` (matched
+    anywhere) or ``{..._prefixes: [...]}`` (matched at the start, every prefix list together)."""
+    if isinstance(entry, list):
+        return entry, False
+    if isinstance(entry, dict) and isinstance(entry.get("phrases"), list):
+        return entry["phrases"], False
+    if isinstance(entry, dict):
+        prefixes = [p for key, values in entry.items() if key.endswith("_prefixes") and isinstance(values, list)
+                    for p in values]
+        if prefixes:
+            return prefixes, True
+    raise ConfigError(f"{where}: expected a list of phrases, {{phrases: [...]}} or {{..._prefixes: [...]}}")
+
+
+def read_phrases(phrases: list[str] | str | None, case_sensitive: bool = False) -> RefusalPhrases:
+    """A phrase list given inline, or read from a text file (one a line) or a JSON file: a list, or a mapping of
+    named lists — ``FILE.json#NAME`` picks one (a list, ``{phrases: [...]}``, or ``{..._prefixes: [...]}``,
+    matched at the start); without ``#NAME`` every list of the mapping is used. alignlab's own list when None."""
     if phrases is None:
-        return list(DEFAULT_REFUSAL_PHRASES)
+        return RefusalPhrases(DEFAULT_REFUSAL_PHRASES, case_sensitive=case_sensitive)
     if isinstance(phrases, list):
-        return [p.lower() for p in phrases]
-    path = Path(phrases)
+        return RefusalPhrases(tuple(phrases), case_sensitive=case_sensitive)
+    file, _, name = phrases.partition("#")
+    path = Path(file)
     if not path.is_file():
-        raise ConfigError(f"reward 'refusal': phrase file not found: {path}")
-    if path.suffix == ".json":
+        raise ConfigError(f"refusal phrases: file not found: {path}")
+    if path.suffix != ".json":
+        items = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        return RefusalPhrases(tuple(items), case_sensitive=case_sensitive)
+    try:
         data = json.loads(path.read_text())
-        items = data if isinstance(data, list) else [p for values in data.values() for p in values]
-        if not all(isinstance(p, str) for p in items):
-            raise ConfigError(f"{path}: expected a list of strings, or a mapping of such lists")
-        return [p.lower() for p in items]
-    return [line.strip().lower() for line in path.read_text().splitlines() if line.strip()]
+    except ValueError as error:
+        raise ConfigError(f"{path}: not valid JSON: {error}") from None
+    prefix_only = False
+    if name:
+        if not isinstance(data, dict) or name not in data:
+            names = ", ".join(data) if isinstance(data, dict) else "none (the file holds one list)"
+            raise ConfigError(f"{path}: no phrase list named {name!r}; lists: {names}")
+        items, prefix_only = _named_list(data[name], f"{path}#{name}")
+    elif isinstance(data, list):
+        items = data
+    elif isinstance(data, dict):
+        lists = [_named_list(entry, f"{path}#{key}") for key, entry in data.items()]
+        if any(prefix for _, prefix in lists):
+            raise ConfigError(f"{path}: some lists match prefixes only; pick one with {path}#NAME")
+        items = [p for values, _ in lists for p in values]
+    else:
+        raise ConfigError(f"{path}: expected a list of strings, or a mapping of such lists")
+    if not items or not all(isinstance(p, str) and p for p in items):
+        raise ConfigError(f"{path}{'#' + name if name else ''}: expected a non-empty list of non-empty strings")
+    return RefusalPhrases(tuple(items), prefix_only, case_sensitive)
 
 
 @register("refusal")
 class RefusalReward:
-    """1 where the completion contains a refusal phrase (case-insensitive), else 0. `phrases`: a list, a JSON or
-    text file, or alignlab's own list by default. As a reward for helpfulness, use `negate`."""
+    """1 where the completion refuses (`RefusalPhrases`: a phrase anywhere, case-insensitive), else 0. `phrases`:
+    a list, a text file, a JSON file (``FILE.json#NAME`` for one named list), or alignlab's own list by default.
+    As a reward for helpfulness, use `negate`."""
 
-    def __init__(self, phrases: list[str] | str | None = None, negate: bool = False) -> None:
-        self.phrases = read_phrases(phrases)
+    def __init__(self, phrases: list[str] | str | None = None, negate: bool = False,
+                 case_sensitive: bool = False) -> None:
+        self.detector = read_phrases(phrases, case_sensitive)
         self.negate = negate
 
     def refuses(self, text: str) -> bool:
-        text = text.lower()
-        return any(phrase in text for phrase in self.phrases)
+        return self.detector.refuses(text)
 
     def score(self, prompts: list, completions: list[str]) -> torch.Tensor:
         _texts(prompts, completions)

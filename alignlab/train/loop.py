@@ -520,6 +520,20 @@ def evaluate(builder: BatchBuilder, examples, objective, batch_size: int) -> dic
     return {f"eval/{k}": v / len(examples) for k, v in sums.items()}
 
 
+def overopt_metrics(run: Run) -> dict[str, float]:
+    """The over-optimisation indicators on the first ``train.overopt_prompts`` evaluation prompts (none when 0),
+    sampled with their own seeded generator (the training RNG is left alone)."""
+    from alignlab.diagnose.overopt import overopt_indicators
+
+    train = run.config.train
+    if not train.overopt_prompts or not run.eval_examples:
+        return {}
+    prompts = [example.prompt for example in run.eval_examples[: train.overopt_prompts]]
+    values = overopt_indicators(run.model, run.tokenizer, prompts, train.overopt_top_k, train.overopt_max_new_tokens,
+                                seed=train.seed, batch_size=train.batch_size, options=run.config.scoring)
+    return {f"eval/{key}": value for key, value in values.items() if value is not None}
+
+
 DISPLACEMENT_TOLERANCE = 0.05
 """Nats of summed log-prob change below which likelihood displacement is not reported (numerical noise)."""
 
@@ -546,7 +560,7 @@ def after_step(run: Run, record: dict) -> bool:
         run.metrics.write(record)
     if run.eval_examples and train.eval_every and step % train.eval_every == 0:
         run.metrics.write({"step": step, **evaluate(run.eval_builder, run.eval_examples, run.objective,
-                                                    train.batch_size)})
+                                                    train.batch_size), **overopt_metrics(run)})
     saved = bool(train.save_every and step % train.save_every == 0)
     if saved:
         checkpoint(run)
@@ -597,7 +611,8 @@ def finish(run: Run) -> TrainResult:
                                     f"so the model never trained and final/ is not written; {divergence_advice(run)}")
     refuse_non_finite_weights(run, "final/")
     if run.eval_examples:
-        final_eval = evaluate(run.eval_builder, run.eval_examples, run.objective, run.config.train.batch_size)
+        final_eval = {**evaluate(run.eval_builder, run.eval_examples, run.objective, run.config.train.batch_size),
+                      **overopt_metrics(run)}
         run.metrics.write({"step": run.state.step, **final_eval})
         run.last.update(final_eval)
     run.model.eval()

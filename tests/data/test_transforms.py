@@ -32,6 +32,17 @@ def test_recovery_examples_put_a_harmful_prefix_before_the_refusal(tmp_path, tok
     assert again == examples and safety_recovery_examples(triplets, tokenizer, seed=1) != examples
 
 
+def test_utility_records_pass_through_unchanged(tmp_path, tokenizer):
+    path = tmp_path / "t.jsonl"
+    utility = {"prompt": "Name a colour.", "completion": " Blue."}
+    path.write_text("".join(json.dumps(record) + "\n" for record in [TRIPLET, utility] * 20))
+    examples = safety_recovery_examples(load_triplets(str(path)), tokenizer, seed=3, recovery_probability=1.0)
+    prompt_ids, completion_ids = encode_prompt_and_completion(tokenizer, utility["prompt"], utility["completion"], "")
+    assert all(e.prompt == prompt_ids and e.completion == completion_ids for e in examples[1::2])
+    harmful_prompt, _ = encode_prompt_and_completion(tokenizer, TRIPLET["prompt"], TRIPLET["harmful"], "")
+    assert all(len(e.prompt) > len(harmful_prompt) for e in examples[0::2])  # probability 1: every one prefixed
+
+
 def test_bad_triplets_are_located(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_text(json.dumps(TRIPLET) + "\n" + json.dumps({**TRIPLET, "refusal": ["no"]}) + "\n")

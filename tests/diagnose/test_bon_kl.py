@@ -55,3 +55,48 @@ def test_estimator_keeps_precision_near_epsilon_one():
               for delta in (1e-3, 1e-6, 1e-9, 1e-12)]
     assert all(math.isfinite(v) and v >= 0 for v in values)
     assert values == sorted(values, reverse=True) and values[-1] < 1e-9
+
+
+def test_empirical_bon_kl_merges_tied_rewards_into_one_outcome():
+    from alignlab.diagnose.bon_kl import empirical_bon_kl
+
+    assert empirical_bon_kl(torch.tensor([1.0, 2.0]), 2) == pytest.approx(0.130812, abs=1e-6)
+    rewards = torch.tensor([0.3, 0.1, 0.1, 0.7, 0.1, 0.3, 0.9, 0.9])  # levels 0.1 (3/8), 0.3 (2/8), 0.7, 0.9 (2/8)
+    assert empirical_bon_kl(rewards, 4) == pytest.approx(exact_bon_kl([3 / 8, 2 / 8, 1 / 8, 2 / 8], 4), abs=1e-12)
+    assert empirical_bon_kl(torch.full((5,), 0.2), 16) == 0.0  # one outcome: best-of-N is the reference
+    distinct = torch.arange(2000.0)
+    assert empirical_bon_kl(distinct, 8) == pytest.approx(kl_bound(8), abs=1e-3)
+
+
+def test_simulated_selections_pick_the_best_and_break_ties_uniformly():
+    from alignlab.diagnose.bon_kl import simulated_selections
+
+    generator = torch.Generator().manual_seed(0)
+    rewards = torch.tensor([1.0, 5.0, 5.0, 0.0])
+    picks = simulated_selections(rewards, 64, 4000, generator)
+    assert set(picks.tolist()) == {1, 2}  # with 64 draws the best level is (almost surely) present
+    assert abs((picks == 1).float().mean().item() - 0.5) < 0.05
+    single = simulated_selections(rewards, 1, 8000, generator)  # N = 1: the reference itself
+    assert torch.bincount(single, minlength=4).div(8000).sub(0.25).abs().max() < 0.03
+
+
+def test_bon_kl_command(tmp_path):
+    import json
+
+    from alignlab.cli import main
+    from tests.conftest import write_records
+
+    rows = [{"method": m, "prompt": p, "completion": f"c{i}", "reward": float((i * 7) % 5), "ref_logp": -2.0 - i}
+            for m in ("sample", "bon") for p in ("a", "b") for i in range(6)]
+    data = write_records(tmp_path / "samples.jsonl", rows)
+    out = tmp_path / "out"
+    assert main(["diagnose", "bon-kl", str(data), "--n", "1", "2", "4", "--method", "sample", "--out", str(out)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["prompts"] == 2 and result["samples_per_prompt_max"] == 6
+    first, *_, last = result["by_n"]
+    assert first["n"] == 1 and first["bound"] == 0 and first["empirical_exact"] == 0 and first["estimate"] == 0
+    assert last["empirical_exact"] == pytest.approx(exact_bon_kl([2 / 6, 1 / 6, 1 / 6, 1 / 6, 1 / 6], 4))
+    assert 0 < last["estimate"] <= last["bound"]
+    assert (out / "bon_kl.png").exists()
+    bad = write_records(tmp_path / "bad.jsonl", [{"prompt": "a", "reward": "high", "ref_logp": -1}])
+    assert main(["diagnose", "bon-kl", str(bad), "--n", "2", "--out", str(tmp_path / "o")]) == 2

@@ -1,0 +1,531 @@
+"""`alignlab diagnose average --pre P --aligned A`: model averaging, and the reward it keeps against the tax it pays.
+
+Lin et al., "Mitigating the Alignment Tax of RLHF": alignment raises the reward but makes the model forget some of
+what pre-training taught it (the alignment tax). Interpolating the weights of the model before alignment (θ_pre)
+and after it (θ_aligned),
+
+    θ(α) = α·θ_pre + (1 − α)·θ_aligned,        α ∈ [0, 1]  (α = 1: the pre-trained model, α = 0: the aligned one),
+
+traces a reward–tax trade-off that is often better than early stopping or regularised training. Adaptive model
+averaging (AMA) gives each block k of consecutive layers its own ratio α_k,
+
+    θ(α_1 … α_K)[p] = α_k(p)·θ_pre[p] + (1 − α_k(p))·θ_aligned[p],   k(p) the block of parameter p,
+
+and picks the α_k with the highest reward under a tax budget (or the highest reward − λ·tax). Here both are swept
+on grids (whole model: α ∈ {0, .25, .5, .75, 1}; per block: every α_k ∈ {0, .5, 1}) and the choice is made among
+the points evaluated.
+
+    reward(θ) = mean reward of θ's greedy completions of a prompt set,
+    tax(θ)    = NLL(θ) − NLL(θ_pre),   NLL = mean per-token negative log-likelihood of a held-out general text set.
+
+The output folder gets ``result.json`` (settings; every point with its α_k, reward, NLL and tax; the Pareto front;
+the choice), ``points.jsonl`` (one line per point, written as each is evaluated), ``average.png`` (reward against
+tax) and ``config.yaml``; with `save_chosen`, ``chosen/`` holds the chosen averaged model and its tokenizer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignlab.data.formats import RecordChecker
+from alignlab.data.loading import read_records
+from alignlab.errors import ConfigError, DataError
+from alignlab.run_folder import RunFolder
+
+StateDict = Mapping[str, torch.Tensor]
+
+DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+DEFAULT_BLOCK_ALPHAS = (0.0, 0.5, 1.0)
+
+LAYER_INDEX = re.compile(r"\.(?:layers|layer|h|blocks)\.(\d+)\.")
+"""The decoder-layer index in a parameter name: ``model.layers.7.mlp…``, ``transformer.h.7.…``, ``….blocks.7.…``."""
+
+
+# --- averaging state dicts (pure) ---------------------------------------------------------------------------------
+
+
+def check_alpha(alpha: Any, what: str = "alpha") -> float:
+    """`alpha` as a float in [0, 1] (ConfigError otherwise)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 <= alpha <= 1:
+        raise ConfigError(f"{what} must be a number in [0, 1] (1: the pre-trained weights, 0: the aligned ones), "
+                          f"got {alpha!r}")
+    return float(alpha)
+
+
+def check_compatible(pre: StateDict, aligned: StateDict) -> None:
+    """Both state dicts hold the same names with the same shapes and dtypes; ConfigError naming the first difference."""
+    for name in pre:
+        if name not in aligned:
+            raise ConfigError(f"the models differ: '{name}' is in the pre-trained model but not in the aligned one "
+                              f"({len(pre)} against {len(aligned)} tensors); averaging needs the same architecture")
+    for name in aligned:
+        if name not in pre:
+            raise ConfigError(f"the models differ: '{name}' is in the aligned model but not in the pre-trained one "
+                              f"({len(aligned)} against {len(pre)} tensors); averaging needs the same architecture")
+    for name, value in aligned.items():
+        if pre[name].shape != value.shape:
+            raise ConfigError(f"the models differ: '{name}' has shape {tuple(pre[name].shape)} in the pre-trained "
+                              f"model and {tuple(value.shape)} in the aligned one")
+        if pre[name].dtype != value.dtype:
+            raise ConfigError(f"the models differ: '{name}' is {pre[name].dtype} in the pre-trained model and "
+                              f"{value.dtype} in the aligned one; load both in one dtype")
+
+
+def blend(pre: torch.Tensor, aligned: torch.Tensor, alpha: float) -> torch.Tensor:
+    """α·pre + (1 − α)·aligned for floating-point tensors (in float32 at least, cast back to their dtype).
+
+    At α = 1 and α = 0 the input tensor itself is returned (selected, not computed), so the ends are exactly the
+    pre-trained and the aligned weights. Other tensors (integer or boolean buffers) are the aligned model's.
+    """
+    if not aligned.is_floating_point() or alpha == 0:
+        return aligned
+    if alpha == 1:
+        return pre
+    if aligned.dtype in (torch.float32, torch.float64):
+        return alpha * pre + (1 - alpha) * aligned
+    return (alpha * pre.float() + (1 - alpha) * aligned.float()).to(aligned.dtype)
+
+
+def _blended(pre: StateDict, aligned: StateDict,
+             alpha_of: Callable[[str], float]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, averaged tensor) one at a time, in the aligned model's order, so a caller can copy each into a model
+    without holding a whole averaged state dict."""
+    for name, value in aligned.items():
+        yield name, blend(pre[name], value, alpha_of(name))
+
+
+def average_weights(pre: StateDict, aligned: StateDict, alpha: float) -> dict[str, torch.Tensor]:
+    """Whole-model averaging: θ(α) = α·θ_pre + (1 − α)·θ_aligned, for every tensor (Lin et al., "Mitigating the
+    Alignment Tax of RLHF").
+
+    α = 1 gives the pre-trained tensors themselves and α = 0 the aligned ones (not copies); non-float buffers are
+    the aligned model's. The models must hold the same names and shapes (ConfigError naming the first difference).
+    """
+    check_compatible(pre, aligned)
+    alpha = check_alpha(alpha)
+    return dict(_blended(pre, aligned, lambda _: alpha))
+
+
+def layer_index(name: str) -> int | None:
+    """The decoder-layer index in a parameter name (``model.layers.7.mlp.up_proj.weight`` → 7), or None."""
+    match = LAYER_INDEX.search("." + name)
+    return int(match.group(1)) if match else None
+
+
+def layer_blocks(parameter_names: Iterable[str], n_blocks: int = 3) -> dict[str, int]:
+    """Each parameter's block of consecutive decoder layers, 0 … `n_blocks` − 1 (adaptive model averaging's
+    lower / middle / upper parts of the model).
+
+    Layer i of L goes to block ⌊i·K / L⌋ (K = `n_blocks`): with 6 layers and 3 blocks, layers 0–1, 2–3 and 4–5.
+    The names must come in the model's own order (as `state_dict()` lists them): a name outside the numbered
+    layers goes with the nearest layer before it, so the embeddings (before the first layer) belong to the first
+    block and the final norm and LM head (after the last layer) to the last block.
+    """
+    names = list(parameter_names)
+    layers = [layer_index(name) for name in names]
+    found = [layer for layer in layers if layer is not None]
+    if not found:
+        raise ConfigError("no numbered decoder layers among the parameter names (like 'model.layers.7.…'), so the "
+                          "model cannot be split into blocks of layers")
+    n_layers = max(found) + 1
+    if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or not 1 <= n_blocks <= n_layers:
+        raise ConfigError(f"blocks must be a whole number from 1 to the model's {n_layers} layers, got {n_blocks!r}")
+    blocks, current = {}, 0
+    for name, layer in zip(names, layers, strict=True):
+        if layer is not None:
+            current = layer * n_blocks // n_layers
+        blocks[name] = current
+    return blocks
+
+
+def tied_to(state: StateDict) -> dict[str, str]:
+    """For every name, the first name whose tensor is the same tensor (itself unless it is tied, like an LM head
+    that shares the embedding matrix)."""
+    first: dict[tuple, str] = {}
+    owners = {}
+    for name, value in state.items():
+        key = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape), tuple(value.stride()))
+        owners[name] = first.setdefault(key, name)
+    return owners
+
+
+def state_blocks(state: StateDict, n_blocks: int = 3) -> dict[str, int]:
+    """`layer_blocks` of a live model's state dict; a tied tensor (an LM head sharing the embedding matrix) is one
+    tensor, so it stays in the block of its first name (the embeddings': the first block)."""
+    blocks = layer_blocks(state.keys(), n_blocks)
+    owners = tied_to(state)
+    return {name: blocks[owners[name]] for name in state}
+
+
+def average_by_block(pre: StateDict, aligned: StateDict, block_of: Mapping[str, int],
+                     alphas: Sequence[float]) -> dict[str, torch.Tensor]:
+    """Adaptive model averaging: θ[p] = α_k·θ_pre[p] + (1 − α_k)·θ_aligned[p] with k = `block_of[p]` (Lin et al.,
+    "Mitigating the Alignment Tax of RLHF"); `alphas[k]` is block k's ratio. Ends and buffers as `average_weights`."""
+    check_compatible(pre, aligned)
+    alphas = [check_alpha(alpha, f"alphas[{k}]") for k, alpha in enumerate(alphas)]
+    for name in aligned:
+        if name not in block_of:
+            raise ConfigError(f"'{name}' has no block")
+        if not 0 <= block_of[name] < len(alphas):
+            raise ConfigError(f"'{name}' is in block {block_of[name]}, but {len(alphas)} ratios were given")
+    return dict(_blended(pre, aligned, lambda name: alphas[block_of[name]]))
+
+
+@torch.no_grad()
+def load_averaged(target: StateDict, pre: StateDict, aligned: StateDict, block_of: Mapping[str, int],
+                  alphas: Sequence[float]) -> None:
+    """Copy `average_by_block` into `target` (a model's `state_dict()`, whose tensors are its parameters), one tensor
+    at a time. The inputs are assumed checked (`check_compatible`, block indices)."""
+    for name, value in _blended(pre, aligned, lambda name: alphas[block_of[name]]):
+        target[name].copy_(value)
+
+
+# --- what a point costs and earns ---------------------------------------------------------------------------------
+
+
+def text_examples(tokenizer, texts: Sequence[str], max_length: int = 512):
+    """Each text as the completion of an empty prompt, as training data encodes one (`encode_prompt_and_completion`:
+    the prompt is the end-of-sequence token, the completion the text's tokens and end-of-sequence), cut from the
+    right to `max_length` tokens; returns (`TokenizedSFT` examples, how many were cut)."""
+    from alignlab.data.tokenize import TokenizedSFT, encode_prompt_and_completion, truncate
+
+    examples, cut = [], 0
+    for number, text in enumerate(texts, start=1):
+        prompt, completion = encode_prompt_and_completion(tokenizer, "", text, f"text {number}")
+        prompt, (completion,), _, was_cut = truncate(prompt, (completion,), max_length, max_length - 1)
+        cut += was_cut
+        examples.append(TokenizedSFT(prompt, completion))
+    return examples, cut
+
+
+@torch.no_grad()
+def held_out_nll(model, tokenizer, texts: Sequence[str], batch_size: int = 16, max_length: int = 512) -> float:
+    """Mean per-token negative log-likelihood of `texts` under `model`, through the scoring engine:
+
+        NLL = −Σ_texts Σ_t log p(x_t | x_<t) / (number of scored tokens),
+
+    every token of every text counted once (tokens weigh equally, not texts); each text is scored after the
+    end-of-sequence token and its own end-of-sequence token is scored too (`text_examples`). The alignment tax of
+    θ is NLL(θ) − NLL(θ_pre)."""
+    from alignlab.decode.base import evaluation_mode
+    from alignlab.models.scoring import score_slots
+
+    examples, _ = text_examples(tokenizer, texts, max_length)
+    device = next(model.parameters()).device
+    total = torch.zeros((), dtype=torch.float64)
+    count = 0
+    with evaluation_mode(model):
+        for start in range(0, len(examples), batch_size):
+            scores = score_slots(model, examples[start: start + batch_size], tokenizer.pad_token_id, device)
+            logps, mask = scores.logps[0], scores.masks[0]
+            total -= (logps.double() * mask).sum().cpu()
+            count += int(mask.sum())
+    if count == 0:
+        raise ValueError("held_out_nll: no tokens to score")
+    return (total / count).item()
+
+
+def mean_reward(model, tokenizer, prompts: Sequence, reward, max_new_tokens: int = 32, seed: int = 0,
+                batch_size: int = 16) -> float:
+    """Mean of `reward.score(prompts, completions)` over one greedy completion per prompt (deterministic, so every
+    averaged model is judged on its single most likely answer)."""
+    from alignlab import decode
+
+    greedy = decode.get("greedy", max_new_tokens=max_new_tokens, batch_size=batch_size)
+    samples = greedy(model, tokenizer, list(prompts), 1, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                     seed=seed, progress=False)
+    return reward.score(samples.prompts, samples.completions).double().mean().item()
+
+
+# --- the sweep and the choice (pure) ------------------------------------------------------------------------------
+
+
+def _grid(values: Iterable[Any], what: str) -> list[float]:
+    """Distinct ratios of a grid, each checked, in the order given."""
+    return list(dict.fromkeys(check_alpha(value, what) for value in values))
+
+
+def sweep_settings(alphas: Sequence[float] = DEFAULT_ALPHAS, block_alphas: Sequence[float] = DEFAULT_BLOCK_ALPHAS,
+                   blocks: int = 3) -> list[dict]:
+    """The points to evaluate, each ``{"kind": "whole" | "block", "alphas": (α_1 … α_K)}``.
+
+    First the whole-model grid from α = 1 down (the pre-trained model comes first: its NLL is the zero of the tax;
+    α = 1 and α = 0 are always included), then every per-block combination of `block_alphas` (K = `blocks`, so
+    |grid|^K points) except those equal to a whole-model point already listed.
+    """
+    whole = sorted(set(_grid(alphas, "alphas")) | {0.0, 1.0}, reverse=True)
+    settings = [{"kind": "whole", "alphas": (alpha,) * blocks} for alpha in whole]
+    seen = {setting["alphas"] for setting in settings}
+    for combination in itertools.product(_grid(block_alphas, "block_alphas"), repeat=blocks):
+        if combination not in seen:
+            seen.add(combination)
+            settings.append({"kind": "block", "alphas": combination})
+    return settings
+
+
+def _finite(point: Mapping[str, float]) -> bool:
+    return math.isfinite(point["reward"]) and math.isfinite(point["tax"])
+
+
+def pareto_front(points: Sequence[Mapping[str, float]]) -> list[int]:
+    """Indices of the points (mappings with ``reward`` and ``tax``) that no other point dominates — none has a
+    reward at least as high and a tax at least as low, one of them strictly — by rising tax. Points with a
+    non-finite reward or tax are left out."""
+    finite = [i for i, point in enumerate(points) if _finite(point)]
+
+    def dominated(i: int) -> bool:
+        r, t = points[i]["reward"], points[i]["tax"]
+        return any(rj >= r and tj <= t and (rj > r or tj < t)
+                   for rj, tj in ((points[j]["reward"], points[j]["tax"]) for j in finite))
+
+    return sorted((i for i in finite if not dominated(i)), key=lambda i: (points[i]["tax"], -points[i]["reward"], i))
+
+
+def default_tax_budget(aligned_tax: float) -> float:
+    """Half the aligned model's tax (0 when alignment cost no NLL at all)."""
+    return max(0.0, aligned_tax / 2) if math.isfinite(aligned_tax) else 0.0
+
+
+def choose(points: Sequence[Mapping[str, float]], tax_budget: float | None = None, lam: float | None = None,
+           among: Iterable[int] | None = None) -> int | None:
+    """AMA's choice among `points` (those listed in `among`, else all): the highest reward with tax ≤ `tax_budget`,
+    or with `lam` the highest reward − λ·tax; ties go to the lower tax, then the earlier point. None when no point
+    qualifies."""
+    if (tax_budget is None) == (lam is None):
+        raise ConfigError("choose by a tax budget or by λ (reward − λ·tax): give exactly one")
+    indices = [i for i in (range(len(points)) if among is None else among) if _finite(points[i])]
+    if lam is not None:
+        def value(i: int) -> float:
+            return points[i]["reward"] - lam * points[i]["tax"]
+    else:
+        indices = [i for i in indices if points[i]["tax"] <= tax_budget]
+        def value(i: int) -> float:
+            return points[i]["reward"]
+    if not indices:
+        return None
+    return max(indices, key=lambda i: (value(i), -points[i]["tax"], -i))
+
+
+# --- the command --------------------------------------------------------------------------------------------------
+
+
+def read_texts(path: str, field: str = "text") -> list[str]:
+    """The non-empty strings in `field` of every record of `path`; a record without one stops with a located
+    DataError, an empty file with a plain one."""
+    texts = []
+    for location, record in read_records(path):
+        check = RecordChecker(str(path), location)
+        value = check.required(check.record(record, field), field)
+        if not isinstance(value, str):
+            raise check.error(f"expected a string of general text, got {type(value).__name__}", field=field)
+        if not value.strip():
+            raise check.error("empty text", field=field)
+        texts.append(value)
+    if not texts:
+        raise DataError("no texts: the held-out general text set is empty, and the tax is measured on it",
+                        source=str(path))
+    return texts
+
+
+def check_same_vocabulary(pre_tokenizer, aligned_tokenizer) -> None:
+    """Averaging mixes embedding rows token by token, so both tokenizers must map the same strings to the same ids."""
+    pre_vocab, aligned_vocab = pre_tokenizer.get_vocab(), aligned_tokenizer.get_vocab()
+    if pre_vocab == aligned_vocab:
+        return
+    for token, index in aligned_vocab.items():
+        if pre_vocab.get(token) != index:
+            raise ConfigError(f"the tokenizers differ: {token!r} is id {index} in the aligned model's and "
+                              f"{pre_vocab.get(token)} in the pre-trained model's ({len(aligned_vocab)} against "
+                              f"{len(pre_vocab)} tokens); averaging needs one vocabulary")
+    extra = next(token for token in pre_vocab if token not in aligned_vocab)
+    raise ConfigError(f"the tokenizers differ: {extra!r} is only in the pre-trained model's ({len(pre_vocab)} against "
+                      f"{len(aligned_vocab)} tokens); averaging needs one vocabulary")
+
+
+def _check_settings(blocks: int, tax_budget: float | None, lam: float | None, max_new_tokens: int, batch_size: int,
+                    max_length: int) -> None:
+    if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+        raise ConfigError(f"--blocks must be a whole number of at least 1, got {blocks!r}")
+    if tax_budget is not None and lam is not None:
+        raise ConfigError("--tax-budget and --lam are two ways to choose: give one")
+    for name, value in (("--tax-budget", tax_budget), ("--lam", lam)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not math.isfinite(value) or value < 0):
+            raise ConfigError(f"{name} must be a number of at least 0, got {value!r}")
+    for name, value, least in (("--max-new-tokens", max_new_tokens, 1), ("--batch-size", batch_size, 1),
+                               ("--max-length", max_length, 2)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(f"{name} must be a whole number of at least {least}, got {value!r}")
+
+
+def _load_pair(pre: str, aligned: str, dtype: str, device: str, trust_remote_code: bool):
+    """(pre-trained state dict, the aligned model — the one that will hold every average —, a copy of its state dict,
+    its tokenizer), checked to be averageable."""
+    from alignlab.models.loading import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(aligned, trust_remote_code)
+    check_same_vocabulary(load_tokenizer(pre, trust_remote_code), tokenizer)
+    pre_state = load_model(pre, dtype, trust_remote_code, device).state_dict()
+    work = load_model(aligned, dtype, trust_remote_code, device)
+    live = work.state_dict()
+    check_compatible(pre_state, live)
+    if tied_to(pre_state) != tied_to(live):
+        tied = sorted(name for name, owner in {**tied_to(pre_state), **tied_to(live)}.items() if owner != name)
+        raise ConfigError(f"the models tie different weights ({', '.join(tied)} shared in one and not in the other; "
+                          "for instance tie_word_embeddings differs); averaging needs the same architecture")
+    aligned_state = {name: value.detach().clone() for name, value in live.items()}
+    return pre_state, work, aligned_state, tokenizer
+
+
+def plot_average(points: Sequence[Mapping], front: Sequence[int], chosen: int | None, tax_budget: float | None,
+                 path: Path, title: str) -> None:
+    """Reward against tax: the whole-model curve (labelled by α), the per-block points, the Pareto front and the
+    chosen point (with the tax budget, when the choice used one)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.6, 4.6))
+    block = [p for p in points if p["kind"] == "block"]
+    if block:
+        ax.plot([p["tax"] for p in block], [p["reward"] for p in block], "o", color="tab:gray", alpha=0.6,
+                markersize=5, label="per block (α_k)")
+    whole = sorted((p for p in points if p["kind"] == "whole"), key=lambda p: p["alpha"])
+    ax.plot([p["tax"] for p in whole], [p["reward"] for p in whole], "s-", color="tab:blue", label="whole model (α)")
+    for p in whole:
+        ax.annotate(f"α={p['alpha']:g}", (p["tax"], p["reward"]), textcoords="offset points", xytext=(4, 4),
+                    fontsize=8, color="tab:blue")
+    ax.plot([points[i]["tax"] for i in front], [points[i]["reward"] for i in front], "D--", color="tab:red",
+            markerfacecolor="none", markersize=9, label="Pareto front")
+    if tax_budget is not None:
+        ax.axvline(tax_budget, color="tab:orange", linestyle=":", label=f"tax budget {tax_budget:.3g}")
+    if chosen is not None:
+        p = points[chosen]
+        ax.plot([p["tax"]], [p["reward"]], "*", color="gold", markeredgecolor="black", markersize=16,
+                label="chosen: α_k = " + ", ".join(f"{a:g}" for a in p["alphas"]))
+    ax.margins(x=0.08, y=0.08)
+    ax.set_xlabel("tax: NLL(θ) − NLL(θ_pre)  [nats per token of general text]")
+    ax.set_ylabel("mean reward (greedy)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def diagnose_average(pre: str, aligned: str, out: str, prompts: str, general_text: str, reward: Any,
+                     alphas: Sequence[float] = DEFAULT_ALPHAS, block_alphas: Sequence[float] = DEFAULT_BLOCK_ALPHAS,
+                     blocks: int = 3, tax_budget: float | None = None, lam: float | None = None,
+                     max_new_tokens: int = 32, batch_size: int = 16, max_length: int = 512, seed: int = 0,
+                     prompt_field: str = "prompt", text_field: str = "text", save_chosen: bool = False,
+                     dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False,
+                     overwrite: bool = False, progress: bool = True, log=print) -> dict:
+    """Average the pre-trained model `pre` with the aligned model `aligned` on the whole-model grid `alphas` and on
+    every per-block combination of `block_alphas` (`blocks` blocks of layers); measure each point's greedy reward on
+    `prompts` (records with `prompt_field`) and its tax on `general_text` (records with `text_field`); write the
+    points, the reward–tax Pareto front and AMA's choice (highest reward with tax ≤ `tax_budget`, by default half
+    the aligned model's tax; or highest reward − `lam`·tax) to `out`. `reward` is a reward config entry (a name or
+    a mapping with ``name``) or a reward object. Everything is checked before the output folder is written."""
+    from tqdm import tqdm
+
+    from alignlab import rewards
+    from alignlab.decode.run import PromptsConfig, read_prompts
+
+    _check_settings(blocks, tax_budget, lam, max_new_tokens, batch_size, max_length)
+    settings = sweep_settings(alphas, block_alphas, blocks)
+    folder = RunFolder(out)
+    folder.check_usable(resume=False, overwrite=overwrite)
+    prompt_list = read_prompts(PromptsConfig(path=str(prompts), field=prompt_field))
+    texts = read_texts(str(general_text), text_field)
+    reward_entry = getattr(reward, "name", None) if hasattr(reward, "score") else reward
+    if not hasattr(reward, "score"):
+        rewards.check_entry(reward)
+        reward = rewards.from_config(reward)
+    pre_state, work, aligned_state, tokenizer = _load_pair(pre, aligned, dtype, device, trust_remote_code)
+    block_of = state_blocks(work.state_dict(), blocks)
+    _, texts_cut = text_examples(tokenizer, texts, max_length)
+    config = {"pre": str(pre), "aligned": str(aligned), "prompts": str(prompts), "general_text": str(general_text),
+              "reward": reward_entry, "alphas": [float(a) for a in alphas],
+              "block_alphas": [float(a) for a in block_alphas], "blocks": blocks, "tax_budget": tax_budget,
+              "lam": lam, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "max_length": max_length,
+              "seed": seed, "prompt_field": prompt_field, "text_field": text_field, "save_chosen": save_chosen,
+              "dtype": dtype}
+    folder.create(overwrite)
+    try:
+        folder.write_yaml("config.yaml", config)
+        n_block = sum(s["kind"] == "block" for s in settings)
+        log(f"{len(settings)} points ({len(settings) - n_block} whole-model, {n_block} per block of layers) on "
+            f"{len(prompt_list)} prompts and {len(texts)} general texts")
+        points = []
+        for index, setting in enumerate(tqdm(settings, desc="averaging", unit="point", disable=not progress)):
+            load_averaged(work.state_dict(), pre_state, aligned_state, block_of, setting["alphas"])
+            nll = held_out_nll(work, tokenizer, texts, batch_size, max_length)
+            gained = mean_reward(work, tokenizer, prompt_list, reward, max_new_tokens, seed, batch_size)
+            nll_pre = points[0]["nll"] if points else nll  # the first point is the pre-trained model (α = 1)
+            point = {"index": index, "kind": setting["kind"],
+                     "alpha": setting["alphas"][0] if setting["kind"] == "whole" else None,
+                     "alphas": list(setting["alphas"]), "reward": gained, "nll": nll, "tax": nll - nll_pre}
+            points.append(point)
+            with folder.file("points.jsonl").open("a") as handle:
+                handle.write(json.dumps(point) + "\n")
+        aligned_point = next(p for p in points if p["kind"] == "whole" and p["alpha"] == 0.0)
+        budget = None if lam is not None else (default_tax_budget(aligned_point["tax"]) if tax_budget is None
+                                               else float(tax_budget))
+        front = pareto_front(points)
+        chosen = choose(points, budget, lam)
+        whole_chosen = choose(points, budget, lam, among=[p["index"] for p in points if p["kind"] == "whole"])
+        chosen_dir = None
+        if save_chosen and chosen is not None:
+            load_averaged(work.state_dict(), pre_state, aligned_state, block_of, points[chosen]["alphas"])
+            chosen_dir = folder.file("chosen")
+            work.save_pretrained(chosen_dir)
+            tokenizer.save_pretrained(chosen_dir)
+        layers = {}
+        for name, block in block_of.items():
+            if layer_index(name) is not None:
+                layers.setdefault(block, set()).add(layer_index(name))
+        result = {
+            "pre": str(pre), "aligned": str(aligned), "prompts": str(prompts), "general_text": str(general_text),
+            "reward": config["reward"], "settings": config,
+            "formula": "θ[p] = α_k·θ_pre[p] + (1 − α_k)·θ_aligned[p], k the block of p (whole model: one α)",
+            "block_layers": [sorted(layers.get(k, ())) for k in range(blocks)],
+            "blocks_rule": "layer i of L in block ⌊i·K/L⌋; embeddings in the first block, final norm and LM head in "
+                           "the last (a head tied to the embeddings stays with them)",
+            "n_prompts": len(prompt_list), "n_texts": len(texts), "texts_cut": texts_cut,
+            "tax_definition": "NLL(θ) − NLL(θ_pre), mean per-token NLL of the general texts",
+            "reward_pre": points[0]["reward"], "nll_pre": points[0]["nll"],
+            "reward_aligned": aligned_point["reward"], "nll_aligned": aligned_point["nll"],
+            "tax_aligned": aligned_point["tax"],
+            "rule": "highest reward − λ·tax" if lam is not None else "highest reward with tax ≤ tax_budget",
+            "tax_budget": budget, "lam": lam,
+            "points": points, "pareto_front": front,
+            "chosen": points[chosen] if chosen is not None else None,
+            "whole_model_chosen": points[whole_chosen] if whole_chosen is not None else None,
+            "chosen_model": str(chosen_dir) if chosen_dir is not None else None,
+        }
+        folder.write_json("result.json", result)
+        plot_average(points, front, chosen, budget, folder.file("average.png"),
+                     f"model averaging: {Path(str(pre)).name} ↔ {Path(str(aligned)).name}")
+    finally:
+        folder.unlock()
+    aligned_line = f"aligned: reward {aligned_point['reward']:.4g}, tax {aligned_point['tax']:.4g}"
+    pick = result["chosen"]
+    chosen_line = ("no point qualifies" if pick is None else
+                   f"chosen α_k = ({', '.join(f'{a:g}' for a in pick['alphas'])}): reward {pick['reward']:.4g}, "
+                   f"tax {pick['tax']:.4g}")
+    rule = f"λ = {lam:g}" if lam is not None else f"tax budget {budget:.4g}"
+    log(f"{len(points)} points; pre-trained: reward {points[0]['reward']:.4g}; {aligned_line}; {chosen_line} "
+        f"({rule}); {len(front)} on the Pareto front; wrote {folder.file('result.json')}, "
+        f"{folder.file('points.jsonl')}, {folder.file('average.png')}"
+        + (f", {chosen_dir}" if chosen_dir is not None else ""))
+    return result

@@ -1,0 +1,56 @@
+"""Small charts the diagnostics and evaluations write beside their ``result.json`` (matplotlib, no display)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def line_chart(path: Path, series: dict[str, tuple[Sequence[float], Sequence[float]]], xlabel: str, ylabel: str,
+               title: str, log_x: bool = False) -> None:
+    """One line per entry of `series` (label → (x, y)), markers on the points; `None` values leave gaps."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for label, (x, y) in series.items():
+        ax.plot(x, [float("nan") if v is None else v for v in y], marker="o", markersize=3, label=label)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if len(series) > 1:
+        ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def bar_chart(path: Path, groups: dict[str, dict[str, float | None]], ylabel: str, title: str) -> None:
+    """Grouped bars: one group per key of `groups`, one bar per inner key (missing values as empty slots)."""
+    plt = _pyplot()
+    names = list(dict.fromkeys(name for bars in groups.values() for name in bars))
+    width = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(groups) + 2), 4.0))
+    for i, name in enumerate(names):
+        heights = [groups[g].get(name) for g in groups]
+        ax.bar([j + i * width for j in range(len(groups))], [0 if h is None else h for h in heights], width,
+               label=name)
+    ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(groups))], list(groups), rotation=20,
+                  ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if len(names) > 1:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

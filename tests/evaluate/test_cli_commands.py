@@ -1,0 +1,43 @@
+"""The judge, fairness and model-averaging sub-commands parse their options and write their outputs."""
+
+import json
+from pathlib import Path
+
+from alignlab.cli import main
+from tests.conftest import write_records
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "data"
+
+
+def test_evaluate_judge_with_a_reward(tmp_path):
+    out = tmp_path / "judge"
+    reward = tmp_path / "reward.yaml"
+    reward.write_text("name: keywords\ninclude: [wonderful, loved]\n")
+    data = write_records(tmp_path / "pairs.jsonl", [
+        {"prompt": "The film is", "chosen": " wonderful", "rejected": " dull"},
+        {"prompt": "I watched it and", "chosen": " loved it", "rejected": " left early"}])
+    assert main(["evaluate", "judge", str(data), "--reward", str(reward), "--out", str(out), "--quiet"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["pairs"] == 2 and result["consistency"] == 1.0 and result["accuracy"] == 1.0
+    assert (out / "judges.png").exists()
+
+
+def test_evaluate_fairness_on_the_example_set(tmp_path, small_model_dir):
+    out = tmp_path / "fairness"
+    assert main(["evaluate", "fairness", str(EXAMPLES / "fairness_comments.jsonl"), "--model", str(small_model_dir),
+                 "--answers", " A", " B", "--instruction", "--fpr-target", "0.25", "--out", str(out), "--quiet"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["records"] == 24 and set(result["methods"]) == {"prompt", "instruction", "group_thresholds"}
+    assert (out / "fairness.png").exists()
+
+
+def test_diagnose_average_command(tmp_path, small_model_dir):
+    prompts = write_records(tmp_path / "prompts.jsonl", [{"prompt": "The film is"}, {"prompt": "I watched"}])
+    out = tmp_path / "average"
+    assert main(["diagnose", "average", "--pre", str(small_model_dir), "--aligned", str(small_model_dir),
+                 "--prompts", str(prompts), "--general-text", str(EXAMPLES / "general_text.jsonl"),
+                 "--reward", "length", "--alphas", "0", "1", "--block-alphas", "0", "1", "--blocks", "2",
+                 "--max-new-tokens", "4", "--out", str(out), "--quiet"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert all(point["tax"] == 0.0 for point in result["points"])  # a model averaged with itself
+    assert (out / "average.png").exists()
