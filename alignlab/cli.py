@@ -71,8 +71,8 @@ def _diagnose_token_kl(args: argparse.Namespace) -> None:
     from alignlab.diagnose.token_kl import diagnose_token_kl
 
     diagnose_token_kl(args.data, args.model, args.base, args.out, args.prompt_field, args.response_field,
-                      args.positions, args.batch_size, args.max_length, args.max_prompt_length, args.overwrite,
-                      args.trust_remote_code, not args.quiet)
+                      args.positions, args.batch_size, args.max_length, args.max_prompt_length, args.chat,
+                      args.overwrite, args.trust_remote_code, not args.quiet)
 
 
 def _evaluate_prefill(args: argparse.Namespace) -> None:
@@ -80,8 +80,8 @@ def _evaluate_prefill(args: argparse.Namespace) -> None:
 
     evaluate_prefill(args.data, args.model, args.out, args.prompt_field, args.response_field,
                      tuple(args.prefill_tokens), args.samples, args.max_new_tokens, args.phrases, args.judge,
-                     args.judge_threshold, args.chat, args.seed, args.batch_size, args.limit, args.overwrite,
-                     args.trust_remote_code, not args.quiet)
+                     args.judge_threshold, args.chat, args.seed, args.batch_size, args.limit, args.case_sensitive,
+                     args.overwrite, args.trust_remote_code, not args.quiet)
 
 
 def _evaluate_decoding_attack(args: argparse.Namespace) -> None:
@@ -89,15 +89,16 @@ def _evaluate_decoding_attack(args: argparse.Namespace) -> None:
 
     evaluate_decoding_attack(args.data, args.model, args.out, args.prompt_field, args.samples, args.max_new_tokens,
                              args.system_prompt, args.phrases, args.judge, args.judge_threshold, args.chat, args.seed,
-                             args.batch_size, args.limit, None, args.overwrite, args.trust_remote_code, not args.quiet)
+                             args.batch_size, args.limit, None, args.case_sensitive, args.overwrite,
+                             args.trust_remote_code, not args.quiet)
 
 
 def _evaluate_refusal(args: argparse.Namespace) -> None:
     from alignlab.evaluate.safety import evaluate_refusal
 
     evaluate_refusal(args.data, args.model, args.out, args.prompt_field, args.label_field, args.type_field,
-                     args.max_new_tokens, args.phrases, args.chat, args.batch_size, args.limit, args.overwrite,
-                     args.trust_remote_code, not args.quiet)
+                     args.max_new_tokens, args.phrases, args.chat, args.batch_size, args.limit, args.case_sensitive,
+                     args.overwrite, args.trust_remote_code, not args.quiet)
 
 
 def _diagnose_bon_kl(args: argparse.Namespace) -> None:
@@ -241,6 +242,8 @@ def _add_diagnose_commands(commands) -> None:
     token_kl.add_argument("--response-field", default="response")
     token_kl.add_argument("--positions", type=int, default=64, help="response positions reported (default 64)")
     token_kl.add_argument("--batch-size", type=int, default=8)
+    token_kl.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                          help="string prompts as a chat user turn (default: when the tokenizer has a template)")
     _add_output_options(token_kl)
     token_kl.set_defaults(run=_diagnose_token_kl)
 
@@ -301,13 +304,16 @@ def _add_diagnose_commands(commands) -> None:
     average.set_defaults(run=_diagnose_average)
 
 
-def _add_safety_options(parser: argparse.ArgumentParser, max_new_tokens: int, judge: bool = True) -> None:
+def _add_safety_options(parser: argparse.ArgumentParser, max_new_tokens: int | None, judge: bool = True) -> None:
     parser.add_argument("--model", default="alignlab/tiny-llama", help="the model to attack (default: the embedded "
                         "model)")
     parser.add_argument("--prompt-field", default="prompt")
-    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
+                        help=f"default {max_new_tokens or '512, or as many as fit in the context'}")
     parser.add_argument("--phrases", help="refusal phrase list: a text file (one a line), a JSON list, or "
                         "FILE.json#NAME for one named list (default: alignlab's own list)")
+    parser.add_argument("--case-sensitive", action="store_true", help="match the refusal phrases case-sensitively "
+                        "(default: case-insensitive)")
     if judge:
         parser.add_argument("--samples", type=int, default=1, help="samples per prompt and setting (default 1)")
         parser.add_argument("--judge", help="a reward used as harmfulness judge (a name, or a YAML file with one "
@@ -330,7 +336,7 @@ def _add_evaluate_commands(commands) -> None:
     prefill.add_argument("data", help="records with a harmful prompt and a harmful response")
     prefill.add_argument("--response-field", default="response")
     prefill.add_argument("--prefill-tokens", type=int, nargs="+", default=[0, 5, 10, 20, 40], metavar="K")
-    _add_safety_options(prefill, 512)
+    _add_safety_options(prefill, None)
     prefill.set_defaults(run=_evaluate_prefill)
 
     attack = evaluations.add_parser("decoding-attack", help="ASR over 49 decoding configurations × system prompt "

@@ -344,8 +344,8 @@ class FieldRecord:
 
 def load_fields(path: str, texts: tuple[str, ...], others: tuple[str, ...] = ()) -> list[FieldRecord]:
     """Every record of `path` with the non-empty text fields `texts` (strings, or chat messages) and the fields
-    `others` (any value but null) present; the first record without one raises DataError naming file, line and
-    field, and a file without records raises too."""
+    `others` (any value but null) present (the record's other fields are kept as they are); the first record without
+    one raises DataError naming file, line and field, and a file without records raises too."""
     out = []
     for location, record in read_records(path):
         check = RecordChecker(str(path), location)
@@ -353,6 +353,7 @@ def load_fields(path: str, texts: tuple[str, ...], others: tuple[str, ...] = ())
         record = check.record(record, fields)
         values = {name: check.text(check.required(record, name), name, allow_empty=False) for name in texts}
         values |= {name: check.required(record, name) for name in others}
+        values |= {name: value for name, value in record.items() if name not in values}
         out.append(FieldRecord(str(path), location, values))
     if not out:
         raise DataError("no records", source=str(path))

@@ -132,6 +132,17 @@ def as_messages(text: Text, role: str) -> list[dict[str, str]]:
     return text if isinstance(text, list) else [{"role": role, "content": text}]
 
 
+def in_chat(tokenizer, chat: bool | None) -> bool:
+    """Whether an evaluation puts its prompts through the chat template: as asked, or (None) whenever the
+    tokenizer has one."""
+    from alignlab.errors import ConfigError
+
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if chat and not has_template:
+        raise ConfigError("chat prompts were asked for but the tokenizer has no chat template")
+    return has_template if chat is None else chat
+
+
 def _chat_prompt_text(tokenizer, prompt: Text, location: str | None) -> str:
     if not getattr(tokenizer, "chat_template", None):
         raise DataError.at(location, "the record uses chat messages but the tokenizer has no chat template",

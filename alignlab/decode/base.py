@@ -31,6 +31,8 @@ COMMON_PARAMS = ("model", "tokenizer", "prompts", "n", "reward", "seed", "progre
 """Arguments every decoder takes; the rest of its signature are its own parameters."""
 MODEL_PARAMS = ("draft", "baseline")
 """Further models a decoder may take (loaded by `alignlab decode` from the config's sections of these names)."""
+CALLER_PARAMS = ("prompt_ids", "max_prompt_tokens")
+"""Arguments code passes (prompts already encoded, a training run's prompt limit), not a config's settings."""
 
 
 KL_KINDS = ("exact", "sampled", "estimate", "point")
@@ -118,7 +120,8 @@ class DecoderSpec:
     @property
     def params(self) -> list[str]:
         """The method's own parameters, which a config may set."""
-        return [p for p in inspect.signature(self.fn).parameters if p not in COMMON_PARAMS + MODEL_PARAMS]
+        return [p for p in inspect.signature(self.fn).parameters
+                if p not in COMMON_PARAMS + MODEL_PARAMS + CALLER_PARAMS]
 
     @property
     def models(self) -> list[str]:

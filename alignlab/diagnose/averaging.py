@@ -335,21 +335,6 @@ def read_texts(path: str, field: str = "text") -> list[str]:
     return texts
 
 
-def check_same_vocabulary(pre_tokenizer, aligned_tokenizer) -> None:
-    """Averaging mixes embedding rows token by token, so both tokenizers must map the same strings to the same ids."""
-    pre_vocab, aligned_vocab = pre_tokenizer.get_vocab(), aligned_tokenizer.get_vocab()
-    if pre_vocab == aligned_vocab:
-        return
-    for token, index in aligned_vocab.items():
-        if pre_vocab.get(token) != index:
-            raise ConfigError(f"the tokenizers differ: {token!r} is id {index} in the aligned model's and "
-                              f"{pre_vocab.get(token)} in the pre-trained model's ({len(aligned_vocab)} against "
-                              f"{len(pre_vocab)} tokens); averaging needs one vocabulary")
-    extra = next(token for token in pre_vocab if token not in aligned_vocab)
-    raise ConfigError(f"the tokenizers differ: {extra!r} is only in the pre-trained model's ({len(pre_vocab)} against "
-                      f"{len(aligned_vocab)} tokens); averaging needs one vocabulary")
-
-
 def _check_settings(blocks: int, tax_budget: float | None, lam: float | None, max_new_tokens: int, batch_size: int,
                     max_length: int) -> None:
     if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
@@ -369,10 +354,10 @@ def _check_settings(blocks: int, tax_budget: float | None, lam: float | None, ma
 def _load_pair(pre: str, aligned: str, dtype: str, device: str, trust_remote_code: bool):
     """(pre-trained state dict, the aligned model — the one that will hold every average —, a copy of its state dict,
     its tokenizer), checked to be averageable."""
-    from alignlab.models.loading import load_model, load_tokenizer
+    from alignlab.models.loading import check_same_vocabulary, load_model, load_tokenizer
 
     tokenizer = load_tokenizer(aligned, trust_remote_code)
-    check_same_vocabulary(load_tokenizer(pre, trust_remote_code), tokenizer)
+    check_same_vocabulary(load_tokenizer(pre, trust_remote_code), tokenizer, pre, aligned, "averaging")
     pre_state = load_model(pre, dtype, trust_remote_code, device).state_dict()
     work = load_model(aligned, dtype, trust_remote_code, device)
     live = work.state_dict()

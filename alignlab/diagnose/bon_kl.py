@@ -110,9 +110,14 @@ def diagnose_bon_kl(data: str, out: str, ns: list[int], prompt_field: str = "pro
     folder = RunFolder(out)
     folder.check_usable(resume=False, overwrite=overwrite)
     others = (reward_field,) + ((logp_field,) if logp_field else ()) + (("method",) if method else ())
-    records = [r for r in load_fields(data, (prompt_field,), others) if not method or r.values["method"] == method]
+    records = load_fields(data, (prompt_field,), others)
+    methods = list(dict.fromkeys(str(r.values.get("method")) for r in records if "method" in r.values))
+    if method is None and len(methods) > 1:
+        raise ConfigError(f"{data} holds the samples of {len(methods)} methods ({', '.join(methods)}); best-of-N's "
+                          "reference is one of them: pick it with --method (the plain sampler's, e.g. sample)")
+    records = [r for r in records if not method or r.values["method"] == method]
     if not records:
-        raise ConfigError(f"{data}: no records of method {method!r}")
+        raise ConfigError(f"{data}: no records of method {method!r}; methods: {', '.join(methods) or 'none'}")
     by_prompt: dict[str, list] = {}
     for record in records:
         values = [_number(record, reward_field)] + ([_number(record, logp_field)] if logp_field else [])

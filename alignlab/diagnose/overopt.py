@@ -1,6 +1,6 @@
 """Over-optimisation indicators: how peaked the model's next-token distributions become on held-out prompts.
 
-Shi et al., 2025, "Understanding Likelihood Over-optimisation in Direct Alignment Algorithms": as direct alignment
+Shi et al., 2024, "Understanding Likelihood Over-optimisation in Direct Alignment Algorithms": as direct alignment
 over-optimises, the model's distributions over its own generated tokens collapse onto few candidates. Over the
 tokens y_t the model generates for held-out prompts, with p_t its next-token distribution and T_k(t) its k most
 likely tokens:
@@ -80,6 +80,9 @@ def run_models(run_dir: Path) -> list[tuple[int, str, Path | None]]:
     final = run_dir / "final" / "model.safetensors"
     if final.is_file():
         found.append((last_logged_step(run_dir / "metrics.jsonl") or found[-1][0] + 1, "final", final))
+    elif (run_dir / "final").is_dir():
+        raise ConfigError(f"{run_dir / 'final'} holds no model.safetensors (sharded or adapters only); compare "
+                          "the checkpoints, or a merged model")
     return found
 
 
@@ -101,7 +104,7 @@ def diagnose_overopt(run_dir: str, out: str, prompts: str | None = None, prompt_
     """`alignlab diagnose overopt RUN_DIR`: the indicators for the run's starting model, checkpoints and final
     weights on held-out prompts (`prompts`, or the prompts of the run's ``data.eval``); ``result.json`` and
     ``overopt.png``."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_model as load_weights
     from tqdm import tqdm
 
     from alignlab.config import load_config
@@ -111,8 +114,8 @@ def diagnose_overopt(run_dir: str, out: str, prompts: str | None = None, prompt_
     from alignlab.report.plots import line_chart
     from alignlab.run_folder import RunFolder
 
-    if limit < 1 or batch_size < 1:
-        raise ConfigError("--limit and --batch-size must be at least 1")
+    if limit < 1 or batch_size < 1 or top_k < 1 or max_new_tokens < 1:
+        raise ConfigError("--limit, --batch-size, --top-k and --max-new-tokens must be at least 1")
     run = Path(run_dir)
     if not (run / "config.yaml").is_file():
         raise ConfigError(f"{run} is not a training run folder (no config.yaml)")
@@ -133,7 +136,12 @@ def diagnose_overopt(run_dir: str, out: str, prompts: str | None = None, prompt_
     rows = []
     with folder.writing(overwrite):
         for step, label, weights in tqdm(models, desc="checkpoints", unit="model", disable=not progress):
-            model.load_state_dict(start if weights is None else load_file(str(weights)), strict=weights is None)
+            if weights is None:
+                model.load_state_dict(start)
+            elif label == "final":  # saved by save_pretrained: loaded as any model folder
+                model = load_model(str(weights.parent), "float32", config.model.trust_remote_code)
+            else:  # as training resumes: every weight must be there (strict), tied weights once
+                load_weights(model, str(weights))
             rows.append({"step": step, "model": label, **overopt_indicators(model, tokenizer, prompt_ids, top_k,
                                                                             max_new_tokens, seed, batch_size)})
             folder.write_jsonl("points.jsonl", rows)
@@ -146,7 +154,11 @@ def diagnose_overopt(run_dir: str, out: str, prompts: str | None = None, prompt_
                     f"top-{top_k} mass": (steps, [row["overopt/topk_mass"] for row in rows])},
                    "training step", "mean over generated tokens", f"Over-optimisation indicators of {run.name}")
     first, last = rows[0], rows[-1]
-    log(f"top-{top_k} entropy {first['overopt/topk_entropy']:.3f} → {last['overopt/topk_entropy']:.3f}, mass "
-        f"{first['overopt/topk_mass']:.3f} → {last['overopt/topk_mass']:.3f} over {len(rows)} models; wrote "
+
+    def shown(value: float | None) -> str:
+        return "n/a (no tokens generated)" if value is None else f"{value:.3f}"
+
+    log(f"top-{top_k} entropy {shown(first['overopt/topk_entropy'])} → {shown(last['overopt/topk_entropy'])}, mass "
+        f"{shown(first['overopt/topk_mass'])} → {shown(last['overopt/topk_mass'])} over {len(rows)} models; wrote "
         f"{folder.file('result.json')}")
     return result

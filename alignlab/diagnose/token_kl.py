@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from alignlab.data.formats import SFTExample, load_fields
-from alignlab.data.tokenize import tokenize_sft
+from alignlab.data.tokenize import as_messages, in_chat, tokenize_sft
 from alignlab.decode.base import evaluation_mode
 from alignlab.errors import ConfigError
 from alignlab.models.scoring import DEFAULT_OPTIONS, ScoringOptions, completion_distribution_values
@@ -47,9 +47,9 @@ def position_means(values: torch.Tensor, mask: torch.Tensor, positions: int) -> 
 def check_same_vocabulary(tokenizer_a, tokenizer_b, model_a, model_b, name_a: str, name_b: str) -> None:
     """Token KL compares distributions over one vocabulary: the tokenizers must map text to the same ids and the
     models' heads must have as many outputs."""
-    if tokenizer_a.get_vocab() != tokenizer_b.get_vocab():
-        raise ConfigError(f"{name_a} and {name_b} have different tokenizers (vocabularies of {len(tokenizer_a)} and "
-                          f"{len(tokenizer_b)} tokens): per-token KL needs one vocabulary")
+    from alignlab.models.loading import check_same_vocabulary as same_tokens
+
+    same_tokens(tokenizer_a, tokenizer_b, name_a, name_b, "per-token KL")
     size_a, size_b = (m.get_output_embeddings().weight.shape[0] for m in (model_a, model_b))
     if size_a != size_b:
         raise ConfigError(f"{name_a} has {size_a} output logits and {name_b} {size_b}: per-token KL needs one "
@@ -77,10 +77,13 @@ def token_kl_by_position(model_a, model_b, examples, pad_id: int, positions: int
 
 def diagnose_token_kl(data: str, model_path: str, base_path: str, out: str, prompt_field: str = "prompt",
                       response_field: str = "response", positions: int = 64, batch_size: int = 8,
-                      max_length: int = 512, max_prompt_length: int = 256, overwrite: bool = False,
-                      trust_remote_code: bool = False, progress: bool = True, log=print) -> dict:
+                      max_length: int = 512, max_prompt_length: int = 256, chat: bool | None = None,
+                      overwrite: bool = False, trust_remote_code: bool = False, progress: bool = True,
+                      log=print) -> dict:
     """`alignlab diagnose token-kl`: KL(π_model ‖ π_base) per response position over (prompt, response) records
-    of `data`; writes ``result.json`` (the per-position means and counts) and ``token_kl.png``."""
+    of `data`; writes ``result.json`` (the per-position means and counts) and ``token_kl.png``. String prompts go
+    through the chat template as a user turn when `chat` (default: when the tokenizer has one), as the
+    `alignlab evaluate` commands ask them."""
     from alignlab.models.loading import load_model, load_tokenizer
 
     if positions < 1 or batch_size < 1:
@@ -93,7 +96,9 @@ def diagnose_token_kl(data: str, model_path: str, base_path: str, out: str, prom
     tokenizer, base_tokenizer = (load_tokenizer(p, trust_remote_code) for p in (model_path, base_path))
     model, base = (load_model(p, "float32", trust_remote_code) for p in (model_path, base_path))
     check_same_vocabulary(tokenizer, base_tokenizer, model, base, model_path, base_path)
-    examples = [SFTExample(r.values[prompt_field], r.values[response_field], r.where) for r in records]
+    chat = in_chat(tokenizer, chat)
+    examples = [SFTExample(as_messages(r.values[prompt_field], "user") if chat else r.values[prompt_field],
+                           r.values[response_field], r.where) for r in records]
     tokenized, stats = tokenize_sft(examples, tokenizer, max_length, max_prompt_length)
     with folder.writing(overwrite):
         means, counts = token_kl_by_position(model, base, tokenized, tokenizer.pad_token_id, positions, batch_size,
@@ -103,6 +108,7 @@ def diagnose_token_kl(data: str, model_path: str, base_path: str, out: str, prom
         later = means[5:reached]
         result = {"data": str(data), "model": model_path, "base": base_path, "examples": len(tokenized),
                   "direction": "KL(model || base) at each response position, teacher-forced on the data's responses",
+                  "chat_template": chat,
                   "kl_by_position": means[:reached].tolist(), "examples_by_position": counts[:reached].long().tolist(),
                   "mean_kl_first_5": first.mean().item() if len(first) else None,
                   "mean_kl_after_5": later.mean().item() if len(later) else None,

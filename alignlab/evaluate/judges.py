@@ -339,7 +339,9 @@ def answer_logps(model, prompts: list[list[int]], answer_ids: Sequence[int], pad
     examples = [_Answers(prompt, tuple([a] for a in answer_ids)) for prompt in prompts]
     with evaluation_mode(model):
         scores = score_slots(model, examples, pad_id, device)
-    return torch.stack([slot[:, 0] for slot in scores.logps], dim=1).float().cpu()
+    # each slot holds one answer token; where it sits in the row depends on the layout, so sum under the mask
+    return torch.stack([(slot * mask).sum(-1) for slot, mask in zip(scores.logps, scores.masks, strict=True)],
+                       dim=1).float().cpu()
 
 
 def cut_left(ids: list[int], limit: int) -> tuple[list[int], bool]:

@@ -176,6 +176,22 @@ def load_model(name_or_path: str, dtype: str = "auto", trust_remote_code: bool =
     return model.to(device).eval()
 
 
+def check_same_vocabulary(tokenizer_a, tokenizer_b, name_a: str, name_b: str, needed_for: str) -> None:
+    """Two models compared or mixed token by token must map the same strings to the same ids: ConfigError naming
+    the first token that differs."""
+    vocab_a, vocab_b = tokenizer_a.get_vocab(), tokenizer_b.get_vocab()
+    if vocab_a == vocab_b:
+        return
+    sizes = f"{len(vocab_a)} tokens against {len(vocab_b)}"
+    for token, index in vocab_b.items():
+        if vocab_a.get(token) != index:
+            raise ConfigError(f"the tokenizers differ: {token!r} is id {index} in {name_b}'s and {vocab_a.get(token)} "
+                              f"in {name_a}'s ({sizes}); {needed_for} needs one vocabulary")
+    extra = next(token for token in vocab_a if token not in vocab_b)
+    raise ConfigError(f"the tokenizers differ: {extra!r} is only in {name_a}'s ({sizes}); {needed_for} needs one "
+                      "vocabulary")
+
+
 def check_single_output(name: str, location: str, local: bool) -> None:
     """A reward model gives one number per sequence: refuse a classifier saved with several outputs (labels)."""
     from transformers import PretrainedConfig

@@ -98,5 +98,7 @@ def test_bon_kl_command(tmp_path):
     assert last["empirical_exact"] == pytest.approx(exact_bon_kl([2 / 6, 1 / 6, 1 / 6, 1 / 6, 1 / 6], 4))
     assert 0 < last["estimate"] <= last["bound"]
     assert (out / "bon_kl.png").exists()
+    mixed = ["diagnose", "bon-kl", str(data), "--n", "2", "--out", str(tmp_path / "mixed")]
+    assert main(mixed) == 2 and not (tmp_path / "mixed").exists()  # two methods' samples: --method is needed
     bad = write_records(tmp_path / "bad.jsonl", [{"prompt": "a", "reward": "high", "ref_logp": -1}])
     assert main(["diagnose", "bon-kl", str(bad), "--n", "2", "--out", str(tmp_path / "o")]) == 2

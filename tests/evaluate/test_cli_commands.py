@@ -32,12 +32,24 @@ def test_evaluate_fairness_on_the_example_set(tmp_path, small_model_dir):
 
 
 def test_diagnose_average_command(tmp_path, small_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    aligned = tmp_path / "aligned"
+    model = AutoModelForCausalLM.from_pretrained(small_model_dir)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    model.save_pretrained(aligned)
+    AutoTokenizer.from_pretrained(small_model_dir).save_pretrained(aligned)
     prompts = write_records(tmp_path / "prompts.jsonl", [{"prompt": "The film is"}, {"prompt": "I watched"}])
     out = tmp_path / "average"
-    assert main(["diagnose", "average", "--pre", str(small_model_dir), "--aligned", str(small_model_dir),
+    assert main(["diagnose", "average", "--pre", str(small_model_dir), "--aligned", str(aligned),
                  "--prompts", str(prompts), "--general-text", str(EXAMPLES / "general_text.jsonl"),
                  "--reward", "length", "--alphas", "0", "1", "--block-alphas", "0", "1", "--blocks", "2",
                  "--max-new-tokens", "4", "--out", str(out), "--quiet"]) == 0
     result = json.loads((out / "result.json").read_text())
-    assert all(point["tax"] == 0.0 for point in result["points"])  # a model averaged with itself
-    assert (out / "average.png").exists()
+    by_alphas = {tuple(point["alphas"]): point for point in result["points"]}
+    assert by_alphas[(1.0, 1.0)]["tax"] == 0.0  # the pre model itself
+    assert by_alphas[(0.0, 0.0)]["tax"] != 0.0  # the perturbed model
+    assert len(by_alphas) == 4 and (out / "average.png").exists()

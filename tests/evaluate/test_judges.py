@@ -147,6 +147,30 @@ def test_prompted_judge_compares_next_token_logprobs_of_a_and_b(tokenizer):
                                                                                         abs=1e-4)
 
 
+class Unsplit(torch.nn.Module):
+    """A causal LM whose head the engine cannot split off: it scores whole rows (another layout)."""
+
+    def __init__(self, inner) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, **inputs):
+        return self.inner(**inputs)
+
+
+def test_answer_log_probs_are_the_same_in_every_layout(tokenizer):
+    from alignlab.evaluate.judges import answer_logps
+
+    model = random_llama(len(tokenizer), max_position_embeddings=512)
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    packed = answer_logps(model, prompts, (11, 12), tokenizer.pad_token_id)
+    rows = answer_logps(Unsplit(model), prompts, (11, 12), tokenizer.pad_token_id)
+    with torch.no_grad():
+        expected = [model(input_ids=torch.tensor([p])).logits[0, -1].log_softmax(-1)[[11, 12]] for p in prompts]
+    assert torch.allclose(packed, torch.stack(expected), atol=1e-5)
+    assert torch.allclose(rows, packed, atol=1e-5)
+
+
 def test_prompted_judge_refuses_answers_that_are_not_one_token(tokenizer):
     assert len(tokenizer(" Yes", add_special_tokens=False)["input_ids"]) > 1  # in the embedded vocabulary
     with pytest.raises(ConfigError, match="not one token"):
