@@ -3,6 +3,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `train.precision: auto` measures the machine; the suite's numbers are float32's everywhere (tests of the
+# decision inject their own measurements)
+os.environ.setdefault("ALIGNLAB_AUTO_PRECISION", "fp32")
 
 import pytest
 import torch

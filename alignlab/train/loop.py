@@ -72,6 +72,7 @@ from alignlab.train.checkpoint import (
     save_checkpoint,
 )
 from alignlab.train.guard import WeightGuard, all_finite
+from alignlab.train.precision import PrecisionChoice, recorded_choice, resolve_precision
 from alignlab.train.reference import CachedReference, ModelReference, Reference, cached_reference_logps
 from alignlab.train.schedule import make_scheduler, micro_batches, total_steps
 from alignlab.train.self_samples import with_self_samples
@@ -120,6 +121,8 @@ class Run:
     draw: Callable[[int], tuple[list, object]] | None = None
     """`data.transform`: the examples of an epoch, drawn anew every epoch."""
     displacement_warned: bool = False
+    precision: PrecisionChoice | None = None
+    """What `train.precision` came to on this machine (and why)."""
     last: dict = field(default_factory=dict)
     started: float = field(default_factory=time.time)
 
@@ -132,11 +135,29 @@ class Run:
         return self.accelerator.is_main_process
 
 
-def mixed_precision(precision: str) -> str:
-    """Accelerate's mixed-precision setting: float32 on a CPU unless asked, bf16 autocast on a GPU that has it."""
-    if precision == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+def release_other_precision(mixed_precision: str) -> None:
+    """accelerate keeps one mixed-precision setting per process: a later run in the same process (a notebook, a
+    script training twice) with another precision clears it first (the process group itself is kept)."""
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, mixed_precision):
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+
+def choose_precision(config: RunConfig, resume: bool, say) -> PrecisionChoice:
+    """`train.precision` for this run: as configured, or (``auto``) measured for this machine
+    (`alignlab.train.precision`); a resumed run keeps the choice its folder recorded, so its steps stay the same."""
+    recorded = recorded_choice(Path(config.out_dir)) if resume else None
+    if recorded is not None and recorded.requested == config.train.precision:
+        if recorded.requested == "auto":
+            say(f"precision: {recorded.precision}, as the run recorded ({recorded.reason})")
+        return recorded
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    choice = resolve_precision(config.train.precision, device)
+    if choice.requested == "auto":
+        say(f"precision: auto → {choice.precision} ({choice.reason})")
+    return choice
 
 
 def check_writable(folder: Path) -> None:
@@ -168,8 +189,10 @@ def _start(config: RunConfig, resume: bool, log, overwrite: bool = False):
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
-                              mixed_precision=mixed_precision(config.train.precision))
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    precision = choose_precision(config, resume, log if main_process else (lambda *_: None))
+    release_other_precision(precision.mixed_precision)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision.mixed_precision)
     say = log if accelerator.is_main_process else (lambda *_: None)
     checkpoints_dir = Path(config.out_dir) / "checkpoints"
     if not resume and not overwrite and list_checkpoints(checkpoints_dir):
@@ -194,7 +217,7 @@ def _start(config: RunConfig, resume: bool, log, overwrite: bool = False):
         say(f"training on {accelerator.num_processes} processes ({accelerator.distributed_type.value}); each "
             "micro-batch is split between them")
     set_seed(config.train.seed)
-    return accelerator, say, latest
+    return accelerator, say, latest, precision
 
 
 def _epoch_draws(config: RunConfig, tokenizer):
@@ -284,7 +307,8 @@ def _with_adapters(config: RunConfig, model, say):
     return model
 
 
-def _make_reference(config: RunConfig, model, examples: list, pad_id: int, device, say) -> Reference:
+def _make_reference(config: RunConfig, model, examples: list, pad_id: int, device, say,
+                    precision: str = "fp32") -> Reference:
     """The reference of `examples`: log-probs precomputed from `model` (the policy as loaded, before any step,
     unless another reference model is given) and cached, or a frozen copy of it (``reference.mode: model``; with
     adapters, the model itself with them disabled)."""
@@ -293,20 +317,20 @@ def _make_reference(config: RunConfig, model, examples: list, pad_id: int, devic
     with reference_context(model):  # a model with adapters is scored as its base model
         cached, path, hit = cached_reference_logps(model, examples, pad_id, config.train.batch_size * 2, device,
                                                    config.reference.cache_dir, config.train.progress, config.scoring,
-                                                   say)
+                                                   say, precision)
     say(f"reference log-probs {'read from' if hit else 'computed and cached in'} {path}")
     return CachedReference(cached)
 
 
 def _references(config: RunConfig, accelerator, objective, scorer, examples: list, eval_examples: list, pad_id: int,
-                say) -> tuple[Reference | None, Reference | None]:
+                say, precision: str = "fp32") -> tuple[Reference | None, Reference | None]:
     """The references of the training and evaluation examples from `scorer` (None when the objective needs none);
     the main process computes and caches them first, the others read the cache."""
     if not objective.needs_reference:
         return None, None
     with accelerator.main_process_first():
-        reference = _make_reference(config, scorer, examples, pad_id, accelerator.device, say)
-        evaluation = (_make_reference(config, scorer, eval_examples, pad_id, accelerator.device, say)
+        reference = _make_reference(config, scorer, examples, pad_id, accelerator.device, say, precision)
+        evaluation = (_make_reference(config, scorer, eval_examples, pad_id, accelerator.device, say, precision)
                       if eval_examples else None)
     return reference, evaluation
 
@@ -332,7 +356,7 @@ def prepare(config: RunConfig, resume: bool = False, log=print, records: list | 
     objective = objectives.Objective(objective_terms(config))
     if records is None and examples is None and not config.data.train:
         raise ConfigError("data.train: name the training data (a file, or a datasets folder)")
-    accelerator, say, latest = _start(config, resume, log, overwrite)
+    accelerator, say, latest, precision = _start(config, resume, log, overwrite)
     device, main = accelerator.device, accelerator.is_main_process
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
     data_format, examples, eval_examples, data_report, draw = _load_data(config, objective, tokenizer, say,
@@ -345,6 +369,7 @@ def prepare(config: RunConfig, resume: bool = False, log=print, records: list | 
     model = _load_policy(config, objective, tokenizer, device) if model is None else model
     folder = RunFolder(config.out_dir, writer=main).create(overwrite)  # only now: every check has passed
     folder.write_config(config)
+    folder.write_json("precision.json", precision.as_dict())
     folder.write_json("data_report.json", data_report)
     if main and config.train.save_every:
         check_writable(folder.file("checkpoints"))
@@ -357,8 +382,9 @@ def prepare(config: RunConfig, resume: bool = False, log=print, records: list | 
     if config.adapter.r:
         model = _with_adapters(config, model, say)
     scorer = model if reference_model is None else reference_model
-    reference, eval_reference = _references(config, accelerator, objective, scorer, examples,
-                                            eval_examples, pad_id, say)
+    with accelerator.autocast():  # the reference in the policy's precision: the log-ratio starts at 0
+        reference, eval_reference = _references(config, accelerator, objective, scorer, examples,
+                                                eval_examples, pad_id, say, precision.precision)
     if config.train.compile:
         say("compiling the model with torch.compile (the first steps and new batch shapes take longer)")
         getattr(model, "base_model", model).compile(dynamic=True)  # in place: parameter names unchanged
@@ -379,7 +405,8 @@ def prepare(config: RunConfig, resume: bool = False, log=print, records: list | 
     eval_builder = BatchBuilder(policy, eval_reference, pad_id, device, needs, config.scoring)
     return Run(config, accelerator, objective, tokenizer, model, policy, optimizer, scheduler, state, examples,
                eval_examples, builder, eval_builder, reference, folder, metrics, steps, trained_parameters, say,
-               guard=WeightGuard(trained_parameters, optimizer) if config.train.guard_weights else None, draw=draw)
+               guard=WeightGuard(trained_parameters, optimizer) if config.train.guard_weights else None, draw=draw,
+               precision=precision)
 
 
 def accumulate(run: Run, group: list[list[int]]) -> tuple[dict, int]:
@@ -404,7 +431,7 @@ def divergence_advice(run: Run) -> str:
     where = (f"the last good weights are in {latest}" if latest is not None
              else "no checkpoint was saved (train.save_every writes them)")
     advice = "Lower train.lr or check the data"
-    if mixed_precision(run.config.train.precision) != "no":
+    if run.precision is not None and run.precision.precision != "fp32":
         advice += ", or use train.precision: fp32"
     return f"{where}. {advice}."
 

@@ -41,8 +41,12 @@ def data_fingerprint(examples) -> str:
     return digest.hexdigest()
 
 
-def cache_key(examples, model) -> str:
+def cache_key(examples, model, precision: str = "fp32") -> str:
+    """The cache file's name: the scoring version, the data, the weights, their dtype and (when not float32) the
+    autocast precision the log-probs were computed in."""
     parts = [SCORING_VERSION, data_fingerprint(examples), weights_fingerprint(model), str(model.dtype)]
+    if precision != "fp32":
+        parts.append(f"autocast {precision}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
@@ -143,7 +147,7 @@ def read_cache(path: Path, examples) -> tuple[ReferenceLogps | None, str]:
 
 def cached_reference_logps(
     model, examples, pad_id: int, batch_size: int, device, cache_dir: Path | None, progress: bool = True,
-    options: ScoringOptions = DEFAULT_OPTIONS, say=print,
+    options: ScoringOptions = DEFAULT_OPTIONS, say=print, precision: str = "fp32",
 ) -> tuple[ReferenceLogps, str, bool]:
     """Reference log-probs from the cache when the fingerprint matches and the file checks out (checksum, shapes,
     finite values), else computed and stored; a cache file that does not check out is reported and replaced.
@@ -153,7 +157,7 @@ def cached_reference_logps(
     cache_dir = Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE_DIR
     if cache_dir.exists() and not cache_dir.is_dir():
         raise ConfigError(f"reference.cache_dir {cache_dir} is a file, not a folder")
-    path = cache_dir / f"{cache_key(examples, model)}.safetensors"
+    path = cache_dir / f"{cache_key(examples, model, precision)}.safetensors"
     if path.is_file():
         cached, problem = read_cache(path, examples)
         if cached is not None:
