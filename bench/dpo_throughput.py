@@ -8,9 +8,10 @@ once per engine setting (out of the box; without padding-free rows; without pref
 checkpointing, precomputed reference log-probs; and with its out-of-the-box defaults), each in its own
 process so peak memory is its own, and prints pairs/second, peak RSS and their ratios. TRL is a
 benchmark-only dependency: ``--vs trl`` installs it (pinned, with the project's constraints) when it is
-missing. It also measures fp32 matmul FLOP/s on this machine and counts the FLOPs one pair needs
-(6·N per trained token + 2·N per reference token, N = non-embedding parameters, prompt tokens counted
-once when they are shared) to report achieved / limit.
+missing. It also measures fp32 and bf16 matmul FLOP/s on this machine (the limit is the faster dtype's; the
+CPU's bf16-relevant flags are printed) and counts the FLOPs one pair needs (6·N per trained token + 2·N per
+reference token, N = non-embedding parameters, prompt tokens counted once when they are shared) to report
+achieved / limit.
 
 Models: ``tiny`` = the embedded model; ``small`` = the same architecture at ~30M parameters (hidden 512,
 8 layers), randomly initialised. Data: synthetic pairs with long-tailed lengths — prompt 32–256 tokens,
@@ -37,9 +38,11 @@ SETTINGS = {
     "separate_rows": {"scoring.share_prefix": "false"},  # chosen and rejected rows, prompt twice
     "compiled": {"train.compile": "true"},  # torch.compile'd body (not run unless named in --settings)
     "no_guard": {"train.guard_weights": "false"},  # without the copy that undoes non-finite updates (named only)
+    "fp32": {"train.precision": "fp32"},  # float32 whatever `auto` measures (named only)
+    "bf16": {"train.precision": "bf16"},  # bf16 autocast whatever `auto` measures (named only)
 }
 DEFAULT_SETTINGS = ("default", "padded_rows", "separate_rows")
-TRL_SETTINGS = ("trl_tuned", "trl_default")
+TRL_SETTINGS = ("trl_tuned", "trl_tuned_bf16", "trl_default")
 TRL_REQUIREMENT = "trl==1.16.0"
 LEARNING_RATE, BETA, MAX_LENGTH, MAX_PROMPT_LENGTH = 5e-6, 0.1, 768, 256
 
@@ -87,18 +90,34 @@ def small_model(folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def matmul_flops(seconds: float = 3.0, size: int = 1024) -> float:
-    """Sustained fp32 matmul FLOP/s of this machine (all threads torch uses)."""
+def matmul_flops(dtype: str = "fp32", seconds: float = 3.0, size: int = 1024) -> float:
+    """Sustained matmul FLOP/s of this machine in `dtype` (fp32 or bf16; all threads torch uses)."""
     import torch
 
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    for _ in range(3):
-        a @ b
+    kind = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    a, b = torch.randn(size, size).to(kind), torch.randn(size, size).to(kind)
+    a @ b
     count, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         a @ b
         count += 1
     return 2 * size**3 * count / (time.perf_counter() - started)
+
+
+def cpu_features() -> str:
+    """The CPU model and the flags that decide bf16 speed (amx_bf16, avx512_bf16, avx512f, avx2)."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    present = [f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in flags]
+    return f"{model} ({', '.join(present) or 'none of amx_bf16, avx512_bf16, avx512f, avx2'})"
 
 
 def pair_flops(model_dir: Path, data: Path, max_length: int, max_prompt_length: int, shared: bool) -> float:
@@ -135,11 +154,14 @@ def run_one(model_dir: Path, data: Path, out: Path, steps: int, batch_size: int,
     train(load_config(None, settings), log=lambda *_: None)
     history = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     seconds = history[-1]["elapsed_s"] - history[0]["elapsed_s"]
+    chosen = json.loads((out / "run" / "precision.json").read_text())
     return {"pairs_per_s": (len(history) - 1) * batch_size / seconds,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "precision": chosen["precision"], "precision_reason": chosen["reason"]}
 
 
-def run_trl(model_dir: Path, data: Path, out: Path, steps: int, batch_size: int, tuned: bool) -> dict:
+def run_trl(model_dir: Path, data: Path, out: Path, steps: int, batch_size: int, tuned: bool,
+            bf16: bool = False) -> dict:
     """The same training through TRL's DPOTrainer; pairs/s over the steps after the first, and peak RSS."""
     import datasets
     import torch
@@ -152,7 +174,7 @@ def run_trl(model_dir: Path, data: Path, out: Path, steps: int, batch_size: int,
         def on_step_end(self, args, state, control, **kwargs):
             step_ends.append(time.perf_counter())
 
-    tuned_settings = {"bf16": False, "gradient_checkpointing": False, "precompute_ref_log_probs": True}
+    tuned_settings = {"bf16": bf16, "gradient_checkpointing": False, "precompute_ref_log_probs": True}
     config = DPOConfig(output_dir=str(out / "trl"), max_steps=steps, per_device_train_batch_size=batch_size,
                        learning_rate=LEARNING_RATE, beta=BETA, max_length=MAX_LENGTH, logging_steps=1,
                        save_strategy="no", report_to="none", use_cpu=True, seed=0, dataloader_num_workers=0,
@@ -187,6 +209,9 @@ def main() -> None:
                         help="steps for TRL's defaults, which are many times slower on a CPU (default 3)")
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), help="alignlab settings to run (default: all)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument("--trl-bf16", choices=("auto", "yes", "no"), default="auto",
+                        help="also run TRL tuned in bf16: auto = only where bf16 matmuls are at least 1.5x fp32's "
+                        "(elsewhere bf16 is many times slower and the run would take hours)")
     parser.add_argument("--one", nargs=3, metavar=("MODEL_DIR", "DATA", "SETTING"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     for name in ("steps", "trl_default_steps"):  # the first step is a warm-up that the rates leave out
@@ -203,7 +228,8 @@ def main() -> None:
         model_dir, data, setting = Path(args.one[0]), Path(args.one[1]), args.one[2]
         with tempfile.TemporaryDirectory() as folder:
             if setting in TRL_SETTINGS:
-                result = run_trl(model_dir, data, Path(folder), args.steps, args.batch_size, setting == "trl_tuned")
+                result = run_trl(model_dir, data, Path(folder), args.steps, args.batch_size, setting != "trl_default",
+                                 setting == "trl_tuned_bf16")
             else:
                 result = run_one(model_dir, data, Path(folder), args.steps, args.batch_size, SETTINGS[setting])
         print(json.dumps(result))
@@ -223,9 +249,16 @@ def main() -> None:
         settings = args.settings or list(DEFAULT_SETTINGS)
         if "default" not in settings:
             parser.error("--settings must include default")
+        limits = {dtype: matmul_flops(dtype) for dtype in ("fp32", "bf16")}
+        fast_bf16 = limits["bf16"] >= 1.5 * limits["fp32"]
+        print(f"CPU: {cpu_features()}; matmul fp32 {limits['fp32'] / 1e9:.0f}, bf16 {limits['bf16'] / 1e9:.0f} "
+              f"GFLOP/s", flush=True)
         if args.vs == "trl":
             ensure_trl()
-            settings += list(TRL_SETTINGS)
+            with_bf16 = args.trl_bf16 == "yes" or (args.trl_bf16 == "auto" and fast_bf16)
+            settings += [name for name in TRL_SETTINGS if name != "trl_tuned_bf16" or with_bf16]
+            if not with_bf16:
+                print("TRL tuned in bf16: skipped (no fast bf16 on this CPU; --trl-bf16 yes runs it anyway)")
         for setting in settings:
             steps = args.trl_default_steps if setting == "trl_default" else args.steps
             command = [sys.executable, __file__, "--steps", str(steps), "--batch-size", str(args.batch_size),
@@ -234,9 +267,10 @@ def main() -> None:
             if child.returncode != 0:
                 sys.exit(f"setting {setting} failed (exit {child.returncode}):\n{child.stderr[-3000:]}")
             results[setting] = json.loads(child.stdout.strip().splitlines()[-1])
+            chosen = f", {results[setting]['precision']}" if "precision" in results[setting] else ""
             print(f"{setting:>14}: {results[setting]['pairs_per_s']:.2f} pairs/s, "
-                  f"peak RSS {results[setting]['peak_rss_mb']:.0f} MB", flush=True)
-        limit = matmul_flops()
+                  f"peak RSS {results[setting]['peak_rss_mb']:.0f} MB{chosen}", flush=True)
+        limit = max(limits.values())
         flops = pair_flops(model_dir, data, MAX_LENGTH, MAX_PROMPT_LENGTH, shared=True)
         best = results["default"]["pairs_per_s"]
     summary = {
@@ -244,25 +278,35 @@ def main() -> None:
         **{f"alignlab_{name}": results[name] for name in settings if name in SETTINGS and name != "default"},
         **{f"ratio_default_vs_{name}": best / results[name]["pairs_per_s"]
            for name in settings if name in SETTINGS and name != "default"},
-        "machine_fp32_flops": limit,
+        "cpu": cpu_features(),
+        "precision_out_of_the_box": results["default"]["precision"],
+        "machine_fp32_flops": limits["fp32"],
+        "machine_bf16_flops": limits["bf16"],
         "flops_per_pair": flops,
         "fraction_of_limit": best * flops / limit,
+        "fraction_of_fp32_limit": best * flops / limits["fp32"],
         "settings": {"model": args.model, "pairs": args.pairs, "steps": args.steps, "batch_size": args.batch_size,
                      "lr": LEARNING_RATE, "beta": BETA, "max_length": MAX_LENGTH,
                      "max_prompt_length": MAX_PROMPT_LENGTH, "threads": os.cpu_count()},
     }
     if args.vs == "trl":
-        summary["trl_tuned"], summary["trl_default"] = results["trl_tuned"], results["trl_default"]
-        summary["ratio_vs_trl_tuned"] = best / results["trl_tuned"]["pairs_per_s"]
+        tuned = [name for name in ("trl_tuned", "trl_tuned_bf16") if name in results]
+        best_trl = max(tuned, key=lambda name: results[name]["pairs_per_s"])
+        summary.update({name: results[name] for name in (*tuned, "trl_default")})
+        summary["trl_best_tuned"] = best_trl
+        summary["ratio_vs_trl_tuned"] = best / results[best_trl]["pairs_per_s"]
         summary["ratio_vs_trl_default"] = best / results["trl_default"]["pairs_per_s"]
         summary["settings"]["trl_default_steps"] = args.trl_default_steps
-        print(f"alignlab vs TRL tuned: {summary['ratio_vs_trl_tuned']:.2f}x pairs/s, peak RSS "
-              f"{results['default']['peak_rss_mb']:.0f} vs {results['trl_tuned']['peak_rss_mb']:.0f} MB; "
+        print(f"alignlab vs TRL tuned at its best here ({best_trl}): {summary['ratio_vs_trl_tuned']:.2f}x pairs/s, "
+              f"peak RSS {results['default']['peak_rss_mb']:.0f} vs {results[best_trl]['peak_rss_mb']:.0f} MB; "
               f"vs TRL defaults: {summary['ratio_vs_trl_default']:.1f}x")
     for name in settings:
         if name in SETTINGS and name != "default":
             print(f"out of the box vs {name}: {summary[f'ratio_default_vs_{name}']:.2f}x pairs/s")
-    print(f"machine fp32 limit {limit / 1e9:.0f} GFLOP/s; achieved {summary['fraction_of_limit']:.0%} of it")
+    best_dtype = max(limits, key=limits.get)
+    print(f"machine limit {limit / 1e9:.0f} GFLOP/s ({best_dtype}; fp32 {limits['fp32'] / 1e9:.0f}); achieved "
+          f"{summary['fraction_of_limit']:.0%} of it ({summary['fraction_of_fp32_limit']:.0%} of fp32's) with "
+          f"{results['default']['precision']} ({results['default']['precision_reason']})")
     if args.json:
         print(json.dumps(summary))
 
