@@ -70,17 +70,18 @@ def test_token_kl_matches_a_full_softmax_computation():
     assert (means > 0).all()
 
 
-def test_cli_writes_result_and_plot(tmp_path, small_model_dir):
-    from transformers import AutoModelForCausalLM
+def test_cli_writes_result_and_plot(tmp_path):
+    from alignlab.assets import EMBEDDED_MODEL_DIR
+    from alignlab.models.loading import load_model_and_tokenizer
 
-    other = tmp_path / "other"
-    model = AutoModelForCausalLM.from_pretrained(small_model_dir)
+    other = tmp_path / "other"  # the embedded model, its last layer perturbed
+    model, tokenizer = load_model_and_tokenizer(str(EMBEDDED_MODEL_DIR))
     with torch.no_grad():
-        model.lm_head.weight.add_(0.5 * torch.randn_like(model.lm_head.weight))
+        for parameter in model.model.layers[-1].parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
     model.save_pretrained(other)
-    from alignlab.models.loading import load_tokenizer
-
-    load_tokenizer(str(small_model_dir)).save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    small_model_dir = EMBEDDED_MODEL_DIR
     data = write_records(tmp_path / "pairs.jsonl", [{"goal": "Tell me a story", "target": "Sure, here is a story"},
                                                     {"goal": "Name a colour", "target": "Blue"}])
     out = tmp_path / "out"

@@ -22,9 +22,19 @@ def test_evaluate_judge_with_a_reward(tmp_path):
     assert (out / "judges.png").exists()
 
 
-def test_evaluate_fairness_on_the_example_set(tmp_path, small_model_dir):
+def test_evaluate_judge_with_the_embedded_model(tmp_path):
+    out = tmp_path / "judge"
+    assert main(["evaluate", "judge", str(EXAMPLES / "judge_pairs.jsonl"), "--model", "alignlab/tiny-llama",
+                 "--biases", "bandwagon", "--out", str(out), "--quiet"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["pairs"] == 24 and 0 <= result["consistency"] <= 1 and set(result["robustness"]) == {"bandwagon"}
+    verdicts = [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]
+    assert result["consistency"] == sum(v["consistent"] for v in verdicts) / 24
+
+
+def test_evaluate_fairness_on_the_example_set(tmp_path):
     out = tmp_path / "fairness"
-    assert main(["evaluate", "fairness", str(EXAMPLES / "fairness_comments.jsonl"), "--model", str(small_model_dir),
+    assert main(["evaluate", "fairness", str(EXAMPLES / "fairness_comments.jsonl"),  # the embedded model
                  "--answers", " A", " B", "--instruction", "--fpr-target", "0.25", "--out", str(out), "--quiet"]) == 0
     result = json.loads((out / "result.json").read_text())
     assert result["records"] == 24 and set(result["methods"]) == {"prompt", "instruction", "group_thresholds"}

@@ -13,7 +13,18 @@ from alignlab.evaluate import safety
 from alignlab.rewards.programmatic import read_phrases
 from tests.conftest import write_records
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+def shared_data() -> Path:
+    """The team's public evaluation sets: $ALIGNLAB_SHARED_DATA, or ../shared/data beside the checkout."""
+    import os
+
+    for candidate in (os.environ.get("ALIGNLAB_SHARED_DATA"), Path(__file__).resolve().parents[3] / "shared" / "data",
+                      "/work/shared/data"):
+        if candidate and (Path(candidate) / "refusal_phrase_lists.json").exists():
+            return Path(candidate)
+    return Path("../shared/data")
+
+
+SHARED = shared_data()
 PHRASES = SHARED / "refusal_phrase_lists.json"
 needs_shared = pytest.mark.skipif(not PHRASES.exists(), reason=f"shared evaluation data not found at {SHARED}")
 
