@@ -13,6 +13,7 @@ from alignlab.evaluate import safety
 from alignlab.rewards.programmatic import read_phrases
 from tests.conftest import write_records
 
+
 def shared_data() -> Path:
     """The team's public evaluation sets: $ALIGNLAB_SHARED_DATA, or ../shared/data beside the checkout."""
     import os
