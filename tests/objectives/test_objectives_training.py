@@ -115,6 +115,45 @@ def test_mixed_and_tilted_objectives_train(small_model_dir, few_pairs, tmp_path)
     assert tilted[0]["loss"] == pytest.approx(0.693147, abs=1e-4)  # every example at log 2: tilt changes nothing
 
 
+def test_tilted_objective_trains_on_the_tilted_loss(small_model_dir, pairs_file, tmp_path, tokenizer):
+    """At step 1 every loss is log 2 and the tilted gradient is the mean's, so the tilt shows from step 2 on: its loss
+    is (1/t)·log mean exp(t·ℓ_i) of the per-pair DPO losses of the step-1 weights (all 8 pairs in each batch),
+    computed here with the plain HF forward."""
+    import math
+
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    from alignlab.data import load_preferences, tokenize_preferences
+    from tests.conftest import quick_config
+
+    beta, tilt = 0.5, 3.0
+    config = quick_config(small_model_dir, pairs_file, tmp_path / "run", {"name": "dpo", "beta": beta, "tilt": tilt},
+                          reference={"cache_dir": str(tmp_path / "cache")}, max_steps=2, batch_size=8, lr=1e-2,
+                          save_every=1, keep_checkpoints=5)
+    train(config, log=lambda *_: None)
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    policy = AutoModelForCausalLM.from_pretrained(small_model_dir)
+    policy.load_state_dict(load_file(str(tmp_path / "run" / "checkpoints" / "step-1" / "model.safetensors")),
+                           strict=False)
+    reference = AutoModelForCausalLM.from_pretrained(small_model_dir)
+
+    def summed(model, prompt, completion):
+        logits = model(input_ids=torch.tensor([prompt + completion])).logits[0].double()
+        rows = torch.arange(len(prompt) - 1, len(prompt) + len(completion) - 1)
+        return torch.log_softmax(logits[rows], -1)[torch.arange(len(completion)), torch.tensor(completion)].sum()
+
+    pairs, _ = tokenize_preferences(load_preferences(str(pairs_file)), tokenizer, max_length=64, max_prompt_length=32)
+    with torch.no_grad():
+        losses = [float(-F.logsigmoid(beta * ((summed(policy, p.prompt, p.chosen) - summed(reference, p.prompt,
+                                                                                         p.chosen))
+                                              - (summed(policy, p.prompt, p.rejected)
+                                                 - summed(reference, p.prompt, p.rejected))))) for p in pairs]
+    tilted = math.log(sum(math.exp(tilt * v) for v in losses) / len(losses)) / tilt
+    assert history[1]["loss"] == pytest.approx(tilted, rel=1e-4)
+    assert tilted - sum(losses) / len(losses) > 1e-3  # the tilt matters at step 2
+
+
 def golden_losses(tmp_path) -> dict[str, list[float]]:
     return {name: [m["loss"] for m in run(EMBEDDED_MODEL_DIR, EXAMPLE_PAIRS.parent / "golden_pairs.jsonl",
                                           tmp_path / name, {"name": name}, steps=4, lr=1e-4)[1]]

@@ -122,6 +122,8 @@ def test_evaluation_every_n_steps_and_fresh_run_guard(small_model_dir, pairs_fil
     evals = [m for m in metrics(tmp_path / "run") if "eval/loss" in m]
     assert [m["step"] for m in evals] == [2, 4, 4]  # every 2 steps, and once at the end
     assert evals[-1]["eval/rewards/accuracies"] >= 0.0 and "eval/rewards/margins" in evals[-1]
+    assert evals[-1] == evals[-2]  # the same weights evaluated twice at step 4; values against a hand-run evaluation:
+    # tests/train/test_loop_mechanics.py::test_evaluation_values_match_a_hand_run_evaluation
     with pytest.raises(ConfigError, match="already holds checkpoints"):
         train(config, log=lambda *_: None)
 
@@ -149,6 +151,10 @@ def test_compiled_body_trains_like_eager(small_model_dir, pairs_file, tmp_path):
     for a, b in zip(metrics(eager.run_dir), metrics(compiled.run_dir), strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
     assert weights(compiled.final_dir).keys() == weights(eager.final_dir).keys()
+    for name, value in weights(eager.final_dir).items():  # the compiled steps trained the weights that are saved
+        torch.testing.assert_close(weights(compiled.final_dir)[name], value, atol=1e-4, rtol=1e-3)
+    initial = weights(small_model_dir)
+    assert not torch.equal(weights(compiled.final_dir)["lm_head.weight"], initial["lm_head.weight"])
 
 
 def test_prepare_and_steps_in_pieces_on_records_in_memory_equal_one_run_from_the_file(small_model_dir, pairs_file,
