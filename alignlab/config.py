@@ -14,13 +14,16 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from alignlab.errors import ConfigError
 from alignlab.models.scoring import ScoringOptions
 from alignlab.registries import did_you_mean
+
+if TYPE_CHECKING:
+    from alignlab.data.loading import DataSource
 
 
 @dataclass
@@ -35,8 +38,26 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     train: str = ""
-    """Preference records: .jsonl, .json, .csv, .parquet, or a `datasets` folder saved to disk."""
+    """Preference records: .jsonl, .json (either gzipped too: .jsonl.gz, .json.gz), .csv, .parquet, a `datasets`
+    folder saved to disk, or a hub dataset id (``owner/name``, loaded with `datasets.load_dataset`, its cache
+    honoured)."""
     eval: str | None = None
+    """Evaluation records, as `train`."""
+    split: str = "train"
+    """The split `train` reads from a hub dataset or a saved DatasetDict folder (slices such as ``train[:2000]``
+    work on the hub)."""
+    eval_split: str | None = None
+    """The split `eval` reads; default: `split`."""
+    subset: str | None = None
+    """A hub dataset's subset (configuration name), when it has several."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """alignlab's field names → the dataset's column names, e.g. ``{prompt: question, chosen: good, rejected: bad}``;
+    each record's columns are renamed before validation."""
+    hh_format: bool = False
+    """Paired records written as transcripts (``"\\n\\nHuman: … \\n\\nAssistant: …"``, as the HH-RLHF
+    transcripts are written) become chat messages: each Human turn a user message, each Assistant turn an assistant
+    message, the prompt every turn before the final answer; the tokenizer's chat template renders them. Without it
+    such records are read as text, the prompt being the shared transcript up to the last ``Assistant:``."""
     format: str = "auto"
     """``paired``, ``scored`` (lists read as best/worst pairs), ``unpaired``, ``negatives``, ``sft``, or
     ``auto``: told from the records' fields."""
@@ -55,6 +76,13 @@ class DataConfig:
     """Tokens of prompt + completion; completions are cut from the right to fit."""
     max_prompt_length: int = 256
     """Tokens of prompt; prompts are cut from the left (the end of a prompt matters most)."""
+
+    def source(self, which: str = "train") -> DataSource:
+        """`train` or `eval` with how to read it, as an `alignlab.data.loading.DataSource`."""
+        from alignlab.data.loading import DataSource
+
+        split = self.eval_split if which == "eval" and self.eval_split is not None else self.split
+        return DataSource(getattr(self, which) or "", split, self.subset, tuple(self.columns.items()), self.hh_format)
 
 
 @dataclass
@@ -412,6 +440,7 @@ def validate(config: RunConfig) -> None:
         raise ConfigError("train.overopt_prompts is set but data.eval names no held-out prompts to sample from")
     if config.train.overopt_top_k < 1 or config.train.overopt_max_new_tokens < 1:
         raise ConfigError("train.overopt_top_k and train.overopt_max_new_tokens must be at least 1")
+    check_data_source(config.data)
     check_objective_values(config)
     objective = objectives.Objective(objective_terms(config))
     check_transform(config, objective)
@@ -419,6 +448,32 @@ def validate(config: RunConfig) -> None:
     if objective.needs.token_kl and config.reference.mode != "model":
         raise ConfigError(f"objective '{objective.name}' needs the reference's full distribution at every token, "
                           "which precomputed log-probs do not keep: set reference.mode: model")
+
+
+def check_data_source(data: DataConfig) -> None:
+    """How the data is read: splits named, `columns` mapping alignlab's record fields to distinct column names,
+    `hh_format` only where paired records are read."""
+    from alignlab.data.formats import RECORD_FIELDS
+
+    for key in ("split", "eval_split", "subset"):
+        value = getattr(data, key)
+        if value is not None and not value.strip():
+            raise ConfigError(f"data.{key}: expected a name, got an empty string")
+    for ours, theirs in data.columns.items():
+        if ours not in RECORD_FIELDS:
+            raise ConfigError(f"data.columns: '{ours}' is not a field alignlab reads; the keys are alignlab's field "
+                              f"names ({', '.join(RECORD_FIELDS)}) and the values the dataset's column names."
+                              + did_you_mean(str(ours), RECORD_FIELDS))
+        if not isinstance(theirs, str) or not theirs:
+            raise ConfigError(f"data.columns.{ours}: expected the dataset's column name, got {theirs!r}")
+    readers = {}
+    for ours, theirs in data.columns.items():
+        if theirs in readers:
+            raise ConfigError(f"data.columns: {readers[theirs]} and {ours} both read column '{theirs}'")
+        readers[theirs] = ours
+    if data.hh_format and (data.format not in ("auto", "paired") or data.transform):
+        other = f"data.transform is {data.transform}" if data.transform else f"data.format is {data.format}"
+        raise ConfigError(f"data.hh_format reads paired records (chosen and rejected transcripts), and {other}")
 
 
 TRANSFORMS = ("safety_recovery",)
@@ -644,7 +699,9 @@ def _flat(data, prefix: str = "") -> dict:
 
 
 def resume_changes(saved: dict, config: RunConfig) -> list[str]:
-    """The settings of `config` that differ from the run's saved config.yaml data and may not change on resume."""
+    """The settings of `config` that differ from the run's saved config.yaml data and may not change on resume. A
+    setting the saved file does not have (written before alignlab had it) counts as its default."""
     old, new = _flat(saved), _flat(config_to_dict(config))
+    defaults = _flat(config_to_dict(RunConfig()))
     return sorted(key for key in set(old) | set(new)
-                  if old.get(key) != new.get(key) and not key.startswith(CHANGEABLE_ON_RESUME))
+                  if old.get(key, defaults.get(key)) != new.get(key) and not key.startswith(CHANGEABLE_ON_RESUME))

@@ -137,3 +137,14 @@ def test_relative_input_paths_resolve_against_the_config_files_folder(tmp_path, 
     assert config.out_dir == "runs/x"  # outputs go where the command runs
     overridden = load_config(folder / "run.yaml", ["data.train=data/pairs.jsonl"])
     assert overridden.data.train == "data/pairs.jsonl"  # typed on the command line: relative to the working directory
+
+
+def test_settings_missing_from_an_older_saved_config_count_as_their_defaults():
+    from alignlab.config import config_from_dict, config_to_dict, resume_changes
+
+    config = config_from_dict({"data": {"train": "d.jsonl"}, "train": {"lr": 1e-4}})
+    saved = config_to_dict(config)
+    del saved["data"]["split"], saved["train"]["overopt_top_k"]  # written before these settings existed
+    assert resume_changes(saved, config) == []
+    changed = config_from_dict({"data": {"train": "d.jsonl", "split": "test"}, "train": {"lr": 1e-4}})
+    assert resume_changes(saved, changed) == ["data.split"]

@@ -1,6 +1,7 @@
 """Data: read records, validate them by format, tokenize with a stated truncation policy, batch.
 
-`formats` (record validation), `loading` (file formats), `tokenize` (the one prompt encoder, truncation),
+`formats` (record validation), `loading` (file formats, hub ids), `transcripts` (prompts split from whole
+transcripts, turns as chat messages), `tokenize` (the one prompt encoder, truncation),
 `collate` (padded and packed rows), `examples` (a data file to tokenized examples in one call).
 """
 
@@ -23,7 +24,7 @@ from alignlab.data.formats import (
     load_sft,
     load_unpaired,
 )
-from alignlab.data.loading import read_records
+from alignlab.data.loading import DataSource, read_records
 from alignlab.data.tokenize import (
     TokenizedNegatives,
     TokenizedPair,
@@ -40,6 +41,7 @@ from alignlab.data.tokenize import (
 )
 
 __all__ = [
+    "DataSource",
     "NegativeExample",
     "PreferenceExample",
     "SFTExample",

@@ -19,6 +19,7 @@ from alignlab.data.formats import (
     load_sft,
     load_unpaired,
 )
+from alignlab.data.loading import Source
 from alignlab.data.tokenize import (
     TruncationStats,
     tokenize_negatives,
@@ -34,7 +35,7 @@ TOKENIZERS = {"paired": tokenize_preferences, "unpaired": tokenize_unpaired, "sf
               "negatives": tokenize_negatives, "scored": tokenize_preferences}
 
 
-def resolve_format(requested: str, path: str, accepted: tuple[str, ...], reader: str) -> str:
+def resolve_format(requested: str, path: Source, accepted: tuple[str, ...], reader: str) -> str:
     """The format to read `path` in: `requested`, or (``auto``) detected from its records, or the only one
     `reader` accepts when detection fails. Scored lists count as paired data."""
     wanted = requested
@@ -60,11 +61,13 @@ def tokenize_records(records: list, data_format: str, tokenizer, max_length: int
     return TOKENIZERS[data_format](records, tokenizer, max_length, max_prompt_length)
 
 
-def load_examples(path: str, data_format: str, tokenizer, max_length: int, max_prompt_length: int,
+def load_examples(path: Source, data_format: str, tokenizer, max_length: int, max_prompt_length: int,
                   say=print) -> tuple[list, TruncationStats]:
-    """Read, validate and tokenize the records of `path` in `data_format`; returns (examples, truncation stats).
+    """Read, validate and tokenize the records of `path` (a path, or a `DataSource`: hub id, split, renames) in
+    `data_format`; returns (examples, truncation stats).
 
-    Scored lists become best/worst pairs; records whose scores all tie are counted and reported.
+    Scored lists become best/worst pairs; records whose scores all tie are counted and reported, and so are paired
+    records whose prompt was taken from what chosen and rejected share.
     """
     tied = 0
     if data_format == "scored":
@@ -77,6 +80,7 @@ def load_examples(path: str, data_format: str, tokenizer, max_length: int, max_p
         raise ConfigError(f"alignlab does not read {data_format} data yet")
     examples, stats = tokenize_records(records, data_format, tokenizer, max_length, max_prompt_length)
     stats.skipped_ties = tied
+    stats.implicit_prompts = sum(getattr(record, "implicit_prompt", False) for record in records)
     return examples, stats
 
 

@@ -1,8 +1,11 @@
 """Record formats and their validation: paired preferences and SFT.
 
 Paired: ``prompt``, ``chosen``, ``rejected`` — each a string, or a list of chat messages
-``{"role": ..., "content": ...}``. With message lists the prompt may be left out: it is then the
-messages that chosen and rejected share before they differ (the "implicit prompt" convention).
+``{"role": ..., "content": ...}``. The prompt may be left out (the "implicit prompt" convention): with message
+lists it is then the messages that chosen and rejected share before they differ; with strings, their shared
+beginning, cut back to the end of the last ``\\n\\nAssistant:`` in it when there is one (whole transcripts, as the
+HH-RLHF transcripts are written: `alignlab.data.transcripts`). Read with ``hh_format``, such transcripts become chat
+messages.
 Optional ``chosen_reward`` and ``rejected_reward`` (a number each, or equal-length lists, one per
 reward model) carry reward-model scores for reward distillation; optional ``chosen_answer`` and
 ``rejected_answer`` carry answer-only versions of responses with reasoning traces (BVPO).
@@ -27,7 +30,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from alignlab.data.loading import read_records
+from alignlab.data.loading import Source, as_source, read_records
+from alignlab.data.transcripts import ASSISTANT, completion_messages, prompt_messages, split_shared_prefix
 from alignlab.errors import DataError
 
 ROLES = ("system", "user", "assistant")
@@ -35,6 +39,11 @@ LABEL_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True,
 """Spellings of an unpaired label accepted from text cells (CSV)."""
 Message = dict[str, str]
 Text = str | list[Message]
+RECORD_FIELDS = ("prompt", "chosen", "rejected", "chosen_reward", "rejected_reward", "chosen_answer",
+                 "rejected_answer", "completion", "label", "completions", "scores", "messages", "aligned_logps",
+                 "harmful", "refusal")
+"""Every field alignlab reads from a training record (of any format or data transform): what ``data.columns`` may
+map a dataset's columns to."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,8 @@ class PreferenceExample:
     chosen_answer: Text | None = None
     """Optional answer-only versions of chosen and rejected (no reasoning trace), for BVPO."""
     rejected_answer: Text | None = None
+    implicit_prompt: bool = False
+    """The record had no prompt: it was taken from what chosen and rejected share (counted in the data report)."""
 
 
 @dataclass(frozen=True)
@@ -160,11 +171,11 @@ class RecordChecker:
             self.completion_messages(value, name)
         return value
 
-    def completion_messages(self, messages: list[Message], name: str) -> None:
+    def completion_messages(self, messages: list[Message], name: str, allow_empty: bool = False) -> None:
         if messages[0]["role"] != "assistant":
             raise self.error(f"a completion must start with an assistant message, got role '{messages[0]['role']}'",
                              field=f"{name}[0].role")
-        if not any(m["content"].strip() for m in messages):
+        if not allow_empty and not any(m["content"].strip() for m in messages):
             raise self.error("empty completion", field=name)
 
 
@@ -175,22 +186,77 @@ def _split_implicit_prompt(chosen: list[Message], rejected: list[Message]) -> tu
     return chosen[:shared], chosen[shared:], rejected[shared:]
 
 
-def parse_preference(record: Any, source: str, location: str) -> PreferenceExample:
-    """Validate one paired record and return it as a `PreferenceExample`."""
-    check = RecordChecker(source, location)
-    record = check.record(record, "prompt, chosen, rejected")
-    chosen = check.text(check.required(record, "chosen"), "chosen", allow_empty=False)
-    rejected = check.text(check.required(record, "rejected"), "rejected", allow_empty=False)
-    if record.get("prompt") is None and isinstance(chosen, list) and isinstance(rejected, list):
+def _implicit_prompt(check: RecordChecker, chosen: Text, rejected: Text) -> tuple[Text, Text, Text]:
+    """(prompt, chosen, rejected) of a record without a prompt: the messages, or the text, that chosen and rejected
+    share (`split_shared_prefix`), and the rest of each."""
+    if isinstance(chosen, list) and isinstance(rejected, list):
         prompt, chosen, rejected = _split_implicit_prompt(chosen, rejected)
         if not prompt:
             raise check.error("missing, and chosen and rejected share no leading messages to use as prompt",
                               field="prompt")
+        return prompt, chosen, rejected
+    if not (isinstance(chosen, str) and isinstance(rejected, str)):
+        raise check.error("missing, and chosen and rejected are not both text or both messages, so no shared "
+                          "beginning can be taken as the prompt", field="prompt")
+    split = split_shared_prefix(chosen, rejected)
+    if split is None:
+        raise check.error("missing, and chosen and rejected share no beginning to use as the prompt", field="prompt")
+    prompt, chosen_rest, rejected_rest = split
+    for name, rest in (("chosen", chosen_rest), ("rejected", rejected_rest)):
+        if not rest and not prompt.endswith(ASSISTANT):
+            raise check.error("nothing is left of it after the prompt it shares with the other completion", field=name)
+    return split
+
+
+def _given_prompt(check: RecordChecker, prompt: Text, chosen: Text, rejected: Text) -> tuple[Text, Text, Text]:
+    """(prompt, chosen, rejected) of a record with a prompt. When chosen and rejected are whole conversations all
+    the same (the prompt restated, as binarised preference sets publish them: ``prompt`` the user's request,
+    ``chosen`` = [user, assistant]), the messages both share become the prompt, once the given prompt is found to
+    be them (or the last user message among them)."""
+    if not (isinstance(chosen, list) and isinstance(rejected, list)) or chosen[0]["role"] == "assistant" \
+            or chosen[0] != rejected[0]:
+        return prompt, chosen, rejected
+    shared, chosen_rest, rejected_rest = _split_implicit_prompt(chosen, rejected)
+    users = [m["content"] for m in shared if m["role"] == "user"]
+    restates = prompt == shared if isinstance(prompt, list) else bool(users) and prompt.strip() == users[-1].strip()
+    if not restates:
+        raise check.error("chosen and rejected start with the same conversation, which the prompt does not "
+                          "restate; leave the prompt out (it is then that conversation) or give only the answers "
+                          "in chosen and rejected", field="prompt")
+    return shared, chosen_rest, rejected_rest
+
+
+def _as_chat(check: RecordChecker, prompt: Text, chosen: Text, rejected: Text) -> tuple[Text, Text, Text]:
+    """``hh_format``: transcript strings as chat messages (`prompt_messages`, `completion_messages`); message
+    lists stay as they are."""
+    if isinstance(prompt, str):
+        prompt = prompt_messages(prompt)
+        if not prompt:
+            raise check.error("holds no turn to use as the prompt (hh_format reads \\n\\nHuman: and "
+                              "\\n\\nAssistant: turns)", field="prompt")
+    chosen = completion_messages(chosen) if isinstance(chosen, str) else chosen
+    rejected = completion_messages(rejected) if isinstance(rejected, str) else rejected
+    return prompt, chosen, rejected
+
+
+def parse_preference(record: Any, source: str, location: str, hh_format: bool = False) -> PreferenceExample:
+    """Validate one paired record and return it as a `PreferenceExample`; with `hh_format`, transcript text becomes
+    chat messages (`alignlab.data.transcripts`)."""
+    check = RecordChecker(source, location)
+    record = check.record(record, "prompt, chosen, rejected")
+    chosen = check.text(check.required(record, "chosen"), "chosen", allow_empty=False)
+    rejected = check.text(check.required(record, "rejected"), "rejected", allow_empty=False)
+    implicit = record.get("prompt") is None
+    from_text = implicit and isinstance(chosen, str)
+    if implicit:
+        prompt, chosen, rejected = _implicit_prompt(check, chosen, rejected)
     else:
-        prompt = check.prompt(record)
+        prompt, chosen, rejected = _given_prompt(check, check.prompt(record), chosen, rejected)
+    if hh_format:
+        prompt, chosen, rejected = _as_chat(check, prompt, chosen, rejected)
     for name, value in (("chosen", chosen), ("rejected", rejected)):
         if isinstance(value, list):
-            check.completion_messages(value, name)
+            check.completion_messages(value, name, allow_empty=from_text)  # a transcript may end with no answer
     answers = [record.get(name) is not None for name in ("chosen_answer", "rejected_answer")]
     if any(answers) and not all(answers):
         given, missing = ("chosen_answer", "rejected_answer") if answers[0] else ("rejected_answer", "chosen_answer")
@@ -198,7 +264,7 @@ def parse_preference(record: Any, source: str, location: str) -> PreferenceExamp
     chosen_answer = check.completion(record, "chosen_answer") if all(answers) else None
     rejected_answer = check.completion(record, "rejected_answer") if all(answers) else None
     return PreferenceExample(prompt, chosen, rejected, f"{source}:{location}", check.reward_margin(record),
-                             chosen_answer, rejected_answer)
+                             chosen_answer, rejected_answer, implicit)
 
 
 def parse_unpaired(record: Any, source: str, location: str) -> UnpairedExample:
@@ -243,11 +309,12 @@ def parse_scored(record: Any, source: str, location: str) -> PreferenceExample |
                              (scores[best] - scores[worst],))
 
 
-def load_scored(path: str) -> tuple[list[PreferenceExample], int]:
+def load_scored(path: Source) -> tuple[list[PreferenceExample], int]:
     """Pairs from the scored lists of `path`, and how many records were skipped because all scores tie."""
-    parsed = [parse_scored(record, str(path), location) for location, record in read_records(path)]
+    name = str(path)
+    parsed = [parse_scored(record, name, location) for location, record in read_records(path)]
     if not parsed:
-        raise DataError("no records", source=str(path))
+        raise DataError("no records", source=name)
     pairs = [p for p in parsed if p is not None]
     if not pairs:
         raise DataError("every record's scores tie, so no pair can be made", source=str(path))
@@ -277,7 +344,7 @@ def parse_sft(record: Any, source: str, location: str) -> SFTExample:
     return SFTExample(prompt, completion, f"{source}:{location}", score)
 
 
-def detect_format(path: str) -> str:
+def detect_format(path: Source) -> str:
     """The format of `path` from its first record's fields: paired, scored, negatives, unpaired or sft."""
     for location, record in read_records(path):
         if isinstance(record, dict):
@@ -298,29 +365,32 @@ def detect_format(path: str) -> str:
     raise DataError("no records", source=str(path))
 
 
-def _load(path: str, parse) -> list:
-    examples = [parse(record, str(path), location) for location, record in read_records(path)]
+def _load(path: Source, parse) -> list:
+    name = str(path)
+    examples = [parse(record, name, location) for location, record in read_records(path)]
     if not examples:
-        raise DataError("no records", source=str(path))
+        raise DataError("no records", source=name)
     return examples
 
 
-def load_preferences(path: str) -> list[PreferenceExample]:
-    """All paired records of `path`, validated; the first bad record raises DataError."""
-    return _load(path, parse_preference)
+def load_preferences(path: Source) -> list[PreferenceExample]:
+    """All paired records of `path`, validated (transcripts read as chat messages when `path` is a `DataSource`
+    with ``hh_format``); the first bad record raises DataError."""
+    hh_format = as_source(path).hh_format
+    return _load(path, lambda record, name, location: parse_preference(record, name, location, hh_format))
 
 
-def load_unpaired(path: str) -> list[UnpairedExample]:
+def load_unpaired(path: Source) -> list[UnpairedExample]:
     """All unpaired records of `path`, validated; the first bad record raises DataError."""
     return _load(path, parse_unpaired)
 
 
-def load_negatives(path: str) -> list[NegativeExample]:
+def load_negatives(path: Source) -> list[NegativeExample]:
     """All negatives-only records of `path`, validated; the first bad record raises DataError."""
     return _load(path, parse_negative)
 
 
-def load_sft(path: str) -> list[SFTExample]:
+def load_sft(path: Source) -> list[SFTExample]:
     """All SFT records of `path`, validated; the first bad record raises DataError."""
     return _load(path, parse_sft)
 
@@ -342,7 +412,7 @@ class FieldRecord:
         return DataError(message, source=self.source, location=self.location, field=field)
 
 
-def load_fields(path: str, texts: tuple[str, ...], others: tuple[str, ...] = ()) -> list[FieldRecord]:
+def load_fields(path: Source, texts: tuple[str, ...], others: tuple[str, ...] = ()) -> list[FieldRecord]:
     """Every record of `path` with the non-empty text fields `texts` (strings, or chat messages) and the fields
     `others` (any value but null) present (the record's other fields are kept as they are); the first record without
     one raises DataError naming file, line and field, and a file without records raises too."""

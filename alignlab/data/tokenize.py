@@ -99,6 +99,8 @@ class TruncationStats:
     """Pairs whose chosen and rejected completions are the same tokens (kept: their DPO-style loss is log 2)."""
     skipped_ties: int = 0
     """Scored records skipped because all their scores tie."""
+    implicit_prompts: int = 0
+    """Paired records without a prompt, whose prompt was taken from what chosen and rejected share."""
 
     def count(self, location: str, prompt_cut: bool, completion_cut: bool) -> None:
         self.examples += 1
@@ -114,6 +116,8 @@ class TruncationStats:
     def summary(self) -> str:
         extra = "".join(f"; {n} {what}" for n, what in ((self.identical_pairs, "pairs with chosen = rejected"),
                                                          (self.skipped_ties, "scored records skipped (all tied)"),
+                                                         (self.implicit_prompts,
+                                                          "prompts taken from what chosen and rejected share"),
                                                          (self.text_cut, "records with very long text pre-cut"))
                         if n)
         return (f"{self.examples} examples; {self.truncated} truncated "
@@ -124,7 +128,8 @@ class TruncationStats:
         return {"examples": self.examples, "truncated": self.truncated,
                 "prompt_truncated": self.prompt_truncated, "completion_truncated": self.completion_truncated,
                 "first_truncated": self.truncated_locations[:20], "text_cut": self.text_cut,
-                "identical_pairs": self.identical_pairs, "skipped_ties": self.skipped_ties}
+                "identical_pairs": self.identical_pairs, "skipped_ties": self.skipped_ties,
+                "implicit_prompts": self.implicit_prompts}
 
 
 def as_messages(text: Text, role: str) -> list[dict[str, str]]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from alignlab.data.formats import RecordChecker, Text
-from alignlab.data.loading import read_records
+from alignlab.data.loading import Source, read_records
 from alignlab.data.tokenize import TokenizedSFT, TruncationStats, encode_prompt_and_completion, truncate
 from alignlab.errors import DataError
 
@@ -49,7 +49,7 @@ def parse_triplet(record: Any, source: str, location: str) -> SafetyTriplet:
     return SafetyTriplet(prompt, fields["harmful"], fields["refusal"], f"{source}:{location}")
 
 
-def load_triplets(path: str) -> list[SafetyTriplet]:
+def load_triplets(path: Source) -> list[SafetyTriplet]:
     triplets = [parse_triplet(record, str(path), location) for location, record in read_records(path)]
     if not triplets:
         raise DataError("no records", source=str(path))

@@ -224,7 +224,7 @@ def _epoch_draws(config: RunConfig, tokenizer):
     """`data.transform`'s examples for an epoch: ``draw(epoch) -> (examples, truncation stats)``, a function of
     (seed, epoch) only, so a resumed run redraws the same ones."""
     data = config.data
-    triplets = load_triplets(data.train)
+    triplets = load_triplets(data.source("train"))
 
     def draw(epoch: int):
         return safety_recovery_draw(triplets, tokenizer, config.train.seed * 100_003 + epoch, data.recovery_probability,
@@ -269,16 +269,16 @@ def _load_data(config: RunConfig, objective: objectives.Objective, tokenizer, sa
         examples, stats = draw(0)
         source = f"{config.data.train} ({config.data.transform}, redrawn every epoch; epoch 1)"
     else:
-        data_format = resolve_format(config.data.format, config.data.train, objective.data_formats,
+        data_format = resolve_format(config.data.format, config.data.source("train"), objective.data_formats,
                                      f"objective '{objective.name}'")
-        examples, stats = load_examples(config.data.train, data_format, tokenizer, *lengths, say)
-        source = config.data.train
+        examples, stats = load_examples(config.data.source("train"), data_format, tokenizer, *lengths, say)
+        source = config.data.source("train")
     say(f"train data {source} ({data_format}): {stats.summary()}")
     eval_examples, eval_stats = [], None
     if config.data.eval:
         eval_format = "sft" if draw else data_format
-        eval_examples, eval_stats = load_examples(config.data.eval, eval_format, tokenizer, *lengths, say)
-        say(f"eval data {config.data.eval}: {eval_stats.summary()}")
+        eval_examples, eval_stats = load_examples(config.data.source("eval"), eval_format, tokenizer, *lengths, say)
+        say(f"eval data {config.data.source('eval')}: {eval_stats.summary()}")
     report = {"train": stats.as_dict(), "eval": eval_stats.as_dict() if eval_stats else None}
     return data_format, examples, eval_examples, report, draw
 
