@@ -160,6 +160,12 @@ def _diagnose_overopt(args: argparse.Namespace) -> None:
                      args.max_new_tokens, args.seed, args.batch_size, args.overwrite, not args.quiet)
 
 
+def _report(args: argparse.Namespace) -> None:
+    from alignlab.report.html import write_report
+
+    print(f"wrote {write_report(args.run_dir)}")
+
+
 def _decoders(_: argparse.Namespace) -> None:
     from alignlab import decode, rewards
 
@@ -433,6 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_label_command(commands)
     _add_diagnose_commands(commands)
     _add_evaluate_commands(commands)
+
+    report = commands.add_parser("report", help="(re)write a run folder's report.html from its files")
+    report.add_argument("run_dir", help="a run folder (train, demo, decode, online)")
+    report.set_defaults(run=_report)
 
     listing_decoders = commands.add_parser("decoders", help="list the decoding methods and the rewards")
     listing_decoders.set_defaults(run=_decoders)

@@ -199,9 +199,12 @@ def run_demo(
     plot_frontier({"reference": summary["reference"], "DPO": summary["dpo"], **decoded},
                   {n: summary["best_of_n"][str(n)] for n in BEST_OF_N}, out / "frontier.png",
                   "Controlled sentiment on the embedded model")
+    from alignlab.train.loop import write_report_safely
+
+    reported = write_report_safely(out, log)
     folder.unlock()
     log(format_table(summary))
-    log(f"wrote {out / 'summary.json'}, {out / 'frontier.png'}, {out / 'samples.jsonl'} "
+    log(f"wrote {out / 'summary.json'}, {out / 'frontier.png'}, {out / 'samples.jsonl'}{reported} "
         f"in {summary['seconds']:.0f} s")
     return summary
 

@@ -1,12 +1,38 @@
 import json
 
+import pytest
+
 from alignlab.cli import main
+from tests.report.browser import check_report, find_chromium
 
 
-def test_demo_aligns_the_embedded_model(tmp_path):
-    """The full default demo: DPO must clearly beat the reference on mean sentiment reward."""
-    out = tmp_path / "demo"
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """The full default demo, run once for the tests of this module."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
     assert main(["demo", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="Chromium is not installed and could not be (the CI set-up "
+                    "installs Debian's chromium)")
+def test_the_demo_report_renders_in_headless_chromium(demo_run):
+    """report.html opens in a real browser: no console error, no network request, the frontier and the samples
+    table there; the screenshot stays in the run folder (report.png)."""
+    facts = check_report(demo_run / "report.html", demo_run / "report.png")
+    summary = json.loads((demo_run / "summary.json").read_text())
+    samples = (demo_run / "samples.jsonl").read_text().count("\n")
+    assert facts["errors"] == [] and facts["other_requests"] == []
+    assert facts["frontier_points"] == 2 + len(summary["best_of_n"]) + len(summary["decoding"])
+    assert facts["table_rows"] == min(25, samples) and facts["page_info"].endswith(f"({samples} rows)")
+    assert facts["curves"] >= 5  # loss, margins, accuracies, log-prob drift, learning rate, ...
+    assert (demo_run / "report.png").stat().st_size > 20_000
+    print(f"screenshot: {demo_run / 'report.png'}")
+
+
+def test_demo_aligns_the_embedded_model(demo_run):
+    """The full default demo: DPO must clearly beat the reference on mean sentiment reward."""
+    out = demo_run
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dpo"]["reward"] > summary["reference"]["reward"] + 0.2
     assert summary["dpo"]["kl"] > 0

@@ -653,10 +653,21 @@ def finish(run: Run) -> TrainResult:
         skipped = run.state.skipped_steps
         note = f" ({skipped} skipped for a non-finite loss or gradient)" if skipped else ""
         run.say(f"done: {run.state.step} steps{note}; weights in {final_dir}, metrics in "
-                f"{run.folder.file('metrics.jsonl')}")
+                f"{run.folder.file('metrics.jsonl')}{write_report_safely(run.folder.path, run.say)}")
     run.accelerator.wait_for_everyone()
     run.folder.unlock()
     return TrainResult(run.folder.path, final_dir, run.model, run.tokenizer, run.last)
+
+
+def write_report_safely(folder: Path, say) -> str:
+    """``report.html`` of a finished run (", report in …"); a report that fails is said, never fails the run."""
+    from alignlab.report.html import write_report
+
+    try:
+        return f", report in {write_report(folder)}"
+    except Exception as error:
+        say(f"report.html could not be written ({type(error).__name__}: {error}); `alignlab report {folder}` retries")
+        return ""
 
 
 def train(config: RunConfig, resume: bool = False, log=print, records: list | None = None,
