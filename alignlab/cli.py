@@ -166,6 +166,18 @@ def _report(args: argparse.Namespace) -> None:
     print(f"wrote {write_report(args.run_dir)}")
 
 
+def _compare(args: argparse.Namespace) -> None:
+    from alignlab.report.compare import compare
+
+    compare(args.run_dirs, args.out, args.overwrite)
+
+
+def _push(args: argparse.Namespace) -> None:
+    from alignlab.report.card import push
+
+    push(args.folder, args.repo_id, args.private)
+
+
 def _decoders(_: argparse.Namespace) -> None:
     from alignlab import decode, rewards
 
@@ -443,6 +455,18 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="(re)write a run folder's report.html from its files")
     report.add_argument("run_dir", help="a run folder (train, demo, decode, online)")
     report.set_defaults(run=_report)
+
+    comparing = commands.add_parser("compare", help="several runs on one frontier, one table, curves overlaid")
+    comparing.add_argument("run_dirs", nargs="+", help="run folders (demo, decode, train)")
+    comparing.add_argument("--out", required=True, help="output folder (new or empty, or --overwrite)")
+    comparing.add_argument("--overwrite", action="store_true", help="clear the output folder first")
+    comparing.set_defaults(run=_compare)
+
+    pushing = commands.add_parser("push", help="upload a run's final/ (weights, tokenizer, model card) to the hub")
+    pushing.add_argument("folder", help="a run's final/ folder")
+    pushing.add_argument("repo_id", help="the hub repository, e.g. you/my-dpo-model (created if missing)")
+    pushing.add_argument("--private", action="store_true")
+    pushing.set_defaults(run=_push)
 
     listing_decoders = commands.add_parser("decoders", help="list the decoding methods and the rewards")
     listing_decoders.set_defaults(run=_decoders)

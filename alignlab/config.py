@@ -160,6 +160,10 @@ class TrainConfig:
     over-optimisation indicators (`alignlab.diagnose.overopt`: top-k entropy and mass of its generated tokens)."""
     overopt_top_k: int = 10
     overopt_max_new_tokens: int = 32
+    log_with: list[str] = field(default_factory=list)
+    """Experiment trackers that also get every metrics.jsonl record, under the same names, through accelerate:
+    ``tensorboard`` (event files in the run folder's ``tensorboard/``), ``wandb`` (``WANDB_MODE=offline`` works
+    without a network), ``mlflow``. Their packages: ``pip install alignlab[tracking]``."""
     save_every: int = 0
     keep_checkpoints: int = 2
     progress: bool = True
@@ -436,6 +440,7 @@ def validate(config: RunConfig) -> None:
             raise ConfigError(f"train.{key} must be 0 or more, got {getattr(config.train, key)}")
     if config.train.eval_every and not config.data.eval:
         raise ConfigError("train.eval_every is set but data.eval names no evaluation data")
+    check_trackers(config.train.log_with)
     if config.train.overopt_prompts and not config.data.eval:
         raise ConfigError("train.overopt_prompts is set but data.eval names no held-out prompts to sample from")
     if config.train.overopt_top_k < 1 or config.train.overopt_max_new_tokens < 1:
@@ -477,6 +482,25 @@ def check_data_source(data: DataConfig) -> None:
 
 
 TRANSFORMS = ("safety_recovery",)
+
+
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+"""train.log_with names → the package each needs."""
+
+
+def check_trackers(names: list[str]) -> None:
+    """Every tracker of train.log_with is known and its package installed (checked before any work)."""
+    import importlib.util
+
+    if not isinstance(names, list):
+        raise ConfigError(f"train.log_with must be a list such as [tensorboard], got {names!r}")
+    for name in names:
+        if name not in TRACKERS:
+            raise ConfigError(f"train.log_with: unknown tracker {name!r}; use {', '.join(TRACKERS)}."
+                              + did_you_mean(str(name), TRACKERS))
+        if importlib.util.find_spec(TRACKERS[name]) is None:
+            raise ConfigError(f"train.log_with: {name} needs the {TRACKERS[name]} package: pip install "
+                              f"'alignlab[tracking]' (or pip install {TRACKERS[name]})")
 
 
 def check_transform(config: RunConfig, objective) -> None:
@@ -685,8 +709,8 @@ def save_config(config: RunConfig, path: Path, header: str = "") -> None:
 
 
 CHANGEABLE_ON_RESUME = ("online.rounds", "train.max_steps", "train.save_every", "train.keep_checkpoints",
-                        "train.log_every", "train.eval_every", "train.overopt_prompts",
-                        "train.overopt_top_k", "train.overopt_max_new_tokens", "train.progress", "train.compile",
+                        "train.log_every", "train.eval_every", "train.overopt_prompts", "train.overopt_top_k",
+                        "train.overopt_max_new_tokens", "train.log_with", "train.progress", "train.compile",
                         "train.guard_weights", "scoring.", "reference.cache_dir", "out_dir")
 """Settings a resumed run may change: how long it runs, how it saves, logs and computes; nothing that changes what
 the steps do (data, model, objective and its hyper-parameters, optimizer, seed)."""

@@ -35,6 +35,8 @@ class MetricsLog:
 
     def __init__(self, path: Path, resume_step: int | None, say=print, writer: bool = True) -> None:
         self.path, self.writer = path, writer
+        self.mirrors: list = []
+        """Callables that get every record too (experiment trackers)."""
         if not writer:
             return
         if resume_step is not None and path.exists():
@@ -57,6 +59,8 @@ class MetricsLog:
         if self.writer:
             with self.path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
+        for mirror in self.mirrors:
+            mirror(record)
 
 
 def _alive(pid: int) -> bool:

@@ -15,6 +15,7 @@ round takes.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import time
@@ -192,7 +193,9 @@ def _start(config: RunConfig, resume: bool, log, overwrite: bool = False):
     main_process = int(os.environ.get("RANK", "0")) == 0
     precision = choose_precision(config, resume, log if main_process else (lambda *_: None))
     release_other_precision(precision.mixed_precision)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision.mixed_precision)
+    trackers = config.train.log_with or None
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision.mixed_precision,
+                              log_with=trackers, project_dir=config.out_dir if trackers else None)
     say = log if accelerator.is_main_process else (lambda *_: None)
     checkpoints_dir = Path(config.out_dir) / "checkpoints"
     if not resume and not overwrite and list_checkpoints(checkpoints_dir):
@@ -400,6 +403,8 @@ def prepare(config: RunConfig, resume: bool = False, log=print, records: list | 
         state = load_checkpoint(latest, model, optimizer, scheduler, synced, objective)
         say(f"resumed from {latest} at step {state.step}")
     metrics = folder.metrics(state.step if latest is not None else None, say)
+    if config.train.log_with:
+        start_trackers(config, accelerator, metrics)
     needs = objective.needs
     builder = BatchBuilder(policy, reference, pad_id, device, needs, config.scoring)
     eval_builder = BatchBuilder(policy, eval_reference, pad_id, device, needs, config.scoring)
@@ -647,6 +652,7 @@ def finish(run: Run) -> TrainResult:
     if run.main:
         run.model.save_pretrained(final_dir, safe_serialization=True)
         run.tokenizer.save_pretrained(final_dir)
+        write_model_card(run, final_dir)
         if has_adapters(run.model):
             run.say(f"{final_dir} holds the LoRA adapters; `alignlab merge {final_dir} --out DIR` folds them into "
                     "the base model")
@@ -655,8 +661,41 @@ def finish(run: Run) -> TrainResult:
         run.say(f"done: {run.state.step} steps{note}; weights in {final_dir}, metrics in "
                 f"{run.folder.file('metrics.jsonl')}{write_report_safely(run.folder.path, run.say)}")
     run.accelerator.wait_for_everyone()
+    if run.config.train.log_with:
+        run.accelerator.end_training()
     run.folder.unlock()
     return TrainResult(run.folder.path, final_dir, run.model, run.tokenizer, run.last)
+
+
+def start_trackers(config: RunConfig, accelerator, metrics) -> None:
+    """The experiment trackers of train.log_with (through accelerate), fed every metrics.jsonl record under the
+    same names; TensorBoard's event files go into the run folder's ``tensorboard/``."""
+    from alignlab.config import _flat, config_to_dict
+
+    flat = {key: value if isinstance(value, int | float | str | bool) else str(value)
+            for key, value in _flat(config_to_dict(config)).items()}
+    accelerator.init_trackers("tensorboard", config=flat)
+
+    def log(record: dict) -> None:
+        values = {k: v for k, v in record.items() if k != "step" and isinstance(v, int | float) and not isinstance(
+            v, bool)}
+        if values:
+            accelerator.log(values, step=int(record.get("step", 0)))
+
+    metrics.mirrors.append(log)
+
+
+def write_model_card(run: Run, final_dir: Path) -> None:
+    """``final/README.md``: base model, objective and hyper-parameters, data, the last metrics, how to load it."""
+    from alignlab.config import config_to_dict
+    from alignlab.report.card import model_card
+    from alignlab.run_folder import code_version
+
+    report = run.folder.file("data_report.json")
+    data_report = json.loads(report.read_text()) if report.is_file() else None
+    card = model_card(config_to_dict(run.config), run.last, data_report, code_version(), run.state.step,
+                      has_adapters(run.model))
+    (final_dir / "README.md").write_text(card, encoding="utf-8")
 
 
 def write_report_safely(folder: Path, say) -> str:

@@ -1,0 +1,139 @@
+"""`alignlab compare RUN_DIR... --out DIR`: several runs on one page — their methods on one reward–KL frontier, one
+table (run, method, objective, β, reward, KL, time) and their training curves overlaid. Writes ``compare.html``
+(self-contained, like ``report.html``), ``compare.json`` and ``compare.png`` (the frontier) into `out`."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import yaml
+
+from alignlab.errors import ConfigError
+from alignlab.report.card import objective_params
+from alignlab.report.html import (
+    CURVES,
+    STYLE,
+    frontier_points,
+    read_jsonl,
+    svg_chart,
+    training_folder,
+)
+from alignlab.report.plots import _pyplot
+from alignlab.run_folder import RunFolder
+
+
+def run_facts(run_dir: Path) -> dict:
+    """What one run folder says about itself: its name, objective and β, seconds, frontier points, metrics."""
+    training = training_folder(run_dir)
+    config_path = next((p for p in (run_dir / "config.yaml", (training or run_dir) / "config.yaml") if p.is_file()),
+                       None)
+    config = yaml.safe_load(config_path.read_text()) if config_path else {}
+    config = config if isinstance(config, dict) else {}
+    objective = config.get("objective") or {}
+    objective = objective[0] if isinstance(objective, list) and objective else objective
+    summary = {}
+    if (run_dir / "summary.json").is_file():
+        summary = json.loads((run_dir / "summary.json").read_text())
+    metrics = read_jsonl(training / "metrics.jsonl") if training else []
+    seconds = summary.get("seconds") or next((row["elapsed_s"] for row in reversed(metrics) if "elapsed_s" in row),
+                                             None)
+    params = objective_params(objective) if isinstance(objective, dict) else {}
+    return {"run": run_dir.name, "path": str(run_dir), "objective": objective.get("name") if isinstance(objective, dict)
+            else None, "beta": params.get("beta"), "seconds": seconds, "points": frontier_points(summary),
+            "metrics": metrics}
+
+
+def table_rows(runs: list[dict]) -> list[dict]:
+    """One row per (run, method): the run's objective, β and time beside each method's reward and KL; a run
+    without frontier points gets one row with its last logged loss."""
+    rows = []
+    for run in runs:
+        base = {"run": run["run"], "objective": run["objective"], "beta": run["beta"], "seconds": run["seconds"]}
+        if run["points"]:
+            rows += [{**base, "method": p["label"], "reward": p["reward"], "kl": p["kl"], "kl_kind": p["kl_kind"]}
+                     for p in run["points"]]
+        else:
+            last = next((row for row in reversed(run["metrics"]) if "loss" in row), {})
+            rows.append({**base, "method": "(training)", "reward": None, "kl": None, "kl_kind": None,
+                         "final_loss": last.get("loss")})
+    return rows
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:.3f}" if isinstance(value, float) else html.escape(str(value))
+
+
+def render(runs: list[dict], rows: list[dict]) -> str:
+    out = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+           "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'\">",
+           f"<title>alignlab compare</title><style>{STYLE}</style></head><body>",
+           f"<h1>alignlab: {len(runs)} runs compared</h1><h2>Reward–KL frontier</h2>"]
+    series = {run["run"]: [(p["kl"], p["reward"]) for p in run["points"]] for run in runs if run["points"]}
+    if series:
+        chart = svg_chart(series, "reward against KL(π ‖ π_ref)", "KL (nats)", "reward", points_only=True,
+                          element_id="frontier")
+        out.append(f"<div class='charts'>{chart}</div>")
+    else:
+        out.append("<p class='note'>None of these runs has frontier points (demo and decode runs do).</p>")
+    columns = ("run", "method", "objective", "beta", "reward", "kl", "kl_kind", "seconds", "final_loss")
+    out.append("<table id='compare-table'><tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>")
+    out += ["<tr>" + "".join(f"<td>{_cell(row.get(c))}</td>" for c in columns) + "</tr>" for row in rows]
+    out.append("</table><h2>Training curves</h2><div class='charts' id='curves'>")
+    for title, names in CURVES:
+        overlaid = {f"{run['run']} {name}": [(row["step"], row[name]) for row in run["metrics"]
+                                             if isinstance(row.get(name), int | float) and "step" in row]
+                    for run in runs for name in names[:1]}
+        overlaid = {key: values for key, values in overlaid.items() if values}
+        if overlaid:
+            out.append(svg_chart(overlaid, title, "step", title))
+    out.append("</div></body></html>")
+    return "".join(out)
+
+
+def plot_frontier_png(runs: list[dict], path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for run in runs:
+        if run["points"]:
+            ax.scatter([p["kl"] for p in run["points"]], [p["reward"] for p in run["points"]], label=run["run"])
+            for p in run["points"]:
+                ax.annotate(p["label"], (p["kl"], p["reward"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("KL(π ‖ π_ref) (nats)")
+    ax.set_ylabel("reward")
+    ax.set_title("Runs on one frontier")
+    if any(run["points"] for run in runs):
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def compare(run_dirs: list[str], out: str, overwrite: bool = False, log=print) -> dict:
+    """Compare `run_dirs` (each a run folder) into the folder `out`."""
+    folders = [Path(d) for d in run_dirs]
+    if len(folders) < 2:
+        raise ConfigError("compare needs at least two run folders")
+    for folder in folders:
+        if not folder.is_dir():
+            raise ConfigError(f"{folder} is not a run folder")
+        if not any((folder / n).exists() for n in ("config.yaml", "summary.json")) and not training_folder(folder):
+            raise ConfigError(f"{folder} holds no run (no config.yaml, summary.json or metrics.jsonl)")
+    names = [f.name for f in folders]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"runs must have different folder names to be told apart, got {names}")
+    target = RunFolder(out)
+    target.check_usable(resume=False, overwrite=overwrite)
+    runs = [run_facts(folder) for folder in folders]
+    rows = table_rows(runs)
+    with target.writing(overwrite):
+        target.write_json("compare.json", {"runs": [{k: v for k, v in r.items() if k != "metrics"} for r in runs],
+                                           "table": rows})
+        target.file("compare.html").write_text(render(runs, rows), encoding="utf-8")
+        plot_frontier_png(runs, target.file("compare.png"))
+    log(f"compared {len(runs)} runs ({sum(len(r['points']) for r in runs)} frontier points); wrote "
+        f"{target.file('compare.html')}, {target.file('compare.json')}, {target.file('compare.png')}")
+    return {"runs": runs, "table": rows}

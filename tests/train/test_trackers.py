@@ -1,0 +1,37 @@
+"""train.log_with: TensorBoard event files in the run folder carry the same numbers as metrics.jsonl; unknown or
+uninstalled trackers are refused before any work."""
+
+import importlib.util
+import json
+
+import pytest
+
+from alignlab import ConfigError
+from tests.conftest import quick_config
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard is not installed")
+def test_tensorboard_events_hold_the_metrics(tmp_path, small_model_dir, pairs_file):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from alignlab.train import train
+
+    out = tmp_path / "run"
+    train(quick_config(small_model_dir, pairs_file, out, {"name": "dpo"}, max_steps=3, log_with=["tensorboard"]),
+          log=lambda *_: None)
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    for name in ("loss", "rewards/margins", "grad_norm"):
+        scalars = {event.step: event.value for event in events.Scalars(name)}
+        assert scalars == pytest.approx({row["step"]: row[name] for row in logged if name in row}, rel=1e-6)
+    assert len(events.Scalars("loss")) == 3
+
+
+def test_unknown_or_missing_trackers_are_refused(tmp_path, small_model_dir, pairs_file):
+    from alignlab.config import validate
+
+    with pytest.raises(ConfigError, match="unknown tracker 'tensorbord'.*tensorboard"):
+        validate(quick_config(small_model_dir, pairs_file, tmp_path / "a", {"name": "dpo"}, log_with=["tensorbord"]))
+    if importlib.util.find_spec("mlflow") is None:
+        with pytest.raises(ConfigError, match=r"pip install 'alignlab\[tracking\]'"):
+            validate(quick_config(small_model_dir, pairs_file, tmp_path / "a", {"name": "dpo"}, log_with=["mlflow"]))
