@@ -199,7 +199,7 @@ def run_demo(
     plot_frontier({"reference": summary["reference"], "DPO": summary["dpo"], **decoded},
                   {n: summary["best_of_n"][str(n)] for n in BEST_OF_N}, out / "frontier.png",
                   "Controlled sentiment on the embedded model")
-    from alignlab.train.loop import write_report_safely
+    from alignlab.report.html import write_report_safely
 
     reported = write_report_safely(out, log)
     folder.unlock()

@@ -109,11 +109,16 @@ class RunFolder:
         return self
 
     @contextmanager
-    def writing(self, overwrite: bool = False) -> Iterator[RunFolder]:
-        """`create` for the block (after the checks), the lock given back when it ends, however it ends."""
+    def writing(self, overwrite: bool = False, report: bool = True) -> Iterator[RunFolder]:
+        """`create` for the block (after the checks), the lock given back when it ends, however it ends; when the
+        block succeeds, the folder's ``report.html`` (`report`)."""
         self.create(overwrite)
         try:
             yield self
+            if report and self.writer:
+                from alignlab.report.html import write_report_safely
+
+                write_report_safely(self.path, print)
         finally:
             self.unlock()
 

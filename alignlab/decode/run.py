@@ -237,7 +237,7 @@ def write_outputs(folder: RunFolder, config: DecodeConfig, done: dict) -> dict:
     folder.write_json("summary.json", summary)
     points = {f"{label} ({done[label]['kl_kind']})": done[label] for label in labels}
     plot_frontier(points, {}, folder.file("frontier.png"), f"Decoding methods on {config.model.path}")
-    from alignlab.train.loop import write_report_safely
+    from alignlab.report.html import write_report_safely
 
     write_report_safely(folder.path, print)
     return summary

@@ -38,6 +38,7 @@ import torch
 from alignlab.data.formats import RecordChecker
 from alignlab.data.loading import read_records
 from alignlab.errors import ConfigError, DataError
+from alignlab.report.html import write_report_safely
 from alignlab.run_folder import RunFolder
 
 StateDict = Mapping[str, torch.Tensor]
@@ -501,6 +502,7 @@ def diagnose_average(pre: str, aligned: str, out: str, prompts: str, general_tex
         folder.write_json("result.json", result)
         plot_average(points, front, chosen, budget, folder.file("average.png"),
                      f"model averaging: {Path(str(pre)).name} ↔ {Path(str(aligned)).name}")
+        write_report_safely(folder.path, log)
     finally:
         folder.unlock()
     aligned_line = f"aligned: reward {aligned_point['reward']:.4g}, tax {aligned_point['tax']:.4g}"

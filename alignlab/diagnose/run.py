@@ -17,6 +17,7 @@ from alignlab.data.loading import read_records
 from alignlab.data.tokenize import tokenize_preferences
 from alignlab.diagnose.ches import edit_distance, keep_lowest, pair_ches
 from alignlab.errors import ConfigError, DataError
+from alignlab.report.html import write_report_safely
 from alignlab.run_folder import RunFolder
 
 
@@ -85,6 +86,7 @@ def diagnose_ches(data: str, model_path: str, out: str, drop_top: float = 0.05, 
         folder.write_json("result.json", result)
         title = f"CHES of {len(pairs)} pairs ({Path(data).name})"
         plot_histogram(normalized, cutoff, folder.file("ches.png"), title)
+        write_report_safely(folder.path, log)
     finally:
         folder.unlock()
     if overflow:

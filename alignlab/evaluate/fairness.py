@@ -33,6 +33,7 @@ from alignlab.data.formats import LABEL_WORDS, RecordChecker
 from alignlab.data.loading import read_records
 from alignlab.errors import ConfigError, DataError
 from alignlab.evaluate.judges import answer_logps, answer_token_ids, check_template, cut_left, encode_rendered
+from alignlab.report.html import write_report_safely
 from alignlab.run_folder import RunFolder
 
 DEFAULT_QUESTION = "Is this comment toxic?"
@@ -373,6 +374,7 @@ def evaluate_fairness(data: str, out: str, model: str, text_field: str = "text",
         folder.write_json("result.json", result)
         plot_fairness(methods, folder.file("fairness.png"), f"{len(records)} texts in {len(counts)} groups "
                       f"({Path(data).name})")
+        write_report_safely(folder.path, log)
     finally:
         folder.unlock()
     if len(counts) < 2:

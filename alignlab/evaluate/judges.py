@@ -41,6 +41,7 @@ import torch
 from alignlab.data.formats import RecordChecker
 from alignlab.data.loading import read_records
 from alignlab.errors import ConfigError, DataError
+from alignlab.report.html import write_report_safely
 from alignlab.run_folder import RunFolder
 
 VERDICTS = ("first", "second", "tie")
@@ -592,6 +593,7 @@ def evaluate_judge(data: str, out: str, model: str | None = None, reward: str | 
         folder.write_jsonl("verdicts.jsonl", rows)
         folder.write_json("result.json", result)
         plot_judge(result, folder.file("judges.png"), f"Judge on {n} pairs ({Path(data).name})")
+        write_report_safely(folder.path, log)
     finally:
         folder.unlock()
     if result["truncated_prompts"]:

@@ -6,7 +6,7 @@ font, no image from elsewhere) and a Content-Security-Policy forbids the page an
 same offline, from an e-mail attachment or a CI artifact. It is re-created from the run folder alone
 (`alignlab report RUN_DIR`): ``config.yaml``, ``metrics.jsonl`` (also a training run one folder down, as the
 demo's ``dpo/``), ``summary.json`` (the demo's and ``alignlab decode``'s frontier points), ``samples.jsonl``,
-``precision.json``, ``data_report.json``.
+``precision.json``, ``data_report.json``, and a diagnostic's or evaluation's ``result.json`` and PNGs.
 
 The samples table carries at most `SAMPLE_BUDGET_BYTES` of rows (texts cut to `MAX_TEXT_CHARS`), taken evenly
 across the file, and says how many of how many it shows: a run with 100k samples gives a page of a few MB.
@@ -14,6 +14,7 @@ across the file, and says how many of how many it shows: a run with 100k samples
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import math
@@ -21,6 +22,8 @@ import platform
 from pathlib import Path
 
 SAMPLE_BUDGET_BYTES = 3_000_000
+MAX_RESULT_CHARS = 200_000
+MAX_PICTURE_BYTES = 1_000_000
 MAX_TEXT_CHARS = 400
 PAGE_ROWS = 25
 
@@ -153,9 +156,9 @@ def sample_rows(samples: list[dict], budget: int = SAMPLE_BUDGET_BYTES) -> tuple
         return text if len(text) <= MAX_TEXT_CHARS else text[:MAX_TEXT_CHARS] + "…"
 
     def row(sample: dict) -> list:
-        method = sample.get("method", sample.get("model", ""))
-        return [cut(method), cut(sample.get("prompt", "")), cut(sample.get("completion", "")),
-                _number(sample.get("reward"))]
+        method = next((sample[key] for key in ("method", "model", "configuration", "k") if key in sample), "")
+        completion = sample.get("completion", sample.get("continuation", ""))
+        return [cut(method), cut(sample.get("prompt", "")), cut(completion), _number(sample.get("reward"))]
 
     if not samples:
         return [], 0
@@ -260,6 +263,17 @@ def render(run_dir: Path) -> str:
            f"<title>alignlab report: {html.escape(run_dir.name)}</title><style>{STYLE}</style></head><body>",
            f"<h1>alignlab run <code>{html.escape(run_dir.name)}</code></h1>",
            f"<p class='note'>{html.escape(str(run_dir.resolve()))}</p>"]
+    result_path = run_dir / "result.json"
+    if result_path.is_file():  # a diagnostic's or an evaluation's folder: its numbers and pictures
+        text = result_path.read_text()
+        shown = text if len(text) <= MAX_RESULT_CHARS else text[:MAX_RESULT_CHARS] + "\n… (cut; see result.json)"
+        out.append(f"<h2>Result</h2><pre id='result'>{html.escape(shown)}</pre><div class='charts'>")
+        for picture in sorted(run_dir.glob("*.png")):
+            if picture.name != "report.png" and picture.stat().st_size <= MAX_PICTURE_BYTES:
+                data = base64.b64encode(picture.read_bytes()).decode()
+                out.append(f"<img alt='{html.escape(picture.name)}' src='data:image/png;base64,{data}' "
+                           "style='max-width:560px;border:1px solid #e5e5e5'>")
+        out.append("</div>")
     out.append("<h2>Reward–KL frontier</h2>")
     if points:
         chart = svg_chart({"methods": [(p["kl"], p["reward"]) for p in points]}, "reward against KL(π ‖ π_ref)",
@@ -311,11 +325,20 @@ def write_report(run_dir: str | Path) -> Path:
     folder = Path(run_dir)
     if not folder.is_dir():
         raise ConfigError(f"{folder} is not a run folder")
-    if not any((folder / name).exists() for name in ("config.yaml", "metrics.jsonl", "summary.json", "samples.jsonl")) \
-            and training_folder(folder) is None:
-        raise ConfigError(f"{folder} holds no run (no config.yaml, metrics.jsonl, summary.json or samples.jsonl)")
+    names = ("config.yaml", "metrics.jsonl", "summary.json", "samples.jsonl", "result.json")
+    if not any((folder / name).exists() for name in names) and training_folder(folder) is None:
+        raise ConfigError(f"{folder} holds no run (none of {', '.join(names)})")
     path = folder / "report.html"
     temporary = path.with_suffix(".html.tmp")
     temporary.write_text(render(folder), encoding="utf-8")
     temporary.replace(path)
     return path
+
+
+def write_report_safely(folder: Path, say) -> str:
+    """``report.html`` of a finished run (", report in …"); a report that fails is said, never fails the run."""
+    try:
+        return f", report in {write_report(folder)}"
+    except Exception as error:
+        say(f"report.html could not be written ({type(error).__name__}: {error}); `alignlab report {folder}` retries")
+        return ""

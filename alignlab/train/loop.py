@@ -61,6 +61,7 @@ from alignlab.models.adapters import (
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.models.scoring import InsideForward
 from alignlab.objectives.unpaired import kto_balance_warning
+from alignlab.report.html import write_report_safely
 from alignlab.run_folder import MetricsLog, RunFolder
 from alignlab.train.batches import BatchBuilder
 from alignlab.train.checkpoint import (
@@ -696,17 +697,6 @@ def write_model_card(run: Run, final_dir: Path) -> None:
     card = model_card(config_to_dict(run.config), run.last, data_report, code_version(), run.state.step,
                       has_adapters(run.model))
     (final_dir / "README.md").write_text(card, encoding="utf-8")
-
-
-def write_report_safely(folder: Path, say) -> str:
-    """``report.html`` of a finished run (", report in …"); a report that fails is said, never fails the run."""
-    from alignlab.report.html import write_report
-
-    try:
-        return f", report in {write_report(folder)}"
-    except Exception as error:
-        say(f"report.html could not be written ({type(error).__name__}: {error}); `alignlab report {folder}` retries")
-        return ""
 
 
 def train(config: RunConfig, resume: bool = False, log=print, records: list | None = None,

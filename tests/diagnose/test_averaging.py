@@ -228,6 +228,7 @@ def test_diagnose_average_end_to_end(tmp_path, model_pair):
     saved = json.loads((out / "result.json").read_text())
     assert saved["points"] == points and saved["chosen"] == result["chosen"]
     assert (out / "average.png").stat().st_size > 5000 and (out / "config.yaml").is_file()
+    assert (out / "report.html").exists()
     # the chosen model is the average at the chosen ratios, saved with its tokenizer
     pre_state, aligned_state = (load_model(str(path), "float32").state_dict() for path in (pre, aligned))
     expected = average_by_block(pre_state, aligned_state, layer_blocks(pre_state, 3), result["chosen"]["alphas"])

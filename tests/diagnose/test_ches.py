@@ -61,6 +61,7 @@ def test_diagnose_ches_command_writes_its_outputs(tmp_path, small_model_dir, pai
     assert len(kept) == result["kept"] == sum(s["kept"] for s in scores)
     highest = max(scores, key=lambda s: s["ln_ches"])
     assert not highest["kept"] and (out / "ches.png").stat().st_size > 1000
+    assert (out / "report.html").exists()
     assert kept == [json.loads(records[i]) for i, s in enumerate(scores) if s["kept"]]
 
 

@@ -140,6 +140,7 @@ def test_evaluate_fairness_end_to_end(tmp_path, small_model_dir):
                                fpr_target=0.5, batch_size=4, progress=False, log=lines.append)
     assert json.loads((out / "result.json").read_text()) == result
     assert (out / "fairness.png").stat().st_size > 0
+    assert (out / "report.html").exists()
     assert result["records"] == 6 and result["groups"] == {"north": {"count": 3, "positives": 1, "negatives": 2},
                                                            "south": {"count": 3, "positives": 1, "negatives": 2}}
     assert set(result["methods"]) == {"prompt", "instruction", "group_thresholds"}

@@ -226,6 +226,7 @@ def test_evaluate_judge_end_to_end_on_a_small_model(tmp_path, judge_model_dir):
     saved = json.loads((out / "result.json").read_text())
     assert saved == result
     assert (out / "judges.png").stat().st_size > 0
+    assert (out / "report.html").exists()
     assert result["pairs"] == 3 and result["judge"] == "prompted" and result["settings"]["choices"] == [" A", " B"]
     for key in ("consistency", "primacy", "recency", "accuracy", "robustness", "counts"):
         assert key in result

@@ -148,6 +148,7 @@ def test_commands_end_to_end_on_the_embedded_model(tmp_path):
     assert [e["k"] for e in result["by_prefill_tokens"]] == [0, 3]
     assert all(0 <= e["asr_keyword"] <= 1 for e in result["by_prefill_tokens"])
     assert (out / "prefill.png").stat().st_size > 0 and len((out / "samples.jsonl").read_text().splitlines()) == 4
+    assert "prefill.png" in (out / "report.html").read_text()  # every diagnostic folder gets its report
 
     out = tmp_path / "attack"
     assert main(["evaluate", "decoding-attack", str(attack_data), "--out", str(out), *model]) == 0

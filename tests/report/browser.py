@@ -120,7 +120,8 @@ def check_report(path: Path, screenshot: Path) -> dict:
         page.open(path)
         facts = {
             "errors": page.console_errors(),
-            "other_requests": [url for url in page.requests() if url != path.resolve().as_uri()],
+            "other_requests": [url for url in page.requests()  # data: pictures are inline, not requests
+                               if url != path.resolve().as_uri() and not url.startswith("data:")],
             "frontier_points": page.evaluate("document.querySelectorAll('#frontier circle').length"),
             "table_rows": page.evaluate("document.querySelectorAll('#sample-body tr').length"),
             "page_info": page.evaluate("(document.getElementById('page-info')||{}).textContent || ''"),

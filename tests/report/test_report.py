@@ -65,3 +65,25 @@ def test_the_page_renders_in_a_browser_without_errors_or_requests(tmp_path):
 def test_report_of_a_folder_without_a_run_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
+
+
+def test_a_diagnostic_folder_gets_its_result_and_pictures_on_the_page(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = tmp_path / "prefill"
+    folder.mkdir()
+    (folder / "result.json").write_text(json.dumps({"by_prefill_tokens": [{"k": 5, "asr_keyword": 0.25}]}))
+    fig, ax = plt.subplots()
+    ax.plot([0, 5], [0, 0.25])
+    fig.savefig(folder / "prefill.png")
+    plt.close(fig)
+    (folder / "samples.jsonl").write_text(json.dumps({"k": 5, "prompt": "p", "continuation": "more text"}) + "\n")
+    page = write_report(folder).read_text()
+    assert "asr_keyword" in page and page.count("data:image/png;base64,") == 1
+    assert '[["5", "p", "more text", null]]' in page  # the continuation is the completion column
+    if find_chromium():
+        facts = check_report(folder / "report.html", folder / "report.png")
+        assert facts["errors"] == [] and facts["other_requests"] == [] and facts["table_rows"] == 1

@@ -30,7 +30,7 @@ def test_tensorboard_events_hold_the_metrics(tmp_path, small_model_dir, pairs_fi
 def test_unknown_or_missing_trackers_are_refused(tmp_path, small_model_dir, pairs_file):
     from alignlab.config import validate
 
-    with pytest.raises(ConfigError, match="unknown tracker 'tensorbord'.*tensorboard"):
+    with pytest.raises(ConfigError, match=r"unknown tracker 'tensorbord'.*tensorboard"):
         validate(quick_config(small_model_dir, pairs_file, tmp_path / "a", {"name": "dpo"}, log_with=["tensorbord"]))
     if importlib.util.find_spec("mlflow") is None:
         with pytest.raises(ConfigError, match=r"pip install 'alignlab\[tracking\]'"):
