@@ -378,8 +378,10 @@ def _finish_online(state: OnlineRun, records: list[dict], baseline: dict | None,
         {"mode": config.online.mode, "rounds": len(records), "baseline": baseline,
          "last_round": records[-1] if records else None}, sort_keys=False))
     state.say(format_rounds(records, baseline))
+    from alignlab.report.html import write_report_safely
+
     state.say(f"done: {len(records)} rounds of {config.online.mode}; weights in {final}, per-round log in "
-              f"{folder.file('online.jsonl')}")
+              f"{folder.file('online.jsonl')}{write_report_safely(folder.path, state.say)}")
     return TrainResult(folder.path, final, model, state.tokenizer, records[-1] if records else {})
 
 

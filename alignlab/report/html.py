@@ -60,6 +60,24 @@ def _number(value) -> float | None:
         value) else None
 
 
+def online_points(rounds: list[dict]) -> list[dict]:
+    """(label, KL, reward) of each evaluated round of an online run's online.jsonl (held-out reward, sampled KL)."""
+    return [{"label": f"round {r.get('round')}", "kl": r["eval"].get("kl"), "reward": r["eval"].get("reward_mean"),
+             "kl_kind": "sampled"} for r in rounds if isinstance(r.get("eval"), dict)]
+
+
+def online_curves(rounds: list[dict]) -> str:
+    """The rounds of an online run: reward and sampled KL of each round's training samples and held-out prompts."""
+    series = {}
+    for name, part, key in (("sample reward", "samples", "reward_mean"), ("sample KL", "samples", "kl"),
+                            ("held-out reward", "eval", "reward_mean"), ("held-out KL", "eval", "kl")):
+        values = [(r["round"], v) for r in rounds if isinstance(r.get(part), dict) and isinstance(r.get("round"), int)
+                  and (v := _number(r[part].get(key))) is not None]
+        if values:
+            series[name] = values
+    return svg_chart(series, "online rounds", "round", "reward / KL (nats)") if series else ""
+
+
 def frontier_points(summary: dict) -> list[dict]:
     """(label, KL, reward, how the KL is known) of every method in a demo's or a decode run's summary.json."""
     points = []
@@ -256,7 +274,9 @@ def render(run_dir: Path) -> str:
     if not config_text and training and (training / "config.yaml").is_file():
         config_text = (training / "config.yaml").read_text()
     rows, total = sample_rows(read_jsonl(run_dir / "samples.jsonl"))
-    points = frontier_points(summary)
+    rounds = read_jsonl(run_dir / "online.jsonl")
+    points = frontier_points(summary) + [p for p in online_points(rounds)
+                                         if _number(p["kl"]) is not None and _number(p["reward"]) is not None]
     out = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
            "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'; "
            "script-src 'unsafe-inline'; img-src data:\">",
@@ -288,7 +308,7 @@ def render(run_dir: Path) -> str:
         out.append("<p class='note'>This run has no frontier points (a training run: see the curves; "
                    "<code>alignlab compare</code> puts runs side by side).</p>")
     out.append("<h2>Training curves</h2>")
-    charts = curve_charts(metrics)
+    charts = ([online_curves(rounds)] if rounds else []) + curve_charts(metrics)
     out.append(f"<div class='charts' id='curves'>{''.join(charts)}</div>" if charts
                else "<p class='note'>No metrics.jsonl in this run.</p>")
     out.append("<h2>Samples</h2>")
@@ -325,7 +345,7 @@ def write_report(run_dir: str | Path) -> Path:
     folder = Path(run_dir)
     if not folder.is_dir():
         raise ConfigError(f"{folder} is not a run folder")
-    names = ("config.yaml", "metrics.jsonl", "summary.json", "samples.jsonl", "result.json")
+    names = ("config.yaml", "metrics.jsonl", "summary.json", "samples.jsonl", "result.json", "online.jsonl")
     if not any((folder / name).exists() for name in names) and training_folder(folder) is None:
         raise ConfigError(f"{folder} holds no run (none of {', '.join(names)})")
     path = folder / "report.html"

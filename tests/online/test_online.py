@@ -214,6 +214,8 @@ def test_three_rounds_raise_held_out_reward_on_the_embedded_model(mode, objectiv
     assert len(held_out) == 4 and all(b > a for a, b in itertools.pairwise(held_out)), held_out
     assert lines[1]["samples"]["kl"] == 0.0  # round 1 samples the initial model
     assert all(line["eval"]["kl"] > 0 for line in lines[1:])
+    page = (tmp_path / mode / "report.html").read_text()  # the rounds on the page's frontier and curves
+    assert all(f"round {k}" in page for k in range(4)) and "online rounds" in page
 
 
 def test_kill_9_in_round_two_then_resume_is_bit_identical(small_model_dir, prompts_file, tmp_path):
