@@ -187,8 +187,8 @@ def _split_implicit_prompt(chosen: list[Message], rejected: list[Message]) -> tu
 
 
 def _implicit_prompt(check: RecordChecker, chosen: Text, rejected: Text) -> tuple[Text, Text, Text]:
-    """(prompt, chosen, rejected) of a record without a prompt: the messages, or the text, that chosen and rejected
-    share (`split_shared_prefix`), and the rest of each."""
+    """(prompt, chosen, rejected) of a record without a prompt: the messages that chosen and rejected share, or the
+    transcript text they share up to the last Assistant turn (`split_shared_prefix`), and the rest of each."""
     if isinstance(chosen, list) and isinstance(rejected, list):
         prompt, chosen, rejected = _split_implicit_prompt(chosen, rejected)
         if not prompt:
@@ -199,8 +199,10 @@ def _implicit_prompt(check: RecordChecker, chosen: Text, rejected: Text) -> tupl
         raise check.error("missing, and chosen and rejected are not both text or both messages, so no shared "
                           "beginning can be taken as the prompt", field="prompt")
     split = split_shared_prefix(chosen, rejected)
-    if split is None:
-        raise check.error("missing, and chosen and rejected share no beginning to use as the prompt", field="prompt")
+    if split is None or not split[0].endswith(ASSISTANT):  # a shared "The…" is no prompt: a misnamed column is likelier
+        raise check.error("missing; without it, chosen and rejected must be transcripts that share the conversation "
+                          f"up to an {ASSISTANT.strip()!r} turn (as HH-RLHF's are), and these do not (or name the "
+                          "prompt column with data.columns)", field="prompt")
     prompt, chosen_rest, rejected_rest = split
     for name, rest in (("chosen", chosen_rest), ("rejected", rejected_rest)):
         if not rest and not prompt.endswith(ASSISTANT):

@@ -122,7 +122,7 @@ def diagnose_overopt(run_dir: str, out: str, prompts: str | None = None, prompt_
     config = load_config(str(run / "config.yaml"))
     if config.adapter.r > 0:
         raise ConfigError(f"{run} trained LoRA adapters; merge them (`alignlab merge`) and compare the merged models")
-    source = prompts or config.data.eval
+    source = prompts or (config.data.source("eval") if config.data.eval else None)
     if not source:
         raise ConfigError(f"give --prompts: the run {run} has no data.eval to take held-out prompts from")
     folder = RunFolder(out)

@@ -21,6 +21,15 @@ def objective_params(objective: dict) -> dict:
     return {**inline, **(objective.get("params") or {})}
 
 
+def hub_model(name: str) -> bool:
+    """Whether `name` is a hub model id a card may name as ``base_model`` (not a local folder, not the embedded
+    model)."""
+    from alignlab.assets import EMBEDDED_MODEL_NAME
+    from alignlab.models.loading import is_hub_id
+
+    return name != EMBEDDED_MODEL_NAME and not Path(name).expanduser().exists() and is_hub_id(name)
+
+
 def model_card(config: dict, last_metrics: dict, data_report: dict | None, code_version: str, steps: int,
                adapters: bool = False) -> str:
     """The card's Markdown (with the hub's YAML header), from plain data: the saved config, the last logged
@@ -30,7 +39,7 @@ def model_card(config: dict, last_metrics: dict, data_report: dict | None, code_
     names = [str(o.get("name", "?")) for o in objectives]
     data = config.get("data") or {}
     train = config.get("train") or {}
-    base = model if "/" in model and not model.startswith((".", "/", "~")) else None
+    base = model if hub_model(model) else None
     header = ["---", "library_name: " + ("peft" if adapters else "transformers"),
               *([f"base_model: {base}"] if base else []), "tags:", "  - alignlab",
               *(f"  - {name}" for name in names), "---", ""]
@@ -78,12 +87,14 @@ def push(folder: str, repo_id: str, private: bool = False, log=print) -> str:
     if not path.is_dir() or not any((path / name).is_file() for name in ("config.json", "adapter_config.json")):
         raise ConfigError(f"{path} is not a saved model folder (no config.json or adapter_config.json): push a run's "
                           "final/")
-    if "/" not in repo_id or repo_id.count("/") != 1:
-        raise ConfigError(f"repo_id must read OWNER/NAME, got {repo_id!r}")
+    from alignlab.models.loading import is_hub_id
+
+    if repo_id.count("/") != 1 or not is_hub_id(repo_id):
+        raise ConfigError(f"repo_id must read OWNER/NAME (letters, digits, -, _, .), got {repo_id!r}")
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise ConfigError("HF_HUB_OFFLINE is set: pushing to the hub needs the network (unset it to push)")
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
+    from huggingface_hub.errors import LocalTokenNotFoundError
 
     api = HfApi()
     try:
@@ -91,9 +102,9 @@ def push(folder: str, repo_id: str, private: bool = False, log=print) -> str:
         commit = api.upload_folder(folder_path=str(path), repo_id=repo_id, commit_message="Upload from alignlab")
     except LocalTokenNotFoundError:
         raise ConfigError("no Hugging Face token: log in with `hf auth login` or set HF_TOKEN") from None
-    except (HfHubHTTPError, OSError) as error:
+    except Exception as error:  # the hub client's HTTP, connection and validation errors alike: one line
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise AlignlabError(f"pushing {path} to {repo_id} failed: {first}") from None
+        raise AlignlabError(f"pushing {path} to {repo_id} failed ({type(error).__name__}): {first}") from None
     url = getattr(commit, "commit_url", None) or f"https://huggingface.co/{repo_id}"
     log(f"pushed {path} to {url}")
     return url

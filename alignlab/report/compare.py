@@ -15,6 +15,7 @@ from alignlab.report.card import objective_params
 from alignlab.report.html import (
     CURVES,
     STYLE,
+    _number,
     frontier_points,
     read_jsonl,
     svg_chart,
@@ -29,13 +30,16 @@ def run_facts(run_dir: Path) -> dict:
     training = training_folder(run_dir)
     config_path = next((p for p in (run_dir / "config.yaml", (training or run_dir) / "config.yaml") if p.is_file()),
                        None)
-    config = yaml.safe_load(config_path.read_text()) if config_path else {}
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path else {}
     config = config if isinstance(config, dict) else {}
     objective = config.get("objective") or {}
     objective = objective[0] if isinstance(objective, list) and objective else objective
     summary = {}
     if (run_dir / "summary.json").is_file():
-        summary = json.loads((run_dir / "summary.json").read_text())
+        try:
+            summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        except ValueError:
+            raise ConfigError(f"{run_dir / 'summary.json'} is not valid JSON") from None
     metrics = read_jsonl(training / "metrics.jsonl") if training else []
     seconds = summary.get("seconds") or next((row["elapsed_s"] for row in reversed(metrics) if "elapsed_s" in row),
                                              None)
@@ -84,8 +88,9 @@ def render(runs: list[dict], rows: list[dict]) -> str:
     out += ["<tr>" + "".join(f"<td>{_cell(row.get(c))}</td>" for c in columns) + "</tr>" for row in rows]
     out.append("</table><h2>Training curves</h2><div class='charts' id='curves'>")
     for title, names in CURVES:
-        overlaid = {f"{run['run']} {name}": [(row["step"], row[name]) for row in run["metrics"]
-                                             if isinstance(row.get(name), int | float) and "step" in row]
+        overlaid = {f"{run['run']} {name}": [(row["step"], value) for row in run["metrics"]
+                                             if isinstance(row.get("step"), int)
+                                             and (value := _number(row.get(name))) is not None]
                     for run in runs for name in names[:1]}
         overlaid = {key: values for key, values in overlaid.items() if values}
         if overlaid:

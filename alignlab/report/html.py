@@ -45,7 +45,7 @@ def read_jsonl(path: Path) -> list[dict]:
     """The readable lines of a JSONL file (a line cut off by a killed run is skipped)."""
     rows = []
     if path.is_file():
-        for line in path.read_text().splitlines():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 value = json.loads(line)
             except ValueError:
@@ -206,10 +206,14 @@ def environment(run_dir: Path, config_text: str) -> dict:
         "seed:")), None)
     precision = None
     if (run_dir / "precision.json").is_file():
-        precision = json.loads((run_dir / "precision.json").read_text())
+        try:
+            precision = json.loads((run_dir / "precision.json").read_text(encoding="utf-8"))
+        except ValueError:
+            precision = None
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"code version": header or f"alignlab {alignlab.__version__}", "seed": seed,
-            "precision": f"{precision['precision']} ({precision['reason']})" if precision else None,
+            "precision": (f"{precision.get('precision')} ({precision.get('reason')})"
+                          if isinstance(precision, dict) else None),
             "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}", "gpu": gpu,
             "report made on": platform.node()}
@@ -262,17 +266,17 @@ SCRIPT = """
 
 def render(run_dir: Path) -> str:
     """The page of `run_dir`, from its files alone."""
-    config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
+    config_text = (run_dir / "config.yaml").read_text(encoding="utf-8") if (run_dir / "config.yaml").is_file() else ""
     summary = {}
     if (run_dir / "summary.json").is_file():
         try:
-            summary = json.loads((run_dir / "summary.json").read_text())
+            summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
         except ValueError:
             summary = {}
     training = training_folder(run_dir)
     metrics = read_jsonl(training / "metrics.jsonl") if training else []
     if not config_text and training and (training / "config.yaml").is_file():
-        config_text = (training / "config.yaml").read_text()
+        config_text = (training / "config.yaml").read_text(encoding="utf-8")
     rows, total = sample_rows(read_jsonl(run_dir / "samples.jsonl"))
     rounds = read_jsonl(run_dir / "online.jsonl")
     points = frontier_points(summary) + [p for p in online_points(rounds)
@@ -285,7 +289,7 @@ def render(run_dir: Path) -> str:
            f"<p class='note'>{html.escape(str(run_dir.resolve()))}</p>"]
     result_path = run_dir / "result.json"
     if result_path.is_file():  # a diagnostic's or an evaluation's folder: its numbers and pictures
-        text = result_path.read_text()
+        text = result_path.read_text(encoding="utf-8", errors="replace")
         shown = text if len(text) <= MAX_RESULT_CHARS else text[:MAX_RESULT_CHARS] + "\n… (cut; see result.json)"
         out.append(f"<h2>Result</h2><pre id='result'>{html.escape(shown)}</pre><div class='charts'>")
         for picture in sorted(run_dir.glob("*.png")):
@@ -315,7 +319,7 @@ def render(run_dir: Path) -> str:
     if rows:
         note = (f"showing {len(rows):,} of {total:,} samples (evenly spaced; all in samples.jsonl)"
                 if len(rows) < total else f"{total:,} samples")
-        data = json.dumps(rows, ensure_ascii=False).replace("</", "<\\/")
+        data = json.dumps(rows).replace("<", "\\u003c")  # no text can end or re-open the script element
         out.append(f"<p class='note' id='sample-note'>{note}; texts longer than {MAX_TEXT_CHARS} characters are "
                    "cut</p><p><input id='search' type='search' placeholder='search prompts, completions, methods'> "
                    "<span id='pager'><button id='prev'>◀</button><span id='page-info'></span>"
@@ -333,7 +337,7 @@ def render(run_dir: Path) -> str:
     out.append("</dl>")
     report = (training or run_dir) / "data_report.json"
     if report.is_file():
-        out.append(f"<h2>Data</h2><pre>{html.escape(report.read_text())}</pre>")
+        out.append(f"<h2>Data</h2><pre>{html.escape(report.read_text(encoding='utf-8'))}</pre>")
     out.append("</body></html>")
     return "".join(out)
 

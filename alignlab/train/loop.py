@@ -147,6 +147,20 @@ def release_other_precision(mixed_precision: str) -> None:
         AcceleratorState._reset_state(reset_partial_state=False)
 
 
+def agreed_precision(choose, log) -> PrecisionChoice:
+    """`choose(say)` on the main process only, its answer sent to the others: every process of a distributed run
+    trains in the same precision (and only one runs the probe)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return choose(log)
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # the process group
+    box = [choose(log) if state.is_main_process else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def choose_precision(config: RunConfig, resume: bool, say) -> PrecisionChoice:
     """`train.precision` for this run: as configured, or (``auto``) measured for this machine
     (`alignlab.train.precision`); a resumed run keeps the choice its folder recorded, so its steps stay the same."""
@@ -155,7 +169,14 @@ def choose_precision(config: RunConfig, resume: bool, say) -> PrecisionChoice:
         if recorded.requested == "auto":
             say(f"precision: {recorded.precision}, as the run recorded ({recorded.reason})")
         return recorded
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = torch.cuda.is_available()
+    earlier = (Path(config.out_dir) / "config.yaml").is_file()
+    if resume and recorded is None and config.train.precision == "auto" and earlier:
+        # a run from before `auto` measured: its steps ran under the old rule, and keep doing so
+        legacy = "bf16" if gpu and torch.cuda.is_bf16_supported() else "fp32"
+        say(f"precision: {legacy}, as runs began before auto measured (float32 on a CPU, bf16 on a GPU with it)")
+        return PrecisionChoice(legacy, "auto", "the rule of the run's first steps (no precision.json)")
+    device = torch.device("cuda" if gpu else "cpu")
     choice = resolve_precision(config.train.precision, device)
     if choice.requested == "auto":
         say(f"precision: auto → {choice.precision} ({choice.reason})")
@@ -191,12 +212,12 @@ def _start(config: RunConfig, resume: bool, log, overwrite: bool = False):
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    main_process = int(os.environ.get("RANK", "0")) == 0
-    precision = choose_precision(config, resume, log if main_process else (lambda *_: None))
+    precision = agreed_precision(lambda say: choose_precision(config, resume, say), log)
     release_other_precision(precision.mixed_precision)
     trackers = config.train.log_with or None
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision.mixed_precision,
-                              log_with=trackers, project_dir=config.out_dir if trackers else None)
+                              log_with=trackers,
+                              project_dir=str(Path(config.out_dir) / "tensorboard") if trackers else None)
     say = log if accelerator.is_main_process else (lambda *_: None)
     checkpoints_dir = Path(config.out_dir) / "checkpoints"
     if not resume and not overwrite and list_checkpoints(checkpoints_dir):
@@ -405,7 +426,7 @@ def prepare(config: RunConfig, resume: bool = False, log=print, records: list | 
         say(f"resumed from {latest} at step {state.step}")
     metrics = folder.metrics(state.step if latest is not None else None, say)
     if config.train.log_with:
-        start_trackers(config, accelerator, metrics)
+        start_trackers(config, accelerator, metrics, state.step if latest is not None else None)
     needs = objective.needs
     builder = BatchBuilder(policy, reference, pad_id, device, needs, config.scoring)
     eval_builder = BatchBuilder(policy, eval_reference, pad_id, device, needs, config.scoring)
@@ -653,7 +674,10 @@ def finish(run: Run) -> TrainResult:
     if run.main:
         run.model.save_pretrained(final_dir, safe_serialization=True)
         run.tokenizer.save_pretrained(final_dir)
-        write_model_card(run, final_dir)
+        try:
+            write_model_card(run, final_dir)
+        except Exception as error:  # the weights are saved; the card is a convenience (and other ranks wait)
+            run.say(f"final/README.md could not be written ({type(error).__name__}: {error})")
         if has_adapters(run.model):
             run.say(f"{final_dir} holds the LoRA adapters; `alignlab merge {final_dir} --out DIR` folds them into "
                     "the base model")
@@ -662,20 +686,24 @@ def finish(run: Run) -> TrainResult:
         run.say(f"done: {run.state.step} steps{note}; weights in {final_dir}, metrics in "
                 f"{run.folder.file('metrics.jsonl')}{write_report_safely(run.folder.path, run.say)}")
     run.accelerator.wait_for_everyone()
-    if run.config.train.log_with:
-        run.accelerator.end_training()
+    if run.config.train.log_with:  # (end_training would also end the process group that later rounds need)
+        for tracker in run.accelerator.trackers:
+            tracker.finish()
+        run.accelerator.trackers.clear()
     run.folder.unlock()
     return TrainResult(run.folder.path, final_dir, run.model, run.tokenizer, run.last)
 
 
-def start_trackers(config: RunConfig, accelerator, metrics) -> None:
+def start_trackers(config: RunConfig, accelerator, metrics, resumed_at: int | None) -> None:
     """The experiment trackers of train.log_with (through accelerate), fed every metrics.jsonl record under the
-    same names; TensorBoard's event files go into the run folder's ``tensorboard/``."""
+    same names, the project named after the run folder; TensorBoard's event files go into the run folder's
+    ``tensorboard/RUN/``, and a resumed run first drops the events past its checkpoint (as metrics.jsonl does)."""
     from alignlab.config import _flat, config_to_dict
 
     flat = {key: value if isinstance(value, int | float | str | bool) else str(value)
             for key, value in _flat(config_to_dict(config)).items()}
-    accelerator.init_trackers("tensorboard", config=flat)
+    kwargs = {"tensorboard": {"purge_step": resumed_at + 1}} if resumed_at is not None else {}
+    accelerator.init_trackers(Path(config.out_dir).name or "alignlab", config=flat, init_kwargs=kwargs)
 
     def log(record: dict) -> None:
         values = {k: v for k, v in record.items() if k != "step" and isinstance(v, int | float) and not isinstance(

@@ -45,12 +45,13 @@ def test_records_without_a_prompt_are_split_and_marked(tmp_path):
 def test_no_shared_beginning_and_no_prompt_is_a_located_error(tmp_path):
     path = write_records(tmp_path / "pairs.jsonl", [{"chosen": CHOSEN, "rejected": REJECTED},
                                                     {"chosen": "Great.", "rejected": "Dull."}])
-    with pytest.raises(DataError, match=r"pairs\.jsonl:line 2: field 'prompt': missing, and chosen and rejected "
-                                        r"share no beginning") as caught:
+    with pytest.raises(DataError, match=r"pairs\.jsonl:line 2: field 'prompt': missing; without it, chosen and "
+                                        r"rejected must be transcripts") as caught:
         load_preferences(str(path))
     assert (caught.value.location, caught.value.field) == ("line 2", "prompt")
-    path = write_records(tmp_path / "prefix.jsonl", [{"chosen": "The film", "rejected": "The film is dull."}])
-    with pytest.raises(DataError, match=r"prefix\.jsonl:line 1: field 'chosen': nothing is left"):
+    # a shared plain beginning is no prompt (a misnamed prompt column is likelier): the same located error
+    path = write_records(tmp_path / "prefix.jsonl", [{"chosen": "The film is great.", "rejected": "The film is dull."}])
+    with pytest.raises(DataError, match=r"prefix\.jsonl:line 1: field 'prompt': missing; without it"):
         load_preferences(str(path))
 
 

@@ -42,6 +42,7 @@ def test_final_gets_a_model_card_and_loads_with_from_pretrained(tmp_path, small_
                    log=lambda *_: None)
     card = (result.final_dir / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers") and "  - dpo" in card
+    assert "base_model" not in card  # a local folder is no hub model to name
     assert f"from `{small_model_dir}` for 2 steps" in card and "| lr | 0.001 |" in card
     assert "| loss |" in card and "AutoModelForCausalLM.from_pretrained" in card and "| dpo | 1.0 | 0.0 |" in card
     assert AutoModelForCausalLM.from_pretrained(result.final_dir) is not None
@@ -53,3 +54,19 @@ def test_push_offline_is_one_clear_line(tmp_path, small_model_dir, capsys, monke
     assert main(["push", str(small_model_dir), "someone/model"]) == 2
     assert "HF_HUB_OFFLINE is set" in capsys.readouterr().err
     assert main(["push", str(tmp_path), "someone/model"]) == 2
+
+
+def test_push_failures_are_one_line(tmp_path, small_model_dir, capsys, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("Failed to resolve 'huggingface.co'\nmore lines of a traceback")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", unreachable)
+    assert main(["push", str(small_model_dir), "someone/model"]) == 2
+    err = capsys.readouterr().err
+    assert "failed (ConnectionError): Failed to resolve 'huggingface.co'" in err and "more lines" not in err
+    assert main(["push", str(small_model_dir), "someone/bad name"]) == 2
+    assert "must read OWNER/NAME" in capsys.readouterr().err

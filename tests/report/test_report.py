@@ -27,7 +27,8 @@ def fake_run(folder, samples: int):
     with (folder / "samples.jsonl").open("w") as out:
         for i in range(samples):
             out.write(json.dumps({"model": ["reference", "dpo"][i % 2], "prompt": f"The film {i} is",
-                                  "completion": " wonderful" * 30 + f" </script><b>{i}</b>", "reward": i / samples})
+                                  "completion": " wonderful" * 30 + f" <!--<script> </script><b>{i}</b>",
+                                  "reward": i / samples})
                       + "\n")
     return folder
 

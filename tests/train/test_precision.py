@@ -93,3 +93,19 @@ def test_forced_precision_must_be_known(monkeypatch):
     monkeypatch.setenv(precision.FORCE_VARIABLE, "fp8")
     with pytest.raises(ConfigError, match="must be fp32 or bf16"):
         resolve_precision("auto", torch.device("cpu"))
+
+
+def test_a_run_from_before_auto_measured_resumes_in_its_old_precision(tmp_path, small_model_dir, pairs_file,
+                                                                        monkeypatch):
+    from alignlab.train import train
+
+    out = tmp_path / "run"
+    train(quick_config(small_model_dir, pairs_file, out, {"name": "dpo"}, max_steps=2, save_every=1),
+          log=lambda *_: None)
+    (out / "precision.json").unlink()  # as written before precision.json existed
+    monkeypatch.setenv(precision.FORCE_VARIABLE, "bf16")  # what auto would choose now
+    said = []
+    train(quick_config(small_model_dir, pairs_file, out, {"name": "dpo"}, max_steps=3), resume=True,
+          log=said.append)
+    assert any("as runs began before auto measured" in line for line in said)
+    assert json.loads((out / "precision.json").read_text())["precision"] == "fp32"  # a CPU's old rule

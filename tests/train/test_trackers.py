@@ -20,7 +20,7 @@ def test_tensorboard_events_hold_the_metrics(tmp_path, small_model_dir, pairs_fi
     train(quick_config(small_model_dir, pairs_file, out, {"name": "dpo"}, max_steps=3, log_with=["tensorboard"]),
           log=lambda *_: None)
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    events = EventAccumulator(str(out / "tensorboard" / "run")).Reload()  # the project is named after the run
     for name in ("loss", "rewards/margins", "grad_norm"):
         scalars = {event.step: event.value for event in events.Scalars(name)}
         assert scalars == pytest.approx({row["step"]: row[name] for row in logged if name in row}, rel=1e-6)
