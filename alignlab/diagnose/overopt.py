@@ -145,7 +145,7 @@ def diagnose_overopt(run_dir: str, out: str, prompts: str | None = None, prompt_
             rows.append({"step": step, "model": label, **overopt_indicators(model, tokenizer, prompt_ids, top_k,
                                                                             max_new_tokens, seed, batch_size)})
             folder.write_jsonl("points.jsonl", rows)
-        result = {"run": str(run), "prompts": source, "prompt_count": len(prompt_ids), "top_k": top_k,
+        result = {"run": str(run), "prompts": str(source), "prompt_count": len(prompt_ids), "top_k": top_k,
                   "max_new_tokens": max_new_tokens, "seed": seed, "by_checkpoint": rows}
         folder.write_json("result.json", result)
         steps = [row["step"] for row in rows]
