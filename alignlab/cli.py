@@ -265,6 +265,11 @@ def _add_diagnose_commands(commands) -> None:
     _add_output_options(token_kl)
     token_kl.set_defaults(run=_diagnose_token_kl)
 
+    _add_model_diagnostics(diagnostics)
+
+
+def _add_model_diagnostics(diagnostics) -> None:
+    """`diagnose bon-kl`, `overopt`, `average`: diagnostics of models and samples rather than of data."""
     bon_kl = diagnostics.add_parser("bon-kl", help="best-of-N's KL from reference samples with rewards: the bound, "
                                     "the exact value on the samples, Beirami's estimate")
     bon_kl.add_argument("data", help="reference samples with prompt, reward (and ref_logp), e.g. a decode run's "
@@ -373,6 +378,11 @@ def _add_evaluate_commands(commands) -> None:
     _add_safety_options(refusal, 64, judge=False)
     refusal.set_defaults(run=_evaluate_refusal)
 
+    _add_judge_commands(evaluations)
+
+
+def _add_judge_commands(evaluations) -> None:
+    """`evaluate judge` and `evaluate fairness`: how far a judge or a classifier can be trusted."""
     judge = evaluations.add_parser("judge", help="a pairwise judge in both orders (consistency, primacy, recency, "
                                    "accuracy) and under bias injections (robustness)")
     judge.add_argument("data", help="paired records (prompt, chosen, rejected)")
@@ -415,6 +425,25 @@ def _add_evaluate_commands(commands) -> None:
     fairness.set_defaults(run=_evaluate_fairness)
 
 
+def _add_report_commands(commands) -> None:
+    """`report`, `compare`, `push`: what a run made, shown, compared and shared."""
+    report = commands.add_parser("report", help="(re)write a run folder's report.html from its files")
+    report.add_argument("run_dir", help="a run folder (train, demo, decode, online)")
+    report.set_defaults(run=_report)
+
+    comparing = commands.add_parser("compare", help="several runs on one frontier, one table, curves overlaid")
+    comparing.add_argument("run_dirs", nargs="+", help="run folders (demo, decode, train)")
+    comparing.add_argument("--out", required=True, help="output folder (new or empty, or --overwrite)")
+    comparing.add_argument("--overwrite", action="store_true", help="clear the output folder first")
+    comparing.set_defaults(run=_compare)
+
+    pushing = commands.add_parser("push", help="upload a run's final/ (weights, tokenizer, model card) to the hub")
+    pushing.add_argument("folder", help="a run's final/ folder")
+    pushing.add_argument("repo_id", help="the hub repository, e.g. you/my-dpo-model (created if missing)")
+    pushing.add_argument("--private", action="store_true")
+    pushing.set_defaults(run=_push)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alignlab",
@@ -452,21 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_diagnose_commands(commands)
     _add_evaluate_commands(commands)
 
-    report = commands.add_parser("report", help="(re)write a run folder's report.html from its files")
-    report.add_argument("run_dir", help="a run folder (train, demo, decode, online)")
-    report.set_defaults(run=_report)
-
-    comparing = commands.add_parser("compare", help="several runs on one frontier, one table, curves overlaid")
-    comparing.add_argument("run_dirs", nargs="+", help="run folders (demo, decode, train)")
-    comparing.add_argument("--out", required=True, help="output folder (new or empty, or --overwrite)")
-    comparing.add_argument("--overwrite", action="store_true", help="clear the output folder first")
-    comparing.set_defaults(run=_compare)
-
-    pushing = commands.add_parser("push", help="upload a run's final/ (weights, tokenizer, model card) to the hub")
-    pushing.add_argument("folder", help="a run's final/ folder")
-    pushing.add_argument("repo_id", help="the hub repository, e.g. you/my-dpo-model (created if missing)")
-    pushing.add_argument("--private", action="store_true")
-    pushing.set_defaults(run=_push)
+    _add_report_commands(commands)
 
     listing_decoders = commands.add_parser("decoders", help="list the decoding methods and the rewards")
     listing_decoders.set_defaults(run=_decoders)

@@ -421,7 +421,10 @@ def diagnose_average(pre: str, aligned: str, out: str, prompts: str, general_tex
     `prompts` (records with `prompt_field`) and its tax on `general_text` (records with `text_field`); write the
     points, the reward–tax Pareto front and AMA's choice (highest reward with tax ≤ `tax_budget`, by default half
     the aligned model's tax; or highest reward − `lam`·tax) to `out`. `reward` is a reward config entry (a name or
-    a mapping with ``name``) or a reward object. Everything is checked before the output folder is written."""
+    a mapping with ``name``) or a reward object. Everything is checked before the output folder is written.
+
+    Kept whole on purpose (over 60 lines): it reads top to bottom as the command's recipe — every check, then the
+    work, then the outputs — and each step is already a function of its own."""
     from tqdm import tqdm
 
     from alignlab import rewards

@@ -31,8 +31,9 @@ import torch
 
 from alignlab.data.formats import LABEL_WORDS, RecordChecker
 from alignlab.data.loading import read_records
+from alignlab.data.tokenize import encode_prompt
 from alignlab.errors import ConfigError, DataError
-from alignlab.evaluate.judges import answer_logps, answer_token_ids, check_template, cut_left, encode_rendered
+from alignlab.evaluate.judges import answer_logps, answer_token_ids, check_template, cut_left
 from alignlab.report.html import write_report_safely
 from alignlab.run_folder import RunFolder
 
@@ -61,8 +62,8 @@ def encode_prompts(tokenizer, texts: Sequence[str], template: str, question: str
     were cut."""
     prompts, cut = [], 0
     for text in texts:
-        ids, was_cut = cut_left(encode_rendered(tokenizer, render_prompt(template, text, question, instruction), chat),
-                                max_length - 1)
+        rendered = render_prompt(template, text, question, instruction)
+        ids, was_cut = cut_left(encode_prompt(tokenizer, rendered, chat=chat), max_length - 1)
         prompts.append(ids)
         cut += was_cut
     return prompts, cut
@@ -320,7 +321,10 @@ def evaluate_fairness(data: str, out: str, model: str, text_field: str = "text",
     fairness instruction; a string: that text) the texts are scored again with it prepended; with `fpr_target`
     per-group thresholds equalising FPR at that target are fitted on the plain scores of this same data
     (in-sample). Writes ``result.json``, ``scores.jsonl`` and ``fairness.png`` into `out`; every setting and
-    record is checked before the folder is written."""
+    record is checked before the folder is written.
+
+    Kept whole on purpose (over 60 lines): it reads top to bottom as the command's recipe — every check, then the
+    work, then the outputs — and each step is already a function of its own."""
     from alignlab.models.loading import load_model, load_tokenizer
 
     _check_settings(threshold, fpr_target, batch_size, max_length, template, instruction)

@@ -40,6 +40,7 @@ import torch
 
 from alignlab.data.formats import RecordChecker
 from alignlab.data.loading import read_records
+from alignlab.data.tokenize import encode_prompt
 from alignlab.errors import ConfigError, DataError
 from alignlab.report.html import write_report_safely
 from alignlab.run_folder import RunFolder
@@ -292,15 +293,8 @@ def _rendered(tokenizer, text: str, chat: bool) -> tuple[str, bool]:
                                          add_generation_prompt=True), False
 
 
-def encode_rendered(tokenizer, text: str, chat: bool) -> list[int]:
-    """Token ids of a rendered prompt: plain text with the tokenizer's special tokens, or (`chat`) one user message
-    through the chat template, ending with the assistant's generation prompt."""
-    rendered, special = _rendered(tokenizer, text, chat)
-    return tokenizer(rendered, add_special_tokens=special)["input_ids"]
-
-
 def answer_token_ids(tokenizer, prompt: str, answers: Sequence[str], chat: bool) -> tuple[int, ...]:
-    """The one token id of each answer as it follows `prompt` (rendered as `encode_rendered` renders it):
+    """The one token id of each answer as it follows `prompt` (rendered as `data.tokenize.encode_prompt` renders it):
     ConfigError when an answer is not exactly one token there, or two answers share a token."""
     rendered, special = _rendered(tokenizer, prompt, chat)
     base = tokenizer(rendered, add_special_tokens=special)["input_ids"]
@@ -385,7 +379,7 @@ class PromptedJudge:
         return self.template.format(question=question, first=first, second=second)
 
     def encode(self, question: str, first: str, second: str) -> list[int]:
-        ids, cut = cut_left(encode_rendered(self.tokenizer, self.render(question, first, second), self.chat),
+        ids, cut = cut_left(encode_prompt(self.tokenizer, self.render(question, first, second), chat=self.chat),
                             self.max_length - 1)
         self.truncated += cut
         return ids
@@ -533,7 +527,10 @@ def evaluate_judge(data: str, out: str, model: str | None = None, reward: str | 
     """`alignlab evaluate judge`: judge every prompt/chosen/rejected record of `data` in both orders and after
     each bias injection, with a prompted `model` (`PromptedJudge`) or a `reward` (name or config mapping,
     `RewardJudge`); writes ``result.json``, ``verdicts.jsonl`` (one line per pair) and ``judges.png`` into `out`.
-    Every setting and record is checked before the folder is written."""
+    Every setting and record is checked before the folder is written.
+
+    Kept whole on purpose (over 60 lines): it reads top to bottom as the command's recipe — every check, then the
+    work, then the outputs — and each step is already a function of its own."""
     from alignlab import rewards
 
     if (model is None) == (reward is None):

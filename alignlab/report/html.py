@@ -62,8 +62,10 @@ def _number(value) -> float | None:
 
 def online_points(rounds: list[dict]) -> list[dict]:
     """(label, KL, reward) of each evaluated round of an online run's online.jsonl (held-out reward, sampled KL)."""
-    return [{"label": f"round {r.get('round')}", "kl": r["eval"].get("kl"), "reward": r["eval"].get("reward_mean"),
-             "kl_kind": "sampled"} for r in rounds if isinstance(r.get("eval"), dict)]
+    return [{"label": f"round {r.get('round')}", "kl": kl, "reward": reward, "kl_kind": "sampled"}
+            for r in rounds if isinstance(r.get("eval"), dict)
+            and (kl := _number(r["eval"].get("kl"))) is not None
+            and (reward := _number(r["eval"].get("reward_mean"))) is not None]
 
 
 def online_curves(rounds: list[dict]) -> str:
@@ -264,77 +266,79 @@ SCRIPT = """
 """.replace("PAGE_ROWS", str(PAGE_ROWS))
 
 
+def _result_section(run_dir: Path) -> str:
+    """A diagnostic's or an evaluation's folder: its result.json and pictures (inline)."""
+    result_path = run_dir / "result.json"
+    if not result_path.is_file():
+        return ""
+    text = result_path.read_text(encoding="utf-8", errors="replace")
+    shown = text if len(text) <= MAX_RESULT_CHARS else text[:MAX_RESULT_CHARS] + "\n… (cut; see result.json)"
+    pictures = [f"<img alt='{html.escape(picture.name)}' style='max-width:560px;border:1px solid #e5e5e5' "
+                f"src='data:image/png;base64,{base64.b64encode(picture.read_bytes()).decode()}'>"
+                for picture in sorted(run_dir.glob("*.png"))
+                if picture.name != "report.png" and picture.stat().st_size <= MAX_PICTURE_BYTES]
+    return f"<h2>Result</h2><pre id='result'>{html.escape(shown)}</pre><div class='charts'>{''.join(pictures)}</div>"
+
+
+def _frontier_section(points: list[dict]) -> str:
+    if not points:
+        return ("<h2>Reward–KL frontier</h2><p class='note'>This run has no frontier points (a training run: see the "
+                "curves; <code>alignlab compare</code> puts runs side by side).</p>")
+    chart = svg_chart({"methods": [(p["kl"], p["reward"]) for p in points]}, "reward against KL(π ‖ π_ref)",
+                      "KL (nats)", "reward", points_only=True, labels=[p["label"] for p in points],
+                      element_id="frontier")
+    table = "".join(f"<tr><td>{html.escape(p['label'])}</td><td class='num'>{p['reward']:.3f}</td>"
+                    f"<td class='num'>{p['kl']:.3f}</td><td>{html.escape(str(p['kl_kind'] or ''))}</td></tr>"
+                    for p in points)
+    return (f"<h2>Reward–KL frontier</h2><div class='charts'>{chart}</div><table id='frontier-table'><tr>"
+            f"<th>method</th><th>reward</th><th>KL</th><th>KL is</th></tr>{table}</table>")
+
+
+def _samples_section(rows: list[list], total: int) -> str:
+    if not rows:
+        return "<h2>Samples</h2><p class='note'>No samples.jsonl in this run.</p>"
+    note = (f"showing {len(rows):,} of {total:,} samples (evenly spaced; all in samples.jsonl)"
+            if len(rows) < total else f"{total:,} samples")
+    data = json.dumps(rows).replace("<", "\\u003c")  # no text can end or re-open the script element
+    return (f"<h2>Samples</h2><p class='note' id='sample-note'>{note}; texts longer than {MAX_TEXT_CHARS} characters "
+            "are cut</p><p><input id='search' type='search' placeholder='search prompts, completions, methods'> "
+            "<span id='pager'><button id='prev'>◀</button><span id='page-info'></span>"
+            "<button id='next'>▶</button></span></p>"
+            "<table id='samples'><thead><tr><th class='method'>method</th><th>prompt</th><th>completion</th>"
+            "<th class='num'>reward</th></tr></thead><tbody id='sample-body'></tbody></table>"
+            f"<script id='sample-data' type='application/json'>{data}</script><script>{SCRIPT}</script>")
+
+
+def _read_summary(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
 def render(run_dir: Path) -> str:
     """The page of `run_dir`, from its files alone."""
-    config_text = (run_dir / "config.yaml").read_text(encoding="utf-8") if (run_dir / "config.yaml").is_file() else ""
-    summary = {}
-    if (run_dir / "summary.json").is_file():
-        try:
-            summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-        except ValueError:
-            summary = {}
     training = training_folder(run_dir)
+    config_path = next((p for p in (run_dir / "config.yaml", (training or run_dir) / "config.yaml") if p.is_file()),
+                       None)
+    config_text = config_path.read_text(encoding="utf-8") if config_path else ""
     metrics = read_jsonl(training / "metrics.jsonl") if training else []
-    if not config_text and training and (training / "config.yaml").is_file():
-        config_text = (training / "config.yaml").read_text(encoding="utf-8")
-    rows, total = sample_rows(read_jsonl(run_dir / "samples.jsonl"))
     rounds = read_jsonl(run_dir / "online.jsonl")
-    points = frontier_points(summary) + [p for p in online_points(rounds)
-                                         if _number(p["kl"]) is not None and _number(p["reward"]) is not None]
+    points = frontier_points(_read_summary(run_dir)) + online_points(rounds)
+    charts = ([online_curves(rounds)] if rounds else []) + curve_charts(metrics)
     out = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
            "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'; "
            "script-src 'unsafe-inline'; img-src data:\">",
            f"<title>alignlab report: {html.escape(run_dir.name)}</title><style>{STYLE}</style></head><body>",
            f"<h1>alignlab run <code>{html.escape(run_dir.name)}</code></h1>",
-           f"<p class='note'>{html.escape(str(run_dir.resolve()))}</p>"]
-    result_path = run_dir / "result.json"
-    if result_path.is_file():  # a diagnostic's or an evaluation's folder: its numbers and pictures
-        text = result_path.read_text(encoding="utf-8", errors="replace")
-        shown = text if len(text) <= MAX_RESULT_CHARS else text[:MAX_RESULT_CHARS] + "\n… (cut; see result.json)"
-        out.append(f"<h2>Result</h2><pre id='result'>{html.escape(shown)}</pre><div class='charts'>")
-        for picture in sorted(run_dir.glob("*.png")):
-            if picture.name != "report.png" and picture.stat().st_size <= MAX_PICTURE_BYTES:
-                data = base64.b64encode(picture.read_bytes()).decode()
-                out.append(f"<img alt='{html.escape(picture.name)}' src='data:image/png;base64,{data}' "
-                           "style='max-width:560px;border:1px solid #e5e5e5'>")
-        out.append("</div>")
-    out.append("<h2>Reward–KL frontier</h2>")
-    if points:
-        chart = svg_chart({"methods": [(p["kl"], p["reward"]) for p in points]}, "reward against KL(π ‖ π_ref)",
-                          "KL (nats)", "reward", points_only=True, labels=[p["label"] for p in points],
-                          element_id="frontier")
-        table = "".join(f"<tr><td>{html.escape(p['label'])}</td><td class='num'>{p['reward']:.3f}</td>"
-                        f"<td class='num'>{p['kl']:.3f}</td><td>{html.escape(str(p['kl_kind'] or ''))}</td></tr>"
-                        for p in points)
-        out.append(f"<div class='charts'>{chart}</div><table id='frontier-table'><tr><th>method</th><th>reward</th>"
-                   f"<th>KL</th><th>KL is</th></tr>{table}</table>")
-    else:
-        out.append("<p class='note'>This run has no frontier points (a training run: see the curves; "
-                   "<code>alignlab compare</code> puts runs side by side).</p>")
-    out.append("<h2>Training curves</h2>")
-    charts = ([online_curves(rounds)] if rounds else []) + curve_charts(metrics)
-    out.append(f"<div class='charts' id='curves'>{''.join(charts)}</div>" if charts
-               else "<p class='note'>No metrics.jsonl in this run.</p>")
-    out.append("<h2>Samples</h2>")
-    if rows:
-        note = (f"showing {len(rows):,} of {total:,} samples (evenly spaced; all in samples.jsonl)"
-                if len(rows) < total else f"{total:,} samples")
-        data = json.dumps(rows).replace("<", "\\u003c")  # no text can end or re-open the script element
-        out.append(f"<p class='note' id='sample-note'>{note}; texts longer than {MAX_TEXT_CHARS} characters are "
-                   "cut</p><p><input id='search' type='search' placeholder='search prompts, completions, methods'> "
-                   "<span id='pager'><button id='prev'>◀</button><span id='page-info'></span>"
-                   "<button id='next'>▶</button></span></p>"
-                   "<table id='samples'><thead><tr><th class='method'>method</th><th>prompt</th><th>completion</th>"
-                   "<th class='num'>reward</th></tr></thead><tbody id='sample-body'></tbody></table>"
-                   f"<script id='sample-data' type='application/json'>{data}</script><script>{SCRIPT}</script>")
-    else:
-        out.append("<p class='note'>No samples.jsonl in this run.</p>")
-    out.append("<h2>Config</h2>")
-    out.append(f"<pre id='config'>{html.escape(config_text) or '(no config.yaml)'}</pre>")
-    out.append("<h2>Environment</h2><dl>")
-    for key, value in environment(training or run_dir, config_text).items():
-        out.append(f"<dt>{html.escape(key)}</dt><dd>{html.escape(str(value))}</dd>")
-    out.append("</dl>")
+           f"<p class='note'>{html.escape(str(run_dir.resolve()))}</p>",
+           _result_section(run_dir), _frontier_section(points), "<h2>Training curves</h2>",
+           f"<div class='charts' id='curves'>{''.join(charts)}</div>" if charts
+           else "<p class='note'>No metrics.jsonl in this run.</p>",
+           _samples_section(*sample_rows(read_jsonl(run_dir / "samples.jsonl"))),
+           f"<h2>Config</h2><pre id='config'>{html.escape(config_text) or '(no config.yaml)'}</pre><h2>Environment</h2>"
+           "<dl>", *(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>"
+                     for k, v in environment(training or run_dir, config_text).items()), "</dl>"]
     report = (training or run_dir) / "data_report.json"
     if report.is_file():
         out.append(f"<h2>Data</h2><pre>{html.escape(report.read_text(encoding='utf-8'))}</pre>")

@@ -377,7 +377,10 @@ def prepare(config: RunConfig, resume: bool = False, log=print, records: list | 
     `data.train`; `model` (already loaded from `config.model.path`) is trained instead of loading it again, and
     `reference_model` (a frozen model with the same tokenizer) gives the reference instead of the policy as
     loaded. The run folder must be new or empty unless `resume` (continue it) or `overwrite` (clear it); the run
-    holds its lock until `finish` (or `run.folder.unlock()`)."""
+    holds its lock until `finish` (or `run.folder.unlock()`).
+
+    Kept whole on purpose (over 60 lines): it is the loop's recipe read top to bottom — each step a call to a
+    function of its own, in the order a run needs them."""
     objective = objectives.Objective(objective_terms(config))
     if records is None and examples is None and not config.data.train:
         raise ConfigError("data.train: name the training data (a file, or a datasets folder)")
