@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test lint bench model mutate clean
+.PHONY: setup demo test lint bench model mutate mutate-clean clean
 
 $(BIN)/alignlab: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,14 +34,21 @@ lint: setup
 # Mutation testing of the core modules with mutmut ([tool.mutmut] in pyproject.toml); not part of `make test` or CI
 # (hours on 2 cores). It works in a copy of the tracked and untracked files ($(MUTATE_DIR)), so the checkout stays
 # clean; OMP_NUM_THREADS=1 because forked workers of a multi-threaded torch hang. MUTANTS narrows the run, e.g.
-# `make mutate MUTANTS='alignlab.data.collate*'`; see a survivor with `mutmut show NAME` in $(MUTATE_DIR).
+# `make mutate MUTANTS='alignlab.data.collate*'`; see a survivor with `mutmut show NAME` in $(MUTATE_DIR). The copy's
+# mutants/ folder is kept between runs, so a stopped run resumes and only functions changed since are run again
+# (`make mutate-clean` starts over). MUTATE_JOBS workers (default: the CPU count).
 MUTATE_DIR ?= /tmp/alignlab-mutate
 MUTANTS ?=
+MUTATE_JOBS ?= $(shell nproc)
 mutate: setup
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[mutate]"
-	rm -rf $(MUTATE_DIR) && mkdir -p $(MUTATE_DIR)
+	mkdir -p $(MUTATE_DIR) && find $(MUTATE_DIR) -mindepth 1 -maxdepth 1 ! -name mutants -exec rm -rf {} +
 	git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t $(MUTATE_DIR)
-	cd $(MUTATE_DIR) && OMP_NUM_THREADS=1 $(abspath $(BIN))/mutmut run $(MUTANTS) ; $(abspath $(BIN))/mutmut results
+	cd $(MUTATE_DIR) && OMP_NUM_THREADS=1 $(abspath $(BIN))/mutmut run --max-children $(MUTATE_JOBS) $(MUTANTS) ; \
+		$(abspath $(BIN))/mutmut results
+
+mutate-clean:
+	rm -rf $(MUTATE_DIR)
 
 # Rebuild the embedded model from its generated corpus (about 11 minutes on 2 cores).
 model: setup

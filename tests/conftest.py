@@ -33,6 +33,16 @@ def random_llama(vocab_size: int, seed: int = 0, **overrides):
     return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, **shape)).eval()
 
 
+def random_gpt2(vocab_size: int, seed: int = 0):
+    """A small random GPT-2: absolute position embeddings, where a wrong position is never invisible."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=vocab_size, n_positions=128, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0)
+    return GPT2LMHeadModel(config).eval()
+
+
 @pytest.fixture(scope="session")
 def small_model_dir(tmp_path_factory, tokenizer):
     """A small random Llama with the embedded tokenizer, saved like any local model."""

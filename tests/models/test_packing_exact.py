@@ -8,18 +8,9 @@ import torch
 from alignlab.data.collate import collate_shared_prefix
 from alignlab.data.tokenize import TokenizedPair
 from alignlab.models.scoring import ScoringOptions, score_slots
-from tests.conftest import random_llama
+from tests.conftest import random_gpt2, random_llama
 
 VOCAB = 59
-
-
-def random_gpt2(seed: int = 0):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=VOCAB, n_positions=128, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0,
-                        embd_pdrop=0.0, attn_pdrop=0.0)
-    return GPT2LMHeadModel(config).eval()
 
 
 def alone(model, prompt: list[int], completion: list[int]) -> torch.Tensor:
@@ -42,7 +33,7 @@ def pairs_that_pack() -> list[TokenizedPair]:
     return [TokenizedPair(ids(p), ids(c), ids(r)) for p, c, r in shapes]
 
 
-@pytest.mark.parametrize("make_model", [lambda: random_llama(VOCAB, seed=4), lambda: random_gpt2(seed=4)],
+@pytest.mark.parametrize("make_model", [lambda: random_llama(VOCAB, seed=4), lambda: random_gpt2(VOCAB, seed=4)],
                          ids=["rope", "absolute-positions"])
 def test_every_packed_example_scores_like_its_own_sequence(make_model):
     model, pairs = make_model(), pairs_that_pack()

@@ -1,8 +1,9 @@
 import pytest
 import torch
+import transformers
 
-from alignlab.models.scoring import ScoringOptions, chunked_head_logps, completion_logps
-from tests.conftest import random_llama
+from alignlab.models.scoring import ScoringOptions, chunked_head_logps, completion_logps, completion_scores
+from tests.conftest import random_gpt2, random_llama
 
 
 def naive_logps(model, input_ids, attention_mask, completion_mask):
@@ -39,6 +40,40 @@ def test_completion_logps_match_full_log_softmax(seed, chunk_tokens):
     torch.testing.assert_close(ours, naive, atol=1e-5, rtol=1e-5)
     assert (ours[completion_mask == 0] == 0).all()
     assert (ours[completion_mask == 1] < 0).all()
+
+
+@pytest.mark.parametrize("make_model", [lambda: random_llama(53, seed=2), lambda: random_gpt2(53, seed=2)],
+                         ids=["rope", "absolute-positions"])
+def test_left_padded_rows_with_their_positions_score_like_each_row_alone(make_model):
+    """The attention mask keeps padding out of the real tokens' context and `position_ids` restart each row at 0:
+    a left-padded batch scores like every row unpadded (and with absolute positions, not without them)."""
+    model = make_model()
+    g = torch.Generator().manual_seed(7)
+    rows, prompt_lengths, width = [torch.randint(53, (n,), generator=g) for n in (10, 6)], [4, 2], 10
+    input_ids = torch.zeros(2, width, dtype=torch.long)
+    attention_mask, completion_mask = torch.zeros_like(input_ids), torch.zeros_like(input_ids)
+    for i, (row, prompt_length) in enumerate(zip(rows, prompt_lengths, strict=True)):
+        start = width - len(row)
+        input_ids[i, start:], attention_mask[i, start:] = row, 1
+        completion_mask[i, start + prompt_length:] = 1
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        padded = completion_logps(model, input_ids, attention_mask, completion_mask, position_ids=positions)
+        for i, (row, prompt_length) in enumerate(zip(rows, prompt_lengths, strict=True)):
+            alone_mask = torch.zeros(1, len(row), dtype=torch.long)
+            alone_mask[0, prompt_length:] = 1
+            alone = completion_logps(model, row[None], torch.ones_like(alone_mask), alone_mask)
+            torch.testing.assert_close(padded[i, width - len(row):], alone[0], atol=1e-5, rtol=1e-5)
+        unpositioned = completion_logps(model, input_ids, attention_mask, completion_mask)
+    if isinstance(model, transformers.GPT2LMHeadModel):
+        assert not torch.allclose(unpositioned[1], padded[1], atol=1e-3)
+
+
+def test_square_mass_only_when_asked():
+    model = random_llama(vocab_size=31)
+    input_ids, attention_mask, completion_mask = random_batch(31, 2)
+    with torch.no_grad():
+        assert completion_scores(model, input_ids, attention_mask, completion_mask).square_mass is None
 
 
 def test_tied_embeddings_and_gradients_match_naive():

@@ -152,6 +152,7 @@ def wait_for_metrics(run_dir, lines: int, process, seconds: float = 120) -> None
     raise AssertionError(f"no {lines} metrics lines in {run_dir} (exit code {process.poll()})")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_checkpoints_and_exits_cleanly_then_resumes_exactly(small_model_dir, pairs_file, tmp_path, sig):
     steps = 40
@@ -176,6 +177,7 @@ def test_signal_checkpoints_and_exits_cleanly_then_resumes_exactly(small_model_d
     assert [m["step"] for m in run_history(tmp_path / "run")] == list(range(1, steps + 1))
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_weights(small_model_dir, pairs_file, tmp_path):
     steps = 60
     straight = train(quick_config(small_model_dir, pairs_file, tmp_path / "straight", DPO, max_steps=steps),
@@ -321,3 +323,17 @@ def test_full_disk_and_unwritable_checkpoints_are_said(small_model_dir, pairs_fi
     said = []
     train(config, resume=True, log=said.append)
     assert any("removed 1 half-written checkpoint" in line for line in said)
+
+
+def test_only_full_disks_are_read_as_full_disks():
+    import errno
+
+    from alignlab.train.checkpoint import out_of_space
+
+    assert out_of_space(OSError(errno.ENOSPC, "No space left on device"))
+    assert out_of_space(OSError(errno.EIO, "write error: No space left on device"))  # said only in the text
+    assert out_of_space(RuntimeError("[enforce fail at inline_container.cc:595] . unexpected pos: write failed"))
+    assert not out_of_space(OSError(errno.EACCES, "Permission denied"))
+    assert not out_of_space(RuntimeError("[enforce fail at inline_container.cc:321] . file not found: read"))
+    assert not out_of_space(RuntimeError("write failed: the file is locked"))
+    assert not out_of_space(ValueError("invalid value"))

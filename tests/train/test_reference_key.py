@@ -1,11 +1,12 @@
 """The reference cache's key covers every completion slot and truncation settings on their own: a cache written for
 other token ids is never read, even when every column has the same length (the shape checks cannot see it)."""
 
+import pytest
 import torch
 
 from alignlab.data import load_preferences, tokenize_preferences
 from alignlab.data.tokenize import TokenizedPair
-from alignlab.train.reference import cached_reference_logps
+from alignlab.train.reference import ReferenceLogps, cached_reference_logps
 from tests.conftest import random_llama
 
 
@@ -45,3 +46,20 @@ def test_a_max_length_only_change_gets_its_own_cache_entry(small_model_dir, pair
     cut, other, hit = cached_reference_logps(model, shorter, tokenizer.pad_token_id, 4, "cpu", tmp_path, False)
     assert not hit and other != path
     assert [len(v) for v in cut.values] == [sum(len(p.completions[k]) for p in shorter) for k in range(2)]
+
+
+def test_stored_log_probs_are_laid_on_the_batch_mask_or_refused_when_they_do_not_fit():
+    stored = ReferenceLogps([torch.tensor([-1.0, -2.0, -3.0, -4.0]), torch.tensor([-5.0, -6.0])],
+                            [torch.tensor([0, 2, 4]), torch.tensor([0, 1, 2])])
+    named = stored.tensors()
+    assert sorted(named) == ["slot0", "slot0_offsets", "slot1", "slot1_offsets"]
+    back = ReferenceLogps.from_tensors(named)
+    assert all(torch.equal(a, b) for a, b in zip(back.values + back.offsets, stored.values + stored.offsets,
+                                                 strict=True))
+    chosen = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 0]])
+    rejected = torch.tensor([[0, 1, 0, 0], [0, 0, 0, 1]])
+    laid = stored.for_batch([1, 0], [chosen, rejected])  # example 1 first
+    assert laid[0].tolist() == [[0, 0, -3, -4], [0, -1, -2, 0]]
+    assert laid[1].tolist() == [[0, -6, 0, 0], [0, 0, 0, -5]]
+    with pytest.raises(RuntimeError, match="stored per-token log-probs do not match the batch's completion tokens"):
+        stored.for_batch([1, 0], [torch.tensor([[0, 1, 1, 1], [0, 1, 1, 0]]), rejected])

@@ -143,6 +143,7 @@ def test_engine_settings_train_alike(small_model_dir, pairs_file, tmp_path, engi
         torch.testing.assert_close(weights(default.final_dir)[name], value, atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_compiled_body_trains_like_eager(small_model_dir, pairs_file, tmp_path):
     eager = train(make_config(small_model_dir, pairs_file, tmp_path / "eager", tmp_path / "cache", max_steps=2),
                   log=lambda *_: None)
@@ -240,8 +241,8 @@ def test_resume_refuses_settings_that_change_the_run(small_model_dir, pairs_file
 
 def test_a_reference_cache_that_does_not_check_out_is_reported_and_recomputed(small_model_dir, pairs_file, tmp_path,
                                                                                tokenizer):
-    """One flipped byte, a cut file, another data set's cache under the key, non-finite values: each is said and
-    recomputed, never trained on."""
+    """One flipped byte, a cut file, another data set's cache under the key, one token too few, non-finite values:
+    each is said with its reason and recomputed, never trained on."""
     from safetensors.torch import save_file
 
     from alignlab.train.reference import read_cache, tensors_digest
@@ -256,14 +257,25 @@ def test_a_reference_cache_that_does_not_check_out_is_reported_and_recomputed(sm
     _, other, _ = cached_reference_logps(model, fewer, tokenizer.pad_token_id, 4, "cpu", tmp_path, False)
     flipped = bytearray(good)
     flipped[-5] ^= 0x40
-    damages = {"flipped byte": bytes(flipped), "cut short": good[: len(good) // 2],
-               "another data set": Path(other).read_bytes()}
-    for damage, content in damages.items():
+    shorter = {name: value.clone() for name, value in fresh.tensors().items()}
+    shorter["slot1"] = shorter["slot1"][:-1]  # as many examples, one token fewer: checksummed and wrong
+    save_file(shorter, str(tmp_path / "shorter"), metadata={"examples": str(len(pairs)),
+                                                            "sha256": tensors_digest(shorter)})
+    counts = [len(values) for values in fresh.values]
+    damages = {"flipped byte": (bytes(flipped), "its contents do not match the checksum written with them"),
+               "cut short": (good[: len(good) // 2], "unreadable (SafetensorError: "),
+               "another data set": (Path(other).read_bytes(), "it holds 3 examples / "),
+               "other lengths": ((tmp_path / "shorter").read_bytes(),
+                                 f"it holds {len(pairs)} examples / {[counts[0], counts[1] - 1]} tokens, "
+                                 f"not {len(pairs)} / {counts}")}
+    for damage, (content, reason) in damages.items():
         path.write_bytes(content)
         said = []
         again, _, hit = cached_reference_logps(model, pairs, tokenizer.pad_token_id, 4, "cpu", tmp_path, False,
                                                say=said.append)
-        assert not hit and len(said) == 1 and "cannot be used" in said[0] and "recomputing" in said[0], damage
+        assert not hit and len(said) == 1, damage
+        assert said[0].startswith(f"reference cache {path} cannot be used: {reason}"), (damage, said[0])
+        assert said[0].endswith("; recomputing it"), damage
         assert all(torch.equal(a, b) for a, b in zip(again.values, fresh.values, strict=True)), damage
         assert read_cache(path, pairs)[0] is not None  # replaced by the recomputed one
     named = {name: value.clone() for name, value in fresh.tensors().items()}
