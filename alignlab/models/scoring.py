@@ -125,9 +125,8 @@ def chunked_head_logps(
             logp, square = one_chunk(h, t)
         logps.append(logp)
         squares.append(square)
-    empty = hidden.new_zeros(0, dtype=torch.float32)
-    return TokenScores(torch.cat(logps) if logps else empty,
-                       (torch.cat(squares) if squares else empty) if with_square_mass else None)
+    # `split` gives at least one chunk, an empty one when there are no rows: the lists are never empty
+    return TokenScores(torch.cat(logps), torch.cat(squares) if with_square_mass else None)
 
 
 @dataclass
@@ -344,9 +343,7 @@ def layout_token_kl(policy, reference, layout: SlotLayout, options: ScoringOptio
         kl = (logp_reference.exp() * (logp_policy - logp_reference)).sum(-1)
         index = t[:, None]
         pieces.append((logp_policy.gather(-1, index).squeeze(-1), logp_reference.gather(-1, index).squeeze(-1), kl))
-    empty = hidden_policy.new_zeros(0, dtype=torch.float32)
-    columns = zip(*pieces, strict=True) if pieces else [(empty,)] * 3
-    policy_logps, reference_logps, kls = (layout.to_slots(torch.cat(column)) for column in columns)
+    policy_logps, reference_logps, kls = (layout.to_slots(torch.cat(column)) for column in zip(*pieces, strict=True))
     per_layer = [layout.to_slots(layer.float().mean(-1)) for layer in layers]
     activations = [torch.stack(slot) for slot in zip(*per_layer, strict=True)]
     hidden = None

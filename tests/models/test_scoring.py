@@ -181,3 +181,99 @@ def test_token_kl_through_packed_rows_equals_separate_rows(padding_free):
                                    atol=1e-5, rtol=1e-5)
     sum(t.sum() for t in packed.kl).backward()  # the KL's gradient reaches the policy through packed rows
     assert all(p.grad is not None for p in policy.parameters())
+
+
+def capped_gemma2(seed: int):
+    """A small random Gemma-2 whose final soft-capping (0.5) bends its logits well away from linear."""
+    config = transformers.Gemma2Config(vocab_size=41, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                       final_logit_softcapping=0.5, attn_implementation="eager")
+    torch.manual_seed(seed)
+    return transformers.Gemma2ForCausalLM(config).eval()
+
+
+def scaled_cohere(seed: int):
+    """A small random Cohere model whose head output is multiplied by `logit_scale` (3)."""
+    config = transformers.CohereConfig(vocab_size=41, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, logit_scale=3.0)
+    torch.manual_seed(seed)
+    return transformers.CohereForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("make_model", [capped_gemma2, scaled_cohere], ids=["softcapping", "logit-scale"])
+def test_architectures_that_scale_or_cap_logits_score_like_their_own_forward(make_model):
+    """The engine applies the head's post-processing itself (it never calls the model's own head): log-probs and
+    token-level KL match the models' own logits, which Transformers scales or caps in `forward`."""
+    from alignlab.models.scoring import completion_token_kl
+
+    policy, reference = make_model(1), make_model(2)
+    input_ids, attention_mask, completion_mask = random_batch(41, 4)
+    with torch.no_grad():
+        ours = completion_logps(policy, input_ids, attention_mask, completion_mask,
+                                options=ScoringOptions(chunk_tokens=5))
+        torch.testing.assert_close(ours, naive_logps(policy, input_ids, attention_mask, completion_mask),
+                                   atol=1e-5, rtol=1e-5)
+        token_kl = completion_token_kl(policy, reference, input_ids, attention_mask, completion_mask)
+        torch.testing.assert_close(token_kl.policy[0], ours, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(token_kl.reference[0],
+                                   naive_logps(reference, input_ids, attention_mask, completion_mask),
+                                   atol=1e-5, rtol=1e-5)
+        logits_p = policy(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].double()
+        logits_r = reference(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].double()
+    log_p, log_r = torch.log_softmax(logits_p, -1), torch.log_softmax(logits_r, -1)
+    expected = torch.nn.functional.pad((log_r.exp() * (log_p - log_r)).sum(-1), (1, 0)) * completion_mask
+    torch.testing.assert_close(token_kl.kl[0].double() * completion_mask, expected, atol=1e-5, rtol=1e-4)
+    assert token_kl.reference_hidden is None  # kept only when asked
+
+
+class LogitsOnly(torch.nn.Module):
+    """A causal LM seen only through its logits: no body and head to split."""
+
+    def __init__(self, inner) -> None:
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+
+    def forward(self, **inputs):
+        return self.inner(**inputs)
+
+
+def test_a_model_without_a_separable_head_is_scored_from_its_logits():
+    from alignlab.data.tokenize import TokenizedPair
+    from alignlab.models.scoring import score_slots
+
+    inner = random_llama(vocab_size=37, seed=3)
+    wrapped = LogitsOnly(inner)
+    input_ids, attention_mask, completion_mask = random_batch(37, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(completion_logps(wrapped, input_ids, attention_mask, completion_mask),
+                                   naive_logps(inner, input_ids, attention_mask, completion_mask), atol=1e-5,
+                                   rtol=1e-5)
+        pairs = [TokenizedPair([5, 6, 7], [8, 9], [10, 11, 12]), TokenizedPair([13], [14, 15, 16], [17])]
+        separate, packed = score_slots(wrapped, pairs, 0, "cpu"), score_slots(inner, pairs, 0, "cpu")
+    for slot in range(2):  # the layouts differ (a row per completion vs packed rows): compare each token's value
+        for row in range(len(pairs)):
+            ours = separate.logps[slot][row][separate.masks[slot][row].bool()]
+            theirs = packed.logps[slot][row][packed.masks[slot][row].bool()]
+            assert len(ours) == len(pairs[row].completions[slot])
+            torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_rows_without_completion_tokens_score_to_zeros():
+    from alignlab.models.scoring import completion_token_kl
+
+    model = random_llama(vocab_size=29)
+    input_ids, attention_mask, _ = random_batch(29, 1)
+    nothing = torch.zeros_like(input_ids)
+    with torch.no_grad():
+        scores = completion_scores(model, input_ids, attention_mask, nothing, with_square_mass=True)
+        token_kl = completion_token_kl(model, random_llama(vocab_size=29, seed=1), input_ids, attention_mask, nothing)
+    for values in (scores.logps, scores.square_mass, token_kl.policy[0], token_kl.reference[0], token_kl.kl[0]):
+        assert values.shape == input_ids.shape and values.dtype == torch.float32 and not values.any()
+
+
+def test_rewards_need_a_sequence_classifier():
+    from alignlab.models.scoring import sequence_rewards
+
+    input_ids, attention_mask, _ = random_batch(29, 1)
+    with pytest.raises(ValueError, match="LlamaForCausalLM has no transformer body and 'score' head to read rewards"):
+        sequence_rewards(random_llama(vocab_size=29), input_ids, attention_mask)

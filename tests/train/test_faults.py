@@ -337,3 +337,22 @@ def test_only_full_disks_are_read_as_full_disks():
     assert not out_of_space(RuntimeError("[enforce fail at inline_container.cc:321] . file not found: read"))
     assert not out_of_space(RuntimeError("write failed: the file is locked"))
     assert not out_of_space(ValueError("invalid value"))
+
+
+def test_checkpoints_are_listed_by_step_number_and_pruned_to_the_newest(tmp_path):
+    from alignlab.train.checkpoint import list_checkpoints, prune_checkpoints
+
+    for step in (2, 10, 9, 1):
+        (tmp_path / f"step-{step}").mkdir()
+    (tmp_path / "step-11").write_text("a file, not a checkpoint")
+    (tmp_path / ".step-12.tmp").mkdir()  # half-written
+    (tmp_path / "notes").mkdir()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-1", "step-2", "step-9", "step-10"]
+    prune_checkpoints(tmp_path, keep=0)  # 0 keeps them all
+    assert len(list_checkpoints(tmp_path)) == 4
+    prune_checkpoints(tmp_path, keep=3)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-2", "step-9", "step-10"]
+    prune_checkpoints(tmp_path, keep=1)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-10"]
+    assert (tmp_path / ".step-12.tmp").is_dir() and (tmp_path / "notes").is_dir()
+    assert list_checkpoints(tmp_path / "missing") == []

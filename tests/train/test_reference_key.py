@@ -1,6 +1,8 @@
 """The reference cache's key covers every completion slot and truncation settings on their own: a cache written for
 other token ids is never read, even when every column has the same length (the shape checks cannot see it)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -13,11 +15,12 @@ from tests.conftest import random_llama
 def test_a_changed_rejected_completion_of_the_same_length_is_not_served_from_the_cache(tmp_path):
     model = random_llama(40, seed=1)
     pairs = [TokenizedPair([3, 4, 5], [6, 7], [8, 9, 10]), TokenizedPair([11, 12], [13], [14, 15])]
-    first, path, hit = cached_reference_logps(model, pairs, 0, 4, "cpu", tmp_path, False)
-    assert not hit
+    cache = tmp_path / "not" / "yet" / "there"  # made with its parents, like ~/.cache/alignlab on a fresh machine
+    first, path, hit = cached_reference_logps(model, pairs, 0, 4, "cpu", cache, False)
+    assert not hit and Path(path).parent == cache
     for slot, changed in ((1, [TokenizedPair([3, 4, 5], [6, 7], [8, 21, 10]), pairs[1]]),
                           (0, [pairs[0], TokenizedPair([11, 12], [22], [14, 15])])):
-        values, other, hit = cached_reference_logps(model, changed, 0, 4, "cpu", tmp_path, False)
+        values, other, hit = cached_reference_logps(model, changed, 0, 4, "cpu", cache, False)
         assert not hit and other != path, f"slot {slot}"
         assert not torch.equal(values.values[slot], first.values[slot]), f"slot {slot}"
         # what was returned is the changed pair's own reference: the plain forward on the changed text
