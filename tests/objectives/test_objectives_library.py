@@ -129,6 +129,11 @@ def test_reference_free_losses_match_independent_formulas():
     assert objectives.get("simpo")(batch).loss.item() == pytest.approx(mean_over(per_example("simpo", 2.0)), rel=1e-6)
     assert objectives.get("simpo")(batch, beta=1.0, gamma=0.0).loss.item() == pytest.approx(
         mean_over(per_example("simpo", 1.0, gamma=0.0)), rel=1e-6)
+    metrics = objectives.get("simpo")(batch, beta=2.0).metrics  # rewards: β × the length-averaged log-probs
+    chosen, rejected = [2.0 * e[0] / e[4] for e in EXAMPLES], [2.0 * e[1] / e[5] for e in EXAMPLES]
+    assert metrics["rewards/chosen"] == pytest.approx(sum(chosen) / 3, rel=1e-6)
+    assert metrics["rewards/rejected"] == pytest.approx(sum(rejected) / 3, rel=1e-6)
+    assert metrics["rewards/accuracies"] == pytest.approx(2 / 3)  # −1.5 > −6, −1 < −0.5, −1.25 < −4
     nll = -sum(e[0] for e in EXAMPLES) / sum(e[4] for e in EXAMPLES)  # token mean over the batch
     assert objectives.get("sft")(batch).loss.item() == pytest.approx(nll, rel=1e-6)
     cpo = nll + sum(-logsig(0.1 * (e[0] - e[1])) for e in EXAMPLES) / 3

@@ -125,3 +125,21 @@ def test_bad_hyperparameters_are_config_errors():
         objectives.get("rloo")(batch, epsilon=0.0)
     with pytest.raises(ConfigError, match="aggregation"):
         objectives.get("grpo")(batch, aggregation="mean")
+
+
+def test_off_policy_ratios_give_the_loss_per_sequence_losses_and_metrics_by_hand():
+    # sequence 0: A = +1, ρ = 1.5 (clipped at 1.2), 1.1, 0.7; sequence 1: A = −1, ρ = 0.7 (clipped at 0.8), 0.9 and
+    # a masked-out ρ = 2.0. The reference equals the old policy, so k3 = 1/ρ + ln ρ − 1 per token.
+    ratios = torch.tensor([[1.5, 1.1, 0.7], [0.7, 0.9, 2.0]])
+    old = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -1.2, -0.8]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    batch, _ = _batch(old + ratios.log(), old, old, torch.tensor([1.0, -1.0]), mask)
+    out = objectives.get("rloo")(batch, epsilon=0.2)
+    per_sequence = [-(1.2 + 1.1 + 0.7), -(-0.8 - 0.9)]
+    assert out.losses.tolist() == pytest.approx(per_sequence, abs=1e-6)
+    assert out.loss.item() == pytest.approx(sum(per_sequence) / 2, abs=1e-6)
+    kept = [1.5, 1.1, 0.7, 0.7, 0.9]
+    assert out.metrics["pg/clipped_fraction"] == pytest.approx(2 / 5)
+    assert out.metrics["pg/ratio_mean"] == pytest.approx(sum(kept) / 5, abs=1e-6)
+    assert out.metrics["pg/kl_k3"] == pytest.approx(sum(1 / r + math.log(r) - 1 for r in kept) / 5, abs=1e-6)
+    assert out.metrics["pg/advantage_mean"] == 0.0 and out.metrics["pg/advantage_abs_mean"] == 1.0

@@ -23,6 +23,17 @@ def test_activation_mask_sanity():
                                torch.tensor([[0.0, 1.0, 1.0, 0.0, 0.0]]))
 
 
+def test_activation_mask_rescales_each_sequence_and_layer_on_its_own():
+    # min–max per (layer, sequence) over its completion tokens only: a sequence ten times larger, or a layer
+    # shifted by 100, gives the same shape; the masked-out token (value 999) takes no part
+    activations = torch.tensor([[[1.0, 2.0, 4.0, 999.0], [10.0, 40.0, 20.0, 30.0]],
+                                [[101.0, 102.0, 104.0, 999.0], [4.0, 1.0, 2.0, 3.0]]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    first = [0.0, 1 / 3, 1.0, 0.0]  # both layers agree
+    second = [(0.0 + 1.0) / 2, (1.0 + 0.0) / 2, (1 / 3 + 1 / 3) / 2, (2 / 3 + 2 / 3) / 2]
+    torch.testing.assert_close(activation_mask(activations, mask), torch.tensor([first, second]))
+
+
 def token_batch(requires_grad=False):
     mask = torch.tensor([[0.0, 1.0, 1.0]])
     policy_chosen = torch.tensor([[0.0, -1.0, -2.0]], requires_grad=requires_grad)
