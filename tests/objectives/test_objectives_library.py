@@ -151,6 +151,21 @@ def test_reference_free_losses_match_independent_formulas():
     assert not objectives.spec("simpo").needs_reference and objectives.spec("dpo").needs_reference
 
 
+@pytest.mark.parametrize("name", ["simpo", "ipo", "sigmoid_norm"])
+def test_length_normalised_losses_with_one_token_completions(name):
+    """A one-token completion is divided by 1 (the count's floor guards only empty masks)."""
+    one_token = [(-3.0, -6.0, -4.0, -5.0, 1, 1), (-2.0, -1.0, -1.0, -1.5, 1, 3), (-0.5, -4.0, -1.0, -2.0, 2, 1)]
+    beta = 2.0 if name == "simpo" else 0.1
+    assert objectives.get(name)(make_batch(one_token), beta=beta).loss.item() == pytest.approx(
+        mean_over(per_example(name, beta), one_token), rel=1e-6)
+
+
+def test_token_mean_nll_of_a_single_token_batch():
+    batch = make_batch([(-3.0, -6.0, -4.0, -5.0, 1, 1)])
+    assert objectives.get("sft")(batch).loss.item() == pytest.approx(3.0)
+    assert objectives.get("cpo")(batch).loss.item() == pytest.approx(3.0 - logsig(0.1 * 3.0))
+
+
 def test_orpo_stays_finite_when_a_completion_is_certain():
     batch = make_batch([(0.0, -3.0, 0.0, 0.0, 2, 2)])
     assert torch.isfinite(objectives.get("orpo")(batch).loss)
