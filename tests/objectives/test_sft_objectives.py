@@ -24,6 +24,15 @@ def test_token_constrained_weights_follow_the_position_schedule():
     assert out.metrics["token_weights/first"] == pytest.approx(0.755081, abs=1e-6)
 
 
+def test_position_betas_count_from_each_completions_first_token():
+    from alignlab.objectives.sft import position_betas
+
+    mask = torch.tensor([[0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0], [0.0] * 7 + [1.0] * 3])
+    betas = position_betas(mask, 0.1, 5.0, 20.0, 4)
+    assert betas[0, 2:9].tolist() == pytest.approx([0.5, 2.0, 2.0, 2.0, 2.0, 0.1, 0.1])
+    assert betas[1, 7:].tolist() == pytest.approx([0.5, 2.0, 2.0])
+
+
 def test_token_constrained_is_sft_when_policy_equals_the_aligned_model():
     torch.manual_seed(0)
     mask = (torch.rand(3, 9) > 0.3).float()
