@@ -138,10 +138,3 @@ def test_listing_fits_a_terminal_and_survives_a_closed_pipe():
     full = subprocess.run([sys.executable, "-m", "alignlab", "objectives"], capture_output=True, text=True, timeout=120)
     assert max(len(line) for line in full.stdout.splitlines()) <= 120
 
-
-def test_kto_balance_warning_without_one_side():
-    from alignlab.objectives.unpaired import kto_balance_warning
-
-    assert "no undesirable examples" in kto_balance_warning({}, [True] * 5)
-    assert "no desirable examples" in kto_balance_warning({}, [False] * 5)
-    assert kto_balance_warning({}, [True, False]) is None

@@ -70,6 +70,32 @@ def test_kto_sanity_and_hand_computed():
     assert objectives.get("kto")(negative).metrics["kl"] == 0.0  # z0 clamped at 0
 
 
+def test_kto_metrics_split_desirable_and_undesirable_examples():
+    # log-ratios [1, 0.5, −1] with labels desirable, undesirable, desirable; β = 0.5
+    b = batch([0.0, -1.5, -3.0], [-1.0, -2.0, -2.0], [True, False, True])
+    metrics = objectives.get("kto")(b, beta=0.5).metrics
+    assert metrics["count/desirable"] == 2.0 and metrics["count/undesirable"] == 1.0
+    assert metrics["rewards/chosen"] == pytest.approx(0.5 * (1.0 - 1.0) / 2)
+    assert metrics["rewards/rejected"] == pytest.approx(0.5 * 0.5)
+    assert metrics["logps/chosen"] == pytest.approx(-1.5) and metrics["logps/rejected"] == pytest.approx(-1.5)
+    only_desirable = objectives.get("kto")(batch([0.0], [-1.0], [True])).metrics
+    assert "rewards/rejected" not in only_desirable and only_desirable["count/undesirable"] == 0.0
+
+
+def test_kto_balance_warning():
+    from alignlab.objectives.unpaired import kto_balance_warning
+
+    assert "kto with no undesirable examples among 5" in kto_balance_warning({}, [True] * 5)
+    assert "kto with no desirable examples among 5" in kto_balance_warning({}, [False] * 5)
+    assert kto_balance_warning({}, [True, False]) is None
+    assert kto_balance_warning({}, [True] * 4 + [False] * 3) is None  # 4/3, the recommended range's top
+    assert kto_balance_warning({"undesirable_weight": 3.0}, [True] * 3 + [False]) is None
+    assert "with 3 desirable and 1 undesirable examples gives desirable_weight·n_D / (undesirable_weight·n_U) = 3.00" \
+        in kto_balance_warning({}, [True] * 3 + [False])
+    assert "= 0.50; the KTO paper recommends 1 to 4/3" in kto_balance_warning({"desirable_weight": 0.5}, [True, False])
+    assert "= 2.00" in kto_balance_warning({"desirable_weight": 2.0, "undesirable_weight": 1.0}, [True, False])
+
+
 def test_bco_running_shift_and_sanity():
     same = batch([-1.0, -2.0], [-1.0, -2.0], [True, False])
     assert objectives.get("bco")(same).loss.item() == pytest.approx(math.log(2))
