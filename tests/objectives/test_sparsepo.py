@@ -34,6 +34,10 @@ def test_activation_mask_rescales_each_sequence_and_layer_on_its_own():
     torch.testing.assert_close(activation_mask(activations, mask), torch.tensor([first, second]))
 
 
+def logsig(x):
+    return -math.log1p(math.exp(-x))
+
+
 def token_batch(requires_grad=False):
     mask = torch.tensor([[0.0, 1.0, 1.0]])
     policy_chosen = torch.tensor([[0.0, -1.0, -2.0]], requires_grad=requires_grad)
@@ -43,6 +47,22 @@ def token_batch(requires_grad=False):
     batch.chosen_token_kl = torch.tensor([[0.0, -0.2, -0.1]])
     batch.rejected_token_kl = torch.tensor([[0.0, -0.3, 0.0]])
     return batch
+
+
+def test_masked_token_dpo_per_pair_with_separate_reward_and_kl_masks():
+    first = token_batch()
+    batch = PreferenceLogps(torch.cat([first.policy_chosen, torch.tensor([[0.0, -2.0, -2.0]])]),
+                            torch.cat([first.policy_rejected, torch.tensor([[0.0, -1.0, -3.0]])]),
+                            torch.cat([first.ref_chosen, torch.tensor([[0.0, -1.0, -1.0]])]),
+                            torch.cat([first.ref_rejected, torch.tensor([[0.0, -2.0, -2.0]])]),
+                            torch.ones(2, 3), torch.ones(2, 3))
+    batch.chosen_token_kl = torch.cat([first.chosen_token_kl, torch.tensor([[0.0, 0.1, 0.2]])])
+    batch.rejected_token_kl = torch.cat([first.rejected_token_kl, torch.tensor([[0.0, 0.3, 0.4]])])
+    reward_mask, kl_mask = torch.tensor([[0.0, 1.0, 0.5], [0.0, 1.0, 1.0]]), torch.tensor([[0, 0, 1.0], [0, 1.0, 0]])
+    # pair 1: u = 0.75 (as below), d = −0.1 − 0; pair 2: u = (−1 − 1) − (1 − 1) = −2, d = 0.1 − 0.3
+    expected = [-logsig(0.5 * (0.75 + 0.1)), -logsig(0.5 * (-2.0 + 0.2))]
+    losses = masked_token_dpo(batch, (reward_mask, kl_mask), (reward_mask, kl_mask), 0.5)
+    assert losses.tolist() == pytest.approx(expected, rel=1e-6)
 
 
 def test_masked_token_dpo_hand_computed_and_zero_masks():
