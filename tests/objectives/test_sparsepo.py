@@ -132,6 +132,10 @@ def test_mask_network_gives_non_negative_sparse_masks():
     config = type("Config", (), {"hidden_size": 8, "num_hidden_layers": 3})()
     assert make_mask_networks(config) is None
     assert set(make_mask_networks(config, mask="learned", separate_masks=True)) == {"reward", "kl"}
+    config.rms_norm_eps = 1e-6  # the model's own norm epsilon and the configured dropout reach the network
+    shared = make_mask_networks(config, mask="learned", dropout=0.2)["shared"]
+    assert shared.norm.eps == 1e-6 and shared.dropout.p == 0.2 and shared.mixer.bias is None
+    assert [layer.in_features for layer in shared.per_layer] == [8, 8, 8] and shared.mixer.in_features == 3
     with pytest.raises(ConfigError, match="'fixed' or 'learned'"):
         make_mask_networks(config, mask="learnt")
 

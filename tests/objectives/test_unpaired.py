@@ -108,6 +108,15 @@ def test_bco_running_shift_and_sanity():
     assert objective.state_dict()["running"] == [[4.0, 3]]
     objective.train(False)
     assert objective(batch([5.0], [0.0], [True])).metrics["delta"] == pytest.approx(4 / 3)  # frozen at eval
+    restored = Objective([ObjectiveTerm("bco", {"beta": 1.0})])
+    restored.load_state_dict(objective.state_dict())
+    restored.train(False)
+    assert restored(batch([5.0], [0.0], [True])).metrics["delta"] == pytest.approx(4 / 3)
+    with_a_module = {**objective.state_dict(), "modules": {"0": {}}}  # as many terms, one with a trained module
+    for other, state in ((Objective([ObjectiveTerm("bco"), ObjectiveTerm("kto")]), objective.state_dict()),
+                         (restored, with_a_module)):
+        with pytest.raises(ValueError, match="objective state does not match the configured objectives"):
+            other.load_state_dict(state)
     with pytest.raises(ConfigError, match="no hyperparameter 'delta'"):
         objectives.check_hparams("bco", {"delta": 1.0})
 
