@@ -54,6 +54,9 @@ def test_wpo_weights_hand_computed_and_applied():
     assert weighted.metrics["wpo/weights"] == pytest.approx(expected, rel=1e-6)
     batch.policy_chosen_square_mass = batch.policy_chosen.clone() - 5  # very likely tokens: clamped at 1
     assert wpo_weights(batch).item() == 1.0
+    batch.policy_rejected_square_mass = None
+    with pytest.raises(ConfigError, match="use_weighting needs the policy's log Σ p² per token"):
+        wpo_weights(batch)
 
 
 def test_scoring_engine_square_mass_matches_full_softmax():
@@ -98,3 +101,24 @@ def test_wpo_ld_and_tr_dpo_train_and_resume_exactly(small_model_dir, pairs_file,
 
     straight = check_resume_is_exact(config, tmp_path, stop=3, inspect=synced_reference_is_saved)
     assert all(0 < m["wpo/weights"] <= 1 for m in run_history(straight.run_dir))
+
+
+def test_length_desensitized_scales_past_each_pairs_shorter_length():
+    # pair 1: chosen 3 tokens, rejected 1 (s = 1); pair 2: chosen 2, rejected 3 (s = 2); α = 0.5. Log-probs −1
+    # (policy) and −2 (reference) on the masks, 7 outside them (left as they are)
+    chosen_mask = torch.tensor([[0.0, 1.0, 1.0, 1.0], [0.0, 1.0, 1.0, 0.0]])
+    rejected_mask = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 1.0, 1.0, 1.0]])
+
+    def values(mask, on):
+        return torch.where(mask.bool(), torch.full_like(mask, on), torch.full_like(mask, 7.0))
+
+    batch = PreferenceLogps(values(chosen_mask, -1.0), values(rejected_mask, -1.0), values(chosen_mask, -2.0),
+                            values(rejected_mask, -2.0), chosen_mask, rejected_mask)
+    scaled = length_desensitized(batch, 0.5)
+    chosen_weights = torch.tensor([[1.0, 1.0, 0.5, 0.5], [1.0, 1.0, 1.0, 1.0]])
+    rejected_weights = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.5]])
+    torch.testing.assert_close(scaled.policy_chosen, batch.policy_chosen * chosen_weights)
+    torch.testing.assert_close(scaled.ref_chosen, batch.ref_chosen * chosen_weights)
+    torch.testing.assert_close(scaled.policy_rejected, batch.policy_rejected * rejected_weights)
+    torch.testing.assert_close(scaled.ref_rejected, batch.ref_rejected * rejected_weights)
+    assert scaled.policy_rejected[1, 3].item() == -0.5 and scaled.policy_chosen[0, 3].item() == -0.5
