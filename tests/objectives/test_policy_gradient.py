@@ -110,11 +110,13 @@ def test_kl_term_by_hand():
 
 
 def test_aggregations_by_hand():
-    per_token = torch.tensor([[1.0, 3.0, 0.0], [2.0, 2.0, 2.0]])
-    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
-    assert aggregate(per_token, mask, "sequence_mean")[0].item() == pytest.approx((2.0 + 2.0) / 2)
-    assert aggregate(per_token, mask, "sequence_sum")[0].item() == pytest.approx((4.0 + 6.0) / 2)
-    assert aggregate(per_token, mask, "token_mean")[0].item() == pytest.approx(10.0 / 5)
+    per_token = torch.tensor([[1.0, 3.0, 9.0], [2.0, 2.0, 5.0], [4.0, 9.0, 9.0]])  # 9: masked out
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])  # sums 4, 9, 4 over 2, 3, 1 tokens
+    expected = {"sequence_mean": (3.0, [2.0, 3.0, 4.0]), "sequence_sum": (17 / 3, [4.0, 9.0, 4.0]),
+                "token_mean": (17 / 6, [2.0, 3.0, 4.0])}
+    for how, (loss, per_sequence) in expected.items():
+        got_loss, got_per_sequence = aggregate(per_token, mask, how)
+        assert got_loss.item() == pytest.approx(loss) and got_per_sequence.tolist() == pytest.approx(per_sequence)
     empty = aggregate(per_token, torch.zeros_like(mask), "sequence_mean")[0]
     assert empty.item() == 0.0
 
