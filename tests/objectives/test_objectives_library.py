@@ -181,6 +181,10 @@ def test_f_divergence_links():
     torch.testing.assert_close(f_link(u, "alpha_divergence", f_alpha=0.5),
                                torch.tensor([(math.exp(-0.5 * x) - 1) / -0.5 for x in (-1.0, 0.0, 2.0)]))
     torch.testing.assert_close(f_link(u, "alpha_divergence", f_alpha=0.9999), u, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(f_link(u, "alpha_divergence", f_alpha=2.0),
+                               torch.tensor([math.exp(x) - 1 for x in (-1.0, 0.0, 2.0)]))
+    with pytest.raises(ConfigError, match="f_alpha = 1 is the reverse KL limit"):
+        f_link(u, "alpha_divergence", f_alpha=1.0)
     with pytest.raises(ConfigError, match="f_divergence"):
         f_link(u, "kl")
     batch = make_batch()
