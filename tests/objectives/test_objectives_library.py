@@ -166,6 +166,14 @@ def test_token_mean_nll_of_a_single_token_batch():
     assert objectives.get("cpo")(batch).loss.item() == pytest.approx(3.0 - logsig(0.1 * 3.0))
 
 
+def test_displacement_metrics_are_the_mean_summed_log_ratio_of_each_side():
+    metrics = Objective([ObjectiveTerm("dpo")])(make_batch()).metrics  # masked-out garbage (77) must not count
+    chosen = sum(e[0] - e[2] for e in EXAMPLES) / 3
+    rejected = sum(e[1] - e[3] for e in EXAMPLES) / 3
+    assert metrics["displacement/chosen_logp_delta"] == pytest.approx(chosen, rel=1e-6)
+    assert metrics["displacement/rejected_logp_delta"] == pytest.approx(rejected, rel=1e-6)
+
+
 def test_orpo_stays_finite_when_a_completion_is_certain():
     batch = make_batch([(0.0, -3.0, 0.0, 0.0, 2, 2)])
     assert torch.isfinite(objectives.get("orpo")(batch).loss)
