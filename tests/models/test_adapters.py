@@ -11,7 +11,7 @@ from alignlab.config import config_from_dict
 from alignlab.errors import ConfigError
 from alignlab.models.adapters import reference_context, with_lora
 from alignlab.models.loading import load_model
-from alignlab.models.scoring import completion_logps
+from alignlab.models.scoring import completion_logps, completion_token_kl
 from alignlab.train import train
 from tests.conftest import quick_config, random_llama, run_history
 
@@ -41,6 +41,11 @@ def test_disabled_adapters_give_the_base_model_exactly():
     with reference_context(adapted):
         torch.testing.assert_close(completion_logps(adapted, input_ids, attention_mask, completion_mask), expected)
     torch.testing.assert_close(completion_logps(adapted, input_ids, attention_mask, completion_mask), moved)
+    # token-level KL of the adapted policy against itself as the reference: the reference pass is the base model
+    token_kl = completion_token_kl(adapted, adapted, input_ids, attention_mask, completion_mask)
+    torch.testing.assert_close(token_kl.policy[0].detach(), moved)
+    torch.testing.assert_close(token_kl.reference[0], expected)
+    assert (token_kl.kl[0][completion_mask.bool()] < 0).all()  # −KL(π_ref ‖ π_θ) < 0 wherever they differ
 
 
 @pytest.mark.parametrize("reference_mode", ["precompute", "model"])
