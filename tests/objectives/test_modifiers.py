@@ -78,6 +78,7 @@ def test_modifiers_only_on_reference_based_paired_losses():
         Objective([ObjectiveTerm("simpo", use_weighting=True)])
     with pytest.raises(ConfigError, match="ld_alpha must be"):
         Objective([ObjectiveTerm("dpo", ld_alpha=1.5)])
+    Objective([ObjectiveTerm("dpo", ld_alpha=0.0)])  # α = 0: equal-length prefixes only, allowed
 
 
 def test_tr_dpo_mixes_the_reference_and_refuses_a_precomputed_one():

@@ -99,6 +99,9 @@ def test_kto_balance_warning():
 def test_bco_running_shift_and_sanity():
     same = batch([-1.0, -2.0], [-1.0, -2.0], [True, False])
     assert objectives.get("bco")(same).loss.item() == pytest.approx(math.log(2))
+    untrained = Objective([ObjectiveTerm("bco", {"beta": 1.0})])
+    untrained.train(False)
+    assert untrained(same).metrics["delta"] == 0.0  # evaluated before any training batch: δ = 0
     objective = Objective([ObjectiveTerm("bco", {"beta": 1.0})])
     first = batch([0.0, 1.0], [-1.0, -2.0], [True, False])  # rewards β·Δ = [1, 3] ⇒ δ = 2
     out = objective(first)
