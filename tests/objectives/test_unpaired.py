@@ -93,6 +93,7 @@ def test_kto_balance_warning():
     assert "with 3 desirable and 1 undesirable examples gives desirable_weight·n_D / (undesirable_weight·n_U) = 3.00" \
         in kto_balance_warning({}, [True] * 3 + [False])
     assert "= 0.50; the KTO paper recommends 1 to 4/3" in kto_balance_warning({"desirable_weight": 0.5}, [True, False])
+    assert "= 1.50" in kto_balance_warning({}, [True] * 3 + [False] * 2)
     assert "= 2.00" in kto_balance_warning({"desirable_weight": 2.0, "undesirable_weight": 1.0}, [True, False])
 
 
