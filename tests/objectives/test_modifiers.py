@@ -54,6 +54,11 @@ def test_wpo_weights_hand_computed_and_applied():
     assert weighted.metrics["wpo/weights"] == pytest.approx(expected, rel=1e-6)
     batch.policy_chosen_square_mass = batch.policy_chosen.clone() - 5  # very likely tokens: clamped at 1
     assert wpo_weights(batch).item() == 1.0
+    one_token = PreferenceLogps(torch.tensor([[0.0, -1.0]]), torch.tensor([[0.0, -2.0]]), torch.zeros(1, 2),
+                                torch.zeros(1, 2), torch.tensor([[0.0, 1.0]]), torch.tensor([[0.0, 1.0]]))
+    one_token.policy_chosen_square_mass = torch.tensor([[0.0, -0.5]])
+    one_token.policy_rejected_square_mass = torch.tensor([[0.0, -1.5]])
+    assert wpo_weights(one_token).item() == pytest.approx(math.exp(-0.5 - 0.5))  # a 1-token mean is its token
     batch.policy_rejected_square_mass = None
     with pytest.raises(ConfigError, match="use_weighting needs the policy's log Σ p² per token"):
         wpo_weights(batch)

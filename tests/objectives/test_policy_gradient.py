@@ -145,3 +145,16 @@ def test_off_policy_ratios_give_the_loss_per_sequence_losses_and_metrics_by_hand
     assert out.metrics["pg/ratio_mean"] == pytest.approx(sum(kept) / 5, abs=1e-6)
     assert out.metrics["pg/kl_k3"] == pytest.approx(sum(1 / r + math.log(r) - 1 for r in kept) / 5, abs=1e-6)
     assert out.metrics["pg/advantage_mean"] == 0.0 and out.metrics["pg/advantage_abs_mean"] == 1.0
+
+
+def test_one_token_batches_and_small_positive_advantages():
+    # one completion of one token, A = +0.5, ρ = 0.7: below 1 − ε but with A > 0, so not clipped
+    batch, _ = _batch(torch.tensor([[math.log(0.7)]]), torch.zeros(1, 1), torch.zeros(1, 1), torch.tensor([0.5]))
+    out = objectives.get("grpo")(batch, epsilon=0.2, beta=0.0)
+    assert out.metrics["pg/clipped_fraction"] == 0.0
+    assert out.metrics["pg/ratio_mean"] == pytest.approx(0.7)
+    assert aggregate(torch.tensor([[3.0]]), torch.tensor([[1.0]]), "token_mean")[0].item() == 3.0
+    # A = 0: nothing to clip, whatever the ratio
+    zero, _ = _batch(torch.tensor([[math.log(1.5)], [math.log(0.5)]]), torch.zeros(2, 1), torch.zeros(2, 1),
+                     torch.tensor([0.0, 0.0]))
+    assert objectives.get("grpo")(zero, epsilon=0.2).metrics["pg/clipped_fraction"] == 0.0
