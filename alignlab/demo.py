@@ -159,7 +159,10 @@ def run_demo(
     progress: bool = True,
     log=print,
 ) -> dict:
-    """Run the experiment; write pairs, samples, ``summary.json`` and ``frontier.png`` to `out_dir`."""
+    """Run the experiment; write pairs, samples, ``summary.json`` and ``frontier.png`` to `out_dir`.
+
+    Kept whole on purpose (just over 60 lines): the demo's recipe in order — sample and pair, train DPO, evaluate,
+    decode, write — each step a call of its own."""
     started = time.time()
     folder = RunFolder(out_dir)
     if folder.holds_results() and not (folder.file("summary.json").exists() or folder.file("pairs.jsonl").exists()):

@@ -103,7 +103,10 @@ def diagnose_overopt(run_dir: str, out: str, prompts: str | None = None, prompt_
                      batch_size: int = 16, overwrite: bool = False, progress: bool = True, log=print) -> dict:
     """`alignlab diagnose overopt RUN_DIR`: the indicators for the run's starting model, checkpoints and final
     weights on held-out prompts (`prompts`, or the prompts of the run's ``data.eval``); ``result.json`` and
-    ``overopt.png``."""
+    ``overopt.png``.
+
+    Kept whole on purpose (just over 60 lines): the command's recipe read top to bottom — checks, the run's
+    models one by one through `overopt_indicators`, then the files."""
     from safetensors.torch import load_model as load_weights
     from tqdm import tqdm
 
