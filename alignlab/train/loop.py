@@ -427,9 +427,10 @@ def prepare(config: RunConfig, resume: bool = False, log=print, records: list | 
     if latest is not None:
         state = load_checkpoint(latest, model, optimizer, scheduler, synced, objective)
         say(f"resumed from {latest} at step {state.step}")
-    metrics = folder.metrics(state.step if latest is not None else None, say)
+    resumed_at = state.step if latest is not None else None
+    metrics = folder.metrics(resumed_at, say)
     if config.train.log_with:
-        start_trackers(config, accelerator, metrics, state.step if latest is not None else None)
+        start_trackers(config, accelerator, metrics, resumed_at)
     needs = objective.needs
     builder = BatchBuilder(policy, reference, pad_id, device, needs, config.scoring)
     eval_builder = BatchBuilder(policy, eval_reference, pad_id, device, needs, config.scoring)
