@@ -605,7 +605,7 @@ def warn_displacement(run: Run, record: dict) -> None:
         return
     if chosen < -DISPLACEMENT_TOLERANCE and chosen - rejected > DISPLACEMENT_TOLERANCE:
         run.displacement_warned = True
-        run.say(f"step {record['step']}: likelihood displacement: the chosen completions' log-prob is {chosen:.2f} "
+        run.say(f"step {record['step']}: likelihood displacement: the chosen completions' log-prob is {-chosen:.2f} "
                 f"nats below the reference's while the margin over the rejected ones rose to {chosen - rejected:.2f};"
                 " `alignlab diagnose ches DATA` ranks the pairs that cause it (docs: README, Diagnostics)")
 

@@ -99,3 +99,10 @@ def test_displacement_metrics_and_the_one_warning():
     warn_displacement(quiet, {"step": 1, "displacement/chosen_logp_delta": -1.0,
                               "displacement/rejected_logp_delta": -0.5})  # the margin fell: no warning
     assert len(said) == 1
+    assert said[0] == ("step 1: likelihood displacement: the chosen completions' log-prob is 1.00 nats below the "
+                       "reference's while the margin over the rejected ones rose to 3.00; `alignlab diagnose ches "
+                       "DATA` ranks the pairs that cause it (docs: README, Diagnostics)")
+    for record in ({"displacement/chosen_logp_delta": -1.0}, {"displacement/rejected_logp_delta": -4.0},
+                   {"displacement/chosen_logp_delta": -0.05, "displacement/rejected_logp_delta": -4.0}):
+        warn_displacement(quiet, {"step": 1, **record})  # one side unknown, or within the noise tolerance
+    assert len(said) == 1

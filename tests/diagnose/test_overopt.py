@@ -60,3 +60,27 @@ def test_training_logs_indicators_and_the_command_reads_the_checkpoints(tmp_path
     assert step4["overopt/topk_entropy"] == pytest.approx(final["overopt/topk_entropy"], abs=1e-5)
     assert final["overopt/topk_entropy"] == pytest.approx(logged[-1]["eval/overopt/topk_entropy"], abs=1e-5)
     assert (out / "overopt.png").exists()
+
+
+def test_training_samples_the_indicators_with_the_runs_settings(tmp_path, small_model_dir, pairs_file, tokenizer):
+    """The final evaluation's indicators equal a direct computation on the final weights with the run's seed, top-k,
+    token budget and batch size (each other than the function's default)."""
+    from alignlab.data import load_preferences, tokenize_preferences
+    from alignlab.train import train
+
+    config = quick_config(small_model_dir, pairs_file, tmp_path / "run", {"name": "dpo"},
+                          data_settings={"eval": str(pairs_file)}, max_steps=1, seed=5, batch_size=2,
+                          overopt_prompts=3, overopt_top_k=3, overopt_max_new_tokens=3)
+    result = train(config, log=lambda *_: None)
+    logged = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    pairs, _ = tokenize_preferences(load_preferences(str(pairs_file)), tokenizer, max_length=64, max_prompt_length=32)
+    direct = overopt_indicators(result.model, tokenizer, [pair.prompt for pair in pairs[:3]], top_k=3,
+                                max_new_tokens=3, seed=5, batch_size=2)
+    assert logged["eval/overopt/tokens"] == direct["overopt/tokens"]
+    for name in ("overopt/topk_entropy", "overopt/topk_mass"):
+        assert logged[f"eval/{name}"] == pytest.approx(direct[name], abs=1e-6)
+    defaults = overopt_indicators(result.model, tokenizer, [pair.prompt for pair in pairs[:3]], top_k=3)
+    assert defaults["overopt/tokens"] != direct["overopt/tokens"]  # the budget matters here
+    seeded = overopt_indicators(result.model, tokenizer, [pair.prompt for pair in pairs[:3]], top_k=3,
+                                max_new_tokens=3, batch_size=2)
+    assert seeded["overopt/topk_entropy"] != pytest.approx(direct["overopt/topk_entropy"], abs=1e-6)  # and the seed

@@ -16,12 +16,13 @@ from alignlab.train import train
 from tests.conftest import quick_config, random_llama, run_history
 
 DPO = {"name": "dpo", "beta": 0.5}
-LORA = {"r": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj"]}
+TARGETS = ["q_proj", "o_proj"]
+"""Not peft's default for Llama (q_proj, v_proj): a run that dropped the setting would adapt other layers."""
 
 
 def lora_config(model_dir, data, out, reference_mode="precompute", **train_settings):
     config = quick_config(model_dir, data, out, DPO, {"mode": reference_mode}, max_steps=3, **train_settings)
-    config.adapter.r, config.adapter.alpha, config.adapter.target_modules = 4, 8.0, ["q_proj", "v_proj"]
+    config.adapter.r, config.adapter.alpha, config.adapter.target_modules = 4, 8.0, TARGETS
     return config
 
 
@@ -52,7 +53,10 @@ def test_disabled_adapters_give_the_base_model_exactly():
 def test_lora_run_trains_only_adapters_and_merges(small_model_dir, pairs_file, tmp_path, reference_mode):
     said = []
     result = train(lora_config(small_model_dir, pairs_file, tmp_path / "run", reference_mode), log=said.append)
-    assert any("LoRA adapters of rank 4" in line for line in said)
+    assert any(line.startswith("LoRA adapters of rank 4 on ['q_proj', 'o_proj']: ") and line.endswith(
+        " parameters train; the reference is the base model (adapters disabled)") for line in said)
+    assert (f"{result.final_dir} holds the LoRA adapters; `alignlab merge {result.final_dir} --out DIR` folds them "
+            "into the base model") in said
     history = run_history(result.run_dir)
     assert history[0]["loss"] == pytest.approx(torch.nn.functional.softplus(torch.tensor(0.0)).item(), abs=1e-5)
     assert history[-1]["loss"] < history[0]["loss"]
@@ -60,6 +64,7 @@ def test_lora_run_trains_only_adapters_and_merges(small_model_dir, pairs_file, t
     assert (final / "adapter_config.json").is_file() and (final / "adapter_model.safetensors").is_file()
     adapters = load_file(str(final / "adapter_model.safetensors"))
     assert adapters and all("lora_" in name for name in adapters)
+    assert {name.split(".lora_")[0].rsplit(".", 1)[1] for name in adapters} == set(TARGETS)
     assert any(value.abs().max() > 0 for name, value in adapters.items() if "lora_B" in name)
 
     merged_dir = tmp_path / "merged"
@@ -69,7 +74,7 @@ def test_lora_run_trains_only_adapters_and_merges(small_model_dir, pairs_file, t
     merged_weights = load_file(str(merged_dir / "model.safetensors"))
     assert set(merged_weights) == set(base)
     changed = {name for name in base if not torch.equal(merged_weights[name], base[name])}
-    assert changed and all(name.endswith(("q_proj.weight", "v_proj.weight")) for name in changed)
+    assert changed and {name.split(".")[-2] for name in changed} == set(TARGETS)
     assert json.loads((merged_dir / "config.json").read_text())["model_type"] == "llama"
 
     # the merged model scores like the trained model with its adapters

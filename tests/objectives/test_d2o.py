@@ -49,3 +49,15 @@ def test_d2o_gradient_lowers_the_negative_and_raises_the_samples():
     objectives.get("d2o")(b).loss.backward()
     assert (b.policy_rejected.grad * b.rejected_mask).sum() > 0
     assert all((s.grad * m).sum() < 0 for s, m in zip(b.policy_samples, b.sample_masks, strict=True))
+
+
+def test_self_samples_keep_to_their_token_budget(small_model_dir, tmp_path):
+    from alignlab.train.loop import prepare
+
+    data = write_records(tmp_path / "negatives.jsonl", [{"prompt": p, "rejected": r} for p, _, r in PAIRS])
+    config = quick_config(small_model_dir, data, tmp_path / "run", {"name": "d2o"}, {"mode": "model"},
+                          {"self_samples": 2, "self_sample_max_new_tokens": 2}, max_steps=1)
+    run = prepare(config, log=lambda *_: None)
+    run.folder.unlock()
+    lengths = [len(sample) for example in run.examples for sample in example.samples]
+    assert len(lengths) == 2 * len(PAIRS) and max(lengths) == 2

@@ -66,8 +66,8 @@ def test_bf16_reference_matches_the_policy_at_step_0_and_the_choice_is_kept_on_r
     monkeypatch.setenv(precision.FORCE_VARIABLE, "bf16")
     out = tmp_path / "run"
     config = quick_config(small_model_dir, pairs_file, out, {"name": "dpo"}, max_steps=2, save_every=1,
-                          reference={"cache_dir": str(tmp_path / "cache")})
-    train(config, log=lambda *_: None)
+                          reference={"cache_dir": str(tmp_path / "cache")}, data_settings={"eval": str(pairs_file)})
+    train(config, log=lambda *_: None)  # the evaluation examples' reference is cached as bf16 too
     recorded = json.loads((out / "precision.json").read_text())
     assert recorded["precision"] == "bf16" and recorded["requested"] == "auto"
     first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
@@ -79,10 +79,13 @@ def test_bf16_reference_matches_the_policy_at_step_0_and_the_choice_is_kept_on_r
     train(quick_config(small_model_dir, pairs_file, tmp_path / "fp32", {"name": "dpo"}, max_steps=1,
                        reference={"cache_dir": str(tmp_path / "cache")}), log=lambda *_: None)
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
+    first = json.loads((tmp_path / "fp32" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["rewards/chosen"] == pytest.approx(0.0, abs=1e-5)  # float32 log-probs, not bf16 ones
     # a resumed run keeps its recorded bf16 although auto would now give fp32
     said = []
     train(quick_config(small_model_dir, pairs_file, out, {"name": "dpo"}, max_steps=3,
-                       reference={"cache_dir": str(tmp_path / "cache")}), resume=True, log=said.append)
+                       reference={"cache_dir": str(tmp_path / "cache")}, data_settings={"eval": str(pairs_file)}),
+          resume=True, log=said.append)
     assert any("precision: bf16, as the run recorded" in line for line in said)
     assert json.loads((out / "precision.json").read_text())["precision"] == "bf16"
 

@@ -228,6 +228,15 @@ def test_resume_refuses_settings_that_change_the_run(small_model_dir, pairs_file
         changed = make_config(small_model_dir, pairs_file, out, tmp_path / "cache", max_steps=2, save_every=1, **change)
         with pytest.raises(ConfigError, match=f"differs in {key}"):
             train(changed, resume=True, log=lambda *_: None)
+    both = make_config(small_model_dir, pairs_file, out, tmp_path / "cache", max_steps=2, save_every=1, lr=0.5, seed=3)
+    with pytest.raises(ConfigError) as caught:
+        train(both, resume=True, log=lambda *_: None)
+    assert str(caught.value) == (
+        f"--resume continues the run in {out}, whose config.yaml differs in train.lr, train.seed; resume with the "
+        "same settings (only online.rounds, train.max_steps, train.save_every, train.keep_checkpoints, "
+        "train.log_every, train.eval_every, train.overopt_prompts, train.overopt_top_k, "
+        "train.overopt_max_new_tokens, train.log_with, train.progress, train.compile, train.guard_weights, "
+        "scoring., reference.cache_dir, out_dir may change), or start a new run with --overwrite or another out_dir")
     other_data = tmp_path / "other.jsonl"
     other_data.write_text(pairs_file.read_text())
     with pytest.raises(ConfigError, match=r"differs in data\.train"):

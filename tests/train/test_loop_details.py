@@ -1,0 +1,190 @@
+"""What a run reports and applies beyond its loss: examples per step, the learning-rate schedule, weight decay per
+parameter group, the reference cache's use, the end-of-run lines, the model card, the weight guard inside a run,
+and the errors for examples given in memory."""
+
+import re
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alignlab import ConfigError, TrainingDivergedError
+from alignlab.data import TokenizedPair, TokenizedRollout, TokenizedSFT
+from alignlab.train import train
+from alignlab.train.loop import divergence_advice, prepare
+from alignlab.train.precision import PrecisionChoice
+from tests.conftest import quick_config, run_history
+from tests.train.test_faults import poison_steps
+
+DPO = {"name": "dpo", "beta": 0.5}
+
+
+def cache_use(said: list[str]) -> list[str]:
+    """How a run's lines say it used the reference cache ("… computed and cached", "… read from")."""
+    return [line.split(" in ")[0].split(" /")[0] for line in said if line.startswith("reference log-probs")]
+
+
+def test_a_run_logs_examples_and_its_schedule_and_reports_the_reference_cache(small_model_dir, pairs_file, tmp_path):
+    """8 pairs, 2 per micro-batch, 2 micro-batches a step: 4 examples a step. Warm-up over int(0.5 · 4) = 2 steps,
+    then linear decay to 0 at step 4; the rate logged after step k is the one step k + 1 uses: lr · f(k) with
+    f(0) = 1/2, f(1) = 2/2, f(2) = 1 − 0/2, f(3) = 1 − 1/2, f(4) = 0."""
+    def config(out, **settings):
+        return quick_config(small_model_dir, pairs_file, out, DPO, {"cache_dir": str(tmp_path / "cache")},
+                            data_settings={"eval": str(pairs_file)}, batch_size=2, grad_accum=2, max_steps=4,
+                            warmup_ratio=0.5, scheduler="linear", lr=1e-3, **settings)
+
+    said, started = [], time.time()
+    result = train(config(tmp_path / "a"), log=said.append)
+    wall = time.time() - started
+    history = [m for m in run_history(result.run_dir) if "loss" in m]
+    assert [m["examples"] for m in history] == [4, 4, 4, 4]
+    elapsed = [m["elapsed_s"] for m in history]  # seconds since the run began, to 10 ms
+    assert elapsed == sorted(elapsed) and 0 < elapsed[0] < elapsed[-1] < wall
+    assert all(isinstance(value, float) and round(value, 2) == value for value in elapsed)
+    assert [m["lr"] for m in history] == pytest.approx([1e-3, 1e-3, 5e-4, 0.0], abs=1e-12)
+    assert not any(key.startswith("eval/overopt") for m in run_history(result.run_dir) for key in m)  # 0 prompts
+    # the evaluation examples are the training examples: their log-probs are read from the cache just written
+    assert cache_use(said) == ["reference log-probs computed and cached", "reference log-probs read from"]
+    metrics_file = result.run_dir / "metrics.jsonl"
+    assert said[-1] == (f"done: 4 steps; weights in {result.final_dir}, metrics in {metrics_file}, report in "
+                        f"{result.run_dir / 'report.html'}")
+    assert (result.run_dir / "report.html").is_file() and result.tokenizer.pad_token_id is not None
+    card = (result.final_dir / "README.md").read_text()
+    assert "dpo" in card and str(small_model_dir) in card
+
+    said = []
+    train(config(tmp_path / "b"), log=said.append)
+    assert cache_use(said) == ["reference log-probs read from"] * 2
+    cache_file = next((tmp_path / "cache").glob("*.safetensors"))
+    damaged = bytearray(cache_file.read_bytes())
+    damaged[-5] ^= 0x40
+    cache_file.write_bytes(bytes(damaged))
+    said = []
+    train(config(tmp_path / "c"), log=said.append)
+    assert any(line.startswith(f"reference cache {cache_file} cannot be used: ") for line in said)
+
+
+def test_a_model_card_that_fails_is_said_and_the_weights_stay(small_model_dir, pairs_file, tmp_path, monkeypatch):
+    def failing_card(run, final_dir):
+        raise RuntimeError("no card today")
+
+    monkeypatch.setattr("alignlab.train.loop.write_model_card", failing_card)
+    said = []
+    result = train(quick_config(small_model_dir, pairs_file, tmp_path / "run", DPO, max_steps=1), log=said.append)
+    assert "final/README.md could not be written (RuntimeError: no card today)" in said
+    assert (result.final_dir / "model.safetensors").is_file() and not (result.final_dir / "README.md").exists()
+
+
+def test_each_parameter_group_takes_its_weight_decay(small_model_dir, pairs_file, tmp_path, monkeypatch):
+    """The model's weights take train.weight_decay; an objective's own networks (SparsePO's mask networks) take
+    the decay they declare."""
+    from alignlab.objectives.sparsepo import TokenMaskNetwork
+
+    monkeypatch.setattr(TokenMaskNetwork, "weight_decay", 0.03)
+    objective = {"name": "sparsepo", "mask": "learned", "dropout": 0.0}
+    run = prepare(quick_config(small_model_dir, pairs_file, tmp_path / "run", objective, {"mode": "model"},
+                               max_steps=1, weight_decay=0.05), log=lambda *_: None)
+    try:
+        groups = run.optimizer.param_groups
+        assert [group["weight_decay"] for group in groups] == [0.05, 0.03]
+        assert {id(p) for p in groups[1]["params"]} == {id(p) for p in run.objective.parameters()}
+    finally:
+        run.folder.unlock()
+
+
+def breaking_updates(monkeypatch, bad_calls: set[int]) -> None:
+    """The optimizer's update makes a weight infinite on the given calls (counted from 1)."""
+    original, calls = torch.optim.AdamW.step, {"n": 0}
+
+    def step(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] in bad_calls:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+
+
+def test_the_guard_undoes_an_update_to_non_finite_weights_inside_a_run(small_model_dir, pairs_file, tmp_path,
+                                                                        monkeypatch):
+    initial = load_file(str(small_model_dir / "model.safetensors"))
+    breaking_updates(monkeypatch, {1})
+    said = []
+    result = train(quick_config(small_model_dir, pairs_file, tmp_path / "one", DPO, max_steps=3), log=said.append)
+    assert [m["skipped_steps"] for m in run_history(result.run_dir)] == [1, 1, 1]
+    assert any(re.fullmatch(r"step 1: the update \(gradient norm \d+\.\d+\) made weights non-finite; undone: "
+                            r"skipped \(1 in a row, 1 in all\)", line) for line in said)
+    assert "(1 skipped for a non-finite loss or gradient)" in said[-1]
+    final = load_file(str(result.final_dir / "model.safetensors"))
+    assert all(torch.isfinite(value).all() for value in final.values())
+    assert not torch.equal(final["model.embed_tokens.weight"], initial["model.embed_tokens.weight"])
+
+    # two broken updates in a row: the finite loss between them (on the restored weights) verifies nothing
+    breaking_updates(monkeypatch, {1, 2})
+    with pytest.raises(TrainingDivergedError, match="2 steps in a row"):
+        train(quick_config(small_model_dir, pairs_file, tmp_path / "two", DPO, max_steps=3, max_bad_steps=1),
+              log=lambda *_: None)
+
+
+def test_non_finite_weights_at_the_end_are_not_saved_as_final(small_model_dir, pairs_file, tmp_path, monkeypatch):
+    breaking_updates(monkeypatch, {1})
+    with pytest.raises(TrainingDivergedError) as caught:
+        train(quick_config(small_model_dir, pairs_file, tmp_path / "run", DPO, max_steps=1, guard_weights=False),
+              log=lambda *_: None)
+    assert str(caught.value).startswith("the weights hold non-finite values, so they are not saved as final/; ")
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_a_bad_loss_after_an_unverified_update_undoes_it_and_counts_both(small_model_dir, pairs_file, tmp_path,
+                                                                           monkeypatch):
+    """Step 1 is bad (nothing changes), step 2's finite loss verifies nothing new and its update stays unverified,
+    step 3's loss is bad: step 2's update is undone and counted too — three bad steps in a row."""
+    poison_steps(monkeypatch, {1, 3})
+    said = []
+    result = train(quick_config(small_model_dir, pairs_file, tmp_path / "run", DPO, max_steps=4, max_bad_steps=5),
+                   log=said.append)
+    assert "step 1: loss nan, gradient norm nan: skipped (1 in a row, 1 in all)" in said
+    assert ("step 3: loss nan, gradient norm nan; the previous step's update is undone too: skipped (3 in a row, 3 in "
+            "all)") in said
+    assert [m["skipped_steps"] for m in run_history(result.run_dir)] == [1, 1, 3, 3]
+
+
+def test_divergence_advice_names_the_checkpoint_and_float32_for_lower_precisions(tmp_path):
+    def advice(precision):
+        return divergence_advice(SimpleNamespace(checkpoints_dir=tmp_path / "none", precision=precision))
+
+    assert advice(PrecisionChoice("bf16", "auto", "measured")) == (
+        "no checkpoint was saved (train.save_every writes them). Lower train.lr or check the data, or use "
+        "train.precision: fp32.")
+    assert advice(PrecisionChoice("fp32", "fp32", "as configured")) == advice(None) == (
+        "no checkpoint was saved (train.save_every writes them). Lower train.lr or check the data.")
+
+
+def test_examples_given_in_memory_are_of_one_tokenized_type_the_objective_reads(small_model_dir, pairs_file,
+                                                                                 tmp_path):
+    config = quick_config(small_model_dir, pairs_file, tmp_path / "run", DPO, max_steps=1)
+    pair, sft = TokenizedPair([5, 6], [7, 8], [9, 10]), TokenizedSFT([5, 6], [7, 8])
+    for examples in ([pair, sft], [object()]):
+        with pytest.raises(ConfigError) as caught:
+            prepare(config, log=lambda *_: None, examples=examples)
+        assert str(caught.value) == ("examples given to a run must all be of one tokenized type: TokenizedSFT, "
+                                     "TokenizedPair, TokenizedRollout")
+    with pytest.raises(ConfigError) as caught:
+        prepare(config, log=lambda *_: None, examples=[sft])
+    assert str(caught.value) == "objective 'dpo' reads paired data, and the examples given are sft data"
+    rollout = TokenizedRollout([5, 6], [7, 8], 1.0, torch.zeros(2), torch.zeros(2))
+    with pytest.raises(ConfigError) as caught:
+        prepare(quick_config(small_model_dir, pairs_file, tmp_path / "run", {"name": "sft"}, max_steps=1),
+                log=lambda *_: None, examples=[rollout])
+    assert str(caught.value) == "objective 'sft' reads sft or paired data, and the examples given are rollouts data"
+    assert not (tmp_path / "run").exists()
+
+
+def test_metrics_are_written_every_log_every_steps_and_at_the_last(small_model_dir, pairs_file, tmp_path):
+    result = train(quick_config(small_model_dir, pairs_file, tmp_path / "run", DPO, max_steps=4, log_every=3),
+                   log=lambda *_: None)
+    assert [m["step"] for m in run_history(result.run_dir)] == [3, 4]
