@@ -35,8 +35,9 @@ lint: setup
 # (hours on 2 cores). It works in a copy of the tracked and untracked files ($(MUTATE_DIR)), so the checkout stays
 # clean; OMP_NUM_THREADS=1 because forked workers of a multi-threaded torch hang. MUTANTS narrows the run, e.g.
 # `make mutate MUTANTS='alignlab.data.collate*'`; see a survivor with `mutmut show NAME` in $(MUTATE_DIR). The copy's
-# mutants/ folder is kept between runs, so a stopped run resumes and only functions changed since are run again
-# (`make mutate-clean` starts over). MUTATE_JOBS workers (default: the CPU count).
+# mutants/ folder is kept between runs, so a stopped run resumes; a change to [tool.mutmut] or to a mutated file's
+# source drops that file's (or every) result (`make mutate-clean` starts over). MUTATE_JOBS workers (default: the
+# CPU count).
 MUTATE_DIR ?= /tmp/alignlab-mutate
 MUTANTS ?=
 MUTATE_JOBS ?= $(shell nproc)

@@ -44,6 +44,7 @@ def test_a_run_logs_examples_and_its_schedule_and_reports_the_reference_cache(sm
     assert elapsed == sorted(elapsed) and 0 < elapsed[0] < elapsed[-1] < wall
     assert all(isinstance(value, float) and round(value, 2) == value for value in elapsed)
     assert [m["lr"] for m in history] == pytest.approx([1e-3, 1e-3, 5e-4, 0.0], abs=1e-12)
+    assert [m["epoch"] for m in history] == [0.5, 1.0, 1.5, 2.0]  # 4 micro-batches an epoch, 2 a step
     assert not any(key.startswith("eval/overopt") for m in run_history(result.run_dir) for key in m)  # 0 prompts
     # the evaluation examples are the training examples: their log-probs are read from the cache just written
     assert cache_use(said) == ["reference log-probs computed and cached", "reference log-probs read from"]
@@ -188,3 +189,43 @@ def test_metrics_are_written_every_log_every_steps_and_at_the_last(small_model_d
     result = train(quick_config(small_model_dir, pairs_file, tmp_path / "run", DPO, max_steps=4, log_every=3),
                    log=lambda *_: None)
     assert [m["step"] for m in run_history(result.run_dir)] == [3, 4]
+
+
+def terminate_during_calls(monkeypatch, calls_to_stop: set[int]) -> None:
+    """SIGTERM to this process during the objective's given calls (counted from 1), as a scheduler would send."""
+    import os
+    import signal
+
+    from alignlab.objectives import Objective
+
+    original, calls = Objective.__call__, {"n": 0}
+
+    def call(self, batch):
+        calls["n"] += 1
+        if calls["n"] in calls_to_stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batch)
+
+    monkeypatch.setattr(Objective, "__call__", call)
+
+
+def test_a_signal_during_a_step_checkpoints_after_it_and_one_at_the_last_step_finishes(small_model_dir, pairs_file,
+                                                                                       tmp_path, monkeypatch):
+    """In-process (the subprocess runs in test_faults.py are slow): the loop finishes the step, writes its
+    checkpoint, says how to resume and returns interrupted; at the last step there is nothing left to resume."""
+    out = tmp_path / "run"
+    config = quick_config(small_model_dir, pairs_file, out, DPO, max_steps=4, batch_size=2)
+    terminate_during_calls(monkeypatch, {2})
+    said = []
+    result = train(config, log=said.append)
+    assert result.interrupted and not (out / "final").exists()
+    assert [path.name for path in (out / "checkpoints").glob("step-*")] == ["step-2"]
+    assert said[-1] == (f"stopped by SIGTERM after step 2 of 4: checkpoint in {out / 'checkpoints' / 'step-2'}; run "
+                        "the same command with --resume to continue")
+    terminate_during_calls(monkeypatch, set())
+    assert [m["step"] for m in run_history(train(config, resume=True, log=lambda *_: None).run_dir)] == [1, 2, 3, 4]
+
+    terminate_during_calls(monkeypatch, {4})
+    last = train(quick_config(small_model_dir, pairs_file, tmp_path / "last", DPO, max_steps=4, batch_size=2),
+                 log=lambda *_: None)
+    assert not last.interrupted and (last.final_dir / "model.safetensors").is_file()
