@@ -65,6 +65,8 @@ def test_lora_run_trains_only_adapters_and_merges(small_model_dir, pairs_file, t
     adapters = load_file(str(final / "adapter_model.safetensors"))
     assert adapters and all("lora_" in name for name in adapters)
     assert {name.split(".lora_")[0].rsplit(".", 1)[1] for name in adapters} == set(TARGETS)
+    card = (final / "README.md").read_text()
+    assert "library_name: peft" in card and "for 3 steps (LoRA adapters: fold them into the base model" in card
     assert any(value.abs().max() > 0 for name, value in adapters.items() if "lora_B" in name)
 
     merged_dir = tmp_path / "merged"

@@ -53,7 +53,7 @@ def test_a_run_logs_examples_and_its_schedule_and_reports_the_reference_cache(sm
                         f"{result.run_dir / 'report.html'}")
     assert (result.run_dir / "report.html").is_file() and result.tokenizer.pad_token_id is not None
     card = (result.final_dir / "README.md").read_text()
-    assert "dpo" in card and str(small_model_dir) in card
+    assert "library_name: transformers" in card and f"from `{small_model_dir}` for 4 steps." in card
 
     said = []
     train(config(tmp_path / "b"), log=said.append)
@@ -229,3 +229,11 @@ def test_a_signal_during_a_step_checkpoints_after_it_and_one_at_the_last_step_fi
     last = train(quick_config(small_model_dir, pairs_file, tmp_path / "last", DPO, max_steps=4, batch_size=2),
                  log=lambda *_: None)
     assert not last.interrupted and (last.final_dir / "model.safetensors").is_file()
+
+
+def test_the_policy_is_loaded_in_model_dtype(small_model_dir, pairs_file, tmp_path):
+    config = quick_config(small_model_dir, pairs_file, tmp_path / "run", {"name": "sft"}, max_steps=1)
+    config.model.dtype = "bfloat16"
+    run = prepare(config, log=lambda *_: None)
+    run.folder.unlock()
+    assert {parameter.dtype for parameter in run.model.parameters()} == {torch.bfloat16}
