@@ -93,6 +93,21 @@ def poison_steps(monkeypatch, bad_calls: set[int]):
     monkeypatch.setattr(Objective, "__call__", poisoned)
 
 
+def breaking_updates(monkeypatch, bad_calls: set[int]) -> None:
+    """The optimizer's update makes a weight infinite on the given calls (counted from 1)."""
+    original, calls = torch.optim.AdamW.step, {"n": 0}
+
+    def step(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] in bad_calls:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+
+
 def test_non_finite_steps_are_skipped_and_counted(small_model_dir, pairs_file, tmp_path, monkeypatch):
     initial = load_file(str(small_model_dir / "model.safetensors"))
     poison_steps(monkeypatch, {1, 2, 3})
@@ -245,15 +260,7 @@ def test_weight_guard_undoes_an_update_to_non_finite_weights():
 
 def test_non_finite_weights_are_never_saved(small_model_dir, pairs_file, tmp_path, monkeypatch):
     """Without the guard, weights made non-finite stop the run at the next save: no checkpoint, no final/."""
-    original = torch.optim.AdamW.step
-
-    def breaking_step(self, *args, **kwargs):
-        out = original(self, *args, **kwargs)
-        with torch.no_grad():
-            self.param_groups[0]["params"][0].fill_(float("inf"))
-        return out
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", breaking_step)
+    breaking_updates(monkeypatch, set(range(1, 100)))
     config = quick_config(small_model_dir, pairs_file, tmp_path / "run", DPO, max_steps=2, save_every=1,
                           guard_weights=False)
     with pytest.raises(TrainingDivergedError, match="not saved as checkpoint step-1; no checkpoint was saved"):

@@ -16,7 +16,7 @@ from alignlab.train import train
 from alignlab.train.loop import divergence_advice, prepare
 from alignlab.train.precision import PrecisionChoice
 from tests.conftest import quick_config, run_history
-from tests.train.test_faults import poison_steps
+from tests.train.test_faults import breaking_updates, poison_steps
 
 DPO = {"name": "dpo", "beta": 0.5}
 
@@ -93,21 +93,6 @@ def test_each_parameter_group_takes_its_weight_decay(small_model_dir, pairs_file
         assert {id(p) for p in groups[1]["params"]} == {id(p) for p in run.objective.parameters()}
     finally:
         run.folder.unlock()
-
-
-def breaking_updates(monkeypatch, bad_calls: set[int]) -> None:
-    """The optimizer's update makes a weight infinite on the given calls (counted from 1)."""
-    original, calls = torch.optim.AdamW.step, {"n": 0}
-
-    def step(self, *args, **kwargs):
-        out = original(self, *args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] in bad_calls:
-            with torch.no_grad():
-                self.param_groups[0]["params"][0].fill_(float("inf"))
-        return out
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", step)
 
 
 def test_the_guard_undoes_an_update_to_non_finite_weights_inside_a_run(small_model_dir, pairs_file, tmp_path,
