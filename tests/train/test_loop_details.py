@@ -10,12 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignlab import ConfigError, TrainingDivergedError
+from alignlab import ConfigError, DataError, TrainingDivergedError
 from alignlab.data import TokenizedPair, TokenizedRollout, TokenizedSFT
 from alignlab.train import train
 from alignlab.train.loop import divergence_advice, prepare
 from alignlab.train.precision import PrecisionChoice
 from tests.conftest import quick_config, run_history
+from tests.online.test_online import online_config
 from tests.train.test_faults import breaking_updates, poison_steps
 
 DPO = {"name": "dpo", "beta": 0.5}
@@ -222,3 +223,18 @@ def test_the_policy_is_loaded_in_model_dtype(small_model_dir, pairs_file, tmp_pa
     run = prepare(config, log=lambda *_: None)
     run.folder.unlock()
     assert {parameter.dtype for parameter in run.model.parameters()} == {torch.bfloat16}
+
+
+def test_train_hands_an_online_config_to_the_rounds_with_overwrite(small_model_dir, tmp_path):
+    """`train(config, overwrite=True)` with an online section clears an earlier run's folder like an offline run
+    does, and only after every check: an empty prompts file stops it with the earlier files still there."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("earlier\n")
+    (tmp_path / "prompts.jsonl").write_text("")
+    config = online_config(small_model_dir, tmp_path / "prompts.jsonl", out, rounds=1)
+    with pytest.raises(ConfigError, match="already holds the results of an earlier run"):
+        train(config, log=lambda *_: None)
+    with pytest.raises(DataError, match="no prompts"):
+        train(config, log=lambda *_: None, overwrite=True)
+    assert (out / "metrics.jsonl").read_text() == "earlier\n"
