@@ -2,6 +2,7 @@
 parameter group, the reference cache's use, the end-of-run lines, the model card, the weight guard inside a run,
 and the errors for examples given in memory."""
 
+import json
 import re
 import time
 from types import SimpleNamespace
@@ -204,7 +205,7 @@ def test_a_signal_during_a_step_checkpoints_after_it_and_one_at_the_last_step_fi
     terminate_during_calls(monkeypatch, {2})
     said = []
     result = train(config, log=said.append)
-    assert result.interrupted and not (out / "final").exists()
+    assert result.interrupted and not (out / "final").exists() and result.final_dir == out / "final"
     assert [path.name for path in (out / "checkpoints").glob("step-*")] == ["step-2"]
     assert said[-1] == (f"stopped by SIGTERM after step 2 of 4: checkpoint in {out / 'checkpoints' / 'step-2'}; run "
                         "the same command with --resume to continue")
@@ -238,3 +239,14 @@ def test_train_hands_an_online_config_to_the_rounds_with_overwrite(small_model_d
     with pytest.raises(DataError, match="no prompts"):
         train(config, log=lambda *_: None, overwrite=True)
     assert (out / "metrics.jsonl").read_text() == "earlier\n"
+
+
+def test_records_given_to_train_replace_the_data_file(small_model_dir, pairs_file, tmp_path):
+    """The demo's path: `train(config, records=…)` tokenizes the records in memory, not `data.train` (8 pairs)."""
+    from alignlab.data import load_preferences
+
+    said = []
+    result = train(quick_config(small_model_dir, pairs_file, tmp_path / "run", DPO, max_steps=1),
+                   log=said.append, records=load_preferences(str(pairs_file))[:3])
+    assert [line.split(" (")[0] for line in said if line.startswith("train data")] == ["train data 3 records in memory"]
+    assert json.loads((result.run_dir / "data_report.json").read_text())["train"]["examples"] == 3
