@@ -3,6 +3,7 @@ import json
 import pytest
 
 from alignlab import DataError
+from alignlab.data import TokenizedSFT
 from alignlab.data.tokenize import encode_prompt_and_completion
 from alignlab.data.transforms import load_triplets, safety_recovery_examples
 
@@ -64,11 +65,16 @@ def test_safety_recovery_redraws_every_epoch_in_training_and_resumes_exactly(tmp
     path.write_text("".join(json.dumps({**TRIPLET, "prompt": r}) + "\n" for r in requests * 2))
     settings = {"transform": "safety_recovery", "recovery_probability": 0.5, "max_recovery_prefix": 6}
 
-    def config_for(out, **train):
-        return quick_config(small_model_dir, path, out, {"name": "sft"}, data_settings=settings, epochs=3,
+    def config_for(out, eval_file=None, **train):
+        data = {**settings, "eval": str(eval_file)} if eval_file else settings
+        return quick_config(small_model_dir, path, out, {"name": "sft"}, data_settings=data, epochs=3,
                             **{"lr": 1e-3, **train})
 
-    run = prepare(config_for(tmp_path / "draws"), log=lambda *_: None)
+    held_out = tmp_path / "held_out.jsonl"  # evaluated as it is: prompt/completion records, not triplets
+    held_out.write_text(json.dumps({"prompt": "Name a colour.", "completion": " Blue."}) + "\n")
+    run = prepare(config_for(tmp_path / "draws", held_out), log=lambda *_: None)
+    assert run.eval_examples == [TokenizedSFT(*encode_prompt_and_completion(run.tokenizer, "Name a colour.",
+                                                                            " Blue.", ""))]
     draws = [run.draw(epoch)[0] for epoch in range(3)]
     assert draws[0] == run.examples and draws[1] != draws[0] and draws[2] != draws[1]
     assert run.draw(1)[0] == draws[1]  # a function of (seed, epoch)

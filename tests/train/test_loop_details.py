@@ -244,9 +244,14 @@ def test_train_hands_an_online_config_to_the_rounds_with_overwrite(small_model_d
 def test_records_given_to_train_replace_the_data_file(small_model_dir, pairs_file, tmp_path):
     """The demo's path: `train(config, records=…)` tokenizes the records in memory, not `data.train` (8 pairs)."""
     from alignlab.data import load_preferences
+    from alignlab.data.formats import SFTExample
 
     said = []
     result = train(quick_config(small_model_dir, pairs_file, tmp_path / "run", DPO, max_steps=1),
                    log=said.append, records=load_preferences(str(pairs_file))[:3])
     assert [line.split(" (")[0] for line in said if line.startswith("train data")] == ["train data 3 records in memory"]
     assert json.loads((result.run_dir / "data_report.json").read_text())["train"]["examples"] == 3
+    with pytest.raises(ConfigError) as caught:
+        prepare(quick_config(small_model_dir, pairs_file, tmp_path / "sft", DPO), log=lambda *_: None,
+                records=[SFTExample("Name a colour.", " Blue.", "memory:1")])
+    assert str(caught.value) == "objective 'dpo' reads paired data, but the records given is sft data"
