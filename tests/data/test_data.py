@@ -204,12 +204,12 @@ def test_scored_lists_become_best_worst_pairs(tmp_path, small_model_dir):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a", "completions": ["b", "c"], "scores": [1.0]}])
     with pytest.raises(DataError, match=r"bad.jsonl:line 1: field 'scores': 1 scores for 2 completions"):
         load_scored(str(bad))
-    config = config_from_dict({"model": {"path": str(small_model_dir)}, "data": {"train": str(path)},
+    config = config_from_dict({"model": {"path": str(small_model_dir)}, "data": {"train": str(path), "eval": str(path)},
                                "objective": {"name": "distill"}, "reference": {"cache_dir": str(tmp_path / "c")},
                                "train": {"max_steps": 1, "progress": False}, "out_dir": str(tmp_path / "run")})
     messages = []
     train(config, log=messages.append)
-    assert any("1 records skipped because all their scores tie" in m for m in messages)
+    assert sum("1 records skipped because all their scores tie" in m for m in messages) == 2  # train and eval
 
 
 def test_errors_found_while_tokenizing_name_file_and_line_apart(tmp_path, tokenizer):

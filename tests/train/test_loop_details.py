@@ -42,6 +42,8 @@ def test_a_run_logs_examples_and_its_schedule_and_reports_the_reference_cache(sm
     wall = time.time() - started
     history = [m for m in run_history(result.run_dir) if "loss" in m]
     assert [m["examples"] for m in history] == [4, 4, 4, 4]
+    report = json.loads((result.run_dir / "data_report.json").read_text())
+    assert report["eval"] == report["train"] and report["train"]["examples"] == 8  # the same file
     elapsed = [m["elapsed_s"] for m in history]  # seconds since the run began, to 10 ms
     assert elapsed == sorted(elapsed) and 0 < elapsed[0] < elapsed[-1] < wall
     assert all(isinstance(value, float) and round(value, 2) == value for value in elapsed)

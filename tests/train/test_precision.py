@@ -112,3 +112,36 @@ def test_a_run_from_before_auto_measured_resumes_in_its_old_precision(tmp_path, 
           log=said.append)
     assert any("as runs began before auto measured" in line for line in said)
     assert json.loads((out / "precision.json").read_text())["precision"] == "fp32"  # a CPU's old rule
+
+
+@pytest.mark.parametrize("main_process", [True, False])
+def test_processes_of_a_distributed_run_take_the_main_processs_choice(monkeypatch, main_process):
+    """With WORLD_SIZE > 1 only the main process chooses (and so probes); its answer is broadcast from rank 0 and
+    every process trains in it. The process group is replaced by stand-ins that record the broadcast."""
+    import accelerate
+    import torch.distributed as dist
+
+    from alignlab.train.loop import agreed_precision
+    from alignlab.train.precision import PrecisionChoice
+
+    main_choice = PrecisionChoice("bf16", "auto", "measured on the main process")
+    broadcasts, chosen = [], []
+
+    def broadcast(box, src):
+        broadcasts.append((list(box), src))
+        box[0] = main_choice
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(accelerate, "PartialState", lambda cpu: type("State", (), {"is_main_process": main_process}))
+    monkeypatch.setattr(dist, "broadcast_object_list", broadcast)
+
+    def choose(say):
+        chosen.append(say)
+        return main_choice
+
+    assert agreed_precision(choose, log=print) == main_choice
+    assert chosen == ([print] if main_process else [])
+    assert broadcasts == [([main_choice] if main_process else [None], 0)]
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert agreed_precision(lambda say: PrecisionChoice("fp32", "fp32", "as configured"), print).precision == "fp32"
+    assert len(broadcasts) == 1  # one process: nothing sent
