@@ -145,3 +145,25 @@ def test_processes_of_a_distributed_run_take_the_main_processs_choice(monkeypatc
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert agreed_precision(lambda say: PrecisionChoice("fp32", "fp32", "as configured"), print).precision == "fp32"
     assert len(broadcasts) == 1  # one process: nothing sent
+
+
+def test_only_a_resumed_auto_run_without_a_record_follows_the_old_rule(tmp_path, small_model_dir, pairs_file,
+                                                                        monkeypatch):
+    """The rule of runs begun before `auto` measured (float32 on a CPU) applies to exactly one case: `--resume` of
+    an `auto` run whose folder holds a config.yaml but no precision.json. A new run over such a folder
+    (`--overwrite`) and an explicitly configured precision are chosen as usual."""
+    from alignlab.train.loop import choose_precision
+
+    monkeypatch.setenv(precision.FORCE_VARIABLE, "bf16")  # what auto measures now
+    out = tmp_path / "run"
+    out.mkdir()
+
+    def choice(setting, resume):
+        config = quick_config(small_model_dir, pairs_file, out, {"name": "dpo"}, precision=setting)
+        return choose_precision(config, resume, lambda *_: None).precision
+
+    assert choice("auto", resume=True) == "bf16"  # nothing earlier in the folder
+    (out / "config.yaml").write_text("{}\n")
+    assert choice("auto", resume=True) == "fp32"
+    assert choice("auto", resume=False) == "bf16"
+    assert choice("bf16", resume=True) == "bf16"
