@@ -160,10 +160,11 @@ def test_only_a_resumed_auto_run_without_a_record_follows_the_old_rule(tmp_path,
 
     def choice(setting, resume):
         config = quick_config(small_model_dir, pairs_file, out, {"name": "dpo"}, precision=setting)
-        return choose_precision(config, resume, lambda *_: None).precision
+        return choose_precision(config, resume, lambda *_: None)
 
-    assert choice("auto", resume=True) == "bf16"  # nothing earlier in the folder
+    assert choice("auto", resume=True).precision == "bf16"  # nothing earlier in the folder
     (out / "config.yaml").write_text("{}\n")
-    assert choice("auto", resume=True) == "fp32"
-    assert choice("auto", resume=False) == "bf16"
-    assert choice("bf16", resume=True) == "bf16"
+    old_rule = choice("auto", resume=True)  # recorded as requested "auto", so the next resume keeps it as well
+    assert (old_rule.precision, old_rule.requested) == ("fp32", "auto")
+    assert choice("auto", resume=False).precision == "bf16"
+    assert choice("bf16", resume=True).precision == "bf16"
