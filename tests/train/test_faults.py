@@ -330,6 +330,8 @@ def test_full_disk_and_unwritable_checkpoints_are_said(small_model_dir, pairs_fi
     said = []
     train(config, resume=True, log=said.append)
     assert any("removed 1 half-written checkpoint" in line for line in said)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert f"--resume: no checkpoint in {checkpoints}; starting from the beginning" in said
 
 
 def test_only_full_disks_are_read_as_full_disks():

@@ -124,8 +124,10 @@ def test_evaluation_every_n_steps_and_fresh_run_guard(small_model_dir, pairs_fil
     assert evals[-1]["eval/rewards/accuracies"] >= 0.0 and "eval/rewards/margins" in evals[-1]
     assert evals[-1] == evals[-2]  # the same weights evaluated twice at step 4; values against a hand-run evaluation:
     # tests/train/test_loop_mechanics.py::test_evaluation_values_match_a_hand_run_evaluation
-    with pytest.raises(ConfigError, match="already holds checkpoints"):
+    with pytest.raises(ConfigError) as caught:
         train(config, log=lambda *_: None)
+    assert str(caught.value) == (f"{tmp_path / 'run'} already holds checkpoints of an earlier run; pass --resume to "
+                                 "continue it, or choose another out_dir (--out)")
 
 
 @pytest.mark.parametrize("engine", [{"share_prefix": False}, {"padding_free": False}, {"recompute_head": True}])
