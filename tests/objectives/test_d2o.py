@@ -52,12 +52,19 @@ def test_d2o_gradient_lowers_the_negative_and_raises_the_samples():
 
 
 def test_self_samples_keep_to_their_token_budget(small_model_dir, tmp_path):
+    from alignlab.data.examples import load_examples
     from alignlab.train.loop import prepare
+    from alignlab.train.self_samples import with_self_samples
 
     data = write_records(tmp_path / "negatives.jsonl", [{"prompt": p, "rejected": r} for p, _, r in PAIRS])
     config = quick_config(small_model_dir, data, tmp_path / "run", {"name": "d2o"}, {"mode": "model"},
-                          {"self_samples": 2, "self_sample_max_new_tokens": 2}, max_steps=1)
+                          {"self_samples": 2, "self_sample_max_new_tokens": 2, "eval": str(data)}, max_steps=1)
     run = prepare(config, log=lambda *_: None)
     run.folder.unlock()
     lengths = [len(sample) for example in run.examples for sample in example.samples]
     assert len(lengths) == 2 * len(PAIRS) and max(lengths) == 2
+    # the evaluation examples (the same records here) get samples of their own, drawn with seed + 1
+    plain, _ = load_examples(str(data), "negatives", run.tokenizer, 64, 32, say=lambda *_: None)
+    assert run.eval_examples == with_self_samples(run.model, run.tokenizer, plain, 2, 2, 64,
+                                                    config.train.seed + 1, False)
+    assert run.eval_examples != run.examples

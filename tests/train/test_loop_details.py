@@ -178,6 +178,26 @@ def test_metrics_are_written_every_log_every_steps_and_at_the_last(small_model_d
     result = train(quick_config(small_model_dir, pairs_file, tmp_path / "run", DPO, max_steps=4, log_every=3),
                    log=lambda *_: None)
     assert [m["step"] for m in run_history(result.run_dir)] == [3, 4]
+    written = ["config.yaml", "data_report.json", "final", "metrics.jsonl", "precision.json", "report.html"]
+    assert sorted(path.name for path in result.run_dir.iterdir()) == written  # no checkpoints/ without save_every
+    saving = train(quick_config(small_model_dir, pairs_file, tmp_path / "saving", DPO, max_steps=2, save_every=2),
+                   log=lambda *_: None)
+    assert sorted(path.name for path in saving.run_dir.iterdir()) == sorted([*written, "checkpoints"])
+    assert [path.name for path in (saving.run_dir / "checkpoints").iterdir()] == ["step-2"]
+
+
+def test_a_run_needs_training_data_and_warns_of_unbalanced_kto_data(small_model_dir, pairs_file, tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        prepare(quick_config(small_model_dir, "", tmp_path / "none", DPO), log=lambda *_: None)
+    assert str(caught.value) == "data.train: name the training data (a file, or a datasets folder)"
+    unpaired = tmp_path / "unpaired.jsonl"
+    labels = [True, True, True, False]
+    unpaired.write_text("".join(json.dumps({"prompt": "The film is", "completion": f" good {i}.", "label": label})
+                                + "\n" for i, label in enumerate(labels)))
+    said = []
+    prepare(quick_config(small_model_dir, unpaired, tmp_path / "kto", {"name": "kto"}), log=said.append).folder.unlock()
+    assert ("warning: kto with 3 desirable and 1 undesirable examples gives desirable_weight·n_D / "
+            "(undesirable_weight·n_U) = 3.00; the KTO paper recommends 1 to 4/3") in said
 
 
 def terminate_during_calls(monkeypatch, calls_to_stop: set[int]) -> None:
