@@ -429,8 +429,8 @@ def prepare(config: RunConfig, resume: bool = False, log=print, records: list | 
         say(f"resumed from {latest} at step {state.step}")
     resumed_at = state.step if latest is not None else None
     metrics = folder.metrics(resumed_at, say)
-    if config.train.log_with:
-        start_trackers(config, accelerator, metrics, resumed_at)
+    if config.train.log_with:  # a resume without a checkpoint starts over: the stopped run's events go as well
+        start_trackers(config, accelerator, metrics, state.step if resume else None)
     needs = objective.needs
     builder = BatchBuilder(policy, reference, pad_id, device, needs, config.scoring)
     eval_builder = BatchBuilder(policy, eval_reference, pad_id, device, needs, config.scoring)
@@ -701,7 +701,8 @@ def finish(run: Run) -> TrainResult:
 def start_trackers(config: RunConfig, accelerator, metrics, resumed_at: int | None) -> None:
     """The experiment trackers of train.log_with (through accelerate), fed every metrics.jsonl record under the
     same names, the project named after the run folder; TensorBoard's event files go into the run folder's
-    ``tensorboard/RUN/``, and a resumed run first drops the events past its checkpoint (as metrics.jsonl does)."""
+    ``tensorboard/RUN/``, and a resumed run first drops the events past `resumed_at` (as metrics.jsonl drops its
+    lines; 0 for a resume that found no checkpoint)."""
     from alignlab.config import _flat, config_to_dict
 
     flat = {key: value if isinstance(value, int | float | str | bool) else str(value)

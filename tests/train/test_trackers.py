@@ -64,7 +64,15 @@ def test_tensorboard_gets_the_config_and_a_resumed_run_replaces_the_events_past_
     assert [value for _, value in losses] == pytest.approx([row["loss"] for row in logged], rel=1e-6)
     assert "step" not in events.Tags()["scalars"] and "epoch" in events.Tags()["scalars"]
 
+    # a resume that finds no checkpoint starts over: the stopped run's events go too
+    shutil.rmtree(out / "checkpoints")
+    shutil.rmtree(out / "final")
+    train(config, resume=True, log=lambda *_: None)
+    events = EventAccumulator(str(out / "tensorboard" / "run")).Reload()
+    assert [event.step for event in events.Scalars("loss")] == [1, 2, 3, 4]
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
     stored = [yaml.safe_load(path.read_text()) for path in (out / "tensorboard" / "run").glob("*/hparams.yml")]
-    assert len(stored) == 2  # the first run's and the resumed one's
+    assert len(stored) == 3  # the first run's and the two resumed ones
     assert stored[0]["train.lr"] == pytest.approx(1e-3) and stored[0]["objective.name"] == "dpo"
     assert stored[0]["train.log_with"] == "['tensorboard']"
