@@ -277,4 +277,3 @@ def test_records_given_to_train_replace_the_data_file(small_model_dir, pairs_fil
         prepare(quick_config(small_model_dir, pairs_file, tmp_path / "sft", DPO), log=lambda *_: None,
                 records=[SFTExample("Name a colour.", " Blue.", "memory:1")])
     assert str(caught.value) == "objective 'dpo' reads paired data, but the records given is sft data"
-
