@@ -285,7 +285,7 @@ def _load_data(config: RunConfig, objective: objectives.Objective, tokenizer, sa
         stats = TruncationStats(examples=len(examples))
         source = f"{len(examples)} examples in memory"
     elif records is not None:
-        data_format = resolve_format(format_of(records), "the records given", objective.data_formats,
+        data_format = resolve_format(format_of(records), "the list of records given", objective.data_formats,
                                      f"objective '{objective.name}'")
         examples, stats = tokenize_records(records, data_format, tokenizer, *lengths)
         source = f"{len(records)} records in memory"

@@ -1,6 +1,6 @@
 """What a run reports and applies beyond its loss: examples per step, the learning-rate schedule, weight decay per
 parameter group, the reference cache's use, the end-of-run lines, the model card, the weight guard inside a run,
-and the errors for examples given in memory."""
+the files a run folder holds, records and examples given in memory, and `overwrite` reaching online rounds."""
 
 import json
 import re
@@ -276,4 +276,4 @@ def test_records_given_to_train_replace_the_data_file(small_model_dir, pairs_fil
     with pytest.raises(ConfigError) as caught:
         prepare(quick_config(small_model_dir, pairs_file, tmp_path / "sft", DPO), log=lambda *_: None,
                 records=[SFTExample("Name a colour.", " Blue.", "memory:1")])
-    assert str(caught.value) == "objective 'dpo' reads paired data, but the records given is sft data"
+    assert str(caught.value) == "objective 'dpo' reads paired data, but the list of records given is sft data"

@@ -41,8 +41,8 @@ def test_unknown_or_missing_trackers_are_refused(tmp_path, small_model_dir, pair
 def test_tensorboard_gets_the_config_and_a_resumed_run_replaces_the_events_past_its_checkpoint(
         tmp_path, small_model_dir, pairs_file):
     """The flattened config is the run's hyper-parameters (lists as text); a run resumed from step 2 drops the
-    events of the steps after it, so every step has one value, equal to metrics.jsonl's; `step` is the axis, not
-    a scalar."""
+    events of the steps after it, so every step has one value, equal to metrics.jsonl's, and one that finds no
+    checkpoint starts them over; `step` is the axis, not a scalar."""
     import shutil
 
     import yaml
