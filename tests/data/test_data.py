@@ -303,3 +303,15 @@ def test_csv_latin1_huge_cells_and_empty_dataset_folders(tmp_path):
     (tmp_path / "stray" / "notes.txt").write_text("hello")
     with pytest.raises(DataError, match="not one written by datasets' save_to_disk"):
         load_preferences(str(tmp_path / "stray"))
+
+
+def test_collated_rows_are_right_padded_with_their_masks():
+    """Prompt + completion rows, padded on the right; the attention mask covers the real tokens only (the reward
+    model reads each row's last attended token), the completion mask the completion's."""
+    from alignlab.data import collate_sequences
+
+    batch = collate_sequences([[11, 12], [13]], [[14], [15, 16, 17]], pad_id=0)
+    assert batch["input_ids"].tolist() == [[11, 12, 14, 0], [13, 15, 16, 17]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    assert batch["completion_mask"].tolist() == [[0, 0, 1, 0], [0, 1, 1, 1]]
+    assert {tensor.dtype for tensor in batch.values()} == {torch.long}
