@@ -31,7 +31,8 @@ def code_version() -> str:
 
 
 class MetricsLog:
-    """metrics.jsonl, appended as the work goes; on resume, lines past the checkpoint are dropped."""
+    """metrics.jsonl, appended as the work goes; on resume, lines past the step it resumes at are dropped
+    (all of them when it found no checkpoint and starts at 0)."""
 
     def __init__(self, path: Path, resume_step: int | None, say=print, writer: bool = True) -> None:
         self.path, self.writer = path, writer

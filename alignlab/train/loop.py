@@ -427,10 +427,10 @@ def prepare(config: RunConfig, resume: bool = False, log=print, records: list | 
     if latest is not None:
         state = load_checkpoint(latest, model, optimizer, scheduler, synced, objective)
         say(f"resumed from {latest} at step {state.step}")
-    resumed_at = state.step if latest is not None else None
+    resumed_at = state.step if resume else None  # 0 for a resume that found no checkpoint: it starts over
     metrics = folder.metrics(resumed_at, say)
-    if config.train.log_with:  # a resume without a checkpoint starts over: the stopped run's events go as well
-        start_trackers(config, accelerator, metrics, state.step if resume else None)
+    if config.train.log_with:
+        start_trackers(config, accelerator, metrics, resumed_at)
     needs = objective.needs
     builder = BatchBuilder(policy, reference, pad_id, device, needs, config.scoring)
     eval_builder = BatchBuilder(policy, eval_reference, pad_id, device, needs, config.scoring)
