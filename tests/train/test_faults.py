@@ -222,16 +222,38 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_weights(sm
     assert [m["step"] for m in history] == list(range(1, steps + 1))
 
 
-def test_a_destructive_finite_update_is_undone_and_never_ends_as_success(small_model_dir, pairs_file, tmp_path):
-    """lr 1e6 leaves finite but destroyed weights whose next loss or gradient is not finite: each such update is
-    undone with the step after it, the run stops, and the checkpoint it names holds finite weights."""
-    config = quick_config(small_model_dir, pairs_file, tmp_path / "run", DPO, max_steps=12, lr=1e6,
+def overflowing_updates(monkeypatch) -> None:
+    """Every optimizer update leaves finite but destroyed weights: the 1-D weights (the norms' gains) set to the
+    largest finite float, so the next forward pass overflows to inf/NaN on any CPU (IEEE overflow, no rounding)."""
+    original = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        with torch.no_grad():
+            for group in self.param_groups:
+                for parameter in group["params"]:
+                    if parameter.dim() == 1:
+                        parameter.fill_(torch.finfo(parameter.dtype).max)
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+
+
+def test_a_destructive_finite_update_is_undone_and_never_ends_as_success(small_model_dir, pairs_file, tmp_path,
+                                                                        monkeypatch):
+    """An update that leaves finite but destroyed weights (as lr 1e6 does on some CPUs) makes the next loss or
+    gradient non-finite: each such update is undone with the step after it, the run stops, and the checkpoint it
+    names holds finite weights."""
+    overflowing_updates(monkeypatch)
+    config = quick_config(small_model_dir, pairs_file, tmp_path / "run", DPO, max_steps=12,
                           scheduler="constant", warmup_ratio=0.0, save_every=2, max_bad_steps=3)
     with pytest.raises(TrainingDivergedError, match=r"last good weights are in .*step-\d+\. Lower") as caught:
         train(config, log=lambda *_: None)
     assert "precision" not in str(caught.value)  # a CPU already runs in float32
     named = Path(str(caught.value).split("the last good weights are in ")[1].split(". ")[0])
-    assert all(torch.isfinite(v).all() for v in load_file(str(named / "model.safetensors")).values())
+    saved = load_file(str(named / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in saved.values())
+    assert all(v.abs().max() < 1e30 for v in saved.values())  # the destroyed weights were never saved
     assert not (tmp_path / "run" / "final").exists()
 
 
