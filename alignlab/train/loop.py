@@ -581,7 +581,7 @@ def evaluate(builder: BatchBuilder, examples, objective, batch_size: int) -> dic
 def overopt_metrics(run: Run) -> dict[str, float]:
     """The over-optimisation indicators on the first ``train.overopt_prompts`` evaluation prompts (none when 0),
     sampled with their own seeded generator (the training RNG is left alone)."""
-    from alignlab.diagnose.overopt import overopt_indicators
+    from alignlab.evaluate.overopt import overopt_indicators
 
     train = run.config.train
     if not train.overopt_prompts or not run.eval_examples:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from alignlab.diagnose.overopt import overopt_indicators, topk_statistics
+from alignlab.evaluate.overopt import overopt_indicators, topk_statistics
 from tests.conftest import quick_config
 
 
