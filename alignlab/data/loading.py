@@ -19,13 +19,13 @@ import functools
 import gzip
 import io
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from alignlab.errors import DataError
+from alignlab.hub import OFFLINE_VARIABLES, hub_endpoint, hub_reachable, is_hub_id, offline_mode_set, offline_note
 
 SUPPORTED = (".jsonl, .json (or .jsonl.gz, .json.gz), .csv, .parquet, a folder written by datasets' save_to_disk, "
              "or a hub dataset id")
@@ -75,8 +75,6 @@ def as_source(source: Source) -> DataSource:
 def is_hub_dataset_id(name: str) -> bool:
     """Whether `name` should be looked up on the hub: no local file or folder has it, it does not start like a path
     (``.``, ``/``, ``~``) or end like a data file, and it is a valid hub id."""
-    from alignlab.models.loading import is_hub_id
-
     if not name or Path(name).exists() or name.startswith((".", "/", "~")):
         return False
     return not name.lower().endswith(DATA_SUFFIXES) and is_hub_id(name)
@@ -255,11 +253,6 @@ def _saved_dataset(path: Path, split: str = "train") -> Iterator[tuple[str, Any]
     yield from _rows(dataset.to_list())
 
 
-def _offline_mode_set() -> bool:
-    return any(os.environ.get(name, "0").lower() in ("1", "true", "yes")
-               for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
 @contextlib.contextmanager
 def _hub_offline(offline: bool) -> Iterator[None]:
     """Within the block `datasets` searches only its cache when `offline` (the hub did not answer), so that a
@@ -279,15 +272,8 @@ def _hub_offline(offline: bool) -> Iterator[None]:
 
 
 def _hub_not_found(source: DataSource, error: Exception, probed_offline: bool) -> DataError:
-    from alignlab.models.loading import HUB_PROBE_SECONDS, hub_endpoint
-
     first_line = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-    offline = ""
-    if _offline_mode_set():
-        offline = " The machine is offline (HF_HUB_OFFLINE=1), so only the local cache was searched."
-    elif probed_offline:
-        offline = (f" The hub ({hub_endpoint()}) could not be reached within {HUB_PROBE_SECONDS:.0f} s: the machine "
-                   "looks offline, so only the local cache was searched.")
+    offline = offline_note(probed_offline, OFFLINE_VARIABLES)
     return DataError(f"not a local file or folder, and no dataset of that id was found in the Hugging Face cache or "
                      f"on the hub.{offline} ({type(error).__name__}: {first_line})", source=source.path)
 
@@ -298,10 +284,8 @@ def _hub_split(path: str, subset: str | None, split: str):
     as format detection reads a source twice)."""
     import datasets
 
-    from alignlab.models.loading import hub_endpoint, hub_reachable
-
     source = DataSource(path, split, subset)
-    offline = _offline_mode_set() or not hub_reachable(hub_endpoint())
+    offline = offline_mode_set(OFFLINE_VARIABLES) or not hub_reachable(hub_endpoint())
     try:
         with _hub_offline(offline):
             return datasets.load_dataset(path, subset, split=split)

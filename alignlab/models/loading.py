@@ -9,17 +9,13 @@ answer at once instead of after the hub client's retries.
 
 from __future__ import annotations
 
-import functools
-import os
-import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import torch
 
 from alignlab.assets import EMBEDDED_MODEL_DIR, EMBEDDED_MODEL_NAME
 from alignlab.errors import ConfigError, ModelNotFoundError
+from alignlab.hub import hub_endpoint, hub_reachable, is_hub_id, offline_mode_set, offline_note
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -56,52 +52,9 @@ def resolve_model_path(name_or_path: str) -> tuple[str, bool]:
     return name_or_path, False
 
 
-def is_hub_id(name: str) -> bool:
-    """Whether `name` is a valid hub repository id (``name`` or ``owner/name``; dots allowed, as in
-    ``Qwen/Qwen2.5-0.5B``)."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return name.count("/") <= 1
-
-
-HUB_PROBE_SECONDS = 3.0
-
-
-def hub_endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-
-
-@functools.lru_cache(maxsize=4)
-def hub_reachable(endpoint: str, seconds: float = HUB_PROBE_SECONDS) -> bool:
-    """Whether `endpoint` answers an HTTP request (any status) within `seconds`, name lookup included."""
-    answered: list[bool] = []
-
-    def probe() -> None:
-        try:
-            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=seconds).close()
-            answered.append(True)
-        except urllib.error.HTTPError:  # an answer, if not a welcome one
-            answered.append(True)
-        except (OSError, ValueError):
-            answered.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(seconds + 0.5)  # a name lookup may ignore the socket timeout
-    return bool(answered and answered[0])
-
-
-def _offline_mode_set() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-
-
 def _offline() -> bool:
     """True when hub look-ups must not be tried: HF_HUB_OFFLINE is set, or the hub cannot be reached."""
-    return _offline_mode_set() or not hub_reachable(hub_endpoint())
+    return offline_mode_set() or not hub_reachable(hub_endpoint())
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
@@ -211,12 +164,7 @@ def _not_found_message(name: str, what: str, error: Exception, local: bool = Fal
     first_line = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
     if local:
         return f"could not load the {what} of the local folder {name}: {first_line}"
-    offline = ""
-    if _offline_mode_set():
-        offline = " The machine is offline (HF_HUB_OFFLINE=1), so only the local cache was searched."
-    elif _offline():
-        offline = (f" The hub ({hub_endpoint()}) could not be reached within {HUB_PROBE_SECONDS:.0f} s: the machine "
-                   "looks offline, so only the local cache was searched.")
+    offline = offline_note(not offline_mode_set() and _offline())
     return (f"could not load {what} '{name}': it is not a local folder and was not found in the Hugging Face "
             f"cache or on the hub.{offline} ({type(error).__name__}: {str(error).splitlines()[0][:200]})")
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from alignlab.assets import EMBEDDED_MODEL_NAME
 from alignlab.errors import AlignlabError, ConfigError
+from alignlab.hub import is_hub_id
 
 
 def _objectives(config: dict) -> list[dict]:
@@ -24,9 +26,6 @@ def objective_params(objective: dict) -> dict:
 def hub_model(name: str) -> bool:
     """Whether `name` is a hub model id a card may name as ``base_model`` (not a local folder, not the embedded
     model)."""
-    from alignlab.assets import EMBEDDED_MODEL_NAME
-    from alignlab.models.loading import is_hub_id
-
     return name != EMBEDDED_MODEL_NAME and not Path(name).expanduser().exists() and is_hub_id(name)
 
 
@@ -87,8 +86,6 @@ def push(folder: str, repo_id: str, private: bool = False, log=print) -> str:
     if not path.is_dir() or not any((path / name).is_file() for name in ("config.json", "adapter_config.json")):
         raise ConfigError(f"{path} is not a saved model folder (no config.json or adapter_config.json): push a run's "
                           "final/")
-    from alignlab.models.loading import is_hub_id
-
     if repo_id.count("/") != 1 or not is_hub_id(repo_id):
         raise ConfigError(f"repo_id must read OWNER/NAME (letters, digits, -, _, .), got {repo_id!r}")
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):

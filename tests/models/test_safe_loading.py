@@ -75,7 +75,8 @@ def test_hub_ids_with_dots_are_looked_up_in_the_hub_cache(tmp_path, small_model_
     import subprocess
     import sys
 
-    from alignlab.models.loading import is_hub_id, resolve_model_path
+    from alignlab.hub import is_hub_id
+    from alignlab.models.loading import resolve_model_path
 
     for name in ("Qwen/Qwen2.5-0.5B", "meta-llama/Llama-3.2-1B", "acme/tiny.v1.5", "gpt2"):
         assert is_hub_id(name) and resolve_model_path(name) == (name, False)
