@@ -25,8 +25,8 @@ from alignlab.data.formats import parse_preference
 from alignlab.data.tokenize import tokenize_preferences
 from alignlab.demo import self_generated_pairs
 from alignlab.diagnose.ches import pair_ches
-from alignlab.evaluate.frontier import summed_logps
 from alignlab.models.loading import load_model_and_tokenizer
+from alignlab.models.scoring import summed_logps
 from alignlab.rewards import build as build_reward
 from alignlab.run_folder import RunFolder
 from alignlab.train import train

@@ -13,7 +13,6 @@ completion under the decoding policy (for an honest KL estimate).
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
 from collections.abc import Callable
@@ -189,17 +188,3 @@ def get(name: str, **params) -> Callable:
 
 def available() -> list[DecoderSpec]:
     return [_DECODERS[name] for name in sorted(_DECODERS)]
-
-
-@contextlib.contextmanager
-def evaluation_mode(*models):
-    """Models in eval mode, without gradients, for the block; their modes restored after."""
-    modes = [m.training for m in models]
-    try:
-        for m in models:
-            m.eval()
-        with torch.no_grad():
-            yield
-    finally:
-        for m, mode in zip(models, modes, strict=True):
-            m.train(mode)

@@ -22,9 +22,10 @@ import torch
 from torch import nn
 
 from alignlab.data.formats import Text
-from alignlab.decode.base import Samples, context_room, decode_in_batches, evaluation_mode, register
+from alignlab.decode.base import Samples, context_room, decode_in_batches, register
 from alignlab.decode.stream import MODES, TokenStream, decode_tokens, generator_for, pick, special_ids
 from alignlab.errors import ConfigError
+from alignlab.models.scoring import evaluation_mode
 
 
 class PrefixValueHead(nn.Module):

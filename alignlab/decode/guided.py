@@ -14,9 +14,10 @@ from __future__ import annotations
 import torch
 
 from alignlab.data.formats import Text
-from alignlab.decode.base import Samples, context_room, decode_in_batches, evaluation_mode, register
+from alignlab.decode.base import Samples, context_room, decode_in_batches, register
 from alignlab.decode.stream import MODES, TokenStream, decode_tokens, draw, generator_for, greedy, pick, special_ids
 from alignlab.errors import ConfigError
+from alignlab.models.scoring import evaluation_mode
 from alignlab.rewards.programmatic import scores_partial
 
 

@@ -15,9 +15,10 @@ import math
 import torch
 
 from alignlab.data.formats import Text
-from alignlab.decode.base import Samples, context_room, decode_in_batches, evaluation_mode, register
+from alignlab.decode.base import Samples, context_room, decode_in_batches, register
 from alignlab.decode.stream import TokenStream, decode_tokens, draw, generator_for, special_ids, warped_logprobs
 from alignlab.errors import ConfigError
+from alignlab.models.scoring import evaluation_mode
 
 TRANSFORMS = {
     "identity": lambda u, t: u,

@@ -20,8 +20,9 @@ import re
 
 from alignlab.data.formats import Text
 from alignlab.data.tokenize import encode_prompt
-from alignlab.decode.base import Samples, context_room, encode_prompts, evaluation_mode, register
+from alignlab.decode.base import Samples, context_room, encode_prompts, register
 from alignlab.decode.stream import Cost, Timer, TokenStream, decode_tokens, draw, generator_for, greedy, warped_logprobs
+from alignlab.models.scoring import evaluation_mode, summed_logps
 
 URIAL_PREAMBLE = """# Instructions
 
@@ -91,8 +92,6 @@ def urial(model, tokenizer, prompts: list[Text], n: int = 1, *, max_new_tokens: 
     prefix is about 900 tokens: with a shorter context its start is cut (counted in `prompts_truncated`).
     Reports log π(y | URIAL prompt) of the kept tokens (the stop's own probability left out), so the sampled KL is
     taken against the model on the bare prompt."""
-    from alignlab.evaluate.frontier import summed_logps  # the engine's scoring of ids (evaluate imports decode)
-
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     generator = generator_for(seed, next(model.parameters()).device)
     cost = Cost()

@@ -12,8 +12,9 @@ from tqdm import tqdm
 from alignlab.data.collate import pad_rows
 from alignlab.data.formats import Text
 from alignlab.data.tokenize import encode_prompt
-from alignlab.decode.base import Samples, context_room, decode_in_batches, evaluation_mode, register
+from alignlab.decode.base import Samples, context_room, decode_in_batches, register
 from alignlab.decode.stream import TokenStream, decode_tokens, draw, generator_for, special_ids, warped_logprobs
+from alignlab.models.scoring import evaluation_mode
 
 
 def _cut_at_eos(ids: list[int], eos_id: int | None, pad_id: int | None) -> list[int]:

@@ -17,10 +17,11 @@ from __future__ import annotations
 import torch
 
 from alignlab.data.formats import Text
-from alignlab.decode.base import Samples, context_room, decode_in_batches, evaluation_mode, register
+from alignlab.decode.base import Samples, context_room, decode_in_batches, register
 from alignlab.decode.guided import check_partial
 from alignlab.decode.stream import TokenStream, decode_tokens, greedy, special_ids
 from alignlab.errors import ConfigError
+from alignlab.models.scoring import evaluation_mode
 
 
 def _heuristic(stream: TokenStream, tokenizer, prompt: Text, reward) -> torch.Tensor:

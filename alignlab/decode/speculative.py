@@ -18,9 +18,10 @@ from __future__ import annotations
 import torch
 
 from alignlab.data.formats import Text
-from alignlab.decode.base import Samples, context_room, decode_in_batches, evaluation_mode, register
+from alignlab.decode.base import Samples, context_room, decode_in_batches, register
 from alignlab.decode.stream import generator_for, warped_logprobs
 from alignlab.errors import ConfigError
+from alignlab.models.scoring import evaluation_mode
 
 
 def _sample(probs: torch.Tensor, generator: torch.Generator | None) -> int:

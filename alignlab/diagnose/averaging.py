@@ -216,8 +216,7 @@ def held_out_nll(model, tokenizer, texts: Sequence[str], batch_size: int = 16, m
     every token of every text counted once (tokens weigh equally, not texts); each text is scored after the
     end-of-sequence token and its own end-of-sequence token is scored too (`text_examples`). The alignment tax of
     θ is NLL(θ) − NLL(θ_pre)."""
-    from alignlab.decode.base import evaluation_mode
-    from alignlab.models.scoring import score_slots
+    from alignlab.models.scoring import evaluation_mode, score_slots
 
     examples, _ = text_examples(tokenizer, texts, max_length)
     device = next(model.parameters()).device

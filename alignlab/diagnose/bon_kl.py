@@ -7,7 +7,8 @@ base π_ref. The widely used KL = log N − (N − 1)/N is an upper bound, exact
 
     KL̂(ε) = (1−ε)^N·[log N + (N−1)·log(1−ε) − (N−1)/N] + (1 − (1−ε)^N)·log((1 − (1−ε)^N)/ε),
 
-with 0 ≤ KL̂ ≤ bound, KL̂(ε → 0) → bound and KL̂(1) = 0; averaged over draws and prompts.
+with 0 ≤ KL̂ ≤ bound, KL̂(ε → 0) → bound and KL̂(1) = 0; averaged over draws and prompts. The bound and the
+estimator live with best-of-N itself (`alignlab.decode.best_of_n`) and are importable from here too.
 """
 
 from __future__ import annotations
@@ -16,35 +17,10 @@ import math
 
 import torch
 
+from alignlab.decode.best_of_n import kl_bound, kl_estimate, kl_estimate_per_draw
 
-def kl_bound(n: int) -> float:
-    """log N − (N − 1)/N: best-of-N's KL when no two outcomes share a reward, an upper bound otherwise."""
-    if n < 1:
-        raise ValueError(f"best-of-N needs N ≥ 1, got {n}")
-    return math.log(n) - (n - 1) / n
-
-
-def kl_estimate_per_draw(ref_logprobs_of_selected: torch.Tensor, n: int) -> torch.Tensor:
-    """KL̂(ε) per draw `[D]`, from log ε = log π_ref(y_BoN | x) of each selected sample; in log space (log1p,
-    expm1), so ε near 0 and near 1 keep their precision."""
-    kl_bound(n)
-    log_eps = ref_logprobs_of_selected.double().clamp(max=0.0)
-    # log(1 − ε), −inf at ε = 1: log1p(−e^x) for small ε, log(−expm1(x)) near ε = 1 (both exact in their range)
-    log_one_minus = torch.where(log_eps < -math.log(2), torch.log1p(-log_eps.exp()), torch.log(-torch.expm1(log_eps)))
-    log_a = n * log_one_minus  # log (1 − ε)^N
-    a = log_a.exp()
-    first = torch.where(a > 0, a * (math.log(n) + (n - 1) * log_one_minus - (n - 1) / n), torch.zeros_like(a))
-    one_minus_a = -torch.expm1(log_a)
-    second = torch.where(one_minus_a > 0, one_minus_a * (torch.log(one_minus_a) - log_eps), torch.zeros_like(a))
-    return first + second
-
-
-def kl_estimate(ref_logprobs_of_selected: torch.Tensor, n: int) -> float:
-    """Beirami et al.'s best-of-N KL estimate, averaged over the given draws (see the module docstring)."""
-    values = kl_estimate_per_draw(torch.as_tensor(ref_logprobs_of_selected), n)
-    if values.numel() == 0:
-        raise ValueError("kl_estimate needs at least one draw")
-    return values.mean().item()
+__all__ = ["bon_kl_table", "diagnose_bon_kl", "empirical_bon_kl", "kl_bound", "kl_estimate", "kl_estimate_per_draw",
+           "simulated_selections"]
 
 
 def empirical_bon_kl(rewards: torch.Tensor, n: int) -> float:

@@ -16,9 +16,8 @@ from tqdm import tqdm
 
 from alignlab.data.formats import SFTExample, load_fields
 from alignlab.data.tokenize import as_messages, in_chat, tokenize_sft
-from alignlab.decode.base import evaluation_mode
 from alignlab.errors import ConfigError
-from alignlab.models.scoring import DEFAULT_OPTIONS, ScoringOptions, completion_distribution_values
+from alignlab.models.scoring import DEFAULT_OPTIONS, ScoringOptions, completion_distribution_values, evaluation_mode
 from alignlab.report.plots import line_chart
 from alignlab.run_folder import RunFolder
 

@@ -12,22 +12,9 @@ import math
 
 import torch
 
-from alignlab.data.tokenize import TokenizedSFT
+from alignlab.decode.best_of_n import kl_bound
 from alignlab.decode.sampling import Samples
-from alignlab.diagnose.bon_kl import kl_bound
-from alignlab.models.scoring import DEFAULT_OPTIONS, ScoringOptions, score_slots
-
-
-@torch.no_grad()
-def summed_logps(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int,
-                 batch_size: int = 64, options: ScoringOptions = DEFAULT_OPTIONS) -> torch.Tensor:
-    """Summed log-prob `[N]` of each completion (token ids) after its prompt under `model`, scored by the engine
-    as training scores completions."""
-    device = next(model.parameters()).device
-    examples = [TokenizedSFT(prompt, completion) for prompt, completion in zip(prompt_ids, completion_ids, strict=True)]
-    totals = [score_slots(model, examples[start: start + batch_size], pad_id, device, options).logps[0].sum(-1).cpu()
-              for start in range(0, len(examples), batch_size)]
-    return torch.cat(totals) if totals else torch.zeros(0)
+from alignlab.models.scoring import DEFAULT_OPTIONS, ScoringOptions, summed_logps
 
 
 def sample_logps(model, samples: Samples, pad_id: int, batch_size: int = 64,

@@ -325,8 +325,7 @@ class _Answers:
 def answer_logps(model, prompts: list[list[int]], answer_ids: Sequence[int], pad_id: int) -> torch.Tensor:
     """log p(answer | prompt) `[N, k]` (float32) of each one-token answer after each prompt (token ids), all in one
     forward pass of the scoring engine (each prompt computed once, the answers attending to it)."""
-    from alignlab.decode.base import evaluation_mode
-    from alignlab.models.scoring import score_slots
+    from alignlab.models.scoring import evaluation_mode, score_slots
 
     if not prompts:
         return torch.zeros(0, len(answer_ids))

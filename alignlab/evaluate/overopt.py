@@ -21,10 +21,9 @@ from __future__ import annotations
 import torch
 
 from alignlab.data.tokenize import TokenizedSFT
-from alignlab.decode.base import evaluation_mode
 from alignlab.decode.sampling import sample
 from alignlab.errors import ConfigError
-from alignlab.models.scoring import DEFAULT_OPTIONS, ScoringOptions, completion_distribution_values
+from alignlab.models.scoring import DEFAULT_OPTIONS, ScoringOptions, completion_distribution_values, evaluation_mode
 
 
 def topk_statistics(logps: torch.Tensor, k: int) -> torch.Tensor:

@@ -14,6 +14,7 @@ completion), chosen by `ScoringOptions`; the token-level KL path (SparsePO) uses
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from alignlab.data.collate import collate_shared_prefix, collate_slots
+from alignlab.data.tokenize import TokenizedSFT
 from alignlab.models.adapters import reference_context, without_peft_wrapper
 
 DEFAULT_CHUNK_TOKENS = 1024
@@ -272,8 +274,6 @@ def score_slots(model, examples, pad_id: int, device, options: ScoringOptions = 
 
 def score_prompts(model, examples, pad_id: int, device, options: ScoringOptions = DEFAULT_OPTIONS) -> SlotScores:
     """The log-probs of each example's prompt tokens after its first (the first has no context), as one slot."""
-    from alignlab.data.tokenize import TokenizedSFT
-
     return score_slots(model, [TokenizedSFT(e.prompt[:1], e.prompt[1:]) for e in examples], pad_id, device, options)
 
 
@@ -408,3 +408,29 @@ class InsideForward(torch.nn.Module):
 
     def forward(self, fn, *args, **kwargs):
         return fn(self.model, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def evaluation_mode(*models):
+    """Models in eval mode, without gradients, for the block; their modes restored after."""
+    modes = [m.training for m in models]
+    try:
+        for m in models:
+            m.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for m, mode in zip(models, modes, strict=True):
+            m.train(mode)
+
+
+@torch.no_grad()
+def summed_logps(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int,
+                 batch_size: int = 64, options: ScoringOptions = DEFAULT_OPTIONS) -> torch.Tensor:
+    """Summed log-prob `[N]` of each completion (token ids) after its prompt under `model`, scored by the engine
+    as training scores completions."""
+    device = next(model.parameters()).device
+    examples = [TokenizedSFT(prompt, completion) for prompt, completion in zip(prompt_ids, completion_ids, strict=True)]
+    totals = [score_slots(model, examples[start: start + batch_size], pad_id, device, options).logps[0].sum(-1).cpu()
+              for start in range(0, len(examples), batch_size)]
+    return torch.cat(totals) if totals else torch.zeros(0)
