@@ -51,8 +51,10 @@ from alignlab.online.round_data import (
     top_examples,
 )
 from alignlab.run_folder import RunFolder
-from alignlab.train.loop import TrainResult, check_resumed_config, finish, prepare, run_steps
+from alignlab.train.loop import finish, prepare, run_steps
 from alignlab.train.reference import compute_reference_logps
+from alignlab.train.setup import check_resumed_config
+from alignlab.train.state import TrainResult
 
 EVAL_SEED_OFFSET = 999_983
 

@@ -4,7 +4,8 @@ Machines differ: a CPU with native bf16 units (Intel AMX, AVX512-BF16) multiplie
 faster than float32, one without them hundreds of times slower. So on a CPU `auto` runs a short matmul probe in
 each dtype (once per machine, cached) and takes bf16 only when it is at least `BF16_MIN_SPEEDUP` times faster;
 on a GPU it takes bf16 when the GPU supports it. The choice, the measured rates and the reason are printed once
-and recorded in the run folder (``precision.json``); a resumed run keeps its recorded choice.
+and recorded in the run folder (``precision.json``); a resumed run keeps its recorded choice. A run's choice
+(`choose_precision`) is made on the main process and sent to the others (`agreed_precision`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
+from alignlab.config import RunConfig
+from alignlab.errors import ConfigError
 
 BF16_MIN_SPEEDUP = 1.5
 """bf16 autocast is chosen on a CPU only when its measured matmul rate is at least this many times float32's."""
@@ -134,8 +138,6 @@ def resolve_precision(requested: str, device: torch.device, probe=cpu_rates) -> 
     forced = os.environ.get(FORCE_VARIABLE, "").strip()
     if forced:
         if forced not in ("fp32", "bf16"):
-            from alignlab.errors import ConfigError
-
             raise ConfigError(f"${FORCE_VARIABLE} must be fp32 or bf16, got {forced!r}")
         return PrecisionChoice(forced, requested, f"${FORCE_VARIABLE}={forced}")
     if device.type == "cuda":
@@ -153,3 +155,49 @@ def recorded_choice(run_dir: Path) -> PrecisionChoice | None:
         return PrecisionChoice(data["precision"], data["requested"], data["reason"], data.get("rates"))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def release_other_precision(mixed_precision: str) -> None:
+    """accelerate keeps one mixed-precision setting per process: a later run in the same process (a notebook, a
+    script training twice) with another precision clears it first (the process group itself is kept)."""
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, mixed_precision):
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+
+def agreed_precision(choose, log) -> PrecisionChoice:
+    """`choose(say)` on the main process only, its answer sent to the others: every process of a distributed run
+    trains in the same precision (and only one runs the probe)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return choose(log)
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # the process group
+    box = [choose(log) if state.is_main_process else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def choose_precision(config: RunConfig, resume: bool, say) -> PrecisionChoice:
+    """`train.precision` for this run: as configured, or (``auto``) measured for this machine
+    (`alignlab.train.precision`); a resumed run keeps the choice its folder recorded, so its steps stay the same."""
+    recorded = recorded_choice(Path(config.out_dir)) if resume else None
+    if recorded is not None and recorded.requested == config.train.precision:
+        if recorded.requested == "auto":
+            say(f"precision: {recorded.precision}, as the run recorded ({recorded.reason})")
+        return recorded
+    gpu = torch.cuda.is_available()
+    earlier = (Path(config.out_dir) / "config.yaml").is_file()
+    if resume and recorded is None and config.train.precision == "auto" and earlier:
+        # a run from before `auto` measured: its steps ran under the old rule, and keep doing so
+        legacy = "bf16" if gpu and torch.cuda.is_bf16_supported() else "fp32"
+        say(f"precision: {legacy}, as runs began before auto measured (float32 on a CPU, bf16 on a GPU with it)")
+        return PrecisionChoice(legacy, "auto", "the rule of the run's first steps (no precision.json)")
+    device = torch.device("cuda" if gpu else "cpu")
+    choice = resolve_precision(config.train.precision, device)
+    if choice.requested == "auto":
+        say(f"precision: auto → {choice.precision} ({choice.reason})")
+    return choice

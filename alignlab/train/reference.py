@@ -2,6 +2,7 @@
 
 `CachedReference` holds log-probs computed once, cached on disk and reused by later runs on the same
 inputs; `ModelReference` scores a frozen model at every step (and TR-DPO moves it toward the policy).
+`references` chooses between them for a run (``reference.mode``).
 
 The cache key is a fingerprint of everything the numbers depend on: the token ids of every
 example after truncation (so the data, the tokenizer, the chat template and the truncation
@@ -21,8 +22,9 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from alignlab.config import RunConfig
 from alignlab.errors import ConfigError
-from alignlab.models.adapters import reference_context
+from alignlab.models.adapters import frozen_copy_or_self, has_adapters, reference_context
 from alignlab.models.scoring import DEFAULT_OPTIONS, ScoringOptions, score_slots
 
 SCORING_VERSION = "3"
@@ -212,3 +214,31 @@ def mix_into_reference(reference: torch.nn.Module, policy: torch.nn.Module, alph
 
 
 Reference = CachedReference | ModelReference
+
+
+def _make_reference(config: RunConfig, model, examples: list, pad_id: int, device, say,
+                    precision: str = "fp32") -> Reference:
+    """The reference of `examples`: log-probs precomputed from `model` (the policy as loaded, before any step,
+    unless another reference model is given) and cached, or a frozen copy of it (``reference.mode: model``; with
+    adapters, the model itself with them disabled)."""
+    if config.reference.mode == "model":
+        return ModelReference(frozen_copy_or_self(model, has_adapters(model)), pad_id, device, config.scoring)
+    with reference_context(model):  # a model with adapters is scored as its base model
+        cached, path, hit = cached_reference_logps(model, examples, pad_id, config.train.batch_size * 2, device,
+                                                   config.reference.cache_dir, config.train.progress, config.scoring,
+                                                   say, precision)
+    say(f"reference log-probs {'read from' if hit else 'computed and cached in'} {path}")
+    return CachedReference(cached)
+
+
+def references(config: RunConfig, accelerator, objective, scorer, examples: list, eval_examples: list, pad_id: int,
+               say, precision: str = "fp32") -> tuple[Reference | None, Reference | None]:
+    """The references of the training and evaluation examples from `scorer` (None when the objective needs none);
+    the main process computes and caches them first, the others read the cache."""
+    if not objective.needs_reference:
+        return None, None
+    with accelerator.main_process_first():
+        reference = _make_reference(config, scorer, examples, pad_id, accelerator.device, say, precision)
+        evaluation = (_make_reference(config, scorer, eval_examples, pad_id, accelerator.device, say, precision)
+                      if eval_examples else None)
+    return reference, evaluation

@@ -313,15 +313,15 @@ def test_sigterm_outside_the_steps_is_one_clear_line(small_model_dir, pairs_file
     import signal
 
     from alignlab.cli import main
-    from alignlab.train import loop
+    from alignlab.train import setup
 
-    original = loop.load_tokenizer
+    original = setup.load_tokenizer
 
     def terminated_while_starting(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "load_tokenizer", terminated_while_starting)
+    monkeypatch.setattr(setup, "load_tokenizer", terminated_while_starting)
     config = tmp_path / "config.yaml"
     write_config(quick_config(small_model_dir, pairs_file, tmp_path / "run", DPO, max_steps=2), config)
     before = signal.getsignal(signal.SIGTERM)
@@ -332,7 +332,7 @@ def test_sigterm_outside_the_steps_is_one_clear_line(small_model_dir, pairs_file
 
 def test_full_disk_and_unwritable_checkpoints_are_said(small_model_dir, pairs_file, tmp_path, monkeypatch):
     from alignlab.train import checkpoint
-    from alignlab.train.loop import check_writable
+    from alignlab.train.setup import check_writable
 
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(ConfigError, match="checkpoints cannot be written"):

@@ -14,8 +14,9 @@ from safetensors.torch import load_file
 from alignlab import ConfigError, DataError, TrainingDivergedError
 from alignlab.data import TokenizedPair, TokenizedRollout, TokenizedSFT
 from alignlab.train import train
-from alignlab.train.loop import divergence_advice, prepare
+from alignlab.train.loop import prepare
 from alignlab.train.precision import PrecisionChoice
+from alignlab.train.step import divergence_advice
 from tests.conftest import quick_config, run_history
 from tests.online.test_online import online_config
 from tests.train.test_faults import breaking_updates, poison_steps
@@ -75,7 +76,7 @@ def test_a_model_card_that_fails_is_said_and_the_weights_stay(small_model_dir, p
     def failing_card(run, final_dir):
         raise RuntimeError("no card today")
 
-    monkeypatch.setattr("alignlab.train.loop.write_model_card", failing_card)
+    monkeypatch.setattr("alignlab.train.outputs.write_model_card", failing_card)
     said = []
     result = train(quick_config(small_model_dir, pairs_file, tmp_path / "run", DPO, max_steps=1), log=said.append)
     assert "final/README.md could not be written (RuntimeError: no card today)" in said

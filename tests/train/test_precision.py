@@ -121,8 +121,7 @@ def test_processes_of_a_distributed_run_take_the_main_processs_choice(monkeypatc
     import accelerate
     import torch.distributed as dist
 
-    from alignlab.train.loop import agreed_precision
-    from alignlab.train.precision import PrecisionChoice
+    from alignlab.train.precision import PrecisionChoice, agreed_precision
 
     main_choice = PrecisionChoice("bf16", "auto", "measured on the main process")
     broadcasts, chosen = [], []
@@ -152,7 +151,7 @@ def test_only_a_resumed_auto_run_without_a_record_follows_the_old_rule(tmp_path,
     """The rule of runs begun before `auto` measured (float32 on a CPU) applies to exactly one case: `--resume` of
     an `auto` run whose folder holds a config.yaml but no precision.json. A new run over such a folder
     (`--overwrite`) and an explicitly configured precision are chosen as usual."""
-    from alignlab.train.loop import choose_precision
+    from alignlab.train.precision import choose_precision
 
     monkeypatch.setenv(precision.FORCE_VARIABLE, "bf16")  # what auto measures now
     out = tmp_path / "run"
