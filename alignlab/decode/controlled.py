@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from alignlab.data.formats import Text
+from alignlab.data.prompts import PromptsConfig, read_prompts
 from alignlab.decode.base import Samples, context_room, decode_in_batches, register
 from alignlab.decode.stream import MODES, TokenStream, decode_tokens, generator_for, pick, special_ids
 from alignlab.errors import ConfigError
@@ -130,8 +131,6 @@ def controlled(model, tokenizer, prompts: list[Text], n: int = 1, *, reward, val
     else:
         train_prompts = prompts
         if value_prompts is not None:
-            from alignlab.decode.run import PromptsConfig, read_prompts
-
             train_prompts = read_prompts(PromptsConfig(path=value_prompts))
         head, fit = fit_value_head(model, tokenizer, train_prompts, reward, value_samples, max_new_tokens,
                                    value_epochs, seed=0 if seed is None else seed + 7)

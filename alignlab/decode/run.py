@@ -20,24 +20,13 @@ import yaml
 
 from alignlab import decode, rewards
 from alignlab.config import ModelConfig, build_dataclass, load_yaml
-from alignlab.data.formats import RecordChecker, Text
-from alignlab.data.loading import read_records
-from alignlab.errors import ConfigError, DataError
+from alignlab.data.prompts import PromptsConfig, read_prompts
+from alignlab.errors import ConfigError
 from alignlab.evaluate.frontier import plot_frontier, sample_logps
 from alignlab.run_folder import RunFolder
 
 COMMON = ("n", "seed", "progress", "max_new_tokens")
 """Settings of the config that every method gets unless its entry sets them."""
-
-
-@dataclass
-class PromptsConfig:
-    path: str = ""
-    """Any supported data file (.jsonl, .json, .csv, .parquet, a `datasets` folder) whose records have `field`."""
-    field: str = "prompt"
-    """The prompt: a string, or a list of chat messages (rendered with the model's chat template)."""
-    limit: int | None = None
-    """Use only the first `limit` prompts."""
 
 
 @dataclass
@@ -103,20 +92,6 @@ def decode_config(data: dict) -> DecodeConfig:
     if any("draft" in decode.spec(m.name).models for m in config.methods) and config.draft is None:
         raise ConfigError("a method needs a draft model: set draft.path")
     return config
-
-
-def read_prompts(config: PromptsConfig) -> list[Text]:
-    """The prompts of `config.path`; a record without the field stops with a located DataError."""
-    prompts = []
-    for location, record in read_records(config.path):
-        check = RecordChecker(config.path, location)
-        record = check.record(record, config.field)
-        prompts.append(check.text(check.required(record, config.field), config.field, allow_empty=True))
-        if config.limit and len(prompts) >= config.limit:
-            break
-    if not prompts:
-        raise DataError("no prompts", source=config.path)
-    return prompts
 
 
 def method_arguments(config: DecodeConfig, method: MethodConfig, reward, models: dict) -> dict:

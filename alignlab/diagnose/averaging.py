@@ -37,6 +37,7 @@ import torch
 
 from alignlab.data.formats import RecordChecker
 from alignlab.data.loading import read_records
+from alignlab.data.prompts import PromptsConfig, read_prompts
 from alignlab.errors import ConfigError, DataError
 from alignlab.report.html import write_report_safely
 from alignlab.run_folder import RunFolder
@@ -427,7 +428,6 @@ def diagnose_average(pre: str, aligned: str, out: str, prompts: str, general_tex
     from tqdm import tqdm
 
     from alignlab import rewards
-    from alignlab.decode.run import PromptsConfig, read_prompts
 
     _check_settings(blocks, tax_budget, lam, max_new_tokens, batch_size, max_length)
     settings = sweep_settings(alphas, block_alphas, blocks)

@@ -37,8 +37,8 @@ import yaml
 from alignlab import decode, rewards
 from alignlab.config import RunConfig
 from alignlab.data.formats import Text
+from alignlab.data.prompts import PromptsConfig, read_prompts
 from alignlab.data.tokenize import TokenizedSFT, truncate
-from alignlab.decode.run import PromptsConfig, read_prompts
 from alignlab.errors import AlignlabError, ConfigError
 from alignlab.files import write_text_atomic
 from alignlab.models.loading import load_model, load_tokenizer
