@@ -10,11 +10,14 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
+
 import alignlab
+from alignlab.config import save_config
 from alignlab.errors import ConfigError
 
 LOCK = "run.lock"
@@ -110,16 +113,15 @@ class RunFolder:
         return self
 
     @contextmanager
-    def writing(self, overwrite: bool = False, report: bool = True) -> Iterator[RunFolder]:
+    def writing(self, overwrite: bool = False, on_success: Callable[[Path], object] | None = None
+                ) -> Iterator[RunFolder]:
         """`create` for the block (after the checks), the lock given back when it ends, however it ends; when the
-        block succeeds, the folder's ``report.html`` (`report`)."""
+        block succeeds, `on_success(path)` (a command passes the report page's writer)."""
         self.create(overwrite)
         try:
             yield self
-            if report and self.writer:
-                from alignlab.report.html import write_report_safely
-
-                write_report_safely(self.path, print)
+            if on_success is not None and self.writer:
+                on_success(self.path)
         finally:
             self.unlock()
 
@@ -157,15 +159,11 @@ class RunFolder:
 
     def write_config(self, config, name: str = "config.yaml") -> None:
         """The run's config as YAML that `alignlab.config.load_config` reads back, headed by the code version."""
-        from alignlab.config import save_config
-
         if self.writer:
             save_config(config, self.file(name), header=code_version())
 
     def write_yaml(self, name: str, data: dict) -> None:
         """Plain data as YAML, headed by the code version (for configs other than training's)."""
-        import yaml
-
         if self.writer:
             self.file(name).write_text(f"# {code_version()}\n" + yaml.safe_dump(data, sort_keys=False))
 

@@ -53,9 +53,9 @@ def test_objectives_listing(capsys):
 def test_every_example_config_is_valid():
     import yaml
 
+    from alignlab.commands.decode import load_decode_config
+    from alignlab.commands.label import load_label_config
     from alignlab.config import load_config
-    from alignlab.decode.run import load_decode_config
-    from alignlab.online.label import load_label_config
 
     configs = sorted((ROOT / "examples").glob("*.yaml"))
     assert len(configs) >= 5

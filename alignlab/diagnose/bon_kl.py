@@ -18,6 +18,7 @@ import math
 import torch
 
 from alignlab.decode.best_of_n import kl_bound, kl_estimate, kl_estimate_per_draw
+from alignlab.report.html import write_report_safely
 
 __all__ = ["bon_kl_table", "diagnose_bon_kl", "empirical_bon_kl", "kl_bound", "kl_estimate", "kl_estimate_per_draw",
            "simulated_selections"]
@@ -101,7 +102,7 @@ def diagnose_bon_kl(data: str, out: str, ns: list[int], prompt_field: str = "pro
     groups = [(torch.tensor([v[0] for v in rows], dtype=torch.float64),
                torch.tensor([v[1] for v in rows], dtype=torch.float64) if logp_field else None)
               for rows in by_prompt.values()]
-    with folder.writing(overwrite):
+    with folder.writing(overwrite, on_success=write_report_safely):
         table = bon_kl_table(groups, sorted(set(ns)), draws, seed)
         samples = [len(g[0]) for g in groups]
         result = {"data": str(data), "method": method, "prompts": len(groups), "samples_per_prompt_min": min(samples),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from alignlab.errors import ConfigError
 from alignlab.evaluate.overopt import overopt_indicators
+from alignlab.report.html import write_report_safely
 
 
 def run_models(run_dir: Path) -> list[tuple[int, str, Path | None]]:
@@ -84,7 +85,7 @@ def diagnose_overopt(run_dir: str, out: str, prompts: str | None = None, prompt_
     prompt_ids = [encode_prompt(tokenizer, r.values[prompt_field]) for r in records]
     start = {k: v.clone() for k, v in model.state_dict().items()}
     rows = []
-    with folder.writing(overwrite):
+    with folder.writing(overwrite, on_success=write_report_safely):
         for step, label, weights in tqdm(models, desc="checkpoints", unit="model", disable=not progress):
             if weights is None:
                 model.load_state_dict(start)

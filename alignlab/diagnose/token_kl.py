@@ -18,6 +18,7 @@ from alignlab.data.formats import SFTExample, load_fields
 from alignlab.data.tokenize import as_messages, in_chat, tokenize_sft
 from alignlab.errors import ConfigError
 from alignlab.models.scoring import DEFAULT_OPTIONS, ScoringOptions, completion_distribution_values, evaluation_mode
+from alignlab.report.html import write_report_safely
 from alignlab.report.plots import line_chart
 from alignlab.run_folder import RunFolder
 
@@ -99,7 +100,7 @@ def diagnose_token_kl(data: str, model_path: str, base_path: str, out: str, prom
     examples = [SFTExample(as_messages(r.values[prompt_field], "user") if chat else r.values[prompt_field],
                            r.values[response_field], r.where) for r in records]
     tokenized, stats = tokenize_sft(examples, tokenizer, max_length, max_prompt_length)
-    with folder.writing(overwrite):
+    with folder.writing(overwrite, on_success=write_report_safely):
         means, counts = token_kl_by_position(model, base, tokenized, tokenizer.pad_token_id, positions, batch_size,
                                              progress=progress)
         reached = int((counts > 0).sum())

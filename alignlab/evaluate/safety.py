@@ -29,6 +29,7 @@ from alignlab.data.formats import FieldRecord, Text, load_fields
 from alignlab.data.tokenize import encode_prompt, in_chat
 from alignlab.decode.sampling import sample
 from alignlab.errors import ConfigError, DataError
+from alignlab.report.html import write_report_safely
 from alignlab.report.plots import bar_chart, line_chart
 from alignlab.rewards.programmatic import RefusalPhrases, read_phrases
 from alignlab.run_folder import RunFolder
@@ -215,7 +216,7 @@ def evaluate_prefill(data: str, model_path: str, out: str, prompt_field: str = "
         raise ConfigError(f"the longest prompt with {max(prefill_tokens)} prefilled tokens has {longest} tokens, and "
                           f"{max_new_tokens} new tokens do not fit beside it in the model's context of {context}; "
                           f"give --max-new-tokens {max(1, context - longest)} or less")
-    with folder.writing(overwrite):
+    with folder.writing(overwrite, on_success=write_report_safely):
         per_k, rows = prefill_attack(model, tokenizer, pairs, judging, prefill_tokens, n, max_new_tokens, chat,
                                      seed, batch_size, progress)
         folder.write_jsonl("samples.jsonl", rows)
@@ -305,7 +306,7 @@ def evaluate_decoding_attack(data: str, model_path: str, out: str, prompt_field:
     asked = [as_prompt(p, system_prompt, chat) for p in prompts]
     check_prompts_render(tokenizer, asked)
     cut = prompts_cut(model, tokenizer, asked, max_new_tokens)
-    with folder.writing(overwrite):
+    with folder.writing(overwrite, on_success=write_report_safely):
         entries, broken, rows = decoding_attack(model, tokenizer, prompts, judging, configurations, system_prompt,
                                                 chat, n, max_new_tokens, seed, batch_size, progress)
         folder.write_jsonl("samples.jsonl", rows)
@@ -392,7 +393,7 @@ def evaluate_refusal(data: str, model_path: str, out: str, prompt_field: str = "
     prompts = [as_prompt(r.values[prompt_field], None, chat) for r in records]
     check_prompts_render(tokenizer, prompts)
     cut = prompts_cut(model, tokenizer, prompts, max_new_tokens)
-    with folder.writing(overwrite):
+    with folder.writing(overwrite, on_success=write_report_safely):
         samples = sample(model, tokenizer, prompts, 1, max_new_tokens=max_new_tokens, top_k=1, batch_size=batch_size,
                          progress=progress)
         refused = [detector.refuses(text) for text in samples.completions]

@@ -134,7 +134,7 @@ def compare(run_dirs: list[str], out: str, overwrite: bool = False, log=print) -
     target.check_usable(resume=False, overwrite=overwrite)
     runs = [run_facts(folder) for folder in folders]
     rows = table_rows(runs)
-    with target.writing(overwrite, report=False):
+    with target.writing(overwrite):
         target.write_json("compare.json", {"runs": [{k: v for k, v in r.items() if k != "metrics"} for r in runs],
                                            "table": rows})
         target.file("compare.html").write_text(render(runs, rows), encoding="utf-8")

@@ -363,7 +363,7 @@ def write_report(run_dir: str | Path) -> Path:
     return path
 
 
-def write_report_safely(folder: Path, say) -> str:
+def write_report_safely(folder: Path, say=print) -> str:
     """``report.html`` of a finished run (", report in …"); a report that fails is said, never fails the run."""
     try:
         return f", report in {write_report(folder)}"

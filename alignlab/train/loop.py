@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from alignlab.config import RunConfig
 from alignlab.distributed import any_process
+from alignlab.errors import ConfigError
 from alignlab.train.evaluation import evaluate, overopt_metrics, warn_displacement
 from alignlab.train.guard import WeightGuard
 from alignlab.train.outputs import checkpoint, end_trackers, save_final
@@ -146,12 +147,12 @@ def finish(run: Run) -> TrainResult:
 def train(config: RunConfig, resume: bool = False, log=print, records: list | None = None,
           overwrite: bool = False) -> TrainResult:
     """Train `config.model` with `config.objective` on `config.data` (or on `records`); everything lands in
-    `config.out_dir` (new or empty; `resume` continues the run there, `overwrite` clears it first). A config with
-    an online section runs its rounds (`alignlab.online.run_online`)."""
+    `config.out_dir` (new or empty; `resume` continues the run there, `overwrite` clears it first). One run: the
+    on-policy rounds of a config with an online section are driven from above (`alignlab.online.run_online`, or
+    `alignlab train`, which chooses)."""
     if config.online is not None and records is None:
-        from alignlab.online import run_online
-
-        return run_online(config, resume, log, overwrite)
+        raise ConfigError("this config has an online section: run its rounds with alignlab.online.run_online (the "
+                          "`alignlab train` command chooses for you)")
     run = prepare(config, resume, log, records, overwrite)
     try:
         if run_steps(run):

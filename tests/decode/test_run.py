@@ -5,7 +5,7 @@ import yaml
 
 from alignlab import ConfigError, DataError, ModelNotFoundError
 from alignlab.cli import main
-from alignlab.decode.run import decode_config, run_decode
+from alignlab.commands.decode import decode_config, run_decode
 
 
 @pytest.fixture

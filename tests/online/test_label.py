@@ -7,8 +7,8 @@ import torch
 
 from alignlab import ConfigError, DataError, rewards
 from alignlab.cli import main
+from alignlab.commands.label import label, load_label_config
 from alignlab.data.formats import load_preferences, load_scored
-from alignlab.online.label import label, load_label_config
 
 
 def write(path, rows):

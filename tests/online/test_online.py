@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from alignlab import ConfigError, rewards
+from alignlab.commands.train import train_or_rounds as train  # `alignlab train`: an online config runs its rounds
 from alignlab.config import config_from_dict, save_config
 from alignlab.data.tokenize import TokenizedSFT
 from alignlab.online.round_data import (
@@ -24,7 +25,6 @@ from alignlab.online.round_data import (
     top_examples,
 )
 from alignlab.online.rounds import round_prompts, safe_rewards
-from alignlab.train import train
 from tests.train.test_faults import training_command
 
 NAN = math.nan

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from alignlab import ConfigError, DataError, TrainingDivergedError
+from alignlab.commands.train import train_or_rounds
 from alignlab.data import TokenizedPair, TokenizedRollout, TokenizedSFT
 from alignlab.train import train
 from alignlab.train.loop import prepare
@@ -250,17 +251,18 @@ def test_the_policy_is_loaded_in_model_dtype(small_model_dir, pairs_file, tmp_pa
 
 
 def test_train_hands_an_online_config_to_the_rounds_with_overwrite(small_model_dir, tmp_path):
-    """`train(config, overwrite=True)` with an online section clears an earlier run's folder like an offline run
-    does, and only after every check: an empty prompts file stops it with the earlier files still there."""
+    """`alignlab train` (`train_or_rounds(config, overwrite=True)`) with an online section clears an earlier run's
+    folder like an offline run does, and only after every check: an empty prompts file stops it with the earlier files
+    still there."""
     out = tmp_path / "run"
     out.mkdir()
     (out / "metrics.jsonl").write_text("earlier\n")
     (tmp_path / "prompts.jsonl").write_text("")
     config = online_config(small_model_dir, tmp_path / "prompts.jsonl", out, rounds=1)
     with pytest.raises(ConfigError, match="already holds the results of an earlier run"):
-        train(config, log=lambda *_: None)
+        train_or_rounds(config, log=lambda *_: None)
     with pytest.raises(DataError, match="no prompts"):
-        train(config, log=lambda *_: None, overwrite=True)
+        train_or_rounds(config, log=lambda *_: None, overwrite=True)
     assert (out / "metrics.jsonl").read_text() == "earlier\n"
 
 

@@ -12,19 +12,22 @@ within `min_gap`, write nothing. All of these are counted and reported.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignlab import rewards
+from alignlab import decode, rewards
+from alignlab.commands.options import add_quiet_option, add_set_option
 from alignlab.config import ModelConfig, build_dataclass, load_yaml
 from alignlab.data.formats import RecordChecker, Text
 from alignlab.data.loading import read_records
 from alignlab.decode.base import check_ranges
 from alignlab.errors import ConfigError, DataError
 from alignlab.files import write_text_atomic
+from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.online.rounds import safe_rewards
 from alignlab.registries import did_you_mean
 
@@ -107,9 +110,6 @@ def label(config: LabelConfig, source: str, target: str, log=print) -> dict:
     to_sample = [i for i, (_, _, given) in enumerate(records) if given is None]
     completions = [given for _, _, given in records]
     if to_sample:
-        from alignlab import decode
-        from alignlab.models.loading import load_model, load_tokenizer
-
         tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
         dtype = "float32" if config.model.dtype == "auto" else config.model.dtype
         model = load_model(config.model.path, dtype, config.model.trust_remote_code)
@@ -160,3 +160,20 @@ def _labelled(prompt: Text, scored: list[tuple[str, float]], config: LabelConfig
         return None
     return {"prompt": prompt, "chosen": scored[best][0], "rejected": scored[worst][0],
             "chosen_reward": round(scored[best][1], 6), "rejected_reward": round(scored[worst][1], 6)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reward", required=True, metavar="CONFIG",
+                        help="YAML config (reward, model, samples, output: scored|paired, ...; see "
+                        "examples/label.yaml) or just a reward name")
+    parser.add_argument("input", help="records with a prompt, and completions/completion or nothing")
+    parser.add_argument("output", help="the JSONL file to write")
+    add_set_option(parser, "output=paired")
+    add_quiet_option(parser)
+
+
+def run(args: argparse.Namespace) -> None:
+    config = load_label_config(args.reward, args.set)
+    if args.quiet:
+        config.progress = False
+    label(config, args.input, args.output)

@@ -9,6 +9,7 @@ written as soon as it finishes, so a killed run resumes (``--resume``) with the 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import inspect
 import json
@@ -19,10 +20,13 @@ import torch
 import yaml
 
 from alignlab import decode, rewards
+from alignlab.commands.options import add_quiet_option, add_set_option
 from alignlab.config import ModelConfig, build_dataclass, load_yaml
 from alignlab.data.prompts import PromptsConfig, read_prompts
 from alignlab.errors import ConfigError
 from alignlab.evaluate.frontier import plot_frontier, sample_logps
+from alignlab.models.loading import load_model, load_tokenizer
+from alignlab.report.html import write_report_safely
 from alignlab.run_folder import RunFolder
 
 COMMON = ("n", "seed", "progress", "max_new_tokens")
@@ -143,8 +147,6 @@ def check_resumed_decoding(config: DecodeConfig, saved: dict) -> None:
 
 def run_decode(config: DecodeConfig, resume: bool = False, log=print, overwrite: bool = False) -> dict:
     """Decode `config.prompts` with every method; write samples, a summary and the frontier to `config.out_dir`."""
-    from alignlab.models.loading import load_model, load_tokenizer
-
     folder = RunFolder(config.out_dir)
     folder.check_usable(resume, overwrite)
     if resume and folder.file("config.yaml").is_file():
@@ -212,9 +214,7 @@ def write_outputs(folder: RunFolder, config: DecodeConfig, done: dict) -> dict:
     folder.write_json("summary.json", summary)
     points = {f"{label} ({done[label]['kl_kind']})": done[label] for label in labels}
     plot_frontier(points, {}, folder.file("frontier.png"), f"Decoding methods on {config.model.path}")
-    from alignlab.report.html import write_report_safely
-
-    write_report_safely(folder.path, print)
+    write_report_safely(folder.path)
     return summary
 
 
@@ -227,3 +227,32 @@ def as_dict(config: DecodeConfig) -> dict:
 
 def load_decode_config(path: str | None, overrides: list[str] | None = None) -> DecodeConfig:
     return decode_config(load_yaml(path, overrides))
+
+
+def format_decode_table(summary: dict) -> str:
+    lines = [f"{'method':<20} {'reward':>8} {'KL (nats)':>10} {'kind':<9} {'tokens/s':>9}"]
+    for point in summary["methods"]:
+        bound = f" (bound {point['kl_bound']:.3f})" if "kl_bound" in point else ""
+        rate = point["cost"]["tokens_per_s"] or 0
+        lines.append(f"{point['label']:<20} {point['reward']:>8.3f} {point['kl']:>10.3f} {point['kl_kind']:<9} "
+                     f"{rate:>9.0f}{bound}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config (see examples/decode.yaml)")
+    add_set_option(parser, "n=8")
+    parser.add_argument("--out", help="output folder (overrides out_dir)")
+    parser.add_argument("--resume", action="store_true", help="keep the methods an earlier run finished")
+    parser.add_argument("--overwrite", action="store_true", help="clear the output folder first")
+    add_quiet_option(parser)
+
+
+def run(args: argparse.Namespace) -> None:
+    config = load_decode_config(args.config, args.set)
+    if args.out:
+        config.out_dir = args.out
+    if args.quiet:
+        config.progress = False
+    summary = run_decode(config, resume=args.resume, overwrite=args.overwrite)
+    print(format_decode_table(summary))

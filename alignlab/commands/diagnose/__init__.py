@@ -1,0 +1,1 @@
+"""`alignlab diagnose …`: one module per diagnostic."""

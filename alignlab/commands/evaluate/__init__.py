@@ -1,0 +1,1 @@
+"""`alignlab evaluate …`: one module per evaluation."""
