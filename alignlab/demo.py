@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from alignlab import decode
 from alignlab.assets import EMBEDDED_MODEL_NAME
 from alignlab.assets.corpus import review_prompts
 from alignlab.config import DataConfig, ModelConfig, ObjectiveConfig, ReferenceConfig, RunConfig, TrainConfig
@@ -35,6 +36,7 @@ from alignlab.evaluate.frontier import (
     sampled_kl,
 )
 from alignlab.models.loading import load_model_and_tokenizer
+from alignlab.report.html import write_report_safely
 from alignlab.rewards import build as build_reward
 from alignlab.run_folder import RunFolder
 from alignlab.train.loop import train
@@ -125,8 +127,6 @@ def decoding_points(reference, tokenizer, reward, prompts: list[str], max_new_to
                     progress: bool) -> tuple[dict, list[dict]]:
     """Step 6: decoding-time alignment on the same prompts — best-of-N through the shared prompt cache (KL: Beirami
     et al.'s estimate beside the bound) and stochastic ARGS (KL: sampled from its reported log-probs)."""
-    from alignlab import decode
-
     points, rows = {}, []
     runs = [(f"best-of-{n} (decoded)", "best_of_n", {"candidates": n, "reward": reward}) for n in DECODED_BEST_OF_N]
     runs.append(("ARGS (stochastic, w=2)", "args", {"reward": reward, "weight": 2.0, "mode": "stochastic"}))
@@ -202,7 +202,6 @@ def run_demo(
     plot_frontier({"reference": summary["reference"], "DPO": summary["dpo"], **decoded},
                   {n: summary["best_of_n"][str(n)] for n in BEST_OF_N}, out / "frontier.png",
                   "Controlled sentiment on the embedded model")
-    from alignlab.report.html import write_report_safely
 
     reported = write_report_safely(out, log)
     folder.unlock()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from alignlab.data.formats import NegativeExample, PreferenceExample, SFTExample, Text, UnpairedExample
-from alignlab.errors import DataError
+from alignlab.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -140,8 +140,6 @@ def as_messages(text: Text, role: str) -> list[dict[str, str]]:
 def in_chat(tokenizer, chat: bool | None) -> bool:
     """Whether an evaluation puts its prompts through the chat template: as asked, or (None) whenever the
     tokenizer has one."""
-    from alignlab.errors import ConfigError
-
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if chat and not has_template:
         raise ConfigError("chat prompts were asked for but the tokenizer has no chat template")

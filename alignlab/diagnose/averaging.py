@@ -35,10 +35,14 @@ from typing import Any
 
 import torch
 
+from alignlab import decode, rewards
 from alignlab.data.formats import RecordChecker
 from alignlab.data.loading import read_records
 from alignlab.data.prompts import PromptsConfig, read_prompts
+from alignlab.data.tokenize import TokenizedSFT, encode_prompt_and_completion, truncate
 from alignlab.errors import ConfigError, DataError
+from alignlab.models.loading import check_same_vocabulary, load_model, load_tokenizer
+from alignlab.models.scoring import evaluation_mode, score_slots
 from alignlab.report.html import write_report_safely
 from alignlab.run_folder import RunFolder
 
@@ -197,8 +201,6 @@ def text_examples(tokenizer, texts: Sequence[str], max_length: int = 512):
     """Each text as the completion of an empty prompt, as training data encodes one (`encode_prompt_and_completion`:
     the prompt is the end-of-sequence token, the completion the text's tokens and end-of-sequence), cut from the
     right to `max_length` tokens; returns (`TokenizedSFT` examples, how many were cut)."""
-    from alignlab.data.tokenize import TokenizedSFT, encode_prompt_and_completion, truncate
-
     examples, cut = [], 0
     for number, text in enumerate(texts, start=1):
         prompt, completion = encode_prompt_and_completion(tokenizer, "", text, f"text {number}")
@@ -217,8 +219,6 @@ def held_out_nll(model, tokenizer, texts: Sequence[str], batch_size: int = 16, m
     every token of every text counted once (tokens weigh equally, not texts); each text is scored after the
     end-of-sequence token and its own end-of-sequence token is scored too (`text_examples`). The alignment tax of
     θ is NLL(θ) − NLL(θ_pre)."""
-    from alignlab.models.scoring import evaluation_mode, score_slots
-
     examples, _ = text_examples(tokenizer, texts, max_length)
     device = next(model.parameters()).device
     total = torch.zeros((), dtype=torch.float64)
@@ -238,8 +238,6 @@ def mean_reward(model, tokenizer, prompts: Sequence, reward, max_new_tokens: int
                 batch_size: int = 16) -> float:
     """Mean of `reward.score(prompts, completions)` over one greedy completion per prompt (deterministic, so every
     averaged model is judged on its single most likely answer)."""
-    from alignlab import decode
-
     greedy = decode.get("greedy", max_new_tokens=max_new_tokens, batch_size=batch_size)
     samples = greedy(model, tokenizer, list(prompts), 1, max_new_tokens=max_new_tokens, batch_size=batch_size,
                      seed=seed, progress=False)
@@ -355,8 +353,6 @@ def _check_settings(blocks: int, tax_budget: float | None, lam: float | None, ma
 def _load_pair(pre: str, aligned: str, dtype: str, device: str, trust_remote_code: bool):
     """(pre-trained state dict, the aligned model — the one that will hold every average —, a copy of its state dict,
     its tokenizer), checked to be averageable."""
-    from alignlab.models.loading import check_same_vocabulary, load_model, load_tokenizer
-
     tokenizer = load_tokenizer(aligned, trust_remote_code)
     check_same_vocabulary(load_tokenizer(pre, trust_remote_code), tokenizer, pre, aligned, "averaging")
     pre_state = load_model(pre, dtype, trust_remote_code, device).state_dict()
@@ -426,8 +422,6 @@ def diagnose_average(pre: str, aligned: str, out: str, prompts: str, general_tex
     Kept whole on purpose (over 60 lines): it reads top to bottom as the command's recipe — every check, then the
     work, then the outputs — and each step is already a function of its own."""
     from tqdm import tqdm
-
-    from alignlab import rewards
 
     _check_settings(blocks, tax_budget, lam, max_new_tokens, batch_size, max_length)
     settings = sweep_settings(alphas, block_alphas, blocks)

@@ -17,8 +17,12 @@ import math
 
 import torch
 
+from alignlab.data.formats import load_fields
 from alignlab.decode.best_of_n import kl_bound, kl_estimate, kl_estimate_per_draw
+from alignlab.errors import ConfigError
 from alignlab.report.html import write_report_safely
+from alignlab.report.plots import line_chart
+from alignlab.run_folder import RunFolder
 
 __all__ = ["bon_kl_table", "diagnose_bon_kl", "empirical_bon_kl", "kl_bound", "kl_estimate", "kl_estimate_per_draw",
            "simulated_selections"]
@@ -76,11 +80,6 @@ def diagnose_bon_kl(data: str, out: str, ns: list[int], prompt_field: str = "pro
     empirical distribution, and Beirami's estimate from the reference log-probs; ``result.json`` and
     ``bon_kl.png``."""
     import json
-
-    from alignlab.data.formats import load_fields
-    from alignlab.errors import ConfigError
-    from alignlab.report.plots import line_chart
-    from alignlab.run_folder import RunFolder
 
     if not ns or any(n < 1 for n in ns) or draws < 1:
         raise ConfigError("--n needs values of at least 1, and --draws must be at least 1")

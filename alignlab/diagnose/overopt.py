@@ -8,16 +8,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from alignlab.config import load_config
+from alignlab.data.formats import load_fields
+from alignlab.data.tokenize import encode_prompt
 from alignlab.errors import ConfigError
 from alignlab.evaluate.overopt import overopt_indicators
+from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.report.html import write_report_safely
+from alignlab.report.plots import line_chart
+from alignlab.run_folder import RunFolder
+from alignlab.train.checkpoint import STEP_DIR, verify_checkpoint
 
 
 def run_models(run_dir: Path) -> list[tuple[int, str, Path | None]]:
     """(step, label, weights) of a training run to inspect: the starting model (weights None), every intact
     checkpoint (``checkpoints/step-N/model.safetensors``) and ``final/``."""
-    from alignlab.train.checkpoint import STEP_DIR, verify_checkpoint
-
     found = [(0, "start", None)]
     folder = run_dir / "checkpoints"
     for path in sorted(folder.iterdir() if folder.is_dir() else [], key=lambda p: p.name):
@@ -57,13 +62,6 @@ def diagnose_overopt(run_dir: str, out: str, prompts: str | None = None, prompt_
     models one by one through `overopt_indicators`, then the files."""
     from safetensors.torch import load_model as load_weights
     from tqdm import tqdm
-
-    from alignlab.config import load_config
-    from alignlab.data.formats import load_fields
-    from alignlab.data.tokenize import encode_prompt
-    from alignlab.models.loading import load_model, load_tokenizer
-    from alignlab.report.plots import line_chart
-    from alignlab.run_folder import RunFolder
 
     if limit < 1 or batch_size < 1 or top_k < 1 or max_new_tokens < 1:
         raise ConfigError("--limit, --batch-size, --top-k and --max-new-tokens must be at least 1")

@@ -17,6 +17,7 @@ from alignlab.data.loading import read_records
 from alignlab.data.tokenize import tokenize_preferences
 from alignlab.diagnose.ches import edit_distance, keep_lowest, pair_ches
 from alignlab.errors import ConfigError, DataError
+from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.report.html import write_report_safely
 from alignlab.run_folder import RunFolder
 
@@ -50,8 +51,6 @@ def diagnose_ches(data: str, model_path: str, out: str, drop_top: float = 0.05, 
                   trust_remote_code: bool = False, progress: bool = True, log=print) -> dict:
     """Score every pair of `data` (paired records) with CHES under `model_path`; keep all but the `drop_top`
     fraction with the highest LN-CHES. Everything is checked before the output folder is written."""
-    from alignlab.models.loading import load_model, load_tokenizer
-
     if not 0 <= drop_top < 1:
         raise ConfigError(f"--drop-top must be in [0, 1), got {drop_top}")
     if batch_size < 1 or max_prompt_length >= max_length:

@@ -17,6 +17,8 @@ from tqdm import tqdm
 from alignlab.data.formats import SFTExample, load_fields
 from alignlab.data.tokenize import as_messages, in_chat, tokenize_sft
 from alignlab.errors import ConfigError
+from alignlab.models.loading import check_same_vocabulary as same_tokens
+from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.models.scoring import DEFAULT_OPTIONS, ScoringOptions, completion_distribution_values, evaluation_mode
 from alignlab.report.html import write_report_safely
 from alignlab.report.plots import line_chart
@@ -47,8 +49,6 @@ def position_means(values: torch.Tensor, mask: torch.Tensor, positions: int) -> 
 def check_same_vocabulary(tokenizer_a, tokenizer_b, model_a, model_b, name_a: str, name_b: str) -> None:
     """Token KL compares distributions over one vocabulary: the tokenizers must map text to the same ids and the
     models' heads must have as many outputs."""
-    from alignlab.models.loading import check_same_vocabulary as same_tokens
-
     same_tokens(tokenizer_a, tokenizer_b, name_a, name_b, "per-token KL")
     size_a, size_b = (m.get_output_embeddings().weight.shape[0] for m in (model_a, model_b))
     if size_a != size_b:
@@ -84,8 +84,6 @@ def diagnose_token_kl(data: str, model_path: str, base_path: str, out: str, prom
     of `data`; writes ``result.json`` (the per-position means and counts) and ``token_kl.png``. String prompts go
     through the chat template as a user turn when `chat` (default: when the tokenizer has one), as the
     `alignlab evaluate` commands ask them."""
-    from alignlab.models.loading import load_model, load_tokenizer
-
     if positions < 1 or batch_size < 1:
         raise ConfigError("--positions and --batch-size must be at least 1")
     if max_prompt_length >= max_length:

@@ -34,6 +34,7 @@ from alignlab.data.loading import read_records
 from alignlab.data.tokenize import encode_prompt
 from alignlab.errors import ConfigError, DataError
 from alignlab.evaluate.judges import answer_logps, answer_token_ids, check_template, cut_left
+from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.report.html import write_report_safely
 from alignlab.run_folder import RunFolder
 
@@ -325,8 +326,6 @@ def evaluate_fairness(data: str, out: str, model: str, text_field: str = "text",
 
     Kept whole on purpose (over 60 lines): it reads top to bottom as the command's recipe — every check, then the
     work, then the outputs — and each step is already a function of its own."""
-    from alignlab.models.loading import load_model, load_tokenizer
-
     _check_settings(threshold, fpr_target, batch_size, max_length, template, instruction)
     instruction_text = DEFAULT_FAIRNESS_INSTRUCTION if instruction is True else (instruction or None)
     folder = RunFolder(out)

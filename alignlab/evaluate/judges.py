@@ -38,10 +38,13 @@ from typing import Any, Protocol
 
 import torch
 
+from alignlab import rewards
 from alignlab.data.formats import RecordChecker
 from alignlab.data.loading import read_records
 from alignlab.data.tokenize import encode_prompt
 from alignlab.errors import ConfigError, DataError
+from alignlab.models.loading import load_model, load_tokenizer
+from alignlab.models.scoring import evaluation_mode, score_slots
 from alignlab.report.html import write_report_safely
 from alignlab.run_folder import RunFolder
 
@@ -325,8 +328,6 @@ class _Answers:
 def answer_logps(model, prompts: list[list[int]], answer_ids: Sequence[int], pad_id: int) -> torch.Tensor:
     """log p(answer | prompt) `[N, k]` (float32) of each one-token answer after each prompt (token ids), all in one
     forward pass of the scoring engine (each prompt computed once, the answers attending to it)."""
-    from alignlab.models.scoring import evaluation_mode, score_slots
-
     if not prompts:
         return torch.zeros(0, len(answer_ids))
     device = next(model.parameters()).device
@@ -505,10 +506,7 @@ def plot_judge(result: dict, path: Path, title: str) -> None:
 def _build_judge(model: str | None, reward: str | dict | None, template: str, choices, chat: bool, tie_margin: float,
                  batch_size: int, max_length: int, dtype: str, trust_remote_code: bool):
     if reward is not None:
-        from alignlab import rewards
-
         return RewardJudge(rewards.from_config(reward), tie_margin)
-    from alignlab.models.loading import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(model, trust_remote_code)
     judge_choices(tokenizer, template, choices, chat)  # before the model loads
@@ -530,8 +528,6 @@ def evaluate_judge(data: str, out: str, model: str | None = None, reward: str | 
 
     Kept whole on purpose (over 60 lines): it reads top to bottom as the command's recipe — every check, then the
     work, then the outputs — and each step is already a function of its own."""
-    from alignlab import rewards
-
     if (model is None) == (reward is None):
         raise ConfigError("a judge is a prompted model (--model) or a reward (--reward): give exactly one")
     unknown = [b for b in biases if b not in INJECTIONS]

@@ -29,6 +29,7 @@ from alignlab.data.formats import FieldRecord, Text, load_fields
 from alignlab.data.tokenize import encode_prompt, in_chat
 from alignlab.decode.sampling import sample
 from alignlab.errors import ConfigError, DataError
+from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.report.html import write_report_safely
 from alignlab.report.plots import bar_chart, line_chart
 from alignlab.rewards.programmatic import RefusalPhrases, read_phrases
@@ -139,8 +140,6 @@ def _check_common(n: int, max_new_tokens: int, batch_size: int) -> None:
 
 
 def _load(model_path: str, trust_remote_code: bool):
-    from alignlab.models.loading import load_model, load_tokenizer
-
     return load_model(model_path, "float32", trust_remote_code), load_tokenizer(model_path, trust_remote_code)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from alignlab.errors import ConfigError
+from alignlab.models.loading import load_model, load_tokenizer
 
 
 @contextlib.contextmanager
@@ -66,8 +67,6 @@ def merge_adapters(adapter_dir: str | Path, out_dir: str | Path, base: str | Non
     """Fold the LoRA adapters saved in `adapter_dir` into their base model and save the result as a plain
     model (safetensors + tokenizer) in `out_dir`. The base is `base`, or the one the adapters record."""
     from peft import PeftModel
-
-    from alignlab.models.loading import load_model, load_tokenizer
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     config_file = adapter_dir / "adapter_config.json"

@@ -21,6 +21,9 @@ import math
 import platform
 from pathlib import Path
 
+import alignlab
+from alignlab.errors import ConfigError
+
 SAMPLE_BUDGET_BYTES = 3_000_000
 MAX_RESULT_CHARS = 200_000
 MAX_PICTURE_BYTES = 1_000_000
@@ -201,8 +204,6 @@ def environment(run_dir: Path, config_text: str) -> dict:
     import torch
     import transformers
 
-    import alignlab
-
     header = next((line[2:] for line in config_text.splitlines() if line.startswith("# alignlab")), None)
     seed = next((line.split(":", 1)[1].strip() for line in config_text.splitlines() if line.strip().startswith(
         "seed:")), None)
@@ -348,8 +349,6 @@ def render(run_dir: Path) -> str:
 
 def write_report(run_dir: str | Path) -> Path:
     """Write ``report.html`` into `run_dir` (from its files alone) and return its path."""
-    from alignlab.errors import ConfigError
-
     folder = Path(run_dir)
     if not folder.is_dir():
         raise ConfigError(f"{folder} is not a run folder")
