@@ -9,21 +9,27 @@ hyperparameters are checked against the objective's signature.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
+from alignlab import objectives
+from alignlab.data.formats import RECORD_FIELDS
+from alignlab.data.loading import DataSource
+from alignlab.data.round_data import ONLINE_MODES
+from alignlab.decode.base import check_ranges
 from alignlab.errors import ConfigError
 from alignlab.models.scoring import ScoringOptions
+from alignlab.objectives import ObjectiveTerm
+from alignlab.objectives.validation import check_values, converted_params
 from alignlab.registries import did_you_mean
-
-if TYPE_CHECKING:
-    from alignlab.data.loading import DataSource
+from alignlab.rewards import check_entry
 
 
 @dataclass
@@ -79,8 +85,6 @@ class DataConfig:
 
     def source(self, which: str = "train") -> DataSource:
         """`train` or `eval` with how to read it, as an `alignlab.data.loading.DataSource`."""
-        from alignlab.data.loading import DataSource
-
         split = self.eval_split if which == "eval" and self.eval_split is not None else self.split
         return DataSource(getattr(self, which) or "", split, self.subset, tuple(self.columns.items()), self.hh_format)
 
@@ -169,10 +173,8 @@ class TrainConfig:
     progress: bool = True
 
 
-ONLINE_MODES = ("raft", "online_dpo", "bon_distill", "rloo", "grpo")
-ONLINE_DATA = {"raft": ("sft",), "online_dpo": ("paired",), "bon_distill": ("sft", "paired"), "rloo": ("rollouts",),
-               "grpo": ("rollouts",)}
-"""The data each online mode builds from a round's samples: what its objective must read."""
+COMPARING_FORMATS = ("paired", "rollouts")
+"""Data made by comparing a prompt's samples (pairs; advantages within its group): it needs two or more."""
 
 
 @dataclass
@@ -182,8 +184,8 @@ class OnlineConfig:
     it through the one loop (the `train` section applies to every round)."""
 
     mode: str = "raft"
-    """``raft`` (SFT on the best completions), ``online_dpo`` (pairs → a paired objective), ``bon_distill`` (SFT on,
-    or pairs from, the reference's best-of-N), ``rloo`` / ``grpo`` (policy gradient with K samples per prompt)."""
+    """How each round's training data is built: an online mode registered in `alignlab.online.round_data` (each
+    builder's docstring says what it builds, `ONLINE_MODES` lists them)."""
     rounds: int = 3
     prompts: str = ""
     """Prompt records (any supported data file) whose `prompt_field` holds a string or chat messages."""
@@ -395,8 +397,6 @@ def validate(config: RunConfig) -> None:
 
     Kept whole on purpose (just over 60 lines): a flat list of independent checks, each one `if … raise`; split
     into pieces it would only scatter them."""
-    from alignlab import objectives
-
     if config.data.max_prompt_length >= config.data.max_length:
         raise ConfigError(
             f"data.max_prompt_length ({config.data.max_prompt_length}) must be smaller than "
@@ -461,8 +461,6 @@ def validate(config: RunConfig) -> None:
 def check_data_source(data: DataConfig) -> None:
     """How the data is read: splits named, `columns` mapping alignlab's record fields to distinct column names,
     `hh_format` only where paired records are read."""
-    from alignlab.data.formats import RECORD_FIELDS
-
     for key in ("split", "eval_split", "subset"):
         value = getattr(data, key)
         if value is not None and not value.strip():
@@ -493,8 +491,6 @@ TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 def check_trackers(names: list[str]) -> None:
     """Every tracker of train.log_with is known and its package installed (checked before any work)."""
-    import importlib.util
-
     if not isinstance(names, list):
         raise ConfigError(f"train.log_with must be a list such as [tensorboard], got {names!r}")
     for name in names:
@@ -528,9 +524,6 @@ def check_transform(config: RunConfig, objective) -> None:
 def check_online(config: RunConfig, objective) -> None:
     """The online section against the rest: prompts instead of data.train, an objective that reads what the mode
     builds, groups of at least two samples where the mode compares samples, ranges of the sampling settings."""
-    from alignlab.decode.base import check_ranges
-    from alignlab.rewards import check_entry
-
     online = config.online
     if online is None:
         if "rollouts" in objective.data_formats:
@@ -544,13 +537,12 @@ def check_online(config: RunConfig, objective) -> None:
                           "data.transform are not read: remove them (held-out prompts go in online.eval_prompts)")
     if config.adapter.r:
         raise ConfigError("online rounds with LoRA adapters are not supported yet: set adapter.r: 0")
-    wanted = ONLINE_DATA[online.mode]
-    if not set(wanted) & set(objective.data_formats):
-        raise ConfigError(f"online.mode {online.mode} builds {' or '.join(wanted)} data, and objective "
+    mode = ONLINE_MODES.get(online.mode)
+    built = mode.data_format(objective.data_formats)
+    if built is None:
+        raise ConfigError(f"online.mode {online.mode} builds {' or '.join(mode.feeds)} data, and objective "
                           f"'{objective.name}' reads {' or '.join(objective.data_formats)} data")
-    pairwise = online.mode in ("online_dpo", "rloo", "grpo") or (
-        online.mode == "bon_distill" and "sft" not in objective.data_formats)
-    if pairwise and online.samples_per_prompt < 2:
+    if built in COMPARING_FORMATS and online.samples_per_prompt < 2:
         raise ConfigError(f"online.mode {online.mode} compares the samples of a prompt: online.samples_per_prompt "
                           f"must be at least 2, got {online.samples_per_prompt}")
     for key in ("rounds", "samples_per_prompt", "keep_top", "eval_samples"):
@@ -578,9 +570,6 @@ def check_online(config: RunConfig, objective) -> None:
 
 def check_objective_values(config: RunConfig) -> None:
     """Each objective's weight, names and values of its hyper-parameters (numbers converted in place)."""
-    from alignlab import objectives
-    from alignlab.objectives.validation import check_values, converted_params
-
     for index, entry in enumerate(config.objective):
         where = "objective" if len(config.objective) == 1 else f"objective[{index}]"
         if entry.weight < 0:
@@ -593,8 +582,6 @@ def check_objective_values(config: RunConfig) -> None:
 
 def objective_terms(config: RunConfig) -> list:
     """The config's objectives as `alignlab.objectives.ObjectiveTerm`s."""
-    from alignlab.objectives import ObjectiveTerm
-
     return [ObjectiveTerm(o.name, dict(o.params), o.weight, o.tilt, o.use_weighting, o.ld_alpha)
             for o in config.objective]
 

@@ -1,14 +1,16 @@
 """The decoder interface and registry.
 
-Every decoding method is a function registered by name::
+Every decoding method is a function registered by name, with the ranges of its own numeric parameters::
 
-    @register("sample")
-    def sample(model, tokenizer, prompts, n=1, *, reward=None, seed=None, progress=True, **params) -> Samples
+    @register("speculative", ranges={"gamma": Range(1)})
+    def speculative(model, tokenizer, prompts, n=1, *, draft, gamma=4, seed=None, progress=True, ...) -> Samples
 
 It takes a causal LM and its tokenizer, prompts (strings or chat messages), `n` completions per
 prompt, a reward where the method needs one (`needs_reward`), and its own parameters; it returns
 `Samples`: completions, their token ids and, where the method defines one, the log-prob of each
-completion under the decoding policy (for an honest KL estimate).
+completion under the decoding policy (for an honest KL estimate). `get(name, **params)` checks the
+parameters' names and ranges (its declared ones, and `SHARED_RANGES` of the parameters decoders share)
+with the config, before any work.
 """
 
 from __future__ import annotations
@@ -110,11 +112,50 @@ def decode_in_batches(tokenizer, prompts: list[Text], n: int, batch_size: int, r
 
 
 @dataclass(frozen=True)
+class Range:
+    """The values a numeric parameter may take: from `low` to `high` (None: no bound), each end included unless
+    open. ``Range(1)``: at least 1; ``Range(0, low_open=True)``: positive; ``Range(0, 1, low_open=True)``: in (0, 1]."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        """The range as errors state it: ``positive``, ``0 or more``, ``at least 1``, ``in (0, 1]``."""
+        if self.high is not None and self.low is not None:
+            return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+        if self.high is not None:
+            return f"{'less than' if self.high_open else 'at most'} {self.high}"
+        if self.low is None:
+            return "a finite number"
+        if self.low == 0:
+            return "positive" if self.low_open else "0 or more"
+        return f"{'greater than' if self.low_open else 'at least'} {self.low}"
+
+
+SHARED_RANGES = {
+    "temperature": Range(0, low_open=True), "top_p": Range(0, 1, low_open=True), "top_k": Range(0),
+    "candidates": Range(1), "beta": Range(0), "batch_size": Range(1), "max_new_tokens": Range(1),
+    "max_prompt_tokens": Range(1),
+}
+"""Ranges of the parameters decoders share by name, checked with the config for any decoder; a decoder's own
+declared range of the same name replaces its shared one."""
+
+
+@dataclass(frozen=True)
 class DecoderSpec:
     name: str
     fn: Callable
     needs_reward: bool
     summary: str
+    declared_ranges: dict[str, Range] = field(default_factory=dict)
+    """The ranges the decoder declared at registration (`register`'s `ranges`)."""
 
     @property
     def params(self) -> list[str]:
@@ -127,59 +168,58 @@ class DecoderSpec:
         """The further models it takes (`MODEL_PARAMS`)."""
         return [p for p in inspect.signature(self.fn).parameters if p in MODEL_PARAMS]
 
+    def range_of(self, key: str) -> Range | None:
+        """The range `key` must lie in for this decoder: its declared one, else the shared one (None: unchecked)."""
+        return self.declared_ranges.get(key, SHARED_RANGES.get(key))
+
 
 _DECODERS: dict[str, DecoderSpec] = {}
 
 
-def register(name: str, needs_reward: bool = False):
-    """Decorator: make decoding function `fn` available as `name`."""
+def register(name: str, needs_reward: bool = False, ranges: dict[str, Range] | None = None) -> Callable:
+    """Decorator: make decoding function `fn` available as `name`; `ranges`: the ranges of its own numeric
+    parameters (beside `SHARED_RANGES`), checked with the config."""
 
     def decorate(fn: Callable) -> Callable:
-        missing = [p for p in ("model", "tokenizer", "prompts", "n") if p not in inspect.signature(fn).parameters]
+        taken = inspect.signature(fn).parameters
+        missing = [p for p in ("model", "tokenizer", "prompts", "n") if p not in taken]
         if missing:
             raise TypeError(f"decoder '{name}' must take {', '.join(missing)}")
+        strangers = [key for key in ranges or {} if key not in taken]
+        if strangers:
+            raise TypeError(f"decoder '{name}' declares ranges of parameters it does not take: {', '.join(strangers)}")
         if name in _DECODERS:
             raise ValueError(f"decoder '{name}' is registered twice")
-        _DECODERS[name] = DecoderSpec(name, fn, needs_reward, summary(fn))
+        _DECODERS[name] = DecoderSpec(name, fn, needs_reward, summary(fn), dict(ranges or {}))
         return fn
 
     return decorate
 
 
 def spec(name: str) -> DecoderSpec:
+    """The registered `DecoderSpec` of `name`; an unknown name raises ConfigError with a suggestion."""
     if name not in _DECODERS:
         raise unknown_name("decoder", name, _DECODERS)
     return _DECODERS[name]
 
 
-RANGES = {
-    "temperature": (lambda v: v > 0, "positive"), "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "top_k": (lambda v: v >= 0, "0 or more"), "candidates": (lambda v: v >= 1, "at least 1"),
-    "gamma": (lambda v: v >= 1, "at least 1"), "beams": (lambda v: v >= 1, "at least 1"),
-    "rollouts": (lambda v: v >= 1, "at least 1"), "rollout_tokens": (lambda v: v >= 0, "0 or more"),
-    "lookahead": (lambda v: v >= 0, "0 or more"), "calibration_samples": (lambda v: v >= 1, "at least 1"),
-    "value_samples": (lambda v: v >= 1, "at least 1"), "value_epochs": (lambda v: v >= 1, "at least 1"),
-    "beta": (lambda v: v >= 0, "0 or more"), "batch_size": (lambda v: v >= 1, "at least 1"),
-    "max_new_tokens": (lambda v: v >= 1, "at least 1"), "route_tokens": (lambda v: v >= 1, "at least 1"),
-    "max_prompt_tokens": (lambda v: v >= 1, "at least 1"),
-}
-"""Ranges of the parameters decoders share by name, checked with the config."""
-
-
 def check_ranges(name: str, params: dict) -> None:
+    """ConfigError when a value of `params` is out of the range decoder `name` declared for it, or of the shared
+    range of its name (`SHARED_RANGES`); a value where a range applies must be a finite number."""
+    decoder = spec(name)
     for key, value in params.items():
-        if key not in RANGES:
+        allowed = decoder.range_of(key)
+        if allowed is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"decoder '{name}': {key} must be a number, got {value!r}")
-        ok, expected = RANGES[key]
-        if not math.isfinite(value) or not ok(value):
-            raise ConfigError(f"decoder '{name}': {key} must be {expected}, got {value}")
+        if not math.isfinite(value) or value not in allowed:
+            raise ConfigError(f"decoder '{name}': {key} must be {allowed}, got {value}")
 
 
 def get(name: str, **params) -> Callable:
-    """The decoder `name`, its parameters checked (ConfigError with a suggestion when one is unknown, or when a
-    shared parameter is out of its range)."""
+    """The decoder `name`, its parameters checked (ConfigError with a suggestion when one is unknown, or when one
+    is out of its declared or shared range)."""
     decoder = spec(name)
     check_params("decoder", name, params, decoder.params)
     check_ranges(name, params)
@@ -187,4 +227,5 @@ def get(name: str, **params) -> Callable:
 
 
 def available() -> list[DecoderSpec]:
+    """Every registered decoder, by name."""
     return [_DECODERS[name] for name in sorted(_DECODERS)]

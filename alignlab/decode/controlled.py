@@ -23,7 +23,8 @@ from torch import nn
 
 from alignlab.data.formats import Text
 from alignlab.data.prompts import PromptsConfig, read_prompts
-from alignlab.decode.base import Samples, context_room, decode_in_batches, register
+from alignlab.decode.base import Range, Samples, context_room, decode_in_batches, register
+from alignlab.decode.sampling import sample
 from alignlab.decode.stream import MODES, TokenStream, decode_tokens, generator_for, pick, special_ids
 from alignlab.errors import ConfigError
 from alignlab.models.scoring import evaluation_mode
@@ -60,8 +61,6 @@ def fit_value_head(model, tokenizer, prompts: list[Text], reward, samples_per_pr
                    progress: bool = False) -> tuple[PrefixValueHead, dict]:
     """A prefix value head fitted by regression of every prefix of `samples_per_prompt` reference samples per
     prompt onto the sample's final reward; returns (head, {"samples", "prefixes", "mse", "reward_variance"})."""
-    from alignlab.decode.sampling import sample
-
     samples = sample(model, tokenizer, prompts, n=samples_per_prompt, max_new_tokens=max_new_tokens, seed=seed,
                      progress=progress)
     rewards = reward.score(samples.prompts, samples.completions).float()
@@ -114,7 +113,7 @@ def candidate_values(stream: TokenStream, candidates: torch.Tensor, head: Prefix
     return head(ahead.hidden).view(rows, k).to(stream.device)
 
 
-@register("controlled", needs_reward=True)
+@register("controlled", needs_reward=True, ranges={"value_samples": Range(1), "value_epochs": Range(1)})
 def controlled(model, tokenizer, prompts: list[Text], n: int = 1, *, reward, value_head: str | None = None,
                value_prompts: str | None = None, value_samples: int = 8, value_epochs: int = 50, alpha: float = 1.0,
                top_k: int = 10, mode: str = "greedy", max_new_tokens: int = 32, batch_size: int = 8,

@@ -14,10 +14,11 @@ from __future__ import annotations
 import torch
 
 from alignlab.data.formats import Text
-from alignlab.decode.base import Samples, context_room, decode_in_batches, register
+from alignlab.decode.base import Range, Samples, context_room, decode_in_batches, register
 from alignlab.decode.stream import MODES, TokenStream, decode_tokens, draw, generator_for, greedy, pick, special_ids
 from alignlab.errors import ConfigError
 from alignlab.models.scoring import evaluation_mode
+from alignlab.rewards import from_config
 from alignlab.rewards.programmatic import scores_partial
 
 
@@ -133,7 +134,7 @@ def rollout_values(stream: TokenStream, tokenizer, prompts: list[Text], prompt_i
     return values
 
 
-@register("tq_star", needs_reward=True)
+@register("tq_star", needs_reward=True, ranges={"rollouts": Range(1), "rollout_tokens": Range(0)})
 def tq_star(model, tokenizer, prompts: list[Text], n: int = 1, *, reward, baseline=None, alpha: float = 1.0,
             top_k: int = 10, rollouts: int = 1, rollout_tokens: int = 20, mode: str = "greedy",
             baseline_reward: str | dict | None = None, beta: float = 1.0, max_new_tokens: int = 32,
@@ -144,8 +145,6 @@ def tq_star(model, tokenizer, prompts: list[Text], n: int = 1, *, reward, baseli
     `baseline_reward` (the reward the baseline was aligned to), rollouts are weighted by exp((r − r_BL)/β)
     ("indirect transfer"). ``greedy`` takes the best token (``point``); ``stochastic`` samples π and reports its
     log-probs (``sampled``). Rewards score unfinished text; rollout length 0 is ARGS."""
-    from alignlab.rewards import from_config
-
     if mode not in MODES:
         raise ConfigError(f"tq_star: mode must be 'greedy' or 'stochastic', got '{mode}'")
     if rollouts < 1 or rollout_tokens < 0 or beta <= 0:

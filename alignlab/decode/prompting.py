@@ -20,7 +20,7 @@ import re
 
 from alignlab.data.formats import Text
 from alignlab.data.tokenize import encode_prompt
-from alignlab.decode.base import Samples, context_room, encode_prompts, register
+from alignlab.decode.base import Range, Samples, context_room, encode_prompts, register
 from alignlab.decode.stream import Cost, Timer, TokenStream, decode_tokens, draw, generator_for, greedy, warped_logprobs
 from alignlab.models.scoring import evaluation_mode, summed_logps
 
@@ -84,7 +84,7 @@ def cut_at_stop(tokenizer, ids: list[int], stops: tuple[str, ...]) -> tuple[list
     return ids, re.sub(r"\s*```\s*$", "", text.strip())
 
 
-@register("urial")
+@register("urial", ranges={"temperature": Range(0)})
 def urial(model, tokenizer, prompts: list[Text], n: int = 1, *, max_new_tokens: int = 128, temperature: float = 0.0,
           seed: int | None = None, progress: bool = True) -> Samples:
     """URIAL (Lin et al., 2024): the base model continues alignlab's own preamble + 3 stylistic examples + the
@@ -165,7 +165,7 @@ def _as_user(tokenizer, text: str) -> Text:
 
 
 
-@register("guard_route")
+@register("guard_route", ranges={"route_tokens": Range(1)})
 def guard_route(model, tokenizer, prompts: list[Text], n: int = 1, *, max_new_tokens: int = 64,
                 route_tokens: int = 64, seed: int | None = None, progress: bool = True) -> Samples:
     """PrimeGuard-style routing (Manczak et al., 2024): a route selection by the model itself (JSON; unparsable →

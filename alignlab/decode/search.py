@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from alignlab.data.formats import Text
-from alignlab.decode.base import Samples, context_room, decode_in_batches, register
+from alignlab.decode.base import Range, Samples, context_room, decode_in_batches, register
 from alignlab.decode.guided import check_partial
 from alignlab.decode.stream import TokenStream, decode_tokens, greedy, special_ids
 from alignlab.errors import ConfigError
@@ -52,7 +52,7 @@ def deal_step(stream: TokenStream, beam_logp: torch.Tensor, tokenizer, prompt: T
     return candidate_logp[keep]
 
 
-@register("deal", needs_reward=True)
+@register("deal", needs_reward=True, ranges={"beams": Range(1), "top_k": Range(1), "lookahead": Range(0)})
 def deal(model, tokenizer, prompts: list[Text], n: int = 1, *, reward, weight: float = 1.0, beams: int = 2,
          top_k: int = 4, lookahead: int = 8, max_new_tokens: int = 32, seed: int | None = None,
          progress: bool = True) -> Samples:

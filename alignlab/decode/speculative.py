@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from alignlab.data.formats import Text
-from alignlab.decode.base import Samples, context_room, decode_in_batches, register
+from alignlab.decode.base import Range, Samples, context_room, decode_in_batches, register
 from alignlab.decode.stream import generator_for, warped_logprobs
 from alignlab.errors import ConfigError
 from alignlab.models.scoring import evaluation_mode
@@ -153,7 +153,7 @@ def speculate_one(target, draft, prompt: list[int], max_new_tokens: int, gamma: 
     return out, logp, accepted
 
 
-@register("speculative")
+@register("speculative", ranges={"gamma": Range(1)})
 def speculative(model, tokenizer, prompts: list[Text], n: int = 1, *, draft, gamma: int = 4, verify: str = "block",
                 max_new_tokens: int = 32, temperature: float = 1.0, seed: int | None = None,
                 progress: bool = True) -> Samples:

@@ -19,6 +19,7 @@ from alignlab.diagnose.ches import edit_distance, keep_lowest, pair_ches
 from alignlab.errors import ConfigError, DataError
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.report.html import write_report_safely
+from alignlab.report.plots import pyplot
 from alignlab.run_folder import RunFolder
 
 
@@ -28,10 +29,7 @@ def _quantiles(values: torch.Tensor) -> dict:
 
 
 def plot_histogram(scores: torch.Tensor, cutoff: float | None, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     ax.hist(scores.numpy(), bins=min(50, max(5, len(scores) // 4)), color="tab:blue", alpha=0.8)

@@ -36,6 +36,7 @@ from alignlab.errors import ConfigError, DataError
 from alignlab.evaluate.judges import answer_logps, answer_token_ids, check_template, cut_left
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.report.html import write_report_safely
+from alignlab.report.plots import pyplot
 from alignlab.run_folder import RunFolder
 
 DEFAULT_QUESTION = "Is this comment toxic?"
@@ -272,10 +273,7 @@ RATE_NAMES = {"positive_rate": "P(ŷ=1)", "tpr": "TPR", "fpr": "FPR", "fnr": "FN
 
 def plot_fairness(methods: dict[str, dict], path: Path, title: str) -> None:
     """Per method, the per-group rates side by side (a missing rate is drawn as an empty slot)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(methods), figsize=(5.2 * len(methods), 4.0), squeeze=False)
     for ax, (name, method) in zip(axes[0], methods.items(), strict=True):

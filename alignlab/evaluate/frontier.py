@@ -15,6 +15,7 @@ import torch
 from alignlab.decode.best_of_n import kl_bound
 from alignlab.decode.sampling import Samples
 from alignlab.models.scoring import DEFAULT_OPTIONS, ScoringOptions, summed_logps
+from alignlab.report.plots import pyplot
 
 
 def sample_logps(model, samples: Samples, pad_id: int, batch_size: int = 64,
@@ -54,10 +55,7 @@ def plot_frontier(methods: dict[str, dict], best_of_n: dict[int, dict], path, ti
                   families: dict[str, list[str]] | None = None) -> None:
     """Reward against KL: one marker per trained method, one line for best-of-N, and one line per family of
     methods (`families`: a name → the methods of a sweep, e.g. DPO at several β)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8.4, 4.4))
     if best_of_n:

@@ -46,6 +46,7 @@ from alignlab.errors import ConfigError, DataError
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.models.scoring import evaluation_mode, score_slots
 from alignlab.report.html import write_report_safely
+from alignlab.report.plots import pyplot
 from alignlab.run_folder import RunFolder
 
 VERDICTS = ("first", "second", "tie")
@@ -480,10 +481,7 @@ def _judge_all(judge, presentations: list[Presentation], batch_size: int, desc: 
 
 def plot_judge(result: dict, path: Path, title: str) -> None:
     """One bar per rate of `result` (consistency, primacy, recency, accuracy, robustness per bias), on [0, 1]."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     bars = {"consistency": result["consistency"], "primacy": result["primacy"], "recency": result["recency"],
             "accuracy": result["accuracy"]}

@@ -3,13 +3,14 @@ one loop — and again, from the weights the round ended with.
 
 Per round r (`OnlineConfig` has every setting):
 
-1. the round's prompts, K completions each, sampled from the policy as the round starts (``bon_distill``: from
-   the initial model, whose best-of-N is the target), token ids kept as sampled;
+1. the round's prompts, K completions each, sampled from the policy as the round starts (a mode registered
+   `from_initial`, such as best-of-N distillation: from the initial model, whose best-of-N is the target), token
+   ids kept as sampled;
 2. rewards (a sample whose reward raises or is not finite is excluded and counted), and every sample's per-token
    log-probs under the sampling policy and the initial model (the engine's, as training scores them): the
    round's sampled KL to the initial model and entropy;
-3. the mode's training data (`alignlab.online.round_data`): the best completions (``raft``), pairs
-   (``online_dpo``), or rollouts with advantages (``rloo``, ``grpo``);
+3. the mode's training data, from the builder registered under its name (`alignlab.data.round_data`), in the
+   first of the formats it feeds that the objective reads;
 4. a training run over them (`alignlab.train.loop.prepare` / `run_steps` / `finish`; the `train` section applies
    to each round, whose optimizer and schedule start afresh);
 5. on held-out prompts (``online.eval_prompts``): mean reward and sampled KL to the initial model.
@@ -34,22 +35,16 @@ from pathlib import Path
 import torch
 import yaml
 
-from alignlab import decode, rewards
-from alignlab.config import RunConfig
+from alignlab import decode, objectives, rewards
+from alignlab.config import ONLINE_MODES, RunConfig, objective_terms
 from alignlab.data.formats import Text
 from alignlab.data.prompts import PromptsConfig, read_prompts
+from alignlab.data.round_data import Group, RoundCounts, RoundInputs
 from alignlab.data.tokenize import TokenizedSFT, truncate
 from alignlab.errors import AlignlabError, ConfigError
 from alignlab.files import write_text_atomic
 from alignlab.models.loading import load_model, load_tokenizer
-from alignlab.online.round_data import (
-    Group,
-    RoundCounts,
-    best_vs_random_pairs,
-    preference_pairs,
-    rollouts,
-    top_examples,
-)
+from alignlab.report.html import write_report_safely
 from alignlab.run_folder import RunFolder
 from alignlab.train.loop import finish, prepare, run_steps
 from alignlab.train.reference import compute_reference_logps
@@ -202,14 +197,10 @@ class OnlineRun:
 
     def build(self, groups: list[Group], old: list[torch.Tensor], ref: list[torch.Tensor], objective_formats,
               index: int, counts: RoundCounts) -> list:
-        online = self.online
-        if online.mode == "raft" or (online.mode == "bon_distill" and "sft" in objective_formats):
-            return top_examples(groups, online.keep_top, counts)
-        if online.mode == "bon_distill":
-            return best_vs_random_pairs(groups, self.seed(index), counts)
-        if online.mode == "online_dpo":
-            return preference_pairs(groups, online.pairs, online.min_gap, counts)
-        return rollouts(groups, old, ref, online.mode, online.kl_penalty, online.scale_rewards, counts)
+        """Round `index`'s training data, as the mode's registered builder makes it for the objective."""
+        mode = ONLINE_MODES.get(self.online.mode)
+        inputs = RoundInputs(groups, old, ref, mode.data_format(objective_formats), self.seed(index), counts)
+        return mode.build(inputs, self.online)
 
     # 5: held-out evaluation ----------------------------------------------------------------------------------
 
@@ -291,7 +282,7 @@ def _one_round(state: OnlineRun, index: int, objective_formats) -> tuple[dict | 
     where.mkdir(parents=True, exist_ok=True)
     started = time.time()
     model = state.load(state.start_path(index))
-    sampler = state.initial if online.mode == "bon_distill" else model
+    sampler = state.initial if ONLINE_MODES.get(online.mode).from_initial else model
     groups, facts = _round_samples(state, index, sampler, where)
     sampled = time.time()
     examples = [e for g in groups for e in g.examples]
@@ -380,8 +371,6 @@ def _finish_online(state: OnlineRun, records: list[dict], baseline: dict | None,
         {"mode": config.online.mode, "rounds": len(records), "baseline": baseline,
          "last_round": records[-1] if records else None}, sort_keys=False))
     state.say(format_rounds(records, baseline))
-    from alignlab.report.html import write_report_safely
-
     state.say(f"done: {len(records)} rounds of {config.online.mode}; weights in {final}, per-round log in "
               f"{folder.file('online.jsonl')}{write_report_safely(folder.path, state.say)}")
     return TrainResult(folder.path, final, model, state.tokenizer, records[-1] if records else {})
@@ -390,9 +379,6 @@ def _finish_online(state: OnlineRun, records: list[dict], baseline: dict | None,
 def run_online(config: RunConfig, resume: bool = False, log=print, overwrite: bool = False) -> TrainResult:
     """Run `config.online.rounds` rounds of sample → score → train (module docstring); `resume` continues the run in
     `config.out_dir` (rounds already done are kept, a round's training continues from its checkpoint)."""
-    from alignlab import objectives
-    from alignlab.config import objective_terms
-
     if config.online is None:
         raise ConfigError("run_online needs a config with an online section")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -21,7 +21,7 @@ from alignlab.report.html import (
     svg_chart,
     training_folder,
 )
-from alignlab.report.plots import _pyplot
+from alignlab.report.plots import pyplot
 from alignlab.run_folder import RunFolder
 
 
@@ -100,7 +100,7 @@ def render(runs: list[dict], rows: list[dict]) -> str:
 
 
 def plot_frontier_png(runs: list[dict], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for run in runs:
         if run["points"]:

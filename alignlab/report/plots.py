@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg back end (files, no display): the one set-up every chart of alignlab uses."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,7 +19,7 @@ def _pyplot():
 def line_chart(path: Path, series: dict[str, tuple[Sequence[float], Sequence[float]]], xlabel: str, ylabel: str,
                title: str, log_x: bool = False) -> None:
     """One line per entry of `series` (label → (x, y)), markers on the points; `None` values leave gaps."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for label, (x, y) in series.items():
         ax.plot(x, [float("nan") if v is None else v for v in y], marker="o", markersize=3, label=label)
@@ -37,7 +38,7 @@ def line_chart(path: Path, series: dict[str, tuple[Sequence[float], Sequence[flo
 
 def bar_chart(path: Path, groups: dict[str, dict[str, float | None]], ylabel: str, title: str) -> None:
     """Grouped bars: one group per key of `groups`, one bar per inner key (missing values as empty slots)."""
-    plt = _pyplot()
+    plt = pyplot()
     names = list(dict.fromkeys(name for bars in groups.values() for name in bars))
     width = 0.8 / max(1, len(names))
     fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(groups) + 2), 4.0))

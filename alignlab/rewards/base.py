@@ -3,19 +3,22 @@ that finds rewards by name in configs (``reward: sentiment`` or ``reward: {name:
 
 A reward scores finished completions: ``score(prompts, completions) -> [N]``, higher is better. A reward
 that can also score unfinished completions (for guided decoding and search) implements `PartialReward`
-as well.
+as well. Its parameters are its `__init__` arguments, their types its annotations: a config's entry is checked
+against both (`check_entry`, and `build` before the reward is made), so a wrong name or type is a ConfigError
+before any model is loaded.
 """
 
 from __future__ import annotations
 
 import inspect
+import typing
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from alignlab.errors import ConfigError
-from alignlab.registries import check_params, summary, unknown_name
+from alignlab.registries import check_params, describe_type, fits_type, summary, unknown_name
 
 
 @runtime_checkable
@@ -35,16 +38,21 @@ class PartialReward(Reward, Protocol):
 
 
 _REWARDS: dict[str, type] = {}
+_TYPES: dict[str, dict[str, typing.Any]] = {}
+"""Each reward's parameters' types: its `__init__` annotations, read when it is registered."""
 
 
 def register(name: str):
-    """Class decorator: make reward class `cls` available as `name` (its `__init__` arguments are its parameters)."""
+    """Class decorator: make reward class `cls` available as `name` (its `__init__` arguments are its parameters,
+    their annotations the types a config's values must have)."""
 
     def decorate(cls: type) -> type:
         if name in _REWARDS:
             raise ValueError(f"reward '{name}' is registered twice")
         cls.name = name
         _REWARDS[name] = cls
+        hints = typing.get_type_hints(cls.__init__) if inspect.isfunction(cls.__init__) else {}
+        _TYPES[name] = {key: hint for key, hint in hints.items() if key != "return"}
         return cls
 
     return decorate
@@ -56,9 +64,29 @@ def params_of(name: str) -> list[str]:
     return [p for p in inspect.signature(_REWARDS[name].__init__).parameters if p != "self"]
 
 
+def required_params(name: str) -> list[str]:
+    """The parameters of reward `name` without a default (a config must give them)."""
+    signature = inspect.signature(_REWARDS[name].__init__)
+    return [p.name for p in signature.parameters.values() if p.name != "self" and p.default is p.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def check_reward_params(name: str, params: dict) -> None:
+    """ConfigError when `params` names a parameter reward `name` does not take, leaves out one it needs, or gives
+    one a value of another type than its `__init__` annotation."""
+    check_params("reward", name, params, params_of(name))
+    missing = [p for p in required_params(name) if p not in params]
+    if missing:
+        raise ConfigError(f"reward '{name}' needs {', '.join(missing)}")
+    for key, value in params.items():
+        expected = _TYPES[name].get(key)
+        if expected is not None and not fits_type(value, expected):
+            raise ConfigError(f"reward '{name}': {key} must be {describe_type(expected)}, got {value!r}")
+
+
 def build(name: str, **params) -> Reward:
     """The reward registered as `name`, made with `params` (checked first)."""
-    check_params("reward", name, params, params_of(name))
+    check_reward_params(name, params)
     return _REWARDS[name](**params)
 
 
@@ -73,14 +101,14 @@ def from_config(entry: Any) -> Reward:
 
 
 def check_entry(entry: Any, where: str = "reward") -> None:
-    """A reward config entry's name and parameter names, checked without building the reward (which may load a
-    model)."""
+    """A reward config entry's name, parameter names and types, checked without building the reward (which may
+    load a model)."""
     if isinstance(entry, str):
-        params_of(entry)
+        check_reward_params(entry, {})
         return
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
         raise ConfigError(f"{where}: expected a name or a mapping like {{name: sentiment}}, got {entry!r}")
-    check_params("reward", entry["name"], {k: v for k, v in entry.items() if k != "name"}, params_of(entry["name"]))
+    check_reward_params(entry["name"], {k: v for k, v in entry.items() if k != "name"})
 
 
 def available() -> list[tuple[str, str]]:

@@ -14,6 +14,7 @@ import torch
 
 from alignlab.data.tokenize import TokenizedSFT, as_messages
 from alignlab.errors import ConfigError
+from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.models.scoring import score_slots
 from alignlab.rewards.base import register
 
@@ -45,8 +46,6 @@ class FollowUpReward:
     def __init__(self, model: str = "alignlab/tiny-llama", positive: list[str] | None = None,
                  negative: list[str] | None = None, batch_size: int = 32, max_length: int = 512,
                  plain_separator: str = "\n\n", device: str = "cpu", trust_remote_code: bool = False) -> None:
-        from alignlab.models.loading import load_model, load_tokenizer
-
         self.positive = list(POSITIVE_FOLLOW_UPS if positive is None else positive)
         self.negative = list(NEGATIVE_FOLLOW_UPS if negative is None else negative)
         if not self.positive or not self.negative:

@@ -7,6 +7,7 @@ import torch
 
 from alignlab.data.collate import pad_rows
 from alignlab.data.tokenize import encode_prompt, encode_prompt_and_completion
+from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.models.scoring import sequence_rewards
 from alignlab.rewards.base import register
 
@@ -19,8 +20,6 @@ class RewardModelReward:
 
     def __init__(self, path: str, batch_size: int = 16, max_length: int = 1024, device: str = "cpu",
                  trust_remote_code: bool = False) -> None:
-        from alignlab.models.loading import load_model, load_tokenizer
-
         self.tokenizer = load_tokenizer(path, trust_remote_code)
         self.model = load_model(path, "float32", trust_remote_code, device, kind="reward")
         self.model.config.pad_token_id = self.tokenizer.pad_token_id

@@ -9,17 +9,14 @@ import torch
 
 from alignlab import ConfigError, DataError
 from alignlab.diagnose.averaging import (
-    average_by_block,
-    average_weights,
     choose,
     diagnose_average,
     held_out_nll,
-    layer_blocks,
     mean_reward,
     pareto_front,
-    state_blocks,
     sweep_settings,
 )
+from alignlab.models.averaging import average_by_block, average_weights, layer_blocks, state_blocks
 from tests.conftest import random_llama, write_records
 
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from alignlab import objectives
+from alignlab.data.advantages import group_advantages, rloo_advantages
 from alignlab.errors import ConfigError
 from alignlab.objectives import RolloutLogps
 from alignlab.objectives.policy_gradient import aggregate, clipped_surrogate, k3_kl
-from alignlab.online.advantages import group_advantages, rloo_advantages
 
 
 def test_rloo_advantages_by_hand():

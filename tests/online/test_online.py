@@ -15,8 +15,7 @@ from safetensors.torch import load_file
 from alignlab import ConfigError, rewards
 from alignlab.commands.train import train_or_rounds as train  # `alignlab train`: an online config runs its rounds
 from alignlab.config import config_from_dict, save_config
-from alignlab.data.tokenize import TokenizedSFT
-from alignlab.online.round_data import (
+from alignlab.data.round_data import (
     Group,
     RoundCounts,
     best_vs_random_pairs,
@@ -24,6 +23,7 @@ from alignlab.online.round_data import (
     rollouts,
     top_examples,
 )
+from alignlab.data.tokenize import TokenizedSFT
 from alignlab.online.rounds import round_prompts, safe_rewards
 from tests.train.test_faults import training_command
 

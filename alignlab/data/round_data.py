@@ -1,4 +1,9 @@
-"""A round's training data from its scored samples, as each online mode builds it.
+"""A round's training data from its scored samples, as each online mode builds it, and the modes themselves: each
+is one builder registered by name with the data formats it feeds (`register_mode`)::
+
+    @register_mode("raft", feeds=("sft",))
+    def raft(inputs: RoundInputs, online: ModeSettings) -> list[TokenizedSFT]:
+        return top_examples(inputs.groups, online.keep_top, inputs.counts)
 
 Samples come in groups, one per prompt: K completions (token ids as sampled, truncated like training data) with
 their rewards (NaN where the reward failed: excluded, counted). What cannot give training data is counted in
@@ -10,12 +15,15 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import torch
 
+from alignlab.data.advantages import group_advantages, rloo_advantages
 from alignlab.data.tokenize import TokenizedPair, TokenizedRollout, TokenizedSFT
-from alignlab.online.advantages import group_advantages, rloo_advantages
+from alignlab.registries import Registry
 
 
 @dataclass
@@ -131,3 +139,97 @@ def rollouts(groups: list[Group], old: list[torch.Tensor], ref: list[torch.Tenso
             out.append(TokenizedRollout(example.prompt, example.completion, advantage, old[r], ref[r]))
     counts.examples += len(out)
     return out
+
+
+@dataclass
+class RoundInputs:
+    """What a mode builds a round's training data from."""
+
+    groups: list[Group]
+    old: list[torch.Tensor]
+    """Each sample's per-token log-probs under the sampling policy, in the order of the groups' samples."""
+    ref: list[torch.Tensor]
+    """The same under the initial model."""
+    data_format: str
+    """The format to build: the first the mode feeds that the objective reads (`OnlineMode.data_format`)."""
+    seed: int
+    """The round's seed, for a mode that draws at random."""
+    counts: RoundCounts
+
+
+@dataclass(frozen=True)
+class OnlineMode:
+    """An online mode: how a round's training data is built from its scored samples, as registered with its
+    builder (`register_mode`)."""
+
+    name: str
+    build: Callable[..., list]
+    """``build(inputs, online)``: the round's training examples (`RoundInputs`, the config's
+    online section)."""
+    feeds: tuple[str, ...]
+    """The data formats it builds, preferred first: the objective must read one of them."""
+    from_initial: bool = False
+    """Its rounds sample the initial model (whose best-of-N is the target) instead of the current policy."""
+
+    def data_format(self, reads: tuple[str, ...]) -> str | None:
+        """The first format it feeds that an objective reading `reads` reads (None: none)."""
+        return next((f for f in self.feeds if f in reads), None)
+
+
+ONLINE_MODES = Registry("online mode")
+"""The online modes by name (`OnlineMode`), registered below with their builders; the config checks `online.mode`
+and the objective's data format against it."""
+class ModeSettings(Protocol):
+    """What a builder reads of the config's online section (`alignlab.config.OnlineConfig`)."""
+
+    keep_top: int
+    pairs: str
+    min_gap: float
+    kl_penalty: float
+    scale_rewards: bool
+
+
+def register_mode(name: str, feeds: tuple[str, ...], from_initial: bool = False) -> Callable:
+    """Decorator: make round-data builder `build(inputs, online) -> examples` the online mode `name`, building the
+    data formats `feeds` (preferred first); `from_initial`: its rounds sample the initial model."""
+
+    def decorate(build: Callable) -> Callable:
+        ONLINE_MODES.add(name, OnlineMode(name, build, tuple(feeds), from_initial))
+        return build
+
+    return decorate
+
+
+@register_mode("raft", feeds=("sft",))
+def raft(inputs: RoundInputs, online: ModeSettings) -> list[TokenizedSFT]:
+    """RAFT (Dong et al., 2023): SFT on the `keep_top` best completions of each prompt."""
+    return top_examples(inputs.groups, online.keep_top, inputs.counts)
+
+
+@register_mode("online_dpo", feeds=("paired",))
+def online_dpo(inputs: RoundInputs, online: ModeSettings) -> list[TokenizedPair]:
+    """Online DPO: pairs of each prompt's completions (`pairs`, `min_gap`) for a paired objective."""
+    return preference_pairs(inputs.groups, online.pairs, online.min_gap, inputs.counts)
+
+
+@register_mode("bon_distill", feeds=("sft", "paired"), from_initial=True)
+def bon_distill(inputs: RoundInputs, online: ModeSettings) -> list:
+    """Best-of-N distillation from the initial model's samples: SFT on its best completions, or (an objective
+    reading pairs) its best completion vs one other."""
+    if inputs.data_format == "sft":
+        return top_examples(inputs.groups, online.keep_top, inputs.counts)
+    return best_vs_random_pairs(inputs.groups, inputs.seed, inputs.counts)
+
+
+@register_mode("rloo", feeds=("rollouts",))
+def rloo(inputs: RoundInputs, online: ModeSettings) -> list[TokenizedRollout]:
+    """RLOO (Ahmadian et al., 2024): rollouts with leave-one-out advantages among a prompt's K samples."""
+    return rollouts(inputs.groups, inputs.old, inputs.ref, "rloo", online.kl_penalty, online.scale_rewards,
+                    inputs.counts)
+
+
+@register_mode("grpo", feeds=("rollouts",))
+def grpo(inputs: RoundInputs, online: ModeSettings) -> list[TokenizedRollout]:
+    """GRPO (Shao et al., 2024): rollouts with group-normalised advantages among a prompt's K samples."""
+    return rollouts(inputs.groups, inputs.old, inputs.ref, "grpo", online.kl_penalty, online.scale_rewards,
+                    inputs.counts)
