@@ -34,6 +34,7 @@ from alignlab.data.loading import read_records
 from alignlab.data.tokenize import encode_prompt
 from alignlab.errors import ConfigError, DataError
 from alignlab.evaluate.judges import answer_logps, answer_token_ids, check_template, cut_left
+from alignlab.evaluate.rates import format_rate, ratio
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.report.html import write_report_safely
 from alignlab.report.plots import pyplot
@@ -115,10 +116,6 @@ def predict(scores: Sequence[float], threshold: float) -> list[int]:
     return [int(float(s) >= threshold) for s in scores]
 
 
-def _ratio(count: int, total: int) -> float | None:
-    return count / total if total else None
-
-
 @dataclass(frozen=True)
 class GroupRates:
     """Rates of a binary classifier on one group; None where the group lacks the examples a rate needs."""
@@ -149,9 +146,9 @@ def rates(predictions: Sequence[int], labels: Sequence[int]) -> GroupRates:
     negatives = len(pairs) - positives
     true_pos = sum(p and y for p, y in pairs)
     false_pos = sum(p and not y for p, y in pairs)
-    return GroupRates(len(pairs), positives, negatives, _ratio(sum(p for p, _ in pairs), len(pairs)),
-                      _ratio(true_pos, positives), _ratio(false_pos, negatives),
-                      _ratio(positives - true_pos, positives), _ratio(sum(p == y for p, y in pairs), len(pairs)))
+    return GroupRates(len(pairs), positives, negatives, ratio(sum(p for p, _ in pairs), len(pairs)),
+                      ratio(true_pos, positives), ratio(false_pos, negatives),
+                      ratio(positives - true_pos, positives), ratio(sum(p == y for p, y in pairs), len(pairs)))
 
 
 def group_rates(predictions: Sequence[int], labels: Sequence[int], groups: Sequence[str]) -> dict[str, GroupRates]:
@@ -382,13 +379,10 @@ def evaluate_fairness(data: str, out: str, model: str, text_field: str = "text",
         log(f"warning: every record is in one group ({next(iter(counts))}); the gaps across groups are undefined")
     if truncated:
         log(f"warning: {truncated} prompts were longer than {max_length} tokens and lost their beginning")
-    summary = "; ".join(f"{name}: FPR gap {_fmt(m['fpr_gap'])}, demographic parity "
-                        f"{_fmt(m['demographic_parity_difference'])}, equalised odds {_fmt(m['equalised_odds'])}"
+    summary = "; ".join(f"{name}: FPR gap {format_rate(m['fpr_gap'])}, demographic parity "
+                        f"{format_rate(m['demographic_parity_difference'])}, equalised odds "
+                        f"{format_rate(m['equalised_odds'])}"
                         for name, m in methods.items())
     log(f"{len(records)} texts in {len(counts)} groups classified — {summary}; wrote {folder.file('result.json')}, "
         f"{folder.file('scores.jsonl')}, {folder.file('fairness.png')}")
     return result
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"

@@ -7,24 +7,21 @@ import pytest
 import torch
 
 from alignlab.errors import ConfigError, DataError
-from alignlab.evaluate.judges import (
+from alignlab.evaluate.judge_bias import (
     AUTHORITY_CUE,
     DISTRACTION_CUE,
     REFLECTION_CUE,
     Presentation,
-    PromptedJudge,
-    RewardJudge,
     authority,
     bandwagon,
     distraction,
-    evaluate_judge,
     favoured_position,
     position_bias,
     preference_accuracy,
     reflection,
     robustness,
-    verdicts_from_margins,
 )
+from alignlab.evaluate.judges import PromptedJudge, RewardJudge, evaluate_judge, verdicts_from_margins
 from alignlab.rewards import build
 from tests.conftest import random_llama, write_records
 
