@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from alignlab import decode, rewards
 from alignlab.data.formats import RecordChecker
@@ -266,6 +267,79 @@ def plot_average(points: Sequence[Mapping], front: Sequence[int], chosen: int | 
     plt.close(fig)
 
 
+def _sweep(folder: RunFolder, settings: list[dict], work, states: tuple, block_of: Mapping[str, int], tokenizer,
+           texts: list[str], prompt_list: list, reward, max_new_tokens: int, seed: int, batch_size: int,
+           max_length: int, progress: bool) -> list[dict]:
+    """Every setting's point (α_k, reward, NLL, tax against the first point, the pre-trained model), each appended
+    to ``points.jsonl`` as soon as it is measured."""
+    pre_state, aligned_state = states
+    points = []
+    for index, setting in enumerate(tqdm(settings, desc="averaging", unit="point", disable=not progress)):
+        load_averaged(work.state_dict(), pre_state, aligned_state, block_of, setting["alphas"])
+        nll = held_out_nll(work, tokenizer, texts, batch_size, max_length)
+        gained = mean_reward(work, tokenizer, prompt_list, reward, max_new_tokens, seed, batch_size)
+        nll_pre = points[0]["nll"] if points else nll  # the first point is the pre-trained model (α = 1)
+        point = {"index": index, "kind": setting["kind"],
+                 "alpha": setting["alphas"][0] if setting["kind"] == "whole" else None,
+                 "alphas": list(setting["alphas"]), "reward": gained, "nll": nll, "tax": nll - nll_pre}
+        points.append(point)
+        with folder.file("points.jsonl").open("a") as handle:
+            handle.write(json.dumps(point) + "\n")
+    return points
+
+
+def block_layers(block_of: Mapping[str, int], blocks: int) -> list[list[int]]:
+    """The decoder-layer indices in each of the `blocks` blocks."""
+    layers: dict[int, set[int]] = {}
+    for name, block in block_of.items():
+        if layer_index(name) is not None:
+            layers.setdefault(block, set()).add(layer_index(name))
+    return [sorted(layers.get(k, ())) for k in range(blocks)]
+
+
+def _result(config: dict, points: list[dict], budget: float | None, lam: float | None, block_of: Mapping[str, int],
+            sizes: tuple[int, int, int], chosen_dir: Path | None) -> dict:
+    """result.json's content: the settings, the rules, every point, the Pareto front and the choices."""
+    aligned_point = next(p for p in points if p["kind"] == "whole" and p["alpha"] == 0.0)
+    chosen = choose(points, budget, lam)
+    whole_chosen = choose(points, budget, lam, among=[p["index"] for p in points if p["kind"] == "whole"])
+    n_prompts, n_texts, texts_cut = sizes
+    return {
+        "pre": config["pre"], "aligned": config["aligned"], "prompts": config["prompts"],
+        "general_text": config["general_text"], "reward": config["reward"], "settings": config,
+        "formula": "θ[p] = α_k·θ_pre[p] + (1 − α_k)·θ_aligned[p], k the block of p (whole model: one α)",
+        "block_layers": block_layers(block_of, config["blocks"]),
+        "blocks_rule": "layer i of L in block ⌊i·K/L⌋; embeddings in the first block, final norm and LM head in "
+                       "the last (a head tied to the embeddings stays with them)",
+        "n_prompts": n_prompts, "n_texts": n_texts, "texts_cut": texts_cut,
+        "tax_definition": "NLL(θ) − NLL(θ_pre), mean per-token NLL of the general texts",
+        "reward_pre": points[0]["reward"], "nll_pre": points[0]["nll"],
+        "reward_aligned": aligned_point["reward"], "nll_aligned": aligned_point["nll"],
+        "tax_aligned": aligned_point["tax"],
+        "rule": "highest reward − λ·tax" if lam is not None else "highest reward with tax ≤ tax_budget",
+        "tax_budget": budget, "lam": lam,
+        "points": points, "pareto_front": pareto_front(points),
+        "chosen": points[chosen] if chosen is not None else None,
+        "whole_model_chosen": points[whole_chosen] if whole_chosen is not None else None,
+        "chosen_model": str(chosen_dir) if chosen_dir is not None else None,
+    }
+
+
+def _summary_line(result: dict, folder: RunFolder) -> str:
+    """The line said at the end: the pre-trained and aligned points, the choice, the rule, the files."""
+    points, pick, lam = result["points"], result["chosen"], result["lam"]
+    aligned_line = f"aligned: reward {result['reward_aligned']:.4g}, tax {result['tax_aligned']:.4g}"
+    chosen_line = ("no point qualifies" if pick is None else
+                   f"chosen α_k = ({', '.join(f'{a:g}' for a in pick['alphas'])}): reward {pick['reward']:.4g}, "
+                   f"tax {pick['tax']:.4g}")
+    rule = f"λ = {lam:g}" if lam is not None else f"tax budget {result['tax_budget']:.4g}"
+    chosen_dir = result["chosen_model"]
+    return (f"{len(points)} points; pre-trained: reward {points[0]['reward']:.4g}; {aligned_line}; {chosen_line} "
+            f"({rule}); {len(result['pareto_front'])} on the Pareto front; wrote {folder.file('result.json')}, "
+            f"{folder.file('points.jsonl')}, {folder.file('average.png')}"
+            + (f", {chosen_dir}" if chosen_dir is not None else ""))
+
+
 def diagnose_average(pre: str, aligned: str, out: str, prompts: str, general_text: str, reward: Any,
                      alphas: Sequence[float] = DEFAULT_ALPHAS, block_alphas: Sequence[float] = DEFAULT_BLOCK_ALPHAS,
                      blocks: int = 3, tax_budget: float | None = None, lam: float | None = None,
@@ -278,12 +352,7 @@ def diagnose_average(pre: str, aligned: str, out: str, prompts: str, general_tex
     `prompts` (records with `prompt_field`) and its tax on `general_text` (records with `text_field`); write the
     points, the reward–tax Pareto front and AMA's choice (highest reward with tax ≤ `tax_budget`, by default half
     the aligned model's tax; or highest reward − `lam`·tax) to `out`. `reward` is a reward config entry (a name or
-    a mapping with ``name``) or a reward object. Everything is checked before the output folder is written.
-
-    Kept whole on purpose (over 60 lines): it reads top to bottom as the command's recipe — every check, then the
-    work, then the outputs — and each step is already a function of its own."""
-    from tqdm import tqdm
-
+    a mapping with ``name``) or a reward object. Everything is checked before the output folder is written."""
     _check_settings(blocks, tax_budget, lam, max_new_tokens, batch_size, max_length)
     settings = sweep_settings(alphas, block_alphas, blocks)
     folder = RunFolder(out)
@@ -303,73 +372,25 @@ def diagnose_average(pre: str, aligned: str, out: str, prompts: str, general_tex
               "lam": lam, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "max_length": max_length,
               "seed": seed, "prompt_field": prompt_field, "text_field": text_field, "save_chosen": save_chosen,
               "dtype": dtype}
-    folder.create(overwrite)
-    try:
+    with folder.writing(overwrite, on_success=lambda path: write_report_safely(path, log)):
         folder.write_yaml("config.yaml", config)
         n_block = sum(s["kind"] == "block" for s in settings)
         log(f"{len(settings)} points ({len(settings) - n_block} whole-model, {n_block} per block of layers) on "
             f"{len(prompt_list)} prompts and {len(texts)} general texts")
-        points = []
-        for index, setting in enumerate(tqdm(settings, desc="averaging", unit="point", disable=not progress)):
-            load_averaged(work.state_dict(), pre_state, aligned_state, block_of, setting["alphas"])
-            nll = held_out_nll(work, tokenizer, texts, batch_size, max_length)
-            gained = mean_reward(work, tokenizer, prompt_list, reward, max_new_tokens, seed, batch_size)
-            nll_pre = points[0]["nll"] if points else nll  # the first point is the pre-trained model (α = 1)
-            point = {"index": index, "kind": setting["kind"],
-                     "alpha": setting["alphas"][0] if setting["kind"] == "whole" else None,
-                     "alphas": list(setting["alphas"]), "reward": gained, "nll": nll, "tax": nll - nll_pre}
-            points.append(point)
-            with folder.file("points.jsonl").open("a") as handle:
-                handle.write(json.dumps(point) + "\n")
-        aligned_point = next(p for p in points if p["kind"] == "whole" and p["alpha"] == 0.0)
-        budget = None if lam is not None else (default_tax_budget(aligned_point["tax"]) if tax_budget is None
+        points = _sweep(folder, settings, work, (pre_state, aligned_state), block_of, tokenizer, texts, prompt_list,
+                        reward, max_new_tokens, seed, batch_size, max_length, progress)
+        aligned_tax = next(p for p in points if p["kind"] == "whole" and p["alpha"] == 0.0)["tax"]
+        budget = None if lam is not None else (default_tax_budget(aligned_tax) if tax_budget is None
                                                else float(tax_budget))
-        front = pareto_front(points)
-        chosen = choose(points, budget, lam)
-        whole_chosen = choose(points, budget, lam, among=[p["index"] for p in points if p["kind"] == "whole"])
-        chosen_dir = None
+        chosen, chosen_dir = choose(points, budget, lam), None
         if save_chosen and chosen is not None:
             load_averaged(work.state_dict(), pre_state, aligned_state, block_of, points[chosen]["alphas"])
             chosen_dir = folder.file("chosen")
             work.save_pretrained(chosen_dir)
             tokenizer.save_pretrained(chosen_dir)
-        layers = {}
-        for name, block in block_of.items():
-            if layer_index(name) is not None:
-                layers.setdefault(block, set()).add(layer_index(name))
-        result = {
-            "pre": str(pre), "aligned": str(aligned), "prompts": str(prompts), "general_text": str(general_text),
-            "reward": config["reward"], "settings": config,
-            "formula": "θ[p] = α_k·θ_pre[p] + (1 − α_k)·θ_aligned[p], k the block of p (whole model: one α)",
-            "block_layers": [sorted(layers.get(k, ())) for k in range(blocks)],
-            "blocks_rule": "layer i of L in block ⌊i·K/L⌋; embeddings in the first block, final norm and LM head in "
-                           "the last (a head tied to the embeddings stays with them)",
-            "n_prompts": len(prompt_list), "n_texts": len(texts), "texts_cut": texts_cut,
-            "tax_definition": "NLL(θ) − NLL(θ_pre), mean per-token NLL of the general texts",
-            "reward_pre": points[0]["reward"], "nll_pre": points[0]["nll"],
-            "reward_aligned": aligned_point["reward"], "nll_aligned": aligned_point["nll"],
-            "tax_aligned": aligned_point["tax"],
-            "rule": "highest reward − λ·tax" if lam is not None else "highest reward with tax ≤ tax_budget",
-            "tax_budget": budget, "lam": lam,
-            "points": points, "pareto_front": front,
-            "chosen": points[chosen] if chosen is not None else None,
-            "whole_model_chosen": points[whole_chosen] if whole_chosen is not None else None,
-            "chosen_model": str(chosen_dir) if chosen_dir is not None else None,
-        }
+        result = _result(config, points, budget, lam, block_of, (len(prompt_list), len(texts), texts_cut), chosen_dir)
         folder.write_json("result.json", result)
-        plot_average(points, front, chosen, budget, folder.file("average.png"),
+        plot_average(points, result["pareto_front"], chosen, budget, folder.file("average.png"),
                      f"model averaging: {Path(str(pre)).name} ↔ {Path(str(aligned)).name}")
-        write_report_safely(folder.path, log)
-    finally:
-        folder.unlock()
-    aligned_line = f"aligned: reward {aligned_point['reward']:.4g}, tax {aligned_point['tax']:.4g}"
-    pick = result["chosen"]
-    chosen_line = ("no point qualifies" if pick is None else
-                   f"chosen α_k = ({', '.join(f'{a:g}' for a in pick['alphas'])}): reward {pick['reward']:.4g}, "
-                   f"tax {pick['tax']:.4g}")
-    rule = f"λ = {lam:g}" if lam is not None else f"tax budget {budget:.4g}"
-    log(f"{len(points)} points; pre-trained: reward {points[0]['reward']:.4g}; {aligned_line}; {chosen_line} "
-        f"({rule}); {len(front)} on the Pareto front; wrote {folder.file('result.json')}, "
-        f"{folder.file('points.jsonl')}, {folder.file('average.png')}"
-        + (f", {chosen_dir}" if chosen_dir is not None else ""))
+    log(_summary_line(result, folder))
     return result
