@@ -184,7 +184,7 @@ class OnlineConfig:
     it through the one loop (the `train` section applies to every round)."""
 
     mode: str = "raft"
-    """How each round's training data is built: an online mode registered in `alignlab.online.round_data` (each
+    """How each round's training data is built: an online mode registered in `alignlab.data.round_data` (each
     builder's docstring says what it builds, `ONLINE_MODES` lists them)."""
     rounds: int = 3
     prompts: str = ""

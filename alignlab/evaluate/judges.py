@@ -1,24 +1,9 @@
 """LLM judges and their biases: position bias from both presentation orders, robustness to injected cues.
 
 A judge J(q, first, second) ∈ {first, second, tie} is shown every preference pair twice, as (A, B) and as
-(B, A). Position bias (the definitions of Zheng et al., 2023, "Judging LLM-as-a-Judge with MT-Bench and
-Chatbot Arena"): a pair is *consistent* when the same response wins in both orders (or both are ties);
-
-    consistency = #consistent / #pairs
-    primacy     = #(first-shown won both times) / #inconsistent      ("biased toward first")
-    recency     = #(second-shown won both times) / #inconsistent     ("biased toward second")
-
-the rest of the inconsistent pairs are a tie in one order only. With a known preferred response (records
-``prompt``, ``chosen``, ``rejected``), accuracy is the fraction of the 2N presentations in which the chosen
-response wins.
-
-Judging-bias injections ("Assessing Judging Bias in Large Reasoning Models", 2025): a cue is added to a
-presentation in favour of one response — by default the one the judge did not pick (for a tie, the second
-shown) — and the judge asked again. Bandwagon: a sentence after the question claiming most readers
-preferred that response. Authority: a made-up citation after that response. Distraction: an irrelevant
-sentence after the *other* response. Superficial reflection: a "wait, let me double-check" passage after
-that response. Per bias, robustness = #(verdicts unchanged) / #presentations, over both orders; position
-bias is the both-orders evaluation itself. The cue texts are alignlab's own.
+(B, A), and again with a cue injected in favour of one response; what its verdicts say — consistency, primacy,
+recency, accuracy, robustness per bias — is computed by the pure functions of `alignlab.evaluate.judge_bias`, whose
+docstring gives the definitions (Zheng et al., 2023; "Assessing Judging Bias in Large Reasoning Models", 2025).
 
 Two judges share one batched interface, ``judge(questions, firsts, seconds) -> verdicts``: `PromptedJudge`
 reads a causal LM's next-token log-probs of " A" and " B" after a comparison prompt (one forward pass per

@@ -2,7 +2,7 @@
 
 Batch: `RolloutLogps` — per-token log-probs of the sampled completions under the policy now (ℓ_θ,t), the
 policy that sampled them (ℓ_old,t) and the reference (ℓ_ref,t), and one advantage A_i per completion (computed
-by the round from K samples per prompt, `alignlab.online.advantages`). With ρ_t = exp(ℓ_θ,t − ℓ_old,t), the
+by the round from K samples per prompt, `alignlab.data.advantages`). With ρ_t = exp(ℓ_θ,t − ℓ_old,t), the
 per-token term is PPO's clipped surrogate
 
     s_t = min(ρ_t·A_i, clip(ρ_t, 1 − ε, 1 + ε)·A_i),

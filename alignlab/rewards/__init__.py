@@ -7,15 +7,15 @@ Each reward class is registered by name in its module (`register`); `available()
 
 from alignlab.rewards import follow_up, programmatic, reward_model  # noqa: F401  (registers the rewards)
 from alignlab.rewards.base import (
-                                   PartialReward,
-                                   Reward,
-                                   available,
-                                   build,
-                                   check_entry,
-                                   check_reward_params,
-                                   entry_from_argument,
-                                   from_config,
-                                   register,
+    PartialReward,
+    Reward,
+    available,
+    build,
+    check_entry,
+    check_reward_params,
+    entry_from_argument,
+    from_config,
+    register,
 )
 from alignlab.rewards.programmatic import scores_partial
 from alignlab.rewards.sentiment import SentimentReward

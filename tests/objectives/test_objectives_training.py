@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from alignlab import objectives
 from alignlab.assets import EMBEDDED_MODEL_DIR
+from alignlab.commands.train import train_or_rounds
 from alignlab.config import config_from_dict
 from alignlab.train import train
 
@@ -48,7 +49,7 @@ def run(model_dir, data, out, objective, steps, lr=1e-3):
                        "max_new_tokens": 8}} if online else {}),
         "out_dir": str(out),
     })
-    result = train(config, log=lambda *_: None)
+    result = train_or_rounds(config, log=lambda *_: None)  # `alignlab train`: one run, or the online round
     metrics = out / "rounds" / "round-001" / "run" / "metrics.jsonl" if online else out / "metrics.jsonl"
     history = [json.loads(line) for line in metrics.read_text().splitlines()]
     return result, history
