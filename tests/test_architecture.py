@@ -140,3 +140,22 @@ def test_the_circle_search_finds_a_circle(monkeypatch):
     monkeypatch.setitem(globals(), "import_graph", lambda: graph)
     with pytest.raises(AssertionError, match=re.escape("alignlab.data.a → alignlab.models.b → alignlab.data.a")):
         test_no_circle_between_modules()
+
+
+def test_files_and_functions_stay_readable():
+    """No file but config.py over 500 lines; no function over 60 lines unless its docstring says why it is kept
+    whole; the loop of one run in at most 350 lines importing at most 12 alignlab modules."""
+    long_files, long_functions = [], []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source = path.read_text()
+        if len(source.splitlines()) > 500 and path.name != "config.py":
+            long_files.append(f"{path.relative_to(PACKAGE)}: {len(source.splitlines())} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 60 \
+                    and "kept whole" not in (ast.get_docstring(node) or "").lower():
+                long_functions.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name}")
+    assert not long_files, long_files
+    assert not long_functions, f"over 60 lines without saying why: {long_functions}"
+    loop = PACKAGE / "train" / "loop.py"
+    assert len(loop.read_text().splitlines()) <= 350
+    assert len({target for target, _, _ in imports(loop, known_modules())}) <= 12
