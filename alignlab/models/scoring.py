@@ -18,12 +18,12 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from alignlab.data.collate import collate_shared_prefix, collate_slots
 from alignlab.data.tokenize import TokenizedSFT
 from alignlab.models.adapters import reference_context, without_peft_wrapper
+from alignlab.models.exactness import packing_allowed
+from alignlab.models.layouts import SlotLayout, body_and_head, logit_postprocess, rows_layout, slot_layout
 
 DEFAULT_CHUNK_TOKENS = 1024
 
@@ -56,32 +56,6 @@ class TokenScores:
 
     logps: torch.Tensor
     square_mass: torch.Tensor | None = None
-
-
-def _body_and_head(model):
-    """(transformer body, LM head) of a causal LM (under its LoRA adapters, if any), or (None, None) when they
-    cannot be split."""
-    model = without_peft_wrapper(model)
-    body = getattr(model, "base_model", None)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if body is None or body is model or head is None:
-        return None, None
-    return body, head
-
-
-def _logit_postprocess(config):
-    """Transforms some architectures apply to the head's output (logit scale, final soft-capping)."""
-    scale = getattr(config, "logit_scale", None)
-    softcap = getattr(config, "final_logit_softcapping", None)
-
-    def apply(logits: torch.Tensor) -> torch.Tensor:
-        if scale is not None:
-            logits = logits * scale
-        if softcap is not None:
-            logits = torch.tanh(logits / softcap) * softcap
-        return logits
-
-    return apply
 
 
 def target_logps_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -131,86 +105,19 @@ def chunked_head_logps(
     return TokenScores(torch.cat(logps), torch.cat(squares) if with_square_mass else None)
 
 
-@dataclass
-class SlotLayout:
-    """Where a batch's completion tokens are, for one forward pass: the model inputs, and for each of the M
-    completion tokens the (row, column) of the hidden state that predicts it and the token itself.
-    `to_slots` puts per-token values `[M, ...]` back as one `[B, T, ...]` tensor per completion slot."""
-
-    inputs: dict[str, torch.Tensor]
-    """``input_ids``, ``attention_mask`` (and ``position_ids`` for packed rows) of the forward pass."""
-    rows: torch.Tensor
-    columns: torch.Tensor
-    targets: torch.Tensor
-    placement: torch.Tensor
-    """Bool mask of the completion tokens in the per-slot layout, ``[S, B, T]`` (or ``[B, S, T]`` when
-    `slot_dim` is 1), in the order of the M tokens."""
-    slot_dim: int = 0
-
-    def select(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The states `[M, ...]` that predict the completion tokens, from body outputs `[R, W, ...]`."""
-        return hidden[self.rows, self.columns]
-
-    def to_slots(self, values: torch.Tensor) -> list[torch.Tensor]:
-        """Per-token values `[M, ...]` as one `[B, T, ...]` tensor per slot (0 outside completions)."""
-        out = values.new_zeros((*self.placement.shape, *values.shape[1:]))
-        if values.dim() == 1:
-            out = out.masked_scatter(self.placement, values)
-        else:
-            out[self.placement] = values
-        return list(out.unbind(self.slot_dim))
-
-    @property
-    def masks(self) -> list[torch.Tensor]:
-        """0/1 (long) completion masks, one `[B, T]` per slot."""
-        return list(self.placement.long().unbind(self.slot_dim))
-
-
-def rows_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
-                slots: int = 1, position_ids: torch.Tensor | None = None) -> SlotLayout:
-    """Layout of ready-made rows (`[S·B, L]`, slot-major): the token at column t is predicted from column t − 1.
-    The first column has no context, so `completion_mask` must be 0 there."""
-    if completion_mask[:, 0].any():
-        raise ValueError("completion_mask is 1 at position 0: the first token has no context to be scored from")
-    target_mask = completion_mask[:, 1:].bool()
-    rows, columns = target_mask.nonzero(as_tuple=True)
-    placement = F.pad(target_mask, (1, 0)).view(slots, -1, completion_mask.shape[1])
-    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if position_ids is not None:
-        inputs["position_ids"] = position_ids
-    return SlotLayout(inputs, rows, columns, input_ids[:, 1:][target_mask], placement)
-
-
-def shared_prefix_layout(batch: dict[str, torch.Tensor]) -> SlotLayout:
-    """Layout of packed rows from `collate_shared_prefix`: example b's slot k token m is predicted from row
-    ``example_row[b]``, column ``source_index[b, k, m]``."""
-    mask = batch["completion_masks"].bool()
-    rows = batch["example_row"][:, None, None].expand_as(mask)[mask]
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
-    return SlotLayout(inputs, rows, batch["source_index"][mask], batch["targets"][mask], mask, slot_dim=1)
-
-
-def slot_layout(examples, pad_id: int, device, options: ScoringOptions, splittable: bool = True) -> SlotLayout:
-    """The layout `options` choose for `examples` (objects with `.prompt` and `.completions`), on `device`.
-
-    With `share_prefix` (and a model whose body and head can be split) each example's prompt is computed
-    once, several examples per row with `padding_free`; otherwise each completion is its own row after a
-    copy of its prompt. Both give the same log-probs; this is the one place that chooses between them.
-    """
-    if options.share_prefix and splittable:
-        packed = collate_shared_prefix(examples, pad_id, options.padding_free)
-        return shared_prefix_layout({k: v.to(device) for k, v in packed.items()})
-    batch = {k: v.to(device) for k, v in collate_slots(examples, pad_id).items()}
-    return rows_layout(batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
-                       len(examples[0].completions))
+def layout_for(models: list, examples, pad_id: int, device, options: ScoringOptions) -> SlotLayout:
+    """The layout `options` choose for `examples`, packed only where it is exact for every one of `models`
+    (`alignlab.models.exactness`: the probe, the attention window); otherwise one row per completion."""
+    packed = options.share_prefix and all(packing_allowed(model, examples) for model in models)
+    return slot_layout(examples, pad_id, device, packed, options.padding_free)
 
 
 def _selected_scores(model, layout: SlotLayout, options: ScoringOptions, with_square_mass: bool) -> TokenScores:
     """Flat scores `[M]` of the layout's completion tokens under `model`."""
-    body, head = _body_and_head(model)
+    body, head = body_and_head(model)
     if body is not None:
         hidden = body(**layout.inputs).last_hidden_state
-        postprocess = _logit_postprocess(model.config)
+        postprocess = logit_postprocess(model.config)
     else:
         hidden = model(**layout.inputs).logits
         head, postprocess = torch.nn.Identity(), lambda logits: logits
@@ -223,8 +130,8 @@ def completion_hidden_states(model, examples, pad_id: int, device, options: Scor
                              ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The last layer's hidden states that predict each completion token (from the last prompt token to the
     second-to-last completion token), one `[B, T, H]` tensor per slot, with the slots' `[B, T]` 0/1 masks."""
-    layout = slot_layout(examples, pad_id, device, options, _body_and_head(model)[0] is not None)
-    body, _ = _body_and_head(model)
+    layout = layout_for([model], examples, pad_id, device, options)
+    body, _ = body_and_head(model)
     if body is not None:
         hidden = body(**layout.inputs).last_hidden_state
     else:
@@ -266,7 +173,7 @@ class SlotScores:
 def score_slots(model, examples, pad_id: int, device, options: ScoringOptions = DEFAULT_OPTIONS,
                 with_square_mass: bool = False) -> SlotScores:
     """Score every completion slot of `examples` (objects with `.prompt` and `.completions`) in one forward pass."""
-    layout = slot_layout(examples, pad_id, device, options, _body_and_head(model)[0] is not None)
+    layout = layout_for([model], examples, pad_id, device, options)
     flat = _selected_scores(model, layout, options, with_square_mass)
     square = layout.to_slots(flat.square_mass) if flat.square_mass is not None else None
     return SlotScores(layout.to_slots(flat.logps), layout.masks, square)
@@ -323,8 +230,8 @@ def layout_token_kl(policy, reference, layout: SlotLayout, options: ScoringOptio
     Both LM heads run on the completion-predicting positions only, `options.chunk_tokens` rows at a time;
     full-vocabulary log-softmaxes exist one chunk at a time (a chunk of the policy's is kept for its gradient).
     """
-    policy_body, policy_head = _body_and_head(policy)
-    reference_body, reference_head = _body_and_head(reference)
+    policy_body, policy_head = body_and_head(policy)
+    reference_body, reference_head = body_and_head(reference)
     if policy_body is None or reference_body is None:
         raise ValueError("token-level KL needs models whose transformer body and LM head can be split")
     hidden_policy = layout.select(policy_body(**layout.inputs).last_hidden_state)
@@ -332,7 +239,7 @@ def layout_token_kl(policy, reference, layout: SlotLayout, options: ScoringOptio
         out = reference_body(**layout.inputs, output_hidden_states=True)
         hidden_reference = layout.select(out.last_hidden_state)
         layers = [layout.select(h) for h in out.hidden_states[1:]]
-    post_policy, post_reference = _logit_postprocess(policy.config), _logit_postprocess(reference.config)
+    post_policy, post_reference = logit_postprocess(policy.config), logit_postprocess(reference.config)
     pieces = []
     chunk = options.chunk_tokens
     for hp, hr, t in zip(hidden_policy.split(chunk), hidden_reference.split(chunk), layout.targets.split(chunk),
@@ -364,7 +271,8 @@ def completion_token_kl(policy, reference, input_ids: torch.Tensor, attention_ma
 def score_token_kl(policy, reference, examples, pad_id: int, device, options: ScoringOptions = DEFAULT_OPTIONS,
                    keep_hidden: bool = False) -> TokenKL:
     """`layout_token_kl` of every completion slot of `examples`, laid out as `options` choose."""
-    return layout_token_kl(policy, reference, slot_layout(examples, pad_id, device, options), options, keep_hidden)
+    return layout_token_kl(policy, reference, layout_for([policy, reference], examples, pad_id, device, options),
+                           options, keep_hidden)
 
 
 @torch.no_grad()
@@ -377,16 +285,15 @@ def completion_distribution_values(models: list, examples, pad_id: int, device, 
 
     This is the engine's door for diagnostics that need whole distributions rather than the target token's
     log-prob: per-position KL between two models, top-k entropy and mass."""
-    splittable = all(_body_and_head(model)[0] is not None for model in models)
-    layout = slot_layout(examples, pad_id, device, options, splittable)
+    layout = layout_for(models, examples, pad_id, device, options)
     selected, heads = [], []
     for model in models:
-        body, head = _body_and_head(model)
+        body, head = body_and_head(model)
         if body is None:  # a model whose head cannot be split off: its logits, selected
             selected.append(layout.select(model(**layout.inputs).logits))
             heads.append(lambda logits: logits)
         else:
-            postprocess = _logit_postprocess(model.config)
+            postprocess = logit_postprocess(model.config)
             selected.append(layout.select(body(**layout.inputs).last_hidden_state))
             heads.append(lambda h, head=head, post=postprocess: post(head(h)))
     pieces = []

@@ -6,7 +6,8 @@ inputs; `ModelReference` scores a frozen model at every step (and TR-DPO moves i
 
 The cache key is a fingerprint of everything the numbers depend on: the token ids of every
 example after truncation (so the data, the tokenizer, the chat template and the truncation
-settings), the reference model's weights and dtype, and the version of the scoring engine. A change
+settings), the reference model's weights, its config (every field of config.json: attention windows,
+soft-capping, …) and dtype, the autocast precision, and the version of the scoring engine. A change
 in any of them gives a new key, so a stale cache is never read.
 """
 
@@ -27,7 +28,8 @@ from alignlab.errors import ConfigError
 from alignlab.models.adapters import frozen_copy_or_self, has_adapters, reference_context
 from alignlab.models.scoring import DEFAULT_OPTIONS, ScoringOptions, score_slots
 
-SCORING_VERSION = "3"
+SCORING_VERSION = "4"
+"""Bumped when the engine's numbers change: 4 — models with local attention or ALiBi are scored exactly."""
 DEFAULT_CACHE_DIR = Path("~/.cache/alignlab/reference").expanduser()
 
 
@@ -43,10 +45,21 @@ def data_fingerprint(examples) -> str:
     return digest.hexdigest()
 
 
+def config_fingerprint(model) -> str:
+    """sha256 of every field of the model's config (its config.json: attention windows, soft-capping, rope, …) but
+    the ones that name where it came from or which transformers wrote it."""
+    config = getattr(model, "config", None)
+    fields = config.to_dict() if config is not None else {}
+    kept = {k: v for k, v in fields.items() if not k.startswith("_") and k != "transformers_version"}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def cache_key(examples, model, precision: str = "fp32") -> str:
-    """The cache file's name: the scoring version, the data, the weights, their dtype and (when not float32) the
-    autocast precision the log-probs were computed in."""
-    parts = [SCORING_VERSION, data_fingerprint(examples), weights_fingerprint(model), str(model.dtype)]
+    """The cache file's name: the scoring version, the data (token ids after the tokenizer, its chat template and
+    truncation), the weights, the model's config, their dtype and (when not float32) the autocast precision the
+    log-probs were computed in."""
+    parts = [SCORING_VERSION, data_fingerprint(examples), weights_fingerprint(model), config_fingerprint(model),
+             str(model.dtype)]
     if precision != "fp32":
         parts.append(f"autocast {precision}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]

@@ -14,6 +14,7 @@ from alignlab import objectives
 from alignlab.config import CHANGEABLE_ON_RESUME, RunConfig, objective_terms, resume_changes
 from alignlab.errors import ConfigError
 from alignlab.models.adapters import trainable_parameter_count, with_lora
+from alignlab.models.exactness import probe
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.models.scoring import InsideForward
 from alignlab.run_folder import MetricsLog, RunFolder
@@ -155,11 +156,14 @@ def open_folder(config: RunConfig, start: Start, data: Data, overwrite: bool) ->
 def models_and_references(config: RunConfig, start: Start, data: Data, model: torch.nn.Module,
                           reference_model: torch.nn.Module | None
                           ) -> tuple[Data, torch.nn.Module, Reference | None, Reference | None]:
-    """What the objective needs of the model as loaded, before any step: self-samples (``negatives`` data), the
+    """What the objective needs of the model as loaded, before any step: the scoring layout that is exact for it
+    (`alignlab.models.exactness`, said once), self-samples (``negatives`` data), the
     model to train (with LoRA adapters when `adapter.r`), the references of the training and evaluation examples
     (scored by `reference_model` when given), then (`train.compile`) the model compiled: (data, model, reference,
     evaluation reference)."""
     say, accelerator = start.say, start.accelerator
+    if config.scoring.share_prefix:  # which layout is exact for this model, found out and said once
+        say(probe(model).describe(model))
     data = with_negatives(config, start, data, model)
     if config.adapter.r:
         model = _with_adapters(config, model, say)
