@@ -178,3 +178,11 @@ def packing_allowed(model, examples) -> bool:
         return False
     window = attention_window(model.config)
     return window is None or longest_sequence(examples) <= window
+
+
+def layout_note(model) -> str | None:
+    """The line a run says once about how `model` is scored (`probe`'s verdict); None for a model the engine does
+    not lay out (a classifier without an LM head)."""
+    if body_and_head(model)[0] is None:
+        return None
+    return probe(model).describe(model)

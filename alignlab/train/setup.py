@@ -14,7 +14,7 @@ from alignlab import objectives
 from alignlab.config import CHANGEABLE_ON_RESUME, RunConfig, objective_terms, resume_changes
 from alignlab.errors import ConfigError
 from alignlab.models.adapters import trainable_parameter_count, with_lora
-from alignlab.models.exactness import probe
+from alignlab.models.exactness import layout_note
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.models.scoring import InsideForward
 from alignlab.run_folder import MetricsLog, RunFolder
@@ -162,8 +162,9 @@ def models_and_references(config: RunConfig, start: Start, data: Data, model: to
     (scored by `reference_model` when given), then (`train.compile`) the model compiled: (data, model, reference,
     evaluation reference)."""
     say, accelerator = start.say, start.accelerator
-    if config.scoring.share_prefix:  # which layout is exact for this model, found out and said once
-        say(probe(model).describe(model))
+    note = layout_note(model) if config.scoring.share_prefix else None  # the exact layout, found out once
+    if note:
+        say(note)
     data = with_negatives(config, start, data, model)
     if config.adapter.r:
         model = _with_adapters(config, model, say)
