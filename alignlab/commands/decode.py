@@ -25,6 +25,7 @@ from alignlab.config import ModelConfig, build_dataclass, load_yaml
 from alignlab.data.prompts import PromptsConfig, read_prompts
 from alignlab.errors import ConfigError
 from alignlab.evaluate.frontier import plot_frontier, sample_logps
+from alignlab.models.exactness import layout_note
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.report.html import write_report_safely
 from alignlab.run_folder import RunFolder
@@ -156,6 +157,9 @@ def run_decode(config: DecodeConfig, resume: bool = False, log=print, overwrite:
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
     dtype = "float32" if config.model.dtype == "auto" else config.model.dtype
     model = load_model(config.model.path, dtype, config.model.trust_remote_code)
+    note = layout_note(model)  # how the engine scores it exactly (the reference log-probs of every method)
+    if note:
+        log(note)
     models = {}
     for name in ("draft", "baseline"):
         section = getattr(config, name)
