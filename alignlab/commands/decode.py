@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import inspect
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,8 @@ from alignlab.report.html import write_report_safely
 from alignlab.run_folder import RunFolder
 
 COMMON = ("n", "seed", "progress", "max_new_tokens")
+LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+"""A method label: it names files (methods/LABEL.jsonl), so nothing that leaves the folder or nests in it."""
 """Settings of the config that every method gets unless its entry sets them."""
 
 
@@ -86,10 +89,15 @@ def decode_config(data: dict) -> DecodeConfig:
             raise ConfigError(f"{key} must be at least 1, got {getattr(config, key)}")
     if not config.prompts.path:
         raise ConfigError("prompts.path: name the prompt file")
+    if not 0 <= config.seed < 2**63:
+        raise ConfigError(f"seed must be in [0, 2^63), got {config.seed}")
     labels = []
     for method in config.methods:
+        if method.label is not None and not LABEL.fullmatch(method.label):
+            raise ConfigError(f"methods: label {method.label!r} names the method's files in the run folder: use "
+                              "letters, digits, '.', '_' and '-' only, starting with a letter or digit")
         decode.get(method.name, **{k: v for k, v in method.params.items() if k not in COMMON})
-        decode.check_ranges(method.name, method.params)
+        decode.check_values(method.name, method.params)  # the settings every method shares too (n, seed, …)
         label = method.label or method.name
         labels.append(label if label not in labels else f"{label}-{sum(x.startswith(label) for x in labels) + 1}")
     for method, label in zip(config.methods, labels, strict=True):
@@ -193,6 +201,7 @@ def _decode_methods(config: DecodeConfig, folder: RunFolder, model, tokenizer, p
         log(f"{method.label}: decoding")
         samples = decode.get(method.name)(model, tokenizer, prompts, **method_arguments(config, method, reward, models))
         scores = reward.score(samples.prompts, samples.completions).float()
+        refuse_non_finite_rewards(scores, method.label, reward)
         ref_logps = sample_logps(model, samples, tokenizer.pad_token_id or 0)
         done[method.label] = summarise(samples, scores, ref_logps, method)
         rows = [{"method": method.label, "prompt": samples.prompts[i], "completion": samples.completions[i],
@@ -204,6 +213,14 @@ def _decode_methods(config: DecodeConfig, folder: RunFolder, model, tokenizer, p
         log(f"{method.label}: reward {done[method.label]['reward']:.3f}, KL {done[method.label]['kl']:.3f} "
             f"({samples.kl_kind}), {samples.cost.seconds:.1f} s")
     return write_outputs(folder, config, done)
+
+
+def refuse_non_finite_rewards(scores: torch.Tensor, label: str, reward) -> None:
+    """ConfigError when the reward gave a NaN or infinite score: a mean over them would be noise, not a result."""
+    bad = int((~torch.isfinite(scores)).sum())
+    if bad:
+        raise ConfigError(f"{label}: the reward {getattr(reward, 'name', reward)} gave {bad} of {len(scores)} scores "
+                          "that are not finite numbers (a NaN model or weight?), so no mean reward can be reported")
 
 
 def write_outputs(folder: RunFolder, config: DecodeConfig, done: dict) -> dict:

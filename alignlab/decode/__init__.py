@@ -21,11 +21,12 @@ from alignlab.decode.base import (
     Samples,
     available,
     check_ranges,
+    check_values,
     get,
     register,
     spec,
 )
 from alignlab.decode.sampling import generate, sample
 
-__all__ = ["SHARED_RANGES", "DecoderSpec", "Range", "Samples", "available", "check_ranges", "generate", "get",
-           "register", "sample", "spec"]
+__all__ = ["SHARED_RANGES", "DecoderSpec", "Range", "Samples", "available", "check_ranges", "check_values",
+           "generate", "get", "register", "sample", "spec"]

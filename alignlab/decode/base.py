@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import inspect
 import math
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -26,7 +28,7 @@ from alignlab.data.formats import Text
 from alignlab.data.tokenize import encode_prompt
 from alignlab.decode.stream import Cost, Timer
 from alignlab.errors import ConfigError
-from alignlab.registries import check_params, summary, unknown_name
+from alignlab.registries import check_params, describe_type, did_you_mean, fits_type, summary, unknown_name
 
 COMMON_PARAMS = ("model", "tokenizer", "prompts", "n", "reward", "seed", "progress")
 """Arguments every decoder takes; the rest of its signature are its own parameters."""
@@ -142,7 +144,7 @@ class Range:
 SHARED_RANGES = {
     "temperature": Range(0, low_open=True), "top_p": Range(0, 1, low_open=True), "top_k": Range(0),
     "candidates": Range(1), "beta": Range(0), "batch_size": Range(1), "max_new_tokens": Range(1),
-    "max_prompt_tokens": Range(1),
+    "max_prompt_tokens": Range(1), "n": Range(1), "seed": Range(0, 2**63 - 1),
 }
 """Ranges of the parameters decoders share by name, checked with the config for any decoder; a decoder's own
 declared range of the same name replaces its shared one."""
@@ -156,6 +158,10 @@ class DecoderSpec:
     summary: str
     declared_ranges: dict[str, Range] = field(default_factory=dict)
     """The ranges the decoder declared at registration (`register`'s `ranges`)."""
+    choices: dict[str, tuple] = field(default_factory=dict)
+    """The values a parameter may take, declared at registration (`register`'s `choices`)."""
+    types: dict[str, Any] = field(default_factory=dict)
+    """Each parameter's annotation (a config value must fit it)."""
 
     @property
     def params(self) -> list[str]:
@@ -176,24 +182,37 @@ class DecoderSpec:
 _DECODERS: dict[str, DecoderSpec] = {}
 
 
-def register(name: str, needs_reward: bool = False, ranges: dict[str, Range] | None = None) -> Callable:
+def register(name: str, needs_reward: bool = False, ranges: dict[str, Range] | None = None,
+             choices: dict[str, tuple] | None = None) -> Callable:
     """Decorator: make decoding function `fn` available as `name`; `ranges`: the ranges of its own numeric
-    parameters (beside `SHARED_RANGES`), checked with the config."""
+    parameters (beside `SHARED_RANGES`), `choices`: the values a parameter may take; both, and every parameter's
+    type (its annotation), checked with the config."""
 
     def decorate(fn: Callable) -> Callable:
         taken = inspect.signature(fn).parameters
         missing = [p for p in ("model", "tokenizer", "prompts", "n") if p not in taken]
         if missing:
             raise TypeError(f"decoder '{name}' must take {', '.join(missing)}")
-        strangers = [key for key in ranges or {} if key not in taken]
-        if strangers:
-            raise TypeError(f"decoder '{name}' declares ranges of parameters it does not take: {', '.join(strangers)}")
+        for what, declared in (("ranges", ranges), ("choices", choices)):
+            strangers = [key for key in declared or {} if key not in taken]
+            if strangers:
+                raise TypeError(f"decoder '{name}' declares {what} of parameters it does not take: "
+                                f"{', '.join(strangers)}")
         if name in _DECODERS:
             raise ValueError(f"decoder '{name}' is registered twice")
-        _DECODERS[name] = DecoderSpec(name, fn, needs_reward, summary(fn), dict(ranges or {}))
+        _DECODERS[name] = DecoderSpec(name, fn, needs_reward, summary(fn), dict(ranges or {}), dict(choices or {}),
+                                      _annotations(fn))
         return fn
 
     return decorate
+
+
+def _annotations(fn: Callable) -> dict[str, Any]:
+    """`fn`'s parameter annotations, resolved (none when they cannot be)."""
+    try:
+        return {key: hint for key, hint in typing.get_type_hints(fn).items() if key != "return"}
+    except (NameError, TypeError):
+        return {}
 
 
 def spec(name: str) -> DecoderSpec:
@@ -209,7 +228,7 @@ def check_ranges(name: str, params: dict) -> None:
     decoder = spec(name)
     for key, value in params.items():
         allowed = decoder.range_of(key)
-        if allowed is None:
+        if allowed is None or (value is None and key in decoder.types and fits_type(None, decoder.types[key])):
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"decoder '{name}': {key} must be a number, got {value!r}")
@@ -217,12 +236,29 @@ def check_ranges(name: str, params: dict) -> None:
             raise ConfigError(f"decoder '{name}': {key} must be {allowed}, got {value}")
 
 
+def check_values(name: str, params: dict) -> None:
+    """ConfigError when a value of `params` does not fit its parameter's annotation, is a number that is not
+    finite, is not one of its declared choices, or is out of its range (`check_ranges`)."""
+    decoder = spec(name)
+    for key, value in params.items():
+        hint = decoder.types.get(key)
+        if hint is not None and not fits_type(value, hint):
+            raise ConfigError(f"decoder '{name}': {key} must be {describe_type(hint)}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"decoder '{name}': {key} must be a finite number, got {value}")
+        options = decoder.choices.get(key)
+        if options is not None and value not in options:
+            raise ConfigError(f"decoder '{name}': {key} must be one of {', '.join(map(str, options))}, got {value!r}."
+                              + did_you_mean(str(value), [str(o) for o in options]))
+    check_ranges(name, params)
+
+
 def get(name: str, **params) -> Callable:
     """The decoder `name`, its parameters checked (ConfigError with a suggestion when one is unknown, or when one
-    is out of its declared or shared range)."""
+    has the wrong type, a value outside its choices, or is out of its declared or shared range)."""
     decoder = spec(name)
     check_params("decoder", name, params, decoder.params)
-    check_ranges(name, params)
+    check_values(name, params)
     return decoder.fn
 
 

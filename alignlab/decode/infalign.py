@@ -45,7 +45,8 @@ def quantile_policy(phi, beta: float, points: int = 200_001) -> tuple[torch.Tens
     return f, float((f * log_f).mean()), float((f * u).mean())
 
 
-@register("infalign", needs_reward=True, ranges={"calibration_samples": Range(1)})
+@register("infalign", needs_reward=True, ranges={"calibration_samples": Range(1)},
+          choices={"transform": tuple(TRANSFORMS)})
 def infalign(model, tokenizer, prompts: list[Text], n: int = 1, *, reward, candidates: int = 8,
              calibration_samples: int = 16, transform: str = "best_of_n", t: float = 1.0, beta: float = 0.1,
              max_new_tokens: int = 32, batch_size: int = 4, seed: int | None = None, progress: bool = True) -> Samples:

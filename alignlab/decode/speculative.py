@@ -153,7 +153,7 @@ def speculate_one(target, draft, prompt: list[int], max_new_tokens: int, gamma: 
     return out, logp, accepted
 
 
-@register("speculative", ranges={"gamma": Range(1)})
+@register("speculative", ranges={"gamma": Range(1)}, choices={"verify": tuple(VERIFIERS)})
 def speculative(model, tokenizer, prompts: list[Text], n: int = 1, *, draft, gamma: int = 4, verify: str = "block",
                 max_new_tokens: int = 32, temperature: float = 1.0, seed: int | None = None,
                 progress: bool = True) -> Samples:

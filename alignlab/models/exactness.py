@@ -11,7 +11,7 @@ from the 2D mask (BLOOM's ALiBi), or whatever a model nobody has tried yet does.
 - **a probe**, once per model object (`probe`): a few short sequences scored in packed rows and by a plain
   forward of each sequence alone. If they differ by more than `tolerance` (or packing raises), the model is
   scored one row per sequence from then on, and that is said once. If the rows differ too, the model is refused:
-  nothing the engine can lay out is exact for it.
+  nothing the engine can lay out is exact for it; so is a model whose plain forward gives non-finite log-probs.
 """
 
 from __future__ import annotations
@@ -78,6 +78,11 @@ def attention_window(config) -> int | None:
     return min(windows) if windows else None
 
 
+def _name(model) -> str:
+    """The model as a user named it (its folder or hub id), else its class."""
+    return getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
+
+
 def tolerance(model) -> float:
     """Per-token log-prob difference allowed between two layouts: float32 rounding, or 16-bit rounding."""
     dtype = next(model.parameters()).dtype
@@ -138,6 +143,9 @@ def probe(model) -> Verdict:
     try:
         with torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
             expected = _plain_logps(model, examples, device)
+            if not all(torch.isfinite(values).all() for values in expected):
+                raise ConfigError(f"{_name(model)} gives non-finite log-probs (NaN or infinite weights?): nothing "
+                                  "it scores, samples or trains on would mean anything")
             packed_error, packed_failure = None, None
             if body_and_head(model)[0] is not None:
                 try:
@@ -148,7 +156,7 @@ def probe(model) -> Verdict:
     finally:
         model.train(training)
     if rows_error > limit:
-        raise ConfigError(f"{type(model).__name__} cannot be scored exactly: one row per sequence differs from a plain "
+        raise ConfigError(f"{_name(model)} cannot be scored exactly: one row per sequence differs from a plain "
                           f"forward by {rows_error:.3g} nats per token (tolerance {limit:g})")
     packed_exact = packed_error is not None and packed_error <= limit
     if packed_exact:

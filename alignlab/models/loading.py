@@ -91,10 +91,11 @@ def _custom_code_or(error: ValueError, name: str, what: str, local: bool) -> Exc
 
 
 def load_model(name_or_path: str, dtype: str = "auto", trust_remote_code: bool = False, device: str = "cpu",
-               kind: str = "causal_lm"):
+               kind: str = "causal_lm", trained_head: bool = False):
     """A causal LM (or, with `kind="reward"`, a sequence classifier with one output: a reward model) in
     `dtype` on `device`, in eval mode; weights from safetensors only. A reward head missing from the
-    checkpoint is initialised afresh."""
+    checkpoint is initialised afresh (to train one), unless `trained_head` asks for the checkpoint's own: then a
+    folder without one (a causal LM) is refused, as is a head with more than one output."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     location, local = resolve_model_path(name_or_path)
@@ -115,10 +116,16 @@ def load_model(name_or_path: str, dtype: str = "auto", trust_remote_code: bool =
             trust_remote_code=trust_remote_code,
             use_safetensors=True,
             local_files_only=local or _offline(),
+            output_loading_info=True,
             **extra,
         )
     except OSError as error:
         raise ModelNotFoundError(_not_found_message(name_or_path, "model", error, local)) from None
+    except RuntimeError as error:
+        if kind == "reward" and "mismatch" in str(error).lower():
+            raise ConfigError(f"the classification head of {name_or_path} does not have one output; a reward model "
+                              "gives one number per sequence (num_labels = 1)") from None
+        raise
     except ValueError as error:
         raise _custom_code_or(error, name_or_path, "model", local) from None
     except Exception as error:
@@ -126,7 +133,21 @@ def load_model(name_or_path: str, dtype: str = "auto", trust_remote_code: bool =
             raise ModelNotFoundError(f"the weights of '{name_or_path}' cannot be read ({error}); the file may be "
                                      "incomplete: copy or download it again") from None
         raise
+    model, info = model
+    if kind == "reward" and trained_head:
+        refuse_untrained_head(model, info, name_or_path)
     return model.to(device).eval()
+
+
+def refuse_untrained_head(model, loading_info: dict, name: str) -> None:
+    """ConfigError when the classification head of reward model `name` was not in its checkpoint (transformers
+    made a random one): it would score noise."""
+    body = getattr(model, "base_model_prefix", "model")
+    head = [key for key in loading_info.get("missing_keys", ()) if not key.startswith(f"{body}.")]
+    if head:
+        raise ConfigError(f"{name} has no reward head in its checkpoint ({', '.join(sorted(head))} missing): it is "
+                          "not a trained reward model (a causal LM?), and a new head would score noise; train one "
+                          "(objective bradley_terry) or name a reward model's folder")
 
 
 def check_same_vocabulary(tokenizer_a, tokenizer_b, name_a: str, name_b: str, needed_for: str) -> None:

@@ -17,6 +17,7 @@ from alignlab.report.html import (
     STYLE,
     _number,
     frontier_points,
+    left_out_points,
     read_jsonl,
     svg_chart,
     training_folder,
@@ -46,7 +47,7 @@ def run_facts(run_dir: Path) -> dict:
     params = objective_params(objective) if isinstance(objective, dict) else {}
     return {"run": run_dir.name, "path": str(run_dir), "objective": objective.get("name") if isinstance(objective, dict)
             else None, "beta": params.get("beta"), "seconds": seconds, "points": frontier_points(summary),
-            "metrics": metrics}
+            "left_out": left_out_points(summary), "metrics": metrics}
 
 
 def table_rows(runs: list[dict]) -> list[dict]:
@@ -117,6 +118,17 @@ def plot_frontier_png(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def check_apart(folders: list[Path], out: Path) -> None:
+    """ConfigError when the output folder is one of the compared runs, inside one, or holds one: writing it (or
+    clearing it with --overwrite) would touch a run."""
+    target = out.resolve()
+    for folder in folders:
+        run = folder.resolve()
+        where = "one of the runs compared" if target == run else f"inside or around the run {folder}"
+        if target == run or run in target.parents or target in run.parents:
+            raise ConfigError(f"--out {out} is {where}: write the comparison into a folder of its own")
+
+
 def compare(run_dirs: list[str], out: str, overwrite: bool = False, log=print) -> dict:
     """Compare `run_dirs` (each a run folder) into the folder `out`."""
     folders = [Path(d) for d in run_dirs]
@@ -130,9 +142,14 @@ def compare(run_dirs: list[str], out: str, overwrite: bool = False, log=print) -
     names = [f.name for f in folders]
     if len(set(names)) < len(names):
         raise ConfigError(f"runs must have different folder names to be told apart, got {names}")
+    check_apart(folders, Path(out))
     target = RunFolder(out)
     target.check_usable(resume=False, overwrite=overwrite)
     runs = [run_facts(folder) for folder in folders]
+    for run in runs:
+        if run["left_out"]:
+            log(f"{run['run']}: {len(run['left_out'])} frontier points left out, their reward or KL not a finite "
+                f"number ({', '.join(run['left_out'])})")
     rows = table_rows(runs)
     with target.writing(overwrite):
         target.write_json("compare.json", {"runs": [{k: v for k, v in r.items() if k != "metrics"} for r in runs],

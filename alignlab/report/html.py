@@ -83,8 +83,8 @@ def online_curves(rounds: list[dict]) -> str:
     return svg_chart(series, "online rounds", "round", "reward / KL (nats)") if series else ""
 
 
-def frontier_points(summary: dict) -> list[dict]:
-    """(label, KL, reward, how the KL is known) of every method in a demo's or a decode run's summary.json."""
+def _summary_points(summary: dict) -> list[dict]:
+    """Every method of a demo's or a decode run's summary.json, as it stands."""
     points = []
     for label, key in (("reference", "reference"), ("DPO", "dpo")):
         if isinstance(summary.get(key), dict):
@@ -94,11 +94,22 @@ def frontier_points(summary: dict) -> list[dict]:
                        **point})
     for label, point in (summary.get("decoding") or {}).items():
         points.append({"label": label, **point})
-    for point in summary.get("methods") or []:
-        points.append(point)
+    points += list(summary.get("methods") or [])
+    return points
+
+
+def frontier_points(summary: dict) -> list[dict]:
+    """(label, KL, reward, how the KL is known) of every method in a demo's or a decode run's summary.json whose
+    KL and reward are finite numbers (`left_out_points` names the others)."""
     return [{"label": str(p.get("label", "?")), "kl": _number(p.get("kl")), "reward": _number(p.get("reward")),
-             "kl_kind": p.get("kl_kind")} for p in points
+             "kl_kind": p.get("kl_kind")} for p in _summary_points(summary)
             if _number(p.get("kl")) is not None and _number(p.get("reward")) is not None]
+
+
+def left_out_points(summary: dict) -> list[str]:
+    """The labels of the methods `frontier_points` leaves out: a KL or reward that is not a finite number."""
+    return [str(p.get("label", "?")) for p in _summary_points(summary)
+            if _number(p.get("kl")) is None or _number(p.get("reward")) is None]
 
 
 def _scale(values: list[float], low: float, high: float, margin: float = 0.0) -> tuple[float, float, callable]:

@@ -6,6 +6,7 @@ decoding and search (ARGS, DeAL) can use them.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,14 +143,14 @@ def read_phrases(phrases: list[str] | str | None, case_sensitive: bool = False) 
     if phrases is None:
         return RefusalPhrases(DEFAULT_REFUSAL_PHRASES, case_sensitive=case_sensitive)
     if isinstance(phrases, list):
-        return RefusalPhrases(tuple(phrases), case_sensitive=case_sensitive)
+        return RefusalPhrases(_phrase_items(phrases, "refusal phrases"), case_sensitive=case_sensitive)
     file, _, name = phrases.partition("#")
     path = Path(file)
     if not path.is_file():
         raise ConfigError(f"refusal phrases: file not found: {path}")
     if path.suffix != ".json":
         items = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        return RefusalPhrases(tuple(items), case_sensitive=case_sensitive)
+        return RefusalPhrases(_phrase_items(items, str(path)), case_sensitive=case_sensitive)
     try:
         data = json.loads(path.read_text())
     except ValueError as error:
@@ -169,9 +170,16 @@ def read_phrases(phrases: list[str] | str | None, case_sensitive: bool = False) 
         items = [p for values, _ in lists for p in values]
     else:
         raise ConfigError(f"{path}: expected a list of strings, or a mapping of such lists")
+    return RefusalPhrases(_phrase_items(items, f"{path}{'#' + name if name else ''}"), prefix_only, case_sensitive)
+
+
+def _phrase_items(items: list, where: str) -> tuple[str, ...]:
+    """The phrases, refused when there are none (no text would count as a refusal: every answer an attack
+    success) or one is not a non-empty string."""
     if not items or not all(isinstance(p, str) and p for p in items):
-        raise ConfigError(f"{path}{'#' + name if name else ''}: expected a non-empty list of non-empty strings")
-    return RefusalPhrases(tuple(items), prefix_only, case_sensitive)
+        raise ConfigError(f"{where}: expected a non-empty list of non-empty strings (a refusal detector without "
+                          "phrases would count every answer as an attack success)")
+    return tuple(items)
 
 
 @register("refusal")
@@ -210,7 +218,12 @@ class WeightedReward:
             if not isinstance(term, dict):
                 raise ConfigError(f"reward 'weighted': terms[{index}] must be a mapping like {{name: sentiment}}")
             entry = dict(term)
-            self.weights.append(float(entry.pop("weight", 1.0)))
+            weight = entry.pop("weight", 1.0)
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) \
+                    or abs(weight) > 1e6:
+                raise ConfigError(f"reward 'weighted': terms[{index}].weight must be a finite number of at most 1e6 "
+                                  f"in size, got {weight!r}")
+            self.weights.append(float(weight))
             self.terms.append(from_config(entry))
 
     @property

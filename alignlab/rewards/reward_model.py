@@ -21,7 +21,7 @@ class RewardModelReward:
     def __init__(self, path: str, batch_size: int = 16, max_length: int = 1024, device: str = "cpu",
                  trust_remote_code: bool = False) -> None:
         self.tokenizer = load_tokenizer(path, trust_remote_code)
-        self.model = load_model(path, "float32", trust_remote_code, device, kind="reward")
+        self.model = load_model(path, "float32", trust_remote_code, device, kind="reward", trained_head=True)
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.batch_size, self.max_length, self.device = batch_size, max_length, device
 

@@ -1,5 +1,6 @@
-"""Keeping destroyed weights out of a run: a step that leaves any trained weight non-finite is undone, and
-non-finite weights are never saved."""
+"""Keeping destroyed weights out of a run: a step that leaves any trained weight non-finite, or multiplies the
+weights' norm (an update orders of magnitude larger than the weights it changes: lr 1e6 stays finite on some CPUs),
+is undone, and non-finite weights are never saved."""
 
 from __future__ import annotations
 
@@ -13,6 +14,19 @@ def all_finite(parameters: list[torch.Tensor]) -> bool:
         return True
     norms = torch._foreach_norm([p.detach() for p in parameters], float("inf"))
     return bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
+
+
+EXPLODED = 10.0
+"""An update that makes the trained weights' L2 norm this many times larger is destruction, not learning (a sane
+step changes the norm by a small fraction; lr 1e6 multiplies it by ~10⁷)."""
+
+
+def l2_norm(parameters: list[torch.Tensor]) -> float:
+    """The L2 norm of all `parameters` together, in float64 (fused per tensor)."""
+    if not parameters:
+        return 0.0
+    norms = torch._foreach_norm([p.detach() for p in parameters], 2.0)
+    return float(torch.stack([n.double() for n in norms]).norm())
 
 
 class WeightGuard:
@@ -36,6 +50,7 @@ class WeightGuard:
         else:
             torch._foreach_copy_(self.saved_weights, [p.detach() for p in self.parameters])
         self.saved_state = [(tensor, tensor.clone()) for tensor in self._state_tensors()]
+        self.norm_before = l2_norm(self.parameters)
         self.state_keys = {id(self.optimizer.state[p]): set(self.optimizer.state[p]) for p in self.parameters
                            if p in self.optimizer.state}
 
@@ -51,3 +66,14 @@ class WeightGuard:
 
     def finite(self) -> bool:
         return all_finite(self.parameters)
+
+    def damage(self) -> str | None:
+        """What the last update did to the weights, when it destroyed them: made one non-finite, or multiplied their
+        norm by `EXPLODED` or more since the `snapshot`; None when they are intact."""
+        if not self.finite():
+            return "made weights non-finite"
+        after = l2_norm(self.parameters)
+        if self.norm_before > 0 and after >= EXPLODED * self.norm_before:
+            ratio = after / self.norm_before
+            return f"multiplied the weights' norm by {ratio:.3g} ({self.norm_before:.4g} → {after:.4g})"
+        return None

@@ -61,20 +61,22 @@ def count_bad_step(run: Run, what: str) -> None:
             f"{state.skipped_steps} in all)")
     if state.bad_steps_in_a_row > limit:
         raise TrainingDivergedError(
-            f"{state.bad_steps_in_a_row} steps in a row had a non-finite loss, gradient or update "
+            f"{state.bad_steps_in_a_row} steps in a row had a non-finite loss or gradient, or a destructive update "
             f"(train.max_bad_steps = {limit}); {divergence_advice(run)}")
 
 
 def apply_update(run: Run, grad_norm: float) -> None:
-    """The optimizer step; with the weight guard, an update that makes a weight non-finite is undone at once, and
-    one that leaves them finite stays unverified until the next step's loss is finite."""
+    """The optimizer step; with the weight guard, an update that destroys the weights (non-finite, or their norm
+    multiplied: `WeightGuard.damage`) is undone at once, and one that leaves them intact stays unverified until the
+    next step's loss is finite."""
     if run.guard is not None:
         run.guard.snapshot()
     run.optimizer.step()
-    if run.guard is not None and not run.guard.finite():
+    damage = run.guard.damage() if run.guard is not None else None
+    if damage:
         run.guard.restore()
         run.unverified_update = False
-        count_bad_step(run, f"the update (gradient norm {grad_norm}) made weights non-finite; undone")
+        count_bad_step(run, f"the update (gradient norm {grad_norm}) {damage}; undone")
     else:
         run.unverified_update = True
 
@@ -133,8 +135,9 @@ def refuse_untrained(run: Run) -> None:
     """Raise when every step of the run was skipped: the model never trained, and final/ is not written."""
     state = run.state
     if state.step and state.skipped_steps >= state.step:
-        raise TrainingDivergedError(f"all {state.step} steps were skipped for a non-finite loss, gradient or update, "
-                                    f"so the model never trained and final/ is not written; {divergence_advice(run)}")
+        raise TrainingDivergedError(f"all {state.step} steps were skipped for a non-finite loss or gradient, or a "
+                                    f"destructive update, so the model never trained and final/ is not written; "
+                                    f"{divergence_advice(run)}")
 
 
 def refuse_non_finite_weights(run: Run, what: str) -> None:

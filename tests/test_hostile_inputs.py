@@ -1,0 +1,176 @@
+"""Hostile but realistic inputs end in one clear error (exit 2, one `alignlab: error:` line), found before any work
+where they can be: a causal LM taken as reward model, NaN weights, NaN rewards, a comparison written over a run,
+parameters of the wrong type or outside their range, labels that would leave the run folder, empty refusal phrase
+lists, and finite but destroyed weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers
+import yaml
+
+from alignlab import ConfigError, TrainingDivergedError, rewards
+from alignlab.cli import main
+from alignlab.commands.decode import decode_config
+from alignlab.rewards.programmatic import read_phrases
+from alignlab.train import train
+from tests.conftest import quick_config, write_records
+
+
+@pytest.fixture(scope="module")
+def model_folders(tmp_path_factory, tokenizer):
+    """A causal LM, a classifier with two outputs, and a causal LM with NaN weights, saved like any local model."""
+    root = tmp_path_factory.mktemp("hostile-models")
+    shape = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                 num_attention_heads=4, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    folders = {"lm": root / "lm", "two_outputs": root / "two", "nan": root / "nan"}
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(**shape)).save_pretrained(folders["lm"])
+    transformers.LlamaForSequenceClassification(transformers.LlamaConfig(**shape, num_labels=2)).save_pretrained(
+        folders["two_outputs"])
+    broken = transformers.LlamaForCausalLM(transformers.LlamaConfig(**shape))
+    with torch.no_grad():
+        broken.model.layers[0].mlp.down_proj.weight.fill_(float("nan"))
+    broken.save_pretrained(folders["nan"])
+    for folder in folders.values():
+        tokenizer.save_pretrained(folder)
+    return folders
+
+
+def test_a_causal_lm_or_a_two_output_classifier_is_refused_as_reward_model(model_folders):
+    """Item 1 and 9: no random head scoring noise, no transformers traceback."""
+    with pytest.raises(ConfigError, match=r"has no reward head in its checkpoint .*score\.weight missing"):
+        rewards.from_config({"name": "reward_model", "path": str(model_folders["lm"])})
+    with pytest.raises(ConfigError, match="does not have one output"):
+        rewards.from_config({"name": "reward_model", "path": str(model_folders["two_outputs"])})
+
+
+def test_a_model_with_nan_weights_is_refused_wherever_it_is_used(model_folders, tmp_path, capsys):
+    """Items 2 and 12: token-KL does not call it 'identical' (KL 0), decode does not reach torch.multinomial."""
+    records = write_records(tmp_path / "records.jsonl", [{"prompt": "The film", "response": "was lovely"}])
+    assert main(["diagnose", "token-kl", str(records), "--model", str(model_folders["nan"]), "--base",
+                 str(model_folders["lm"]), "--out", str(tmp_path / "kl"), "--quiet"]) == 2
+    assert "gives non-finite log-probs" in capsys.readouterr().err
+    write_records(tmp_path / "prompts.jsonl", [{"prompt": "The film"}])
+    config = tmp_path / "decode.yaml"
+    config.write_text(yaml.safe_dump({"model": {"path": str(model_folders["nan"])},
+                                      "prompts": {"path": str(tmp_path / "prompts.jsonl")}, "reward": "length",
+                                      "methods": ["sample"], "out_dir": str(tmp_path / "decode")}))
+    assert main(["decode", str(config), "--quiet"]) == 2
+    assert "gives non-finite log-probs" in capsys.readouterr().err and not (tmp_path / "decode").exists()
+
+
+def test_compare_refuses_to_write_over_one_of_its_runs(tmp_path, capsys):
+    """Item 3: `compare a b --out b --overwrite` used to delete run b."""
+    for name, kl in (("a", 0.5), ("b", float("nan"))):
+        (tmp_path / name).mkdir()
+        summary = {"methods": [{"label": "sample", "kl": kl, "reward": 0.1}, {"label": "bo4", "kl": 0.6,
+                                                                               "reward": 0.3}]}
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+    runs = [str(tmp_path / "a"), str(tmp_path / "b")]
+    for out in (tmp_path / "b", tmp_path / "b" / "inside", tmp_path):
+        assert main(["compare", *runs, "--out", str(out), "--overwrite"]) == 2
+        assert "write the comparison into a folder of its own" in capsys.readouterr().err
+    assert (tmp_path / "b" / "summary.json").is_file()
+    assert main(["compare", *runs, "--out", str(tmp_path / "cmp")]) == 0  # item 4: the NaN point is said, not hidden
+    assert "b: 1 frontier points left out, their reward or KL not a finite number (sample)" in capsys.readouterr().out
+
+
+def test_non_finite_rewards_stop_decode_with_one_line(tmp_path, monkeypatch, capsys):
+    """Item 4: a reward that gives NaN (a NaN head, a weight of .nan) is never averaged into a result."""
+    from alignlab.rewards.programmatic import LengthReward
+
+    monkeypatch.setattr(LengthReward, "score", lambda self, prompts, completions: torch.full((len(prompts),),
+                                                                                            float("nan")))
+    write_records(tmp_path / "prompts.jsonl", [{"prompt": "The film"}])
+    config = tmp_path / "decode.yaml"
+    config.write_text(yaml.safe_dump({"prompts": {"path": str(tmp_path / "prompts.jsonl")}, "reward": "length",
+                                      "n": 2, "max_new_tokens": 4, "methods": ["sample"],
+                                      "out_dir": str(tmp_path / "decode")}))
+    assert main(["decode", str(config), "--quiet"]) == 2
+    assert "the reward length gave 2 of 2 scores that are not finite numbers" in capsys.readouterr().err
+    assert not (tmp_path / "decode" / "summary.json").exists()
+    with pytest.raises(ConfigError, match=r"terms\[0\].weight must be a finite number"):
+        rewards.from_config({"name": "weighted", "terms": [{"name": "length", "weight": float("nan")}]})
+
+
+def test_an_empty_refusal_phrase_list_is_refused(tmp_path):
+    """Item 5: with no phrases, every answer counted as an attack success (ASR 100% at every k)."""
+    empty = tmp_path / "phrases.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(ConfigError, match=r"phrases\.txt: expected a non-empty list of non-empty strings"):
+        read_phrases(str(empty))
+    with pytest.raises(ConfigError, match="expected a non-empty list"):
+        read_phrases([])
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ({"name": "keywords", "include": "great"}, "include must be a list of strings"),  # item 6: not g, r, e, a, t
+    ({"name": "length", "target": "20"}, "target must be a whole number"),  # item 10
+    ({"name": "regex", "pattern": 5}, "pattern must be a string"),
+    ({"name": "weighted", "terms": [{"name": "length", "weight": "heavy"}]}, "weight must be a finite number"),
+])
+def test_reward_parameters_of_the_wrong_type_are_refused(entry, message):
+    with pytest.raises(ConfigError, match=message):
+        rewards.check_entry(entry)
+        rewards.from_config(entry)
+
+
+@pytest.mark.parametrize(("method", "message"), [
+    ({"name": "args", "weight": float("nan")}, "weight must be a finite number, got nan"),  # item 7
+    ({"name": "controlled", "alpha": float("nan")}, "alpha must be a finite number"),
+    ({"name": "sample", "n": 0}, "n must be at least 1, got 0"),
+    ({"name": "deal", "weight": float("inf")}, "weight must be a finite number, got inf"),  # item 11
+    ({"name": "infalign", "t": float("nan")}, "t must be a finite number"),
+    ({"name": "sample", "seed": 18446744073709551616}, r"seed must be in \[0, 9223372036854775807\]"),
+    ({"name": "best_of_n", "n": 0}, "n must be at least 1"),
+    ({"name": "args", "mode": "stochstic"}, "mode must be one of greedy, stochastic.*Did you mean 'stochastic'"),
+    ({"name": "tq_star", "mode": "sample"}, "mode must be one of greedy, stochastic"),  # item 14: found up front
+    ({"name": "infalign", "transform": "best"}, "transform must be one of identity, best_of_n, worst_of_n"),
+    ({"name": "sample", "label": "../../escaped"}, "label '../../escaped' names the method's files"),  # item 8
+    ({"name": "sample", "label": "a/b"}, "label 'a/b' names the method's files"),
+])
+def test_decoder_settings_are_checked_with_the_config(method, message):
+    with pytest.raises(ConfigError, match=message):
+        decode_config({"prompts": {"path": "prompts.jsonl"}, "methods": [method]})
+
+
+def test_a_speculative_verifier_typo_is_found_with_the_config():
+    with pytest.raises(ConfigError, match=r"verify must be one of token, block, got 'tokn'\. Did you mean 'token'"):
+        decode_config({"prompts": {"path": "prompts.jsonl"}, "draft": {"path": "d"},
+                       "methods": [{"name": "speculative", "verify": "tokn"}]})
+
+
+def test_a_finite_but_exploding_update_is_undone_on_any_cpu(small_model_dir, pairs_file, tmp_path, monkeypatch):
+    """The divergence the NaN checks missed (lr 1e6 stays finite on some AVX-512 CPUs): an update that multiplies
+    the weights' norm is undone at once, however the CPU rounds; every update doing so ends the run, no final/."""
+    original = torch.optim.AdamW.step
+
+    def exploding(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        with torch.no_grad():
+            for group in self.param_groups:
+                for parameter in group["params"]:
+                    parameter.mul_(1e3)  # finite, and a thousand times the norm
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", exploding)
+    said = []
+    with pytest.raises(TrainingDivergedError, match="a destructive update"):
+        train(quick_config(small_model_dir, pairs_file, tmp_path / "run", {"name": "dpo"}, max_steps=6,
+                           max_bad_steps=2), log=said.append)
+    assert any("multiplied the weights' norm by 1e+03" in line and line.endswith("undone: skipped (1 in a row, "
+                                                                                  "1 in all)") for line in said)
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_an_ordinary_run_is_not_taken_for_a_divergence(small_model_dir, pairs_file, tmp_path):
+    """The norm check does not fire on learning: a plain run at a high but sane rate trains every step."""
+    said = []
+    train(quick_config(small_model_dir, pairs_file, tmp_path / "run", {"name": "dpo"}, max_steps=4, lr=1e-2),
+          log=said.append)
+    assert not any("skipped" in line for line in said)
+    assert (tmp_path / "run" / "final").is_dir()
