@@ -7,6 +7,7 @@ the module of the command asked for is imported (a quick ``--help``, and no mode
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import signal
@@ -92,6 +93,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+UNWRITABLE = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM)
+"""Errors of a file system that will not take an output: said in one line, never a traceback."""
+
+
 class Terminated(Exception):
     """SIGTERM outside the training steps (start-up, reference pass, sampling, saving): nothing to checkpoint."""
 
@@ -118,11 +123,18 @@ def main(argv: list[str] | None = None) -> int:
         print("alignlab: interrupted; nothing more was saved", file=sys.stderr)
         return 130
     except Terminated:
-        print("alignlab: stopped by SIGTERM outside the training steps: nothing was saved", file=sys.stderr)
+        print("alignlab: stopped by SIGTERM outside the training steps: nothing was saved of the work in progress "
+              "(what was finished before it, such as decoded methods, is kept)", file=sys.stderr)
         return 143
     except BrokenPipeError:  # the reader went away (`alignlab objectives | head`): nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as error:
+        if error.errno not in UNWRITABLE:
+            raise
+        print(f"alignlab: error: cannot write {error.filename or 'an output file'}: {error.strerror} (what was "
+              "written before it is kept)", file=sys.stderr)
+        return 2
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)

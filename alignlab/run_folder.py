@@ -77,6 +77,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def check_can_write(path: Path) -> None:
+    """ConfigError, before any work, when `path` (a folder or file to be made) cannot be written: a parent is a
+    file, or the nearest existing folder is read-only (a read-only file system, no permission)."""
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{path} cannot be made: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{path} cannot be written: {existing} is read-only (a read-only file system, or no "
+                          "permission)")
+
+
 class RunFolder:
     """One command's output folder. Nothing is written until `create` (after every check has passed); a run takes
     the folder's lock (`run.lock`, holding its pid) when it creates it and gives it back when it ends."""
@@ -94,6 +107,7 @@ class RunFolder:
         """Before any work: the folder must be new or empty, or be continued (`resume`) or replaced (`overwrite`)."""
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"out_dir {self.path} is a file, not a folder")
+        check_can_write(self.path)
         if resume and overwrite:
             raise ConfigError("--resume continues the run in the folder and --overwrite clears it: choose one")
         if self.holds_results() and not (resume or overwrite):

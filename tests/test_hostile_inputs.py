@@ -174,3 +174,74 @@ def test_an_ordinary_run_is_not_taken_for_a_divergence(small_model_dir, pairs_fi
           log=said.append)
     assert not any("skipped" in line for line in said)
     assert (tmp_path / "run" / "final").is_dir()
+
+
+def test_sentiment_with_the_prompt_reads_chat_prompts():
+    """Item 10: `include_prompt` with chat-message prompts scored their text instead of a TypeError."""
+    reward = rewards.from_config({"name": "sentiment", "include_prompt": True})
+    chat = reward.score([[{"role": "user", "content": "I love this"}]], [" film"])
+    assert chat.tolist() == pytest.approx(reward.score(["I love this"], [" film"]).tolist())
+
+
+def test_outputs_that_cannot_be_written_are_found_before_any_work(tmp_path, model_folders, capsys, monkeypatch):
+    """Item 13: `--out` below a regular file, a label file in a missing folder, a full disk: one line each."""
+    (tmp_path / "a-file").write_text("")
+    records = write_records(tmp_path / "records.jsonl", [{"prompt": "The film", "response": "was lovely"}])
+    assert main(["diagnose", "token-kl", str(records), "--model", str(model_folders["lm"]), "--base",
+                 str(model_folders["lm"]), "--out", str(tmp_path / "a-file" / "kl"), "--quiet"]) == 2
+    assert "a-file is a file, not a folder" in capsys.readouterr().err
+    sampled = []
+    monkeypatch.setattr("alignlab.commands.label.load_model", lambda *a, **k: sampled.append(1))
+    assert main(["label", "--reward", "length", str(records), str(tmp_path / "missing" / "out.jsonl")]) == 2
+    assert "does not exist; make it first" in capsys.readouterr().err and not sampled
+
+    def full_disk(args):
+        raise OSError(28, "No space left on device", str(tmp_path / "kl" / "kl.png"))
+
+    monkeypatch.setattr("alignlab.commands.report.run", full_disk)
+    assert main(["report", str(tmp_path)]) == 2
+    assert "cannot write " in capsys.readouterr().err
+
+
+def test_late_decode_settings_are_found_with_the_config(tmp_path):
+    """Item 14 and 15: settings that used to fail only when their method's turn came, minutes in."""
+    def refused(message, methods, **settings):
+        with pytest.raises(ConfigError, match=message):
+            decode_config({"prompts": {"path": "prompts.jsonl", **settings.pop("prompts", {})}, "methods": methods,
+                           **settings})
+
+    refused("unknown reward 'sentimnt'. Did you mean 'sentiment'", [{"name": "tq_star", "baseline_reward": "sentimnt"}])
+    refused("value_head .*missing.safetensors not found", [{"name": "controlled",
+                                                            "value_head": str(tmp_path / "missing.safetensors")}])
+    refused("prompts.limit must be at least 1", ["sample"], prompts={"limit": 0})
+    refused("prompts.limit must be at least 1", ["sample"], prompts={"limit": -1})
+
+
+def test_decode_refuses_more_new_tokens_than_the_context_holds(tmp_path, capsys):
+    """Item 15: max_new_tokens beyond the context cut every prompt to one token."""
+    write_records(tmp_path / "prompts.jsonl", [{"prompt": "The film"}])
+    config = tmp_path / "decode.yaml"
+    config.write_text(yaml.safe_dump({"prompts": {"path": str(tmp_path / "prompts.jsonl")}, "reward": "length",
+                                      "max_new_tokens": 600, "methods": ["sample"],
+                                      "out_dir": str(tmp_path / "decode")}))
+    assert main(["decode", str(config), "--quiet"]) == 2
+    assert "max_new_tokens 600 leaves no room for the prompt" in capsys.readouterr().err
+    assert not (tmp_path / "decode").exists()
+
+
+def test_overopt_on_a_folder_that_is_not_a_training_run_says_so(tmp_path, capsys):
+    """Item 15: a decode folder gave "unknown config key 'draft'"."""
+    (tmp_path / "decode").mkdir()
+    (tmp_path / "decode" / "config.yaml").write_text(yaml.safe_dump({"draft": None, "methods": ["sample"]}))
+    assert main(["diagnose", "overopt", str(tmp_path / "decode"), "--out", str(tmp_path / "o")]) == 2
+    assert "is not a training run folder" in capsys.readouterr().err
+
+
+def test_ches_refuses_a_model_with_nan_weights_before_writing(model_folders, tmp_path, capsys):
+    """Item 12: CHES wrote scores.jsonl, then died in numpy."""
+    pairs = write_records(tmp_path / "pairs.jsonl", [{"prompt": "The film", "chosen": "was lovely",
+                                                      "rejected": "was dull"}] * 4)
+    assert main(["diagnose", "ches", str(pairs), "--model", str(model_folders["nan"]), "--out",
+                 str(tmp_path / "ches"), "--quiet"]) == 2
+    assert "gives non-finite log-probs" in capsys.readouterr().err
+    assert not (tmp_path / "ches" / "scores.jsonl").exists()

@@ -89,6 +89,9 @@ def decode_config(data: dict) -> DecodeConfig:
             raise ConfigError(f"{key} must be at least 1, got {getattr(config, key)}")
     if not config.prompts.path:
         raise ConfigError("prompts.path: name the prompt file")
+    if config.prompts.limit is not None and config.prompts.limit < 1:
+        raise ConfigError(f"prompts.limit must be at least 1 (or left out for every prompt), got "
+                          f"{config.prompts.limit}")
     if not 0 <= config.seed < 2**63:
         raise ConfigError(f"seed must be in [0, 2^63), got {config.seed}")
     labels = []
@@ -165,6 +168,7 @@ def run_decode(config: DecodeConfig, resume: bool = False, log=print, overwrite:
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
     dtype = "float32" if config.model.dtype == "auto" else config.model.dtype
     model = load_model(config.model.path, dtype, config.model.trust_remote_code)
+    check_context(model, config)
     note = layout_note(model)  # how the engine scores it exactly (the reference log-probs of every method)
     if note:
         log(note)
@@ -213,6 +217,15 @@ def _decode_methods(config: DecodeConfig, folder: RunFolder, model, tokenizer, p
         log(f"{method.label}: reward {done[method.label]['reward']:.3f}, KL {done[method.label]['kl']:.3f} "
             f"({samples.kl_kind}), {samples.cost.seconds:.1f} s")
     return write_outputs(folder, config, done)
+
+
+def check_context(model, config: DecodeConfig) -> None:
+    """ConfigError when a method's `max_new_tokens` leaves no room for a prompt in the model's context."""
+    context = getattr(model.config, "max_position_embeddings", None)
+    longest = max(int(m.params.get("max_new_tokens", config.max_new_tokens)) for m in config.methods)
+    if context is not None and longest >= context:
+        raise ConfigError(f"max_new_tokens {longest} leaves no room for the prompt in {config.model.path}'s "
+                          f"{context}-token context: at most {context - 1}, and less for long prompts")
 
 
 def refuse_non_finite_rewards(scores: torch.Tensor, label: str, reward) -> None:

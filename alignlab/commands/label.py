@@ -30,6 +30,7 @@ from alignlab.files import write_text_atomic
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.online.rounds import safe_rewards
 from alignlab.registries import did_you_mean
+from alignlab.run_folder import check_can_write
 
 
 @dataclass
@@ -105,6 +106,9 @@ def label(config: LabelConfig, source: str, target: str, log=print) -> dict:
         raise ConfigError(f"{target} is the input file; write the labels to another file")
     if target_path.is_dir():
         raise ConfigError(f"{target} is a folder; name the output file")
+    if not target_path.parent.is_dir():
+        raise ConfigError(f"{target}: its folder {target_path.parent} does not exist; make it first")
+    check_can_write(target_path)
     records = read_label_records(source)
     reward = rewards.from_config(config.reward)
     to_sample = [i for i, (_, _, given) in enumerate(records) if given is None]

@@ -39,6 +39,11 @@ LABEL_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True,
 """Spellings of an unpaired label accepted from text cells (CSV)."""
 Message = dict[str, str]
 Text = str | list[Message]
+
+
+def plain_text(text: Text) -> str:
+    """A prompt as plain text: a string as it is, chat messages' contents joined by new lines."""
+    return text if isinstance(text, str) else "\n".join(str(message.get("content", "")) for message in text)
 RECORD_FIELDS = ("prompt", "chosen", "rejected", "chosen_reward", "rejected_reward", "chosen_answer",
                  "rejected_answer", "completion", "label", "completions", "scores", "messages", "aligned_logps",
                  "harmful", "refusal")

@@ -20,6 +20,7 @@ import math
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +30,7 @@ from alignlab.data.tokenize import encode_prompt
 from alignlab.decode.stream import Cost, Timer
 from alignlab.errors import ConfigError
 from alignlab.registries import check_params, describe_type, did_you_mean, fits_type, summary, unknown_name
+from alignlab.rewards import check_entry
 
 COMMON_PARAMS = ("model", "tokenizer", "prompts", "n", "reward", "seed", "progress")
 """Arguments every decoder takes; the rest of its signature are its own parameters."""
@@ -162,6 +164,8 @@ class DecoderSpec:
     """The values a parameter may take, declared at registration (`register`'s `choices`)."""
     types: dict[str, Any] = field(default_factory=dict)
     """Each parameter's annotation (a config value must fit it)."""
+    files: tuple[str, ...] = ()
+    """Parameters that name a file to read (it must exist when the config is checked)."""
 
     @property
     def params(self) -> list[str]:
@@ -183,17 +187,17 @@ _DECODERS: dict[str, DecoderSpec] = {}
 
 
 def register(name: str, needs_reward: bool = False, ranges: dict[str, Range] | None = None,
-             choices: dict[str, tuple] | None = None) -> Callable:
+             choices: dict[str, tuple] | None = None, files: tuple[str, ...] = ()) -> Callable:
     """Decorator: make decoding function `fn` available as `name`; `ranges`: the ranges of its own numeric
-    parameters (beside `SHARED_RANGES`), `choices`: the values a parameter may take; both, and every parameter's
-    type (its annotation), checked with the config."""
+    parameters (beside `SHARED_RANGES`), `choices`: the values a parameter may take, `files`: parameters naming a
+    file to read; all of them, and every parameter's type (its annotation), checked with the config."""
 
     def decorate(fn: Callable) -> Callable:
         taken = inspect.signature(fn).parameters
         missing = [p for p in ("model", "tokenizer", "prompts", "n") if p not in taken]
         if missing:
             raise TypeError(f"decoder '{name}' must take {', '.join(missing)}")
-        for what, declared in (("ranges", ranges), ("choices", choices)):
+        for what, declared in (("ranges", ranges), ("choices", choices), ("files", dict.fromkeys(files))):
             strangers = [key for key in declared or {} if key not in taken]
             if strangers:
                 raise TypeError(f"decoder '{name}' declares {what} of parameters it does not take: "
@@ -201,7 +205,7 @@ def register(name: str, needs_reward: bool = False, ranges: dict[str, Range] | N
         if name in _DECODERS:
             raise ValueError(f"decoder '{name}' is registered twice")
         _DECODERS[name] = DecoderSpec(name, fn, needs_reward, summary(fn), dict(ranges or {}), dict(choices or {}),
-                                      _annotations(fn))
+                                      _annotations(fn), tuple(files))
         return fn
 
     return decorate
@@ -246,6 +250,10 @@ def check_values(name: str, params: dict) -> None:
             raise ConfigError(f"decoder '{name}': {key} must be {describe_type(hint)}, got {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"decoder '{name}': {key} must be a finite number, got {value}")
+        if key in decoder.files and value is not None and not Path(str(value)).expanduser().exists():
+            raise ConfigError(f"decoder '{name}': {key} {value} not found")
+        if key.endswith("_reward") and value is not None:  # a further reward entry (tq_star's baseline_reward)
+            check_entry(value, f"decoder '{name}': {key}")
         options = decoder.choices.get(key)
         if options is not None and value not in options:
             raise ConfigError(f"decoder '{name}': {key} must be one of {', '.join(map(str, options))}, got {value!r}."

@@ -66,8 +66,9 @@ def diagnose_overopt(run_dir: str, out: str, prompts: str | None = None, prompt_
     if limit < 1 or batch_size < 1 or top_k < 1 or max_new_tokens < 1:
         raise ConfigError("--limit, --batch-size, --top-k and --max-new-tokens must be at least 1")
     run = Path(run_dir)
-    if not (run / "config.yaml").is_file():
-        raise ConfigError(f"{run} is not a training run folder (no config.yaml)")
+    if not (run / "config.yaml").is_file() or not (run / "metrics.jsonl").is_file():
+        raise ConfigError(f"{run} is not a training run folder (no config.yaml and metrics.jsonl of a training "
+                          "run; a decode or evaluation folder has no checkpoints to compare)")
     config = load_config(str(run / "config.yaml"))
     if config.adapter.r > 0:
         raise ConfigError(f"{run} trained LoRA adapters; merge them (`alignlab merge`) and compare the merged models")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from alignlab.data.formats import plain_text
 from alignlab.data.tokenize import TokenizedSFT, as_messages
 from alignlab.errors import ConfigError
 from alignlab.models.loading import load_model, load_tokenizer
@@ -82,7 +83,7 @@ class FollowUpReward:
             context = before + turn[: turn.index(follow_up)]
             context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
         else:
-            text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+            text = plain_text(prompt)
             context_ids = tokenizer(text + response + self.separator, add_special_tokens=True)["input_ids"]
         follow_ids = tokenizer(follow_up, add_special_tokens=False)["input_ids"]
         room = max(1, self.max_length - len(follow_ids))

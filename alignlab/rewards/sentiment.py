@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from alignlab.data.formats import plain_text
 from alignlab.rewards.base import register
 
 
@@ -27,7 +28,7 @@ class SentimentReward:
     def score(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-        texts = [p + c if self.include_prompt else c for p, c in zip(prompts, completions, strict=True)]
+        texts = [plain_text(p) + c if self.include_prompt else c for p, c in zip(prompts, completions, strict=True)]
         return torch.tensor([self.analyzer.polarity_scores(t)["compound"] for t in texts], dtype=torch.float32)
 
     def score_partial(self, prompts: list[str], partial_completions: list[str]) -> torch.Tensor:
