@@ -245,3 +245,38 @@ def test_ches_refuses_a_model_with_nan_weights_before_writing(model_folders, tmp
                  str(tmp_path / "ches"), "--quiet"]) == 2
     assert "gives non-finite log-probs" in capsys.readouterr().err
     assert not (tmp_path / "ches" / "scores.jsonl").exists()
+
+
+def test_resume_refuses_a_prompt_file_whose_content_changed(tmp_path, capsys):
+    """Item 15: --resume compared the prompt file's path only; the kept methods were decoded on other prompts."""
+    prompts = write_records(tmp_path / "prompts.jsonl", [{"prompt": "The film"}, {"prompt": "The book"}])
+    config = tmp_path / "decode.yaml"
+    config.write_text(yaml.safe_dump({"prompts": {"path": str(prompts)}, "reward": "length", "n": 1,
+                                      "max_new_tokens": 3, "methods": ["sample", "greedy"],
+                                      "out_dir": str(tmp_path / "decode")}))
+    assert main(["decode", str(config), "--quiet"]) == 0
+    assert main(["decode", str(config), "--quiet", "--resume"]) == 0  # the same prompts: every method kept
+    write_records(prompts, [{"prompt": "The film"}, {"prompt": "The song"}])
+    assert main(["decode", str(config), "--quiet", "--resume"]) == 2
+    assert "the prompts differ from the ones they were decoded on" in capsys.readouterr().err
+
+
+def test_the_report_of_an_unfinished_decode_run_says_so(tmp_path):
+    """Item 15: a cut decode run's page called it "a training run: see the curves"."""
+    from alignlab.report.html import render
+
+    (tmp_path / "methods").mkdir()
+    (tmp_path / "config.yaml").write_text("methods: [sample]\n")
+    page = render(tmp_path)
+    assert "a decoding run that has not finished" in page and "a training run" not in page
+
+
+def test_online_rounds_refuse_a_model_with_nan_weights_before_sampling(model_folders, tmp_path, capsys):
+    prompts = write_records(tmp_path / "prompts.jsonl", [{"prompt": "The film"}] * 2)
+    config = tmp_path / "online.yaml"
+    config.write_text(yaml.safe_dump({"model": {"path": str(model_folders["nan"])}, "objective": "sft",
+                                      "online": {"mode": "raft", "rounds": 1, "prompts": str(prompts),
+                                                 "reward": "length"},
+                                      "train": {"progress": False}, "out_dir": str(tmp_path / "online")}))
+    assert main(["train", str(config)]) == 2
+    assert "gives non-finite log-probs" in capsys.readouterr().err and not (tmp_path / "online").exists()

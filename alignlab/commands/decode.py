@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import inspect
 import json
 import re
@@ -157,6 +158,22 @@ def check_resumed_decoding(config: DecodeConfig, saved: dict) -> None:
                           f"{', '.join(changed)}: resume with the same settings, or --overwrite")
 
 
+PROMPTS_FINGERPRINT = "prompts.json"
+"""The prompts a decoding run read (count and sha256), so that --resume can tell a changed prompt file."""
+
+
+def prompts_fingerprint(prompts: list) -> dict:
+    return {"prompts": len(prompts), "sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest()}
+
+
+def check_resumed_prompts(prompts: list, saved: dict) -> None:
+    """--resume keeps methods decoded on the earlier prompts: refuse a prompt file whose content changed."""
+    if prompts_fingerprint(prompts) != saved:
+        raise ConfigError(f"--resume keeps the methods decoded earlier, and the prompts differ from the ones they were "
+                          f"decoded on ({saved.get('prompts')} then, {len(prompts)} now, or changed text): resume with "
+                          "the same prompt file, or --overwrite")
+
+
 def run_decode(config: DecodeConfig, resume: bool = False, log=print, overwrite: bool = False) -> dict:
     """Decode `config.prompts` with every method; write samples, a summary and the frontier to `config.out_dir`."""
     folder = RunFolder(config.out_dir)
@@ -165,6 +182,8 @@ def run_decode(config: DecodeConfig, resume: bool = False, log=print, overwrite:
         check_resumed_decoding(config, yaml.safe_load(folder.file("config.yaml").read_text()) or {})
     reward = rewards.from_config(config.reward)
     prompts = read_prompts(config.prompts)
+    if resume and folder.file(PROMPTS_FINGERPRINT).is_file():
+        check_resumed_prompts(prompts, json.loads(folder.file(PROMPTS_FINGERPRINT).read_text()))
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
     dtype = "float32" if config.model.dtype == "auto" else config.model.dtype
     model = load_model(config.model.path, dtype, config.model.trust_remote_code)
@@ -196,6 +215,7 @@ def _decode_methods(config: DecodeConfig, folder: RunFolder, model, tokenizer, p
             raise ConfigError(f"{method.label} was decoded earlier as {kept['method']} with {kept['params']}, now "
                               f"{method.name} with {method.params}: give it another label, or --overwrite")
     folder.write_yaml("config.yaml", as_dict(config))
+    folder.write_json(PROMPTS_FINGERPRINT, prompts_fingerprint(prompts))
     (folder.path / "methods").mkdir(exist_ok=True)
     log(f"{len(prompts)} prompts, {len(config.methods)} methods, reward {getattr(reward, 'name', reward)}")
     for method in config.methods:

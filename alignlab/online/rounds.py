@@ -43,6 +43,7 @@ from alignlab.data.round_data import Group, RoundCounts, RoundInputs
 from alignlab.data.tokenize import TokenizedSFT, truncate
 from alignlab.errors import AlignlabError, ConfigError
 from alignlab.files import write_text_atomic
+from alignlab.models.exactness import layout_note
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.report.html import write_report_safely
 from alignlab.run_folder import RunFolder
@@ -128,6 +129,9 @@ class OnlineRun:
         self.pad_id = self.tokenizer.pad_token_id
         self.initial = self.load(config.model.path)
         self.initial.requires_grad_(False)
+        note = layout_note(self.initial)  # a model with non-finite log-probs is refused here, before any sampling
+        if note:
+            log(note)
         self.folder = RunFolder(config.out_dir)
 
     @property

@@ -292,10 +292,17 @@ def _result_section(run_dir: Path) -> str:
     return f"<h2>Result</h2><pre id='result'>{html.escape(shown)}</pre><div class='charts'>{''.join(pictures)}</div>"
 
 
-def _frontier_section(points: list[dict]) -> str:
+def _frontier_section(points: list[dict], run_dir: Path, training: bool) -> str:
     if not points:
-        return ("<h2>Reward–KL frontier</h2><p class='note'>This run has no frontier points (a training run: see the "
-                "curves; <code>alignlab compare</code> puts runs side by side).</p>")
+        if training:
+            why = "a training run: see the curves"
+        elif (run_dir / "methods").is_dir():
+            why = ("a decoding run that has not finished: its summary.json is written when every method is done; "
+                   "<code>alignlab decode … --resume</code> continues it")
+        else:
+            why = "no summary.json with reward and KL"
+        return (f"<h2>Reward–KL frontier</h2><p class='note'>This run has no frontier points ({why}; "
+                "<code>alignlab compare</code> puts runs side by side).</p>")
     chart = svg_chart({"methods": [(p["kl"], p["reward"]) for p in points]}, "reward against KL(π ‖ π_ref)",
                       "KL (nats)", "reward", points_only=True, labels=[p["label"] for p in points],
                       element_id="frontier")
@@ -344,7 +351,8 @@ def render(run_dir: Path) -> str:
            f"<title>alignlab report: {html.escape(run_dir.name)}</title><style>{STYLE}</style></head><body>",
            f"<h1>alignlab run <code>{html.escape(run_dir.name)}</code></h1>",
            f"<p class='note'>{html.escape(str(run_dir.resolve()))}</p>",
-           _result_section(run_dir), _frontier_section(points), "<h2>Training curves</h2>",
+           _result_section(run_dir), _frontier_section(points, run_dir, training is not None),
+           "<h2>Training curves</h2>",
            f"<div class='charts' id='curves'>{''.join(charts)}</div>" if charts
            else "<p class='note'>No metrics.jsonl in this run.</p>",
            _samples_section(*sample_rows(read_jsonl(run_dir / "samples.jsonl"))),
