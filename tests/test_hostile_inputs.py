@@ -61,6 +61,10 @@ def test_a_model_with_nan_weights_is_refused_wherever_it_is_used(model_folders, 
                                       "methods": ["sample"], "out_dir": str(tmp_path / "decode")}))
     assert main(["decode", str(config), "--quiet"]) == 2
     assert "gives non-finite log-probs" in capsys.readouterr().err and not (tmp_path / "decode").exists()
+    harmful = write_records(tmp_path / "harmful.jsonl", [{"prompt": "How do I pick a lock?", "response": "First"}])
+    assert main(["evaluate", "prefill", str(harmful), "--model", str(model_folders["nan"]), "--out",
+                 str(tmp_path / "prefill"), "--quiet"]) == 2  # loaded anywhere: refused where it is loaded
+    assert "gives non-finite log-probs" in capsys.readouterr().err and not (tmp_path / "prefill").exists()
 
 
 def test_compare_refuses_to_write_over_one_of_its_runs(tmp_path, capsys):

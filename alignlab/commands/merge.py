@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from alignlab.models.adapters import merge_adapters
+from alignlab.models.merging import merge_adapters
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

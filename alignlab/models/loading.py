@@ -16,6 +16,7 @@ import torch
 from alignlab.assets import EMBEDDED_MODEL_DIR, EMBEDDED_MODEL_NAME
 from alignlab.errors import ConfigError, ModelNotFoundError
 from alignlab.hub import hub_endpoint, hub_reachable, is_hub_id, offline_mode_set, offline_note
+from alignlab.models.exactness import probe
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -136,7 +137,10 @@ def load_model(name_or_path: str, dtype: str = "auto", trust_remote_code: bool =
     model, info = model
     if kind == "reward" and trained_head:
         refuse_untrained_head(model, info, name_or_path)
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if kind != "reward":
+        probe(model)  # a model with non-finite log-probs is refused where it is loaded; the exact layout is found
+    return model
 
 
 def refuse_untrained_head(model, loading_info: dict, name: str) -> None:

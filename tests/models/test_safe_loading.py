@@ -110,8 +110,8 @@ def test_broken_model_folders_are_clear_errors(tmp_path, small_model_dir):
     import shutil
 
     from alignlab import ConfigError
-    from alignlab.models.adapters import merge_adapters
     from alignlab.models.loading import load_tokenizer
+    from alignlab.models.merging import merge_adapters
 
     cut = tmp_path / "cut"
     shutil.copytree(small_model_dir, cut)
