@@ -80,7 +80,7 @@ def _alive(pid: int) -> bool:
 def check_can_write(path: Path) -> None:
     """ConfigError, before any work, when `path` (a folder or file to be made) cannot be written: a parent is a
     file, or the nearest existing folder is read-only (a read-only file system, no permission)."""
-    existing = path
+    existing = path.parent if path.is_file() else path  # a file to be replaced: its folder must take it
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():

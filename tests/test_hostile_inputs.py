@@ -284,3 +284,16 @@ def test_online_rounds_refuse_a_model_with_nan_weights_before_sampling(model_fol
                                       "train": {"progress": False}, "out_dir": str(tmp_path / "online")}))
     assert main(["train", str(config)]) == 2
     assert "gives non-finite log-probs" in capsys.readouterr().err and not (tmp_path / "online").exists()
+
+
+def test_label_writes_its_output_file_again(tmp_path):
+    """The output check must not refuse the file a first run wrote (it is replaced, not a folder to make)."""
+    records = write_records(tmp_path / "in.jsonl", [{"prompt": "p", "completions": ["a good day", "a bad day"]}])
+    for _ in range(2):
+        assert main(["label", "--reward", "sentiment", str(records), str(tmp_path / "out.jsonl"), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("name", ["args", "tq_star", "controlled"])
+def test_guided_decoders_need_at_least_one_candidate(name):
+    with pytest.raises(ConfigError, match="top_k must be at least 1, got 0"):
+        decode_config({"prompts": {"path": "prompts.jsonl"}, "methods": [{"name": name, "top_k": 0}]})

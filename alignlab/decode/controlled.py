@@ -113,8 +113,9 @@ def candidate_values(stream: TokenStream, candidates: torch.Tensor, head: Prefix
     return head(ahead.hidden).view(rows, k).to(stream.device)
 
 
-@register("controlled", needs_reward=True, ranges={"value_samples": Range(1), "value_epochs": Range(1)},
-          choices={"mode": MODES}, files=("value_head", "value_prompts"))
+@register("controlled", needs_reward=True,
+          ranges={"top_k": Range(1), "value_samples": Range(1), "value_epochs": Range(1)}, choices={"mode": MODES},
+          files=("value_head", "value_prompts"))
 def controlled(model, tokenizer, prompts: list[Text], n: int = 1, *, reward, value_head: str | None = None,
                value_prompts: str | None = None, value_samples: int = 8, value_epochs: int = 50, alpha: float = 1.0,
                top_k: int = 10, mode: str = "greedy", max_new_tokens: int = 32, batch_size: int = 8,

@@ -65,7 +65,7 @@ def args_scores(stream: TokenStream, tokenizer, prompts: list[Text], reward, wei
     return candidates, scores
 
 
-@register("args", needs_reward=True, choices={"mode": MODES})
+@register("args", needs_reward=True, ranges={"top_k": Range(1)}, choices={"mode": MODES})
 def args(model, tokenizer, prompts: list[Text], n: int = 1, *, reward, weight: float = 1.0, top_k: int = 10,
          mode: str = "greedy", temperature: float = 0.7, max_new_tokens: int = 32, batch_size: int = 8,
          seed: int | None = None, progress: bool = True) -> Samples:
@@ -134,8 +134,8 @@ def rollout_values(stream: TokenStream, tokenizer, prompts: list[Text], prompt_i
     return values
 
 
-@register("tq_star", needs_reward=True, ranges={"rollouts": Range(1), "rollout_tokens": Range(0)},
-          choices={"mode": MODES})
+@register("tq_star", needs_reward=True,
+          ranges={"top_k": Range(1), "rollouts": Range(1), "rollout_tokens": Range(0)}, choices={"mode": MODES})
 def tq_star(model, tokenizer, prompts: list[Text], n: int = 1, *, reward, baseline=None, alpha: float = 1.0,
             top_k: int = 10, rollouts: int = 1, rollout_tokens: int = 20, mode: str = "greedy",
             baseline_reward: str | dict | None = None, beta: float = 1.0, max_new_tokens: int = 32,

@@ -30,13 +30,17 @@ def body_and_head(model):
 
 
 def logit_postprocess(config):
-    """Transforms some architectures apply to the head's output (logit scale, final soft-capping)."""
+    """Transforms some architectures apply to the head's output (logit scale, Granite's division by
+    `logits_scaling`, final soft-capping)."""
     scale = getattr(config, "logit_scale", None)
+    divisor = getattr(config, "logits_scaling", None)
     softcap = getattr(config, "final_logit_softcapping", None)
 
     def apply(logits: torch.Tensor) -> torch.Tensor:
         if scale is not None:
             logits = logits * scale
+        if divisor is not None:
+            logits = logits / divisor
         if softcap is not None:
             logits = torch.tanh(logits / softcap) * softcap
         return logits

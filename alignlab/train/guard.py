@@ -25,7 +25,7 @@ def l2_norm(parameters: list[torch.Tensor]) -> float:
     """The L2 norm of all `parameters` together, in float64 (fused per tensor)."""
     if not parameters:
         return 0.0
-    norms = torch._foreach_norm([p.detach() for p in parameters], 2.0)
+    norms = torch._foreach_norm([p.detach() for p in parameters], 2.0, dtype=torch.float32)  # no fp16 overflow
     return float(torch.stack([n.double() for n in norms]).norm())
 
 

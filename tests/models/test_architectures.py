@@ -211,3 +211,30 @@ def test_dpo_and_decode_run_through_the_cli(family, tokenizer, pairs_and_prompts
     assert main(["decode", str(tmp_path / "decode.yaml"), "--quiet"]) == 0
     summary = json.loads((tmp_path / "decode" / "summary.json").read_text())
     assert abs(summary["methods"][0]["kl"]) <= 1e-4  # plain sampling against the same model
+
+
+def test_granite_s_logit_scaling_is_applied_by_the_engine():
+    """Granite divides its logits by `logits_scaling`: the engine's split head does the same, so it scores exactly."""
+    torch.manual_seed(0)
+    model = transformers.GraniteForCausalLM(transformers.GraniteConfig(
+        **SMALL, vocab_size=96, num_key_value_heads=2, logits_scaling=8.0)).eval()
+    examples = probe_examples()
+    assert probe(model).packed_exact
+    with torch.no_grad():
+        scored = score_slots(model, examples, 0, "cpu")
+        got = scored.logps[0][0][scored.masks[0][0].bool()]
+        assert (got - plain_logps(model, examples[0].prompt, examples[0].chosen)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_16_bit_model_is_accepted_with_its_rounding(dtype):
+    """16-bit weights round large log-probs by tenths of a nat (a sharp head: |log p| up to ~50, rows 0.2 nats off
+    a plain forward in bfloat16): that is no reason to refuse a model."""
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=False)).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(60)
+    verdict = probe(model.to(dtype))
+    assert verdict.error is not None and verdict.seconds < 5
