@@ -51,21 +51,9 @@ def last_logged_step(metrics: Path) -> int | None:
     return max(steps) if steps else None
 
 
-def diagnose_overopt(run_dir: str, out: str, prompts: str | None = None, prompt_field: str = "prompt",
-                     limit: int = 32, top_k: int = 10, max_new_tokens: int = 32, seed: int = 0,
-                     batch_size: int = 16, overwrite: bool = False, progress: bool = True, log=print) -> dict:
-    """`alignlab diagnose overopt RUN_DIR`: the indicators for the run's starting model, checkpoints and final
-    weights on held-out prompts (`prompts`, or the prompts of the run's ``data.eval``); ``result.json`` and
-    ``overopt.png``.
-
-    Kept whole on purpose (just over 60 lines): the command's recipe read top to bottom — checks, the run's
-    models one by one through `overopt_indicators`, then the files."""
-    from safetensors.torch import load_model as load_weights
-    from tqdm import tqdm
-
-    if limit < 1 or batch_size < 1 or top_k < 1 or max_new_tokens < 1:
-        raise ConfigError("--limit, --batch-size, --top-k and --max-new-tokens must be at least 1")
-    run = Path(run_dir)
+def _training_run(run: Path, prompts: str | None):
+    """(the run's config, the held-out prompts' source) of a training run folder without adapters; ConfigError
+    for another kind of folder or when no prompts are given or recorded."""
     if not (run / "config.yaml").is_file() or not (run / "metrics.jsonl").is_file():
         raise ConfigError(f"{run} is not a training run folder (no config.yaml and metrics.jsonl of a training "
                           "run; a decode or evaluation folder has no checkpoints to compare)")
@@ -75,6 +63,22 @@ def diagnose_overopt(run_dir: str, out: str, prompts: str | None = None, prompt_
     source = prompts or (config.data.source("eval") if config.data.eval else None)
     if not source:
         raise ConfigError(f"give --prompts: the run {run} has no data.eval to take held-out prompts from")
+    return config, source
+
+
+def diagnose_overopt(run_dir: str, out: str, prompts: str | None = None, prompt_field: str = "prompt",
+                     limit: int = 32, top_k: int = 10, max_new_tokens: int = 32, seed: int = 0,
+                     batch_size: int = 16, overwrite: bool = False, progress: bool = True, log=print) -> dict:
+    """`alignlab diagnose overopt RUN_DIR`: the indicators for the run's starting model, checkpoints and final
+    weights on held-out prompts (`prompts`, or the prompts of the run's ``data.eval``); ``result.json`` and
+    ``overopt.png``."""
+    from safetensors.torch import load_model as load_weights
+    from tqdm import tqdm
+
+    if limit < 1 or batch_size < 1 or top_k < 1 or max_new_tokens < 1:
+        raise ConfigError("--limit, --batch-size, --top-k and --max-new-tokens must be at least 1")
+    run = Path(run_dir)
+    config, source = _training_run(run, prompts)
     folder = RunFolder(out)
     folder.check_usable(resume=False, overwrite=overwrite)
     records = load_fields(source, (prompt_field,))[:limit]

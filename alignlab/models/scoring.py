@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from alignlab.data.tokenize import TokenizedSFT
 from alignlab.models.adapters import reference_context, without_peft_wrapper
-from alignlab.models.exactness import packing_allowed, probe
+from alignlab.models.exactness import packing_allowed
 from alignlab.models.layouts import SlotLayout, body_and_head, logit_postprocess, rows_layout, slot_layout
 
 DEFAULT_CHUNK_TOKENS = 1024
@@ -108,10 +108,8 @@ def chunked_head_logps(
 def layout_for(models: list, examples, pad_id: int, device, options: ScoringOptions) -> SlotLayout:
     """The layout `options` choose for `examples`, packed only where it is exact for every one of `models`
     (`alignlab.models.exactness`: the probe, the attention window); otherwise one row per completion."""
-    for model in models:
-        if body_and_head(model)[0] is not None:
-            probe(model)  # once per model: refuses one with non-finite log-probs, finds the exact layout
-    packed = options.share_prefix and all(packing_allowed(model, examples) for model in models)
+    allowed = [packing_allowed(model, examples) for model in models]  # each model probed once (cached), whatever
+    packed = options.share_prefix and all(allowed)  # the layout: a model with non-finite log-probs is refused
     return slot_layout(examples, pad_id, device, packed, options.padding_free)
 
 
