@@ -27,11 +27,24 @@ def file_sha256(path: Path) -> str:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` so that a reader (or a resumed run) sees the whole file or none of it."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` whole or not at all: a temporary file beside it, fsync, rename.
+
+    Where the write fails (a full disk, a quota), the temporary file is removed and `path` keeps what it held
+    before (or stays absent): no half-written chart or 0-byte file is left behind.
+    """
     path = Path(path)
     temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with temporary.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with temporary.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     fsync_path(path.parent)

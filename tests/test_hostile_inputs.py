@@ -5,6 +5,7 @@ lists, and finite but destroyed weights."""
 
 from __future__ import annotations
 
+import errno
 import json
 
 import pytest
@@ -205,6 +206,43 @@ def test_outputs_that_cannot_be_written_are_found_before_any_work(tmp_path, mode
     monkeypatch.setattr("alignlab.commands.report.run", full_disk)
     assert main(["report", str(tmp_path)]) == 2
     assert "cannot write " in capsys.readouterr().err
+
+
+def test_a_full_disk_leaves_no_empty_or_partial_chart(tmp_path, monkeypatch):
+    """Item 13: a chart written to a full disk is absent (or as it was), never a 0-byte file, and the figure closes."""
+    from alignlab.report import plots
+
+    def full(_descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    chart = tmp_path / "frontier.png"
+    series = {"sample": ([0.0, 1.0], [0.0, 1.0])}
+    monkeypatch.setattr("alignlab.files.os.fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        plots.line_chart(chart, series, "KL", "reward", "frontier")
+    assert list(tmp_path.iterdir()) == [] and plots.pyplot().get_fignums() == []
+    monkeypatch.undo()
+    plots.line_chart(chart, series, "KL", "reward", "frontier")
+    before = chart.read_bytes()
+    monkeypatch.setattr("alignlab.files.os.fsync", full)
+    with pytest.raises(OSError):
+        plots.line_chart(chart, {"other": ([0.0], [2.0])}, "KL", "reward", "frontier")
+    assert chart.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["frontier.png"]
+
+
+def test_a_read_only_file_system_is_said_in_one_line(tmp_path, model_folders, monkeypatch, capsys):
+    """Item 13: EROFS where the run folder is made ends in one line naming the place, no traceback."""
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    records = write_records(tmp_path / "records.jsonl", [{"prompt": "The film", "response": "was lovely"}])
+    monkeypatch.setattr("pathlib.Path.mkdir", read_only)
+    lm = str(model_folders["lm"])
+    assert main(["diagnose", "token-kl", str(records), "--model", lm, "--base", lm, "--out", str(tmp_path / "kl"),
+                 "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("alignlab: error:") == 1 and "Read-only file system" in error and "Traceback" not in error
+    assert str(tmp_path / "kl") in error
 
 
 def test_late_decode_settings_are_found_with_the_config(tmp_path):

@@ -52,7 +52,7 @@ from alignlab.models.averaging import (
 from alignlab.models.loading import check_same_vocabulary, load_model, load_tokenizer
 from alignlab.models.scoring import evaluation_mode, score_slots
 from alignlab.report.html import write_report_safely
-from alignlab.report.plots import pyplot
+from alignlab.report.plots import pyplot, save_figure
 from alignlab.run_folder import RunFolder
 
 DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -263,8 +263,7 @@ def plot_average(points: Sequence[Mapping], front: Sequence[int], chosen: int | 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _sweep(folder: RunFolder, settings: list[dict], work, states: tuple, block_of: Mapping[str, int], tokenizer,

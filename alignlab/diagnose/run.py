@@ -19,7 +19,7 @@ from alignlab.diagnose.ches import edit_distance, keep_lowest, pair_ches
 from alignlab.errors import ConfigError, DataError
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.report.html import write_report_safely
-from alignlab.report.plots import pyplot
+from alignlab.report.plots import pyplot, save_figure
 from alignlab.run_folder import RunFolder
 
 
@@ -40,8 +40,7 @@ def plot_histogram(scores: torch.Tensor, cutoff: float | None, path: Path, title
     ax.set_ylabel("pairs")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def diagnose_ches(data: str, model_path: str, out: str, drop_top: float = 0.05, batch_size: int = 16,

@@ -37,7 +37,7 @@ from alignlab.evaluate.judges import answer_logps, answer_token_ids, check_templ
 from alignlab.evaluate.rates import format_rate, ratio
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.report.html import write_report_safely
-from alignlab.report.plots import pyplot
+from alignlab.report.plots import pyplot, save_figure
 from alignlab.run_folder import RunFolder
 
 DEFAULT_QUESTION = "Is this comment toxic?"
@@ -288,8 +288,7 @@ def plot_fairness(methods: dict[str, dict], path: Path, title: str) -> None:
     axes[0][0].set_ylabel("rate")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _check_settings(threshold: float, fpr_target: float | None, batch_size: int, max_length: int,

@@ -15,7 +15,7 @@ import torch
 from alignlab.decode.best_of_n import kl_bound
 from alignlab.decode.sampling import Samples
 from alignlab.models.scoring import DEFAULT_OPTIONS, ScoringOptions, summed_logps
-from alignlab.report.plots import pyplot
+from alignlab.report.plots import pyplot, save_figure
 
 
 def sample_logps(model, samples: Samples, pad_id: int, batch_size: int = 64,
@@ -80,5 +80,4 @@ def plot_frontier(methods: dict[str, dict], best_of_n: dict[int, dict], path, ti
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)

@@ -43,7 +43,7 @@ from alignlab.evaluate.rates import format_rate
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.models.scoring import evaluation_mode, score_slots
 from alignlab.report.html import write_report_safely
-from alignlab.report.plots import pyplot
+from alignlab.report.plots import pyplot, save_figure
 from alignlab.run_folder import RunFolder
 
 # --- judges ---------------------------------------------------------------------------------------------------
@@ -306,8 +306,7 @@ def plot_judge(result: dict, path: Path, title: str) -> None:
     ax.set_ylabel("rate")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _build_judge(model: str | None, reward: str | dict | None, template: str, choices, chat: bool, tie_margin: float,

@@ -22,7 +22,7 @@ from alignlab.report.html import (
     svg_chart,
     training_folder,
 )
-from alignlab.report.plots import pyplot
+from alignlab.report.plots import pyplot, save_figure
 from alignlab.run_folder import RunFolder
 
 
@@ -114,8 +114,7 @@ def plot_frontier_png(runs: list[dict], path: Path) -> None:
     if any(run["points"] for run in runs):
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def check_apart(folders: list[Path], out: Path) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
+
+from alignlab.files import write_bytes_atomic
 
 
 def pyplot():
@@ -14,6 +17,20 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> None:
+    """Render `fig` as PNG into memory, write it to `path` whole or not at all, and close the figure.
+
+    A full disk leaves no 0-byte or truncated chart behind (the write is atomic), and the figure is closed
+    even when the write fails.
+    """
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=dpi)
+    finally:
+        pyplot().close(fig)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def line_chart(path: Path, series: dict[str, tuple[Sequence[float], Sequence[float]]], xlabel: str, ylabel: str,
@@ -32,8 +49,7 @@ def line_chart(path: Path, series: dict[str, tuple[Sequence[float], Sequence[flo
         ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def bar_chart(path: Path, groups: dict[str, dict[str, float | None]], ylabel: str, title: str) -> None:
@@ -53,5 +69,4 @@ def bar_chart(path: Path, groups: dict[str, dict[str, float | None]], ylabel: st
     if len(names) > 1:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
