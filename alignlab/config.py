@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from alignlab import objectives
+from alignlab.data.advantages import LEGACY_SCALE_REWARDS, SCALE_REWARDS
 from alignlab.data.formats import RECORD_FIELDS
 from alignlab.data.loading import DataSource
 from alignlab.data.round_data import ONLINE_MODES
@@ -218,8 +219,19 @@ class OnlineConfig:
     """``online_dpo``: the reference of each round's objective — the ``initial`` model or the ``previous`` round's."""
     kl_penalty: float = 0.0
     """β of the KL penalty in the reward (``rloo``/``grpo``): r = R − β·Σ_t (log π_old − log π_ref) per completion."""
-    scale_rewards: bool = True
-    """``grpo``: divide by the group's standard deviation (false: Liu et al., 2025's unbiased variant)."""
+    scale_rewards: str = "group"
+    """``grpo`` (TRL's ``scale_rewards``): what divides r_i − mean of its group — ``group``: the group's standard
+    deviation (Shao et al., 2024); ``batch``: the standard deviation of every reward of the round (Lite PPO, Liu et
+    al., 2025, "Part I: Tricks or Traps?"); ``none``: nothing (Dr. GRPO, Liu et al., 2025, "Understanding
+    R1-Zero-Like Training"). ``true`` and ``false``, which older configs hold, read as ``group`` and ``none``."""
+    normalize_advantages: bool = False
+    """``rloo`` (TRL's RLOO ``normalize_advantages``): after the leave-one-out advantages,
+    A ← (A − mean A)/(std A + 10⁻⁴) over every advantage of the round."""
+    optimizer: str = "persistent"
+    """``persistent``: one training run across the rounds, as TRL's, verl's and OpenRLHF's trainers keep it — the
+    weights stay in memory, AdamW's moments and the learning-rate schedule (over all rounds' steps) run on from
+    round to round; ``per_round``: every round a training run of its own, a fresh optimizer and schedule from the
+    weights the last round saved (as iterative online DPO papers describe their rounds)."""
     old_logps: str = "rescore"
     """Per-token log-probs of the sampling policy (π_old): ``rescore`` — a forward pass of the training engine over
     the round's samples (ρ = 1 exactly at the first step); ``sampler`` — the log-probs the sampler drew each token
@@ -249,6 +261,8 @@ CHOICES = {
     "online.pairs": ("best_worst", "all"),
     "online.reference": ("initial", "previous"),
     "online.old_logps": ("rescore", "sampler"),
+    "online.optimizer": ("persistent", "per_round"),
+    "online.scale_rewards": SCALE_REWARDS,
     "data.format": ("auto", "paired", "scored", "unpaired", "negatives", "sft"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "reference.mode": ("precompute", "model"),
@@ -259,6 +273,15 @@ CHOICES = {
 
 MOVED = {f"train.{key}": f"scoring.{key}" for key in ("share_prefix", "padding_free", "recompute_head")}
 """Keys an earlier version read elsewhere, with where they are now."""
+READ_AS = {"online.scale_rewards": LEGACY_SCALE_REWARDS}
+"""Keys that took true/false in an earlier version and now take a choice: how each boolean reads today."""
+
+
+def read_as_today(flat: dict[str, Any]) -> dict[str, Any]:
+    """Flattened config data (``{"online.scale_rewards": True, …}``) with the booleans of `READ_AS` keys read as
+    today's values, so a run folder written before the change compares equal on resume."""
+    return {key: READ_AS[key][value] if key in READ_AS and isinstance(value, bool) else value
+            for key, value in flat.items()}
 
 
 def as_finite_float(value: Any, key: str) -> float:
@@ -338,6 +361,8 @@ def build_dataclass(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         elif _optional_dataclass(annotation) and isinstance(value, dict):
             values[key] = build_dataclass(_optional_dataclass(annotation), value, f"{prefix}{key}.")
         else:
+            if isinstance(value, bool) and f"{prefix}{key}" in READ_AS:
+                value = READ_AS[f"{prefix}{key}"][value]
             values[key] = _check_type(value, annotation, f"{prefix}{key}")
         allowed = CHOICES.get(f"{prefix}{key}")
         if allowed and values[key] not in allowed:
@@ -566,6 +591,24 @@ def check_online(config: RunConfig, objective) -> None:
     if online.min_gap < 0 or online.kl_penalty < 0:
         raise ConfigError("online.min_gap and online.kl_penalty must be 0 or more")
     check_entry(online.reward, "online.reward")
+    check_policy_gradient(config)
+
+
+def check_policy_gradient(config: RunConfig) -> None:
+    """The settings of the ``rloo`` and ``grpo`` modes and objectives against each other: each advantage setting
+    in the mode that reads it, and Dr. GRPO's constant equal to the generation budget (TRL's one
+    max_completion_length)."""
+    online = config.online
+    if online.normalize_advantages and online.mode != "rloo":
+        raise ConfigError(f"online.normalize_advantages is read by mode rloo only, not {online.mode}")
+    if online.scale_rewards == "batch" and online.mode != "grpo":
+        raise ConfigError(f"online.scale_rewards: batch is read by mode grpo only, not {online.mode}")
+    for entry in config.objective:
+        length = entry.params.get("max_completion_length")
+        if entry.params.get("aggregation") == "dr_grpo" and length != online.max_new_tokens:
+            raise ConfigError(f"objective {entry.name}: aggregation dr_grpo divides by max_completion_length, the "
+                              f"generation budget: set it to online.max_new_tokens ({online.max_new_tokens}), "
+                              f"got {length}")
 
 
 def check_objective_values(config: RunConfig) -> None:
@@ -698,6 +741,10 @@ def save_config(config: RunConfig, path: Path, header: str = "") -> None:
     path.write_text(comments + yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
 
+BEFORE_IT_EXISTED = {"online.optimizer": "per_round"}
+"""Settings whose value in a run folder written before alignlab had them is not today's default: what those runs
+did (online rounds trained per round), so that resuming one asks for it (``--set online.optimizer=per_round``)."""
+
 CHANGEABLE_ON_RESUME = ("online.rounds", "train.max_steps", "train.save_every", "train.keep_checkpoints",
                         "train.log_every", "train.eval_every", "train.overopt_prompts", "train.overopt_top_k",
                         "train.overopt_max_new_tokens", "train.log_with", "train.progress", "train.compile",
@@ -714,8 +761,13 @@ def _flat(data, prefix: str = "") -> dict:
 
 def resume_changes(saved: dict, config: RunConfig) -> list[str]:
     """The settings of `config` that differ from the run's saved config.yaml data and may not change on resume. A
-    setting the saved file does not have (written before alignlab had it) counts as its default."""
-    old, new = _flat(saved), _flat(config_to_dict(config))
-    defaults = _flat(config_to_dict(RunConfig()))
+    setting the saved file does not have (written before alignlab had it) counts as what those runs did: its
+    `BEFORE_IT_EXISTED` value, else its default."""
+    old, new = read_as_today(_flat(saved)), _flat(config_to_dict(config))
+    defaults = _flat(config_to_dict(RunConfig(online=OnlineConfig())))
+
+    def before(key: str):
+        return old[key] if key in old else BEFORE_IT_EXISTED.get(key, defaults.get(key))
+
     return sorted(key for key in set(old) | set(new)
-                  if old.get(key, defaults.get(key)) != new.get(key) and not key.startswith(CHANGEABLE_ON_RESUME))
+                  if before(key) != new.get(key) and not key.startswith(CHANGEABLE_ON_RESUME))

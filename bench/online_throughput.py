@@ -1,12 +1,14 @@
 """On-policy (GRPO) round throughput of alignlab on this machine, against TRL's GRPOTrainer.
 
-    python bench/online_throughput.py [--model tiny|small] [--prompts 64] [--k 4] [--rounds 3] [--vs trl] [--json]
+    python bench/online_throughput.py [--model tiny|small] [--prompts 64] [--k 4] [--rounds 3]
+        [--optimizer persistent|per_round|both] [--vs trl] [--json]
 
 One round = `--prompts` prompts × `--k` completions sampled from the current policy (`--max-new-tokens`, T = 1),
 scored with the sentiment reward, then trained on in optimizer steps of `--batch-size` completions (one pass),
 GRPO with ε = 0.2, β = 0.04 (k3 KL to the initial model), per-sequence token means. alignlab runs it as
-`alignlab train` with an online section (``--old-logps sampler``: π_old's log-probs from the sampler, one
-forward pass fewer) and reports each round's generate+score / log-probs+data / train
+`alignlab train` with an online section (``--optimizer``: one optimizer and schedule across the rounds, as TRL
+keeps them, or a fresh one per round; ``--old-logps sampler``: π_old's log-probs from the sampler, one forward
+pass fewer) and reports each round's generate+score / log-probs+data / train
 seconds from its own log; TRL runs the same model, prompts and settings through `GRPOTrainer`
 (`steps_per_generation` = steps per round, so it too samples a round's completions at once and then takes the
 round's optimizer steps; `loss_type="grpo"`; fp32 on the CPU). Each in its own process. Printed: samples/s per
@@ -39,8 +41,8 @@ def write_prompts(path: Path, n: int) -> None:
 
 
 def run_alignlab(model_dir: Path, prompts: Path, out: Path, args) -> dict:
+    from alignlab.commands.train import train_or_rounds
     from alignlab.config import config_from_dict
-    from alignlab.train import train
 
     config = config_from_dict({
         "model": {"path": str(model_dir)},
@@ -50,10 +52,10 @@ def run_alignlab(model_dir: Path, prompts: Path, out: Path, args) -> dict:
                   "progress": False},
         "online": {"mode": "grpo", "rounds": args.rounds, "prompts": str(prompts), "samples_per_prompt": args.k,
                    "max_new_tokens": args.max_new_tokens, "sample_batch_size": args.prompts,
-                   "old_logps": args.old_logps},
+                   "old_logps": args.old_logps, "optimizer": args.optimizer},
         "out_dir": str(out / "run"),
     })
-    train(config, log=lambda *_: None)
+    train_or_rounds(config, log=lambda *_: None)
     rounds = [json.loads(line) for line in (out / "run" / "online.jsonl").read_text().splitlines()]
     timed = rounds[1:]
     seconds = [sum(r["seconds"].values()) for r in timed]
@@ -121,6 +123,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds; the first is a warm-up and is not timed")
     parser.add_argument("--old-logps", choices=("rescore", "sampler"), default="rescore",
                         help="alignlab's online.old_logps: π_old from a scoring pass (default) or from the sampler")
+    parser.add_argument("--optimizer", choices=("persistent", "per_round", "both"), default="persistent",
+                        help="alignlab's online.optimizer (both: one run of each)")
     parser.add_argument("--vs", choices=("trl",), help="also run TRL's GRPOTrainer on the same settings")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--one", nargs=3, metavar=("MODEL_DIR", "PROMPTS", "ENGINE"), help=argparse.SUPPRESS)
@@ -140,7 +144,8 @@ def main() -> None:
 
     from alignlab.assets import EMBEDDED_MODEL_DIR
 
-    engines = ["alignlab"] + (["trl"] if args.vs == "trl" else [])
+    optimizers = ("persistent", "per_round") if args.optimizer == "both" else (args.optimizer,)
+    engines = [f"alignlab:{o}" for o in optimizers] + (["trl"] if args.vs == "trl" else [])
     if args.vs == "trl":
         ensure_trl()
     results = {}
@@ -153,27 +158,29 @@ def main() -> None:
             model_dir = work / "small"
             small_model(model_dir)
         for engine in engines:
+            engine, _, optimizer = engine.partition(":")
             command = [sys.executable, __file__, "--prompts", str(args.prompts), "--k", str(args.k),
-                       "--old-logps", args.old_logps,
+                       "--old-logps", args.old_logps, "--optimizer", optimizer or "persistent",
                        "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.batch_size),
                        "--rounds", str(args.rounds), "--one", str(model_dir), str(prompts), engine]
             child = subprocess.run(command, capture_output=True, text=True)
+            name = f"{engine} {optimizer}".strip()
             if child.returncode != 0:
-                sys.exit(f"{engine} failed (exit {child.returncode}):\n{child.stderr[-3000:]}")
-            results[engine] = json.loads(child.stdout.strip().splitlines()[-1])
-            r = results[engine]
+                sys.exit(f"{name} failed (exit {child.returncode}):\n{child.stderr[-3000:]}")
+            results[name] = json.loads(child.stdout.strip().splitlines()[-1])
+            r = results[name]
             split = (f" (generate+score {r['generate_score_s']:.1f} s, log-probs+data {r['logps_data_s']:.1f} s, "
                      f"train {r['train_s']:.1f} s; {r['trained_tokens_per_s']:.0f} trained tokens/s)"
                      if engine == "alignlab" else "")
-            print(f"{engine:>9}: {r['round_s']:.1f} s per round of {args.prompts * args.k} samples, "
+            print(f"{name:>20}: {r['round_s']:.1f} s per round of {args.prompts * args.k} samples, "
                   f"{r['samples_per_s']:.1f} samples/s, peak RSS {r['peak_rss_mb']:.0f} MB{split}", flush=True)
     summary = {**results, "settings": {**{k: v for k, v in vars(args).items() if k not in ("one", "json")},
                                        "epsilon": EPSILON, "beta": BETA, "lr": LEARNING_RATE,
                                        "threads": os.cpu_count()}}
-    if "trl" in results:
-        summary["round_time_ratio_trl_over_alignlab"] = results["trl"]["round_s"] / results["alignlab"]["round_s"]
-        print(f"alignlab vs TRL GRPOTrainer: {summary['round_time_ratio_trl_over_alignlab']:.2f}x faster per round "
-              "at equal samples")
+    for optimizer in optimizers if "trl" in results else ():
+        ratio = results["trl"]["round_s"] / results[f"alignlab {optimizer}"]["round_s"]
+        summary[f"round_time_ratio_trl_over_alignlab_{optimizer}"] = ratio
+        print(f"alignlab ({optimizer}) vs TRL GRPOTrainer: {ratio:.2f}x faster per round at equal samples")
     if args.json:
         print(json.dumps(summary))
 

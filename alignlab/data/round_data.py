@@ -21,7 +21,7 @@ from typing import Protocol
 
 import torch
 
-from alignlab.data.advantages import group_advantages, rloo_advantages
+from alignlab.data.advantages import LEGACY_SCALE_REWARDS, round_advantages
 from alignlab.data.tokenize import TokenizedPair, TokenizedRollout, TokenizedSFT
 from alignlab.registries import Registry
 
@@ -118,11 +118,15 @@ def best_vs_random_pairs(groups: list[Group], seed: int, counts: RoundCounts) ->
 
 
 def rollouts(groups: list[Group], old: list[torch.Tensor], ref: list[torch.Tensor], estimator: str,
-             kl_penalty: float, scale_rewards: bool, counts: RoundCounts) -> list[TokenizedRollout]:
-    """RLOO / GRPO examples: every usable sample with its advantage among its group's usable samples, from
+             kl_penalty: float, scale_rewards: str | bool, counts: RoundCounts,
+             normalize_advantages: bool = False) -> list[TokenizedRollout]:
+    """RLOO / GRPO examples: every usable sample with its advantage among its group's usable samples
+    (`alignlab.data.advantages.round_advantages`: GRPO's divided as `scale_rewards` says — a bool reads as
+    before, true ``group``, false ``none`` —, RLOO's normalised over the round when `normalize_advantages`), from
     r_i = R_i − β·Σ_t (ℓ_old,t − ℓ_ref,t) (β = `kl_penalty`). `old` and `ref` hold each sample's per-token
     log-probs, in the order of the groups' samples."""
-    out, flat = [], 0
+    scale = LEGACY_SCALE_REWARDS[scale_rewards] if isinstance(scale_rewards, bool) else scale_rewards
+    kept, flat = [], 0
     for group in groups:
         usable = group.usable()
         rows = [flat + i for i in usable]
@@ -133,8 +137,11 @@ def rollouts(groups: list[Group], old: list[torch.Tensor], ref: list[torch.Tenso
                                 for i, r in zip(usable, rows, strict=True)], dtype=torch.float64)
         if len(usable) >= 2 and bool((rewards == rewards[0]).all()):
             counts.tied_groups += 1
-        advantages = rloo_advantages(rewards) if estimator == "rloo" else group_advantages(rewards, scale_rewards)
-        for i, r, advantage in zip(usable, rows, advantages.tolist(), strict=True):
+        kept.append((group, usable, rows, rewards))
+    advantages = round_advantages([rewards for *_, rewards in kept], estimator, scale, normalize_advantages)
+    out = []
+    for (group, usable, rows, _), values in zip(kept, advantages, strict=True):
+        for i, r, advantage in zip(usable, rows, values.tolist(), strict=True):
             example = group.examples[i]
             out.append(TokenizedRollout(example.prompt, example.completion, advantage, old[r], ref[r]))
     counts.examples += len(out)
@@ -186,7 +193,8 @@ class ModeSettings(Protocol):
     pairs: str
     min_gap: float
     kl_penalty: float
-    scale_rewards: bool
+    scale_rewards: str
+    normalize_advantages: bool
 
 
 def register_mode(name: str, feeds: tuple[str, ...], from_initial: bool = False) -> Callable:
@@ -223,13 +231,15 @@ def bon_distill(inputs: RoundInputs, online: ModeSettings) -> list:
 
 @register_mode("rloo", feeds=("rollouts",))
 def rloo(inputs: RoundInputs, online: ModeSettings) -> list[TokenizedRollout]:
-    """RLOO (Ahmadian et al., 2024): rollouts with leave-one-out advantages among a prompt's K samples."""
+    """RLOO (Ahmadian et al., 2024): rollouts with leave-one-out advantages among a prompt's K samples, normalised
+    over the round with `normalize_advantages` (TRL's)."""
     return rollouts(inputs.groups, inputs.old, inputs.ref, "rloo", online.kl_penalty, online.scale_rewards,
-                    inputs.counts)
+                    inputs.counts, online.normalize_advantages)
 
 
 @register_mode("grpo", feeds=("rollouts",))
 def grpo(inputs: RoundInputs, online: ModeSettings) -> list[TokenizedRollout]:
-    """GRPO (Shao et al., 2024): rollouts with group-normalised advantages among a prompt's K samples."""
+    """GRPO (Shao et al., 2024): rollouts with group-normalised advantages among a prompt's K samples, divided by
+    the group's or the round's std or not at all (`scale_rewards`: ``group``, ``batch``, ``none``, TRL's)."""
     return rollouts(inputs.groups, inputs.old, inputs.ref, "grpo", online.kl_penalty, online.scale_rewards,
                     inputs.counts)

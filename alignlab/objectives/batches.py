@@ -111,6 +111,12 @@ class RolloutLogps:
     reference: torch.Tensor
     mask: torch.Tensor
     advantages: torch.Tensor
+    tokens_per_example: float | None = None
+    """DAPO's normaliser τ in the loop's terms (aggregation ``dapo``): an optimizer step averages its G micro-batches'
+    losses, each the mean over its N examples, so a micro-batch's loss mean_i(S_i/τ) with τ = T/(G·N), T the
+    completion tokens of the whole step (every micro-batch, every process), adds up to Σ S_i / T over the step (with
+    equal micro-batches, τ is the step's mean completion length). Set by the training step
+    (`alignlab.train.step.step_tokens_per_example`); None: this batch's own tokens per completion."""
 
 
 @dataclass

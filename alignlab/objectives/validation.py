@@ -25,13 +25,19 @@ from alignlab.objectives.registry import ObjectiveSpec
 ROWS, TOKENS, HIDDEN = 2, 3, 8
 
 
+def takes_float(parameter: inspect.Parameter) -> bool:
+    """Whether a hyper-parameter is a number: its default is a float, or it is annotated ``float | None`` (an
+    optional number such as ``epsilon_high``)."""
+    return isinstance(parameter.default, float) or parameter.annotation in ("float | None", float | None)
+
+
 def converted_params(spec: ObjectiveSpec, params: dict, where: str) -> dict:
-    """`params` with numbers where the objective's defaults are numbers (finite), strings parsed as numbers."""
-    defaults = {name: p.default for name, p in inspect.signature(spec.fn).parameters.items()}
+    """`params` with numbers where the objective takes numbers (`takes_float`; finite), strings parsed as
+    numbers."""
+    floats = {name for name, p in inspect.signature(spec.fn).parameters.items() if takes_float(p)}
     out = {}
     for key, value in params.items():
-        default = defaults.get(key)
-        if isinstance(default, float) and not isinstance(value, bool) and isinstance(value, (int, float, str)):
+        if key in floats and not isinstance(value, bool) and isinstance(value, (int, float, str)):
             try:
                 value = float(value)
             except (ValueError, OverflowError):

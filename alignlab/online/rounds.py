@@ -11,24 +11,24 @@ Per round r (`OnlineConfig` has every setting):
    round's sampled KL to the initial model and entropy;
 3. the mode's training data, from the builder registered under its name (`alignlab.data.round_data`), in the
    first of the formats it feeds that the objective reads;
-4. a training run over them (`alignlab.train.loop.prepare` / `run_steps` / `finish`; the `train` section applies
-   to each round, whose optimizer and schedule start afresh);
+4. training on them (`alignlab.online.trainers`): by default the steps of one training run that lasts all rounds
+   (``online.optimizer: persistent``: weights in memory, optimizer moments and schedule carried on), or a
+   training run of its own per round (``per_round``: a fresh optimizer and schedule each round);
 5. on held-out prompts (``online.eval_prompts``): mean reward and sampled KL to the initial model.
 
 Run folder: ``config.yaml``; ``online.jsonl`` (a line per round); ``rounds/round-NNN/`` with ``samples.jsonl``
-(written once sampled and scored, read back by a resumed run), ``run/`` (the round's training run, with its
-checkpoints), ``eval_samples.jsonl`` and ``round.json`` (written when the round is done); ``final/`` (the last
-round's weights). A kill during sampling loses that round's samples; a kill during training resumes from the
-round's last checkpoint, bit-identical to an uninterrupted run.
+(written once sampled and scored, read back by a resumed run), ``eval_samples.jsonl`` and ``round.json`` (written
+when the round is done); ``train/`` (persistent: the one training run, its metrics and checkpoints) or
+``rounds/round-NNN/run/`` (per round: each round's training run); ``final/`` (the last round's weights). A kill
+during sampling loses that round's samples; a kill during training resumes from the newest checkpoint,
+bit-identical to an uninterrupted run.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -45,9 +45,10 @@ from alignlab.errors import AlignlabError, ConfigError
 from alignlab.files import write_text_atomic
 from alignlab.models.exactness import layout_note
 from alignlab.models.loading import load_model, load_tokenizer
+from alignlab.models.scoring import evaluation_mode
+from alignlab.online.trainers import TRAINERS
 from alignlab.report.html import write_report_safely
 from alignlab.run_folder import RunFolder
-from alignlab.train.loop import finish, prepare, run_steps
 from alignlab.train.reference import compute_reference_logps
 from alignlab.train.setup import check_resumed_config
 from alignlab.train.state import TrainResult
@@ -145,8 +146,9 @@ class OnlineRun:
     def round_dir(self, index: int) -> Path:
         return self.folder.file("rounds") / f"round-{index:03d}"
 
-    def start_path(self, index: int) -> str:
-        return self.config.model.path if index == 1 else str(self.round_dir(index - 1) / "run" / "final")
+    def indented(self, message: str) -> None:
+        """A line of a round's training run, indented under the round's own lines."""
+        self.say(f"   {message}")
 
     def seed(self, index: int) -> int:
         return self.config.train.seed * 1_000_003 + index
@@ -246,15 +248,6 @@ def _groups_from_rows(rows: list[dict]) -> list[Group]:
     return [groups[g] for g in sorted(groups)]
 
 
-def round_config(config: RunConfig, run_dir: Path, start_path: str) -> RunConfig:
-    """The config of one round's training run: the same train/objective/scoring settings, in the round's folder."""
-    return dataclasses.replace(
-        config, online=None, out_dir=str(run_dir / "run"),
-        model=dataclasses.replace(config.model, path=start_path),
-        reference=dataclasses.replace(config.reference, cache_dir=str(run_dir / "reference_cache")),
-    )
-
-
 def _round_samples(state: OnlineRun, index: int, sampler, where: Path) -> tuple[list[Group], dict]:
     """Round `index`'s scored samples and facts: read back when an earlier attempt wrote them, else drawn from
     `sampler`, scored and written (not when the reward failed on every sample, so a resumed run tries again)."""
@@ -279,14 +272,12 @@ def _round_samples(state: OnlineRun, index: int, sampler, where: Path) -> tuple[
     return groups, facts
 
 
-def _one_round(state: OnlineRun, index: int, objective_formats) -> tuple[dict | None, object]:
-    """Round `index`: (its record, the trained model), or (None, None) when a signal stopped its training."""
-    config, online, say = state.config, state.online, state.say
+def _round_data(state: OnlineRun, index: int, sampler, objective_formats) -> tuple[list, dict, dict]:
+    """Round `index`'s samples (drawn from `sampler`, or read back), their log-probs under the sampling policy and
+    the initial model, and the training data the mode builds: (examples, the round's record so far, seconds)."""
+    online, say = state.online, state.say
     where = state.round_dir(index)
-    where.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    model = state.load(state.start_path(index))
-    sampler = state.initial if ONLINE_MODES.get(online.mode).from_initial else model
     groups, facts = _round_samples(state, index, sampler, where)
     sampled = time.time()
     examples = [e for g in groups for e in g.examples]
@@ -303,28 +294,34 @@ def _one_round(state: OnlineRun, index: int, objective_formats) -> tuple[dict | 
         raise RewardFailedError(f"round {index}: no training signal from {len(examples)} samples (every group tied or "
                                 f"had one usable sample: {counts.as_dict()}); raise samples_per_prompt or lower "
                                 "online.min_gap")
-    scored = time.time()
-    sub = round_config(config, where, state.start_path(index))
-    resume = bool(list((where / "run" / "checkpoints").glob("step-*")))
-    reference_model = state.initial if online.reference == "initial" else None
-    run = prepare(sub, resume=resume, log=lambda m: say(f"   {m}"), examples=data, model=model,
-                  reference_model=reference_model, overwrite=not resume)
-    try:
-        if run_steps(run):
-            return None, None
-        result = finish(run)
-    finally:
-        run.folder.unlock()
-    trained = time.time()
     record = {"round": index, "samples": sample_stats([r for g in groups for r in g.rewards], old, ref),
-              "counts": counts.as_dict(), "steps": run.state.step,
-              "train": {k: v for k, v in result.last_metrics.items()
-                        if isinstance(v, (int, float)) and k != "elapsed_s"},
-              **{k: v for k, v in facts.items() if k != "reward_failures"}}
-    record["eval"] = state.evaluate(result.model, where / "eval_samples.jsonl")
-    record["seconds"] = {"sample_and_score": round(sampled - started, 2), "logps_and_data": round(scored - sampled, 2),
-                         "train": round(trained - scored, 2), "eval": round(time.time() - trained, 2)}
-    return record, result.model
+              "counts": counts.as_dict(), **{k: v for k, v in facts.items() if k != "reward_failures"}}
+    seconds = {"sample_and_score": round(sampled - started, 2), "logps_and_data": round(time.time() - sampled, 2)}
+    return data, record, seconds
+
+
+def _one_round(state: OnlineRun, index: int, objective_formats, trainer) -> tuple[dict | None, object]:
+    """Round `index`: (its record, the trained model), or (None, None) when a signal stopped its training."""
+    online = state.online
+    state.round_dir(index).mkdir(parents=True, exist_ok=True)
+    policy = trainer.policy(index)
+    sampler = state.initial if ONLINE_MODES.get(online.mode).from_initial else policy
+    with evaluation_mode(policy):
+        data, record, seconds = _round_data(state, index, sampler, objective_formats)
+    scored = time.time()
+    reference_model = state.initial if online.reference == "initial" else None
+    trained = trainer.train(index, data, policy, reference_model)
+    if trained is None:
+        return None, None
+    done = time.time()
+    record = {"round": index, "samples": record.pop("samples"), "counts": record.pop("counts"),
+              "steps": trained.steps, "train": {k: v for k, v in trained.last_metrics.items()
+                                                if isinstance(v, (int, float)) and k not in ("elapsed_s", "round")},
+              **{k: v for k, v in record.items() if k != "round"}}
+    with evaluation_mode(trained.model):
+        record["eval"] = state.evaluate(trained.model, state.round_dir(index) / "eval_samples.jsonl")
+    record["seconds"] = {**seconds, "train": round(done - scored, 2), "eval": round(time.time() - done, 2)}
+    return record, trained.model
 
 
 def _write_log(state: OnlineRun, baseline: dict | None) -> list[dict]:
@@ -362,15 +359,11 @@ def _baseline(state: OnlineRun) -> dict | None:
     return baseline
 
 
-def _finish_online(state: OnlineRun, records: list[dict], baseline: dict | None, model) -> TrainResult:
-    """The last round's weights copied to ``final/``, a summary, the per-round table."""
+def _finish_online(state: OnlineRun, records: list[dict], baseline: dict | None, model, trainer) -> TrainResult:
+    """``final/`` (as the rounds' trainer writes it), a summary, the per-round table."""
     config, folder = state.config, state.folder
     final = folder.file("final")
-    if final.exists():
-        shutil.rmtree(final)
-    shutil.copytree(state.round_dir(config.online.rounds) / "run" / "final", final)
-    if model is None:  # every round was done by an earlier run
-        model = state.load(str(final))
+    model = trainer.finish(model)
     write_text_atomic(folder.file("summary.yaml"), yaml.safe_dump(
         {"mode": config.online.mode, "rounds": len(records), "baseline": baseline,
          "last_round": records[-1] if records else None}, sort_keys=False))
@@ -394,6 +387,7 @@ def run_online(config: RunConfig, resume: bool = False, log=print, overwrite: bo
     objective = objectives.Objective(objective_terms(config))
     state = OnlineRun(config, log)  # prompts, reward, tokenizer, initial model: checked before anything is written
     folder.create(overwrite)
+    trainer = TRAINERS[config.online.optimizer](state)
     try:
         folder.write_config(config)
         baseline = _baseline(state)
@@ -402,7 +396,7 @@ def run_online(config: RunConfig, resume: bool = False, log=print, overwrite: bo
             done = state.round_dir(index) / "round.json"
             if done.is_file():
                 continue
-            record, model = _one_round(state, index, objective.data_formats)
+            record, model = _one_round(state, index, objective.data_formats, trainer)
             if record is None:
                 return TrainResult(folder.path, folder.file("final"), state.initial, state.tokenizer, {},
                                    interrupted=True)
@@ -412,6 +406,7 @@ def run_online(config: RunConfig, resume: bool = False, log=print, overwrite: bo
             log(f"round {index} done: sample reward {record['samples']['reward_mean']:.3f}, sampled KL "
                 f"{record['samples']['kl']:.3f}" + (f"; held-out reward {evaluation['reward_mean']:.3f}, KL "
                                                      f"{evaluation['kl']:.3f}" if evaluation else ""))
-        return _finish_online(state, _write_log(state, baseline), baseline, model)
+        return _finish_online(state, _write_log(state, baseline), baseline, model, trainer)
     finally:
+        trainer.close()
         folder.unlock()

@@ -40,6 +40,10 @@ class TrainerState:
     skipped_steps: int = 0
     """Steps whose update was skipped for a non-finite loss or gradient."""
     bad_steps_in_a_row: int = 0
+    round: int = 0
+    """On-policy rounds trained as one run: the round the steps belong to (0: not a run of rounds)."""
+    round_first_step: int = 0
+    """The step the round began at (its checkpoint holds the weights the round sampled with)."""
 
 
 def rng_states() -> dict:
@@ -157,9 +161,11 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def prune_checkpoints(folder: Path, keep: int) -> None:
+def prune_checkpoints(folder: Path, keep: int, spare: Path | None = None) -> None:
+    """Remove all but the newest `keep` checkpoints of `folder` (all of them for `keep` 0), never `spare`."""
     for path in list_checkpoints(folder)[:-keep] if keep > 0 else []:
-        shutil.rmtree(path)
+        if path != spare:
+            shutil.rmtree(path)
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, reference=None, objective=None) -> TrainerState:

@@ -10,11 +10,14 @@
   stops cleanly on SIGTERM/SIGINT;
 - `finish` evaluates once more and saves the final weights.
 
-On-policy rounds call `prepare` with records they generated and `run_steps` for as many steps as a
-round takes.
+On-policy rounds call `prepare` with the examples they generated, then step the same run with each round's
+examples (`alignlab.train.rounds.start_round`, then `run_steps`), or (``online.optimizer: per_round``) run the
+three phases once per round.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -105,6 +108,7 @@ def run_steps(run: Run, n: int | None = None) -> bool:
                 group = batches[state.micro_batch: state.micro_batch + train.grad_accum]
                 record = train_step(run, group)
                 run.last = {"step": record["step"], "epoch": state.epoch + state.micro_batch / len(batches),
+                            **({"round": state.round} if state.round else {}),
                             **{k: v for k, v in record.items() if k != "step"}}
                 progress.update(1)
                 progress.set_postfix(loss=f"{record['loss']:.4f}")
@@ -122,9 +126,9 @@ def run_steps(run: Run, n: int | None = None) -> bool:
     return False
 
 
-def finish(run: Run) -> TrainResult:
-    """A last evaluation, then the final weights (and tokenizer) in ``final/``; a run whose every step was skipped,
-    or whose weights are not finite, saves nothing and raises."""
+def finish(run: Run, final_dir: Path | None = None) -> TrainResult:
+    """A last evaluation, then the final weights (and tokenizer) in `final_dir` (default: the run folder's
+    ``final/``); a run whose every step was skipped, or whose weights are not finite, saves nothing and raises."""
     verify_last_update(run)
     refuse_untrained(run)
     refuse_non_finite_weights(run, "final/")
@@ -134,7 +138,7 @@ def finish(run: Run) -> TrainResult:
         run.metrics.write({"step": run.state.step, **final_eval})
         run.last.update(final_eval)
     run.model.eval()
-    final_dir = run.folder.file("final")
+    final_dir = run.folder.file("final") if final_dir is None else final_dir
     if run.main:
         save_final(run, final_dir)
     run.accelerator.wait_for_everyone()

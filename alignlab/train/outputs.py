@@ -18,13 +18,15 @@ from alignlab.train.step import refuse_non_finite_weights
 
 def checkpoint(run: Run) -> None:
     """A checkpoint of the run as it is (finite weights only), the oldest ones beyond `train.keep_checkpoints`
-    removed; every process waits for it."""
+    removed (in a run of on-policy rounds, never the one the current round began at: its weights sampled the
+    round, and a resumed run scores with them again); every process waits for it."""
     refuse_non_finite_weights(run, f"checkpoint step-{run.state.step}")
     if run.main:
         synced = run.reference.model if run.config.reference.sync_ref else None
         save_checkpoint(run.checkpoints_dir, run.model, run.optimizer, run.scheduler, run.state, synced,
                         run.objective)
-        prune_checkpoints(run.checkpoints_dir, run.config.train.keep_checkpoints)
+        spare = run.checkpoints_dir / f"step-{run.state.round_first_step}" if run.state.round > 1 else None
+        prune_checkpoints(run.checkpoints_dir, run.config.train.keep_checkpoints, spare)
     run.accelerator.wait_for_everyone()
 
 

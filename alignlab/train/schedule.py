@@ -25,10 +25,33 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, kind: str) -> floa
     raise ValueError(f"unknown schedule '{kind}'")
 
 
+class Schedule:
+    """`lr_factor` of a run as a callable object, so that its plan (`total_steps` included) is kept in a
+    checkpoint with the scheduler (torch's LambdaLR saves the attributes of callable objects) and can be re-planned
+    when on-policy rounds learn how many steps their rounds take (`alignlab.train.loop.start_round`)."""
+
+    def __init__(self, warmup_steps: int, total_steps: int, kind: str) -> None:
+        self.warmup_steps, self.total_steps, self.kind = warmup_steps, total_steps, kind
+
+    def __call__(self, step: int) -> float:
+        return lr_factor(step, self.warmup_steps, self.total_steps, self.kind)
+
+
 def make_scheduler(optimizer, warmup_steps: int, total_steps: int, kind: str):
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, warmup_steps, total_steps, kind)
-    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, Schedule(warmup_steps, total_steps, kind))
+
+
+def replan(scheduler, total_steps: int, warmup_steps: int | None = None) -> None:
+    """Make every parameter group's schedule end at `total_steps` (and warm up over `warmup_steps` when given);
+    the current step's rate follows at once."""
+    for schedule in scheduler.lr_lambdas:
+        schedule.total_steps = total_steps
+        if warmup_steps is not None:
+            schedule.warmup_steps = warmup_steps
+    step = scheduler.last_epoch
+    for group, base, schedule in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas,
+                                     strict=True):
+        group["lr"] = base * schedule(step)
 
 
 def micro_batches(n_examples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:

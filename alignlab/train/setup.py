@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from alignlab import objectives
-from alignlab.config import CHANGEABLE_ON_RESUME, RunConfig, objective_terms, resume_changes
+from alignlab.config import BEFORE_IT_EXISTED, CHANGEABLE_ON_RESUME, RunConfig, objective_terms, resume_changes
 from alignlab.errors import ConfigError
 from alignlab.models.adapters import trainable_parameter_count, with_lora
 from alignlab.models.exactness import layout_note
@@ -45,17 +45,31 @@ def check_writable(folder: Path) -> None:
         raise ConfigError(f"checkpoints cannot be written into {folder}: {error.strerror}") from None
 
 
+def _holds(saved: dict, dotted: str) -> bool:
+    """Whether the nested `saved` config data has the setting `dotted` (``online.optimizer``)."""
+    node = saved
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def check_resumed_config(config: RunConfig, run_dir: Path) -> None:
     """A resumed run continues the run its folder holds: refuse settings that would change what its steps do."""
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return
-    changed = resume_changes(yaml.safe_load(saved_path.read_text()) or {}, config)
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    changed = resume_changes(saved, config)
     if changed:
         allowed = ", ".join(CHANGEABLE_ON_RESUME)
+        older = {key: value for key, value in BEFORE_IT_EXISTED.items() if key in changed and not _holds(saved, key)}
+        hint = (f" (a run started before {', '.join(older)} existed: resume it with "
+                f"{' '.join(f'--set {k}={v}' for k, v in older.items())})" if older else "")
         raise ConfigError(f"--resume continues the run in {run_dir}, whose config.yaml differs in "
-                          f"{', '.join(changed)}; resume with the same settings (only {allowed} may change), or start "
-                          "a new run with --overwrite or another out_dir")
+                          f"{', '.join(changed)}{hint}; resume with the same settings (only {allowed} may change), "
+                          "or start a new run with --overwrite or another out_dir")
 
 
 def _start(config: RunConfig, resume: bool, log, overwrite: bool = False):

@@ -18,10 +18,20 @@ from alignlab.distributed import (
     sum_across_processes,
 )
 from alignlab.errors import TrainingDivergedError
+from alignlab.objectives.batches import RolloutLogps
 from alignlab.train.checkpoint import latest_intact_checkpoint
 from alignlab.train.guard import all_finite
 from alignlab.train.schedule import micro_batches
 from alignlab.train.state import Run
+
+
+def step_tokens_per_example(examples: list, group: list[list[int]], indices: list[int]) -> float:
+    """DAPO's normaliser for micro-batch `indices` of the step `group` (`RolloutLogps.tokens_per_example`):
+    τ = T/(G·N), T the completion tokens of every example of the step's G micro-batches (at least 1), N the
+    micro-batch's examples. Every process holds every example, so T is the same on each without a collective (TRL
+    gathers its token count across processes)."""
+    total = sum(len(examples[i].completion) for micro in group for i in micro)
+    return max(total, 1) / (len(group) * len(indices))
 
 
 def accumulate(run: Run, group: list[list[int]]) -> tuple[dict, int]:
@@ -32,7 +42,10 @@ def accumulate(run: Run, group: list[list[int]]) -> tuple[dict, int]:
         share, weight = process_share(indices, accelerator.process_index, accelerator.num_processes)
         scored += len(share) if weight else 0
         with accelerator.autocast(), placeholder_batch() if not weight else contextlib.nullcontext():
-            output = run.objective(run.builder([run.examples[i] for i in share], share))
+            batch = run.builder([run.examples[i] for i in share], share)
+            if isinstance(batch, RolloutLogps):  # DAPO normalises by the whole step's tokens
+                batch.tokens_per_example = step_tokens_per_example(run.examples, group, indices)
+            output = run.objective(batch)
         # each process's mean, weighted by its share of the global micro-batch, then averaged over
         # processes by the gradient all-reduce, is the global micro-batch's mean
         accelerator.backward(output.loss * weight * accelerator.num_processes / len(group))

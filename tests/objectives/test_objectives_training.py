@@ -50,7 +50,7 @@ def run(model_dir, data, out, objective, steps, lr=1e-3):
         "out_dir": str(out),
     })
     result = train_or_rounds(config, log=lambda *_: None)  # `alignlab train`: one run, or the online round
-    metrics = out / "rounds" / "round-001" / "run" / "metrics.jsonl" if online else out / "metrics.jsonl"
+    metrics = out / "train" / "metrics.jsonl" if online else out / "metrics.jsonl"
     history = [json.loads(line) for line in metrics.read_text().splitlines()]
     return result, history
 
