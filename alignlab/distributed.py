@@ -8,6 +8,7 @@ reward mean δ) must be reduced across processes, or each process trains toward 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections import defaultdict
 
 import torch
@@ -132,3 +133,39 @@ class WeightedMetrics:
                 pooled[key][0] += total
                 pooled[key][1] += weight
         return {key: total / weight if weight else total for key, (total, weight) in pooled.items()}
+
+
+def process_rank() -> tuple[int, int]:
+    """(this process's rank, the number of processes): (0, 1) outside a process group."""
+    return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
+
+
+def join_process_group() -> None:
+    """Under `torchrun`/`accelerate launch` (WORLD_SIZE > 1), make this process a member of the run's process group
+    now (gloo on a CPU, NCCL on GPUs: accelerate's own set-up, which every later Accelerator shares), for work that
+    is shared before the first training step (the online rounds' sampling)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        PartialState(cpu=not torch.cuda.is_available())
+
+
+def wait_for_everyone() -> None:
+    """Every process waits here until all have come (nothing outside a process group)."""
+    if is_distributed():
+        dist.barrier()
+
+
+def shared_work(items: list, work) -> list:
+    """``work(items)`` shared between the processes: each runs `work` on its contiguous share of `items` (a list of
+    one result per item back), and every process gets all the results, in the items' order. The results travel as
+    Python objects between this run's own processes (`all_gather_object`). One process: ``work(items)``."""
+    rank, world = process_rank()
+    if world == 1:
+        return work(items)
+    share = -(-len(items) // world)
+    mine = items[rank * share: (rank + 1) * share]
+    results = work(mine) if mine else []
+    everyone: list = [None] * world
+    dist.all_gather_object(everyone, results)
+    return [result for part in everyone for result in part]

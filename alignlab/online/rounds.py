@@ -26,6 +26,7 @@ bit-identical to an uninterrupted run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -41,6 +42,7 @@ from alignlab.data.formats import Text
 from alignlab.data.prompts import PromptsConfig, read_prompts
 from alignlab.data.round_data import Group, RoundCounts, RoundInputs
 from alignlab.data.tokenize import TokenizedSFT, truncate
+from alignlab.distributed import join_process_group, process_rank, shared_work, wait_for_everyone
 from alignlab.errors import AlignlabError, ConfigError
 from alignlab.files import write_text_atomic
 from alignlab.models.exactness import layout_note
@@ -54,6 +56,15 @@ from alignlab.train.setup import check_resumed_config
 from alignlab.train.state import TrainResult
 
 EVAL_SEED_OFFSET = 999_983
+
+
+def block_seed(seed: int, block: int) -> int:
+    """The sampling seed of block `block` of a round's prompts (`online.sample_batch_size` prompts each): the round's
+    seed for the first, one derived from (seed, block) for the others. Every block is drawn on its own, so the
+    samples are the same whichever process draws them, on one process or several."""
+    if block == 0:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"{seed}/{block}".encode()).digest()[:8], "big") >> 1
 
 
 class RewardFailedError(AlignlabError):
@@ -133,11 +144,25 @@ class OnlineRun:
         note = layout_note(self.initial)  # a model with non-finite log-probs is refused here, before any sampling
         if note:
             log(note)
-        self.folder = RunFolder(config.out_dir)
+        self.folder = RunFolder(config.out_dir, writer=self.main)
+
+    @property
+    def main(self) -> bool:
+        """Whether this is the process that writes the run's files (the only one outside a process group)."""
+        return process_rank()[0] == 0
 
     @property
     def device(self) -> str:
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            return "cpu"
+        rank, world = process_rank()
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}" if world > 1 else "cuda"
+
+    def write(self, path: Path, text: str) -> None:
+        """`text` into `path` (whole or not at all), by the main process only."""
+        if self.main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(path, text)
 
     def load(self, path: str):
         dtype = "float32" if self.config.model.dtype == "auto" else self.config.model.dtype
@@ -155,9 +180,25 @@ class OnlineRun:
 
     # 1-2: sample and score ------------------------------------------------------------------------------------
 
-    def draw(self, model, prompts: list[Text], k: int, seed: int) -> tuple[list[Group], list[list[int]], dict]:
-        """K samples per prompt from `model`, truncated like training data and scored: (groups, completion ids
-        as sampled, facts: reward failures, truncations, first reward error)."""
+    def draw(self, model, prompts: list[Text], k: int, seed: int) -> tuple[list[Group], list[str], dict]:
+        """K samples per prompt from `model`, truncated like training data and scored: (groups, completions,
+        facts: reward failures, truncations, first reward error). The prompts go in blocks of
+        `online.sample_batch_size`, each drawn with its own seed (`block_seed`) and shared between the processes
+        (`shared_work`): every process gets every block's samples."""
+        size = self.online.sample_batch_size
+        blocks = [prompts[i: i + size] for i in range(0, len(prompts), size)]
+        drawn = shared_work(list(range(len(blocks))), lambda mine: [
+            self.draw_block(model, blocks[b], k, block_seed(seed, b)) for b in mine])
+        groups = [g for block_groups, _, _ in drawn for g in block_groups]
+        completions = [c for _, block_completions, _ in drawn for c in block_completions]
+        facts = {key: sum(f[key] for _, _, f in drawn)
+                 for key in ("reward_failures", "truncated", "prompts_cut_for_context")}
+        facts["first_reward_error"] = next((f["first_reward_error"] for *_, f in drawn if f["first_reward_error"]),
+                                           None)
+        return groups, completions, facts
+
+    def draw_block(self, model, prompts: list[Text], k: int, seed: int) -> tuple[list[Group], list[str], dict]:
+        """`draw` of one block of prompts, sampled with `seed`."""
         online, data = self.online, self.config.data
         samples = decode.get("sample")(model, self.tokenizer, prompts, n=k, max_new_tokens=online.max_new_tokens,
                                        temperature=online.temperature, top_k=online.top_k, top_p=online.top_p,
@@ -182,6 +223,17 @@ class OnlineRun:
         facts = {"reward_failures": sum(not math.isfinite(s) for s in scores), "truncated": truncated,
                  "prompts_cut_for_context": samples.prompts_truncated, "first_reward_error": error}
         return groups, samples.completions, facts
+
+    def shared_logps(self, policy, examples: list[TokenizedSFT], initial_weights: bool = False,
+                     drawn_with: list[list[float]] | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """`scored_logps`, the examples shared between the processes (every process gets all of them)."""
+        def mine(indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            old, ref = self.scored_logps(policy, [examples[i] for i in indices], initial_weights,
+                                         None if drawn_with is None else [drawn_with[i] for i in indices])
+            return list(zip(old, ref, strict=True))
+
+        pairs = shared_work(list(range(len(examples))), mine)
+        return [old for old, _ in pairs], [ref for _, ref in pairs]
 
     def scored_logps(self, policy, examples: list[TokenizedSFT], initial_weights: bool = False,
                      drawn_with: list[list[float]] | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -218,12 +270,12 @@ class OnlineRun:
         groups, completions, facts = self.draw(model, self.eval_prompts, self.online.eval_samples,
                                                self.config.train.seed * 1_000_003 + EVAL_SEED_OFFSET)
         examples = [e for g in groups for e in g.examples]
-        old, ref = self.scored_logps(model, examples)
+        old, ref = self.shared_logps(model, examples)
         values = [r for g in groups for r in g.rewards]
         rows = [{"prompt": prompt, "completion": c, "reward": None if math.isnan(r) else round(r, 5)}
                 for prompt, c, r in zip([p for p in self.eval_prompts for _ in range(self.online.eval_samples)],
                                         completions, values, strict=True)]
-        write_text_atomic(where, "".join(json.dumps(row) + "\n" for row in rows))
+        self.write(where, "".join(json.dumps(row) + "\n" for row in rows))
         return {**sample_stats(values, old, ref), "reward_failures": facts["reward_failures"]}
 
 
@@ -267,8 +319,8 @@ def _round_samples(state: OnlineRun, index: int, sampler, where: Path) -> tuple[
     if not any(g.usable() for g in groups):
         raise RewardFailedError(f"round {index}: the reward failed on all {len(rows)} samples "
                                 f"({facts['first_reward_error']})")
-    write_text_atomic(facts_file, json.dumps(facts) + "\n")  # first: samples.jsonl marks both as written
-    write_text_atomic(samples_file, "".join(json.dumps(row) + "\n" for row in rows))
+    state.write(facts_file, json.dumps(facts) + "\n")  # first: samples.jsonl marks both as written
+    state.write(samples_file, "".join(json.dumps(row) + "\n" for row in rows))
     return groups, facts
 
 
@@ -282,7 +334,7 @@ def _round_data(state: OnlineRun, index: int, sampler, objective_formats) -> tup
     sampled = time.time()
     examples = [e for g in groups for e in g.examples]
     drawn_with = [d for g in groups for d in g.sampler_logps] if online.old_logps == "sampler" else None
-    old, ref = state.scored_logps(sampler, examples, initial_weights=index == 1, drawn_with=drawn_with)
+    old, ref = state.shared_logps(sampler, examples, initial_weights=index == 1, drawn_with=drawn_with)
     counts = RoundCounts(groups=len(groups), samples=len(examples),
                          reward_failures=sum(len(g.examples) - len(g.usable()) for g in groups))
     data = state.build(groups, old, ref, objective_formats, index, counts)
@@ -303,7 +355,6 @@ def _round_data(state: OnlineRun, index: int, sampler, objective_formats) -> tup
 def _one_round(state: OnlineRun, index: int, objective_formats, trainer) -> tuple[dict | None, object]:
     """Round `index`: (its record, the trained model), or (None, None) when a signal stopped its training."""
     online = state.online
-    state.round_dir(index).mkdir(parents=True, exist_ok=True)
     policy = trainer.policy(index)
     sampler = state.initial if ONLINE_MODES.get(online.mode).from_initial else policy
     with evaluation_mode(policy):
@@ -325,9 +376,12 @@ def _one_round(state: OnlineRun, index: int, objective_formats, trainer) -> tupl
 
 
 def _write_log(state: OnlineRun, baseline: dict | None) -> list[dict]:
+    """``online.jsonl`` from the finished rounds' ``round.json`` (the main process; the others get no records)."""
+    if not state.main:
+        return []
     records = [json.loads(p.read_text()) for p in sorted(state.folder.file("rounds").glob("round-*/round.json"))]
     lines = ([{"round": 0, "eval": baseline}] if baseline else []) + records
-    write_text_atomic(state.folder.file("online.jsonl"), "".join(json.dumps(r) + "\n" for r in lines))
+    state.write(state.folder.file("online.jsonl"), "".join(json.dumps(r) + "\n" for r in lines))
     return records
 
 
@@ -353,9 +407,8 @@ def _baseline(state: OnlineRun) -> dict | None:
     if baseline_file.is_file():
         return json.loads(baseline_file.read_text())
     state.say(f"round 0: the initial model on {len(state.eval_prompts)} held-out prompts")
-    baseline_file.parent.mkdir(parents=True, exist_ok=True)
     baseline = state.evaluate(state.initial, baseline_file.parent / "eval_samples.jsonl")
-    write_text_atomic(baseline_file, json.dumps(baseline, indent=2) + "\n")
+    state.write(baseline_file, json.dumps(baseline, indent=2) + "\n")
     return baseline
 
 
@@ -364,29 +417,41 @@ def _finish_online(state: OnlineRun, records: list[dict], baseline: dict | None,
     config, folder = state.config, state.folder
     final = folder.file("final")
     model = trainer.finish(model)
-    write_text_atomic(folder.file("summary.yaml"), yaml.safe_dump(
-        {"mode": config.online.mode, "rounds": len(records), "baseline": baseline,
-         "last_round": records[-1] if records else None}, sort_keys=False))
-    state.say(format_rounds(records, baseline))
-    state.say(f"done: {len(records)} rounds of {config.online.mode}; weights in {final}, per-round log in "
-              f"{folder.file('online.jsonl')}{write_report_safely(folder.path, state.say)}")
+    if state.main:
+        state.write(folder.file("summary.yaml"), yaml.safe_dump(
+            {"mode": config.online.mode, "rounds": len(records), "baseline": baseline,
+             "last_round": records[-1] if records else None}, sort_keys=False))
+        state.say(format_rounds(records, baseline))
+        state.say(f"done: {len(records)} rounds of {config.online.mode}; weights in {final}, per-round log in "
+                  f"{folder.file('online.jsonl')}{write_report_safely(folder.path, state.say)}")
     return TrainResult(folder.path, final, model, state.tokenizer, records[-1] if records else {})
 
 
 def run_online(config: RunConfig, resume: bool = False, log=print, overwrite: bool = False) -> TrainResult:
     """Run `config.online.rounds` rounds of sample → score → train (module docstring); `resume` continues the run in
-    `config.out_dir` (rounds already done are kept, a round's training continues from its checkpoint)."""
+    `config.out_dir` (rounds already done are kept, a round's training continues from its checkpoint).
+
+    Under `torchrun`/`accelerate launch` every process runs the rounds: each samples, scores and computes the
+    log-probs of its share of the round's prompts (whole groups, in blocks of `online.sample_batch_size`), every
+    process gets the whole round's samples (so a group's advantages see all its samples), the steps are
+    distributed as any training run's (DDP: each micro-batch split between the processes), and only the main
+    process writes files or speaks. The samples do not depend on the number of processes (`block_seed`)."""
     if config.online is None:
         raise ConfigError("run_online needs a config with an online section")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("online rounds run in one process for now: start them without torchrun/accelerate launch")
-    folder = RunFolder(config.out_dir)
+    join_process_group()
+    main = process_rank()[0] == 0
+    log = log if main else (lambda *_: None)
+    folder = RunFolder(config.out_dir, writer=main)
     folder.check_usable(resume, overwrite)
     if resume:
         check_resumed_config(config, folder.path)
     objective = objectives.Objective(objective_terms(config))
     state = OnlineRun(config, log)  # prompts, reward, tokenizer, initial model: checked before anything is written
+    wait_for_everyone()  # every process has checked the folder before the main process makes it
     folder.create(overwrite)
+    wait_for_everyone()
+    if process_rank()[1] > 1:
+        log(f"online rounds on {process_rank()[1]} processes: sampling, rewards and log-probs shared, steps with DDP")
     trainer = TRAINERS[config.online.optimizer](state)
     try:
         folder.write_config(config)
@@ -400,7 +465,7 @@ def run_online(config: RunConfig, resume: bool = False, log=print, overwrite: bo
             if record is None:
                 return TrainResult(folder.path, folder.file("final"), state.initial, state.tokenizer, {},
                                    interrupted=True)
-            write_text_atomic(done, json.dumps(record, indent=2) + "\n")
+            state.write(done, json.dumps(record, indent=2) + "\n")
             _write_log(state, baseline)  # online.jsonl grows as rounds finish
             evaluation = record["eval"]
             log(f"round {index} done: sample reward {record['samples']['reward_mean']:.3f}, sampled KL "

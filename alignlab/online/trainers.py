@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_model as load_weights
 
 from alignlab.config import RunConfig
+from alignlab.distributed import wait_for_everyone
 from alignlab.errors import CheckpointError
 from alignlab.train.checkpoint import latest_intact_checkpoint, list_checkpoints
 from alignlab.train.loop import finish, prepare, run_steps
@@ -85,9 +86,11 @@ class PerRound:
         """The last round's ``final/`` copied to the online run's ``final/``; the model (loaded when every round was
         trained by an earlier attempt)."""
         final = self.online.folder.file("final")
-        if final.exists():
-            shutil.rmtree(final)
-        shutil.copytree(self.online.round_dir(self.online.online.rounds) / "run" / "final", final)
+        if self.online.main:
+            if final.exists():
+                shutil.rmtree(final)
+            shutil.copytree(self.online.round_dir(self.online.online.rounds) / "run" / "final", final)
+        wait_for_everyone()
         return model if model is not None else self.online.load(str(final))
 
     def close(self) -> None:
@@ -146,7 +149,8 @@ class Persistent:
         start_round(run, index, self.online.online.rounds, examples, reference_model)
         if run_steps(run):
             return None
-        if not (run.checkpoints_dir / f"step-{run.state.step}").is_dir():
+        save_every = run.config.train.save_every
+        if not (save_every and run.state.step % save_every == 0):  # (the step's own checkpoint, else one now)
             checkpoint(run)  # the weights the next round samples with, and where a resumed run begins it
         return RoundTraining(run.model, dict(run.last), run.state.step - run.state.round_first_step)
 
@@ -157,8 +161,10 @@ class Persistent:
         if self.run is not None:
             return finish(self.run, final_dir=final).model
         model = self.policy(self.online.online.rounds + 1)
-        model.save_pretrained(final, safe_serialization=True)
-        self.online.tokenizer.save_pretrained(final)
+        if self.online.main:
+            model.save_pretrained(final, safe_serialization=True)
+            self.online.tokenizer.save_pretrained(final)
+        wait_for_everyone()
         return model
 
     def close(self) -> None:
