@@ -562,6 +562,10 @@ def check_online(config: RunConfig, objective) -> None:
                           "data.transform are not read: remove them (held-out prompts go in online.eval_prompts)")
     if config.adapter.r:
         raise ConfigError("online rounds with LoRA adapters are not supported yet: set adapter.r: 0")
+    if config.reference.sync_ref and online.optimizer == "persistent":
+        raise ConfigError("reference.sync_ref moves the reference inside one training run, and online rounds set "
+                          "each round's reference themselves (online.reference): with sync_ref use online.optimizer: "
+                          "per_round")
     mode = ONLINE_MODES.get(online.mode)
     built = mode.data_format(objective.data_formats)
     if built is None:

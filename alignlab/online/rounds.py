@@ -226,11 +226,17 @@ class OnlineRun:
 
     def shared_logps(self, policy, examples: list[TokenizedSFT], initial_weights: bool = False,
                      drawn_with: list[list[float]] | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """`scored_logps`, the examples shared between the processes (every process gets all of them)."""
+        """`scored_logps`, the examples shared between the processes (every process gets all of them). Whether the
+        sampler's log-probs stand for π_old is decided once, for the whole round."""
+        if drawn_with is not None and any(len(d) != len(e.completion) for d, e in zip(drawn_with, examples,
+                                                                                      strict=True)):
+            drawn_with = None
+
         def mine(indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
             old, ref = self.scored_logps(policy, [examples[i] for i in indices], initial_weights,
                                          None if drawn_with is None else [drawn_with[i] for i in indices])
-            return list(zip(old, ref, strict=True))
+            # copies: a slice of one tensor would carry the whole tensor between the processes
+            return [(o.clone(), r.clone()) for o, r in zip(old, ref, strict=True)]
 
         pairs = shared_work(list(range(len(examples))), mine)
         return [old for old, _ in pairs], [ref for _, ref in pairs]
@@ -438,6 +444,10 @@ def run_online(config: RunConfig, resume: bool = False, log=print, overwrite: bo
     process writes files or speaks. The samples do not depend on the number of processes (`block_seed`)."""
     if config.online is None:
         raise ConfigError("run_online needs a config with an online section")
+    for engine in ("FSDP", "DEEPSPEED"):
+        if os.environ.get(f"ACCELERATE_USE_{engine}", "").lower() in ("true", "1"):
+            raise ConfigError(f"online rounds sample from the policy's whole weights, which {engine} shards: run them "
+                              "with DDP (torchrun, or accelerate launch --multi_gpu)")
     join_process_group()
     main = process_rank()[0] == 0
     log = log if main else (lambda *_: None)

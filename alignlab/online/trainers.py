@@ -27,11 +27,12 @@ from safetensors.torch import load_model as load_weights
 from alignlab.config import RunConfig
 from alignlab.distributed import wait_for_everyone
 from alignlab.errors import CheckpointError
-from alignlab.train.checkpoint import latest_intact_checkpoint, list_checkpoints
+from alignlab.train.checkpoint import latest_intact_checkpoint, list_checkpoints, verify_checkpoint
 from alignlab.train.loop import finish, prepare, run_steps
 from alignlab.train.outputs import checkpoint
 from alignlab.train.rounds import start_round
 from alignlab.train.state import Run
+from alignlab.train.step import verify_last_update
 
 
 @dataclass
@@ -97,6 +98,26 @@ class PerRound:
         pass
 
 
+def round_start_checkpoint(index: int, latest: Path | None, state: dict | None) -> tuple[Path | None, str | None]:
+    """Where the weights round `index` began with are, from the newest intact checkpoint `latest` and its trainer
+    state: (checkpoint or None for the initial weights, None) — or (None, what is wrong). The end of round
+    `index` − 1 is that checkpoint itself; a checkpoint inside round `index` points at the one at the round's first
+    step (or the initial weights for round 1); anything else (a checkpoint inside an earlier round whose end was
+    lost) cannot continue round `index` exactly."""
+    if latest is None:
+        return None, (None if index == 1 else "no checkpoint of the rounds before it")
+    done_round, step = state.get("round", 0), state.get("step", 0)
+    if done_round == index - 1 and step == state.get("round_last_step", step):
+        return latest, None
+    if done_round == index:
+        first = state.get("round_first_step", 0)
+        if index == 1 or first == 0:
+            return None, None
+        start = latest.parent / f"step-{first}"
+        return (start, None) if start.is_dir() else (None, f"{start}, where the round began, is missing")
+    return None, (f"the newest intact checkpoint, {latest}, is from inside round {done_round}, whose end was lost")
+
+
 class Persistent:
     """One training run across the rounds, in the online run's ``train/`` (module docstring)."""
 
@@ -107,23 +128,17 @@ class Persistent:
 
     def round_start(self, index: int) -> Path | None:
         """The checkpoint holding the weights round `index` began with (None: the initial weights), found from the
-        newest intact checkpoint: the last round's end, or a checkpoint inside round `index` (then the one at the
-        round's first step)."""
-        latest = latest_intact_checkpoint(self.folder / "checkpoints", self.online.indented)
-        if latest is None:
-            if index > 1:
-                raise CheckpointError(f"round {index} cannot continue: {self.folder / 'checkpoints'} holds no "
-                                      "checkpoint of the rounds before it; start the run again with --overwrite")
-            return None
-        state = json.loads((latest / "trainer_state.json").read_text())
-        if state.get("round", 0) == index - 1:
-            return latest
-        first = self.folder / "checkpoints" / f"step-{state.get('round_first_step', 0)}"
-        if state.get("round", 0) != index or (index > 1 and not first.is_dir()):
-            raise CheckpointError(f"round {index} cannot continue from {latest} (a checkpoint of round "
-                                  f"{state.get('round')}, or the one its round began at is missing); start the run "
-                                  "again with --overwrite")
-        return first if index > 1 else None
+        newest intact checkpoint (`round_start_checkpoint`), checked against its manifest."""
+        folder = self.folder / "checkpoints"
+        latest = latest_intact_checkpoint(folder, self.online.indented)
+        state = None if latest is None else json.loads((latest / "trainer_state.json").read_text())
+        start, problem = round_start_checkpoint(index, latest, state)
+        if problem is None and start is not None and start != latest:
+            damage = verify_checkpoint(start)
+            problem = None if damage is None else f"{start}, the checkpoint the round began at, is damaged: {damage}"
+        if problem is not None:
+            raise CheckpointError(f"round {index} cannot continue: {problem}; start the run again with --overwrite")
+        return start
 
     def policy(self, index: int) -> torch.nn.Module:
         """The policy as round `index` begins: the run's model in memory, or (first round of this process) the
@@ -147,8 +162,12 @@ class Persistent:
                                reference_model=reference_model, overwrite=not resume)
         run = self.run
         start_round(run, index, self.online.online.rounds, examples, reference_model)
+        before = run.state.step
         if run_steps(run):
             return None
+        if run.state.step == before:  # every step was taken by an earlier attempt, which saved the round's end
+            return RoundTraining(run.model, last_record(run.metrics.path), run.state.step - run.state.round_first_step)
+        verify_last_update(run)  # the guard checks the round's last update before the next round samples with it
         save_every = run.config.train.save_every
         if not (save_every and run.state.step % save_every == 0):  # (the step's own checkpoint, else one now)
             checkpoint(run)  # the weights the next round samples with, and where a resumed run begins it
@@ -170,6 +189,12 @@ class Persistent:
     def close(self) -> None:
         if self.run is not None:
             self.run.folder.unlock()
+
+
+def last_record(metrics: Path) -> dict:
+    """The last step's record of a metrics log (empty when there is none)."""
+    records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
+    return next((record for record in reversed(records) if "loss" in record), {})
 
 
 TRAINERS = {"persistent": Persistent, "per_round": PerRound}

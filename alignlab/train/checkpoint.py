@@ -44,6 +44,8 @@ class TrainerState:
     """On-policy rounds trained as one run: the round the steps belong to (0: not a run of rounds)."""
     round_first_step: int = 0
     """The step the round began at (its checkpoint holds the weights the round sampled with)."""
+    round_last_step: int = 0
+    """The step the round ends at."""
 
 
 def rng_states() -> dict:
@@ -162,7 +164,8 @@ def list_checkpoints(folder: Path) -> list[Path]:
 
 
 def prune_checkpoints(folder: Path, keep: int, spare: Path | None = None) -> None:
-    """Remove all but the newest `keep` checkpoints of `folder` (all of them for `keep` 0), never `spare`."""
+    """Remove all but the newest `keep` checkpoints of `folder` (none for `keep` 0: keep them all), never
+    `spare`."""
     for path in list_checkpoints(folder)[:-keep] if keep > 0 else []:
         if path != spare:
             shutil.rmtree(path)

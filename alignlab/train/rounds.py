@@ -34,7 +34,7 @@ def start_round(run: Run, index: int, rounds: int, examples: list,
     if state.round != index:
         state.round, state.round_first_step, state.epoch, state.micro_batch = index, state.step, 0, 0
     steps = round_steps(run, len(examples))
-    run.steps = state.round_first_step + steps
+    run.steps = state.round_last_step = state.round_first_step + steps
     horizon = state.round_first_step + steps * (rounds - index + 1)
     warmup = int(run.config.train.warmup_ratio * horizon) if index == 1 else None
     replan(run.scheduler, horizon, warmup)

@@ -28,7 +28,7 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, kind: str) -> floa
 class Schedule:
     """`lr_factor` of a run as a callable object, so that its plan (`total_steps` included) is kept in a
     checkpoint with the scheduler (torch's LambdaLR saves the attributes of callable objects) and can be re-planned
-    when on-policy rounds learn how many steps their rounds take (`alignlab.train.loop.start_round`)."""
+    when on-policy rounds learn how many steps their rounds take (`alignlab.train.rounds.start_round`)."""
 
     def __init__(self, warmup_steps: int, total_steps: int, kind: str) -> None:
         self.warmup_steps, self.total_steps, self.kind = warmup_steps, total_steps, kind

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from alignlab.commands.train import train_or_rounds as train
-from alignlab.config import save_config
+from alignlab.config import config_from_dict, save_config
 from alignlab.online.rounds import OnlineRun
 from alignlab.online.trainers import training_config
 from alignlab.train import loop
@@ -126,3 +126,50 @@ def test_a_run_started_before_the_setting_existed_resumes_per_round(small_model_
         check_resumed_config(config, tmp_path)
     config.online.optimizer = "per_round"
     check_resumed_config(config, tmp_path)
+
+
+def test_where_a_resumed_round_finds_the_weights_it_began_with(tmp_path):
+    """The end of the round before, the first step of this round (spared from pruning), the initial weights — or a
+    clear refusal when only a checkpoint inside an earlier round survived."""
+    from alignlab.online.trainers import round_start_checkpoint
+
+    (tmp_path / "step-4").mkdir()
+    latest = tmp_path / "step-6"
+    assert round_start_checkpoint(1, None, None) == (None, None)
+    assert "no checkpoint of the rounds before it" in round_start_checkpoint(2, None, None)[1]
+    end_of_one = {"round": 1, "step": 4, "round_first_step": 0, "round_last_step": 4}
+    assert round_start_checkpoint(2, tmp_path / "step-4", end_of_one) == (tmp_path / "step-4", None)
+    inside_two = {"round": 2, "step": 6, "round_first_step": 4, "round_last_step": 8}
+    assert round_start_checkpoint(2, latest, inside_two) == (tmp_path / "step-4", None)
+    assert round_start_checkpoint(1, latest, {"round": 1, "step": 2, "round_first_step": 0}) == (None, None)
+    inside_one = {"round": 1, "step": 2, "round_first_step": 0, "round_last_step": 4}
+    assert "whose end was lost" in round_start_checkpoint(2, tmp_path / "step-2", inside_one)[1]
+    (tmp_path / "step-4").rmdir()
+    assert "where the round began, is missing" in round_start_checkpoint(2, latest, inside_two)[1]
+
+
+def test_a_round_whose_steps_were_all_taken_before_the_kill_keeps_its_record(small_model_dir, prompts_file, tmp_path):
+    """Killed after round 2's last checkpoint but before its round.json: the resumed run takes no step, writes no
+    second checkpoint, and logs the round's training metrics as the first attempt had them."""
+    config = online_config(small_model_dir, prompts_file, tmp_path / "run")
+    train(config, log=lambda *_: None)
+    done = tmp_path / "run" / "rounds" / "round-002" / "round.json"
+    first = json.loads(done.read_text())
+    checkpoints = sorted(p.name for p in (tmp_path / "run" / "train" / "checkpoints").iterdir())
+    done.unlink()
+    train(config, resume=True, log=lambda *_: None)
+    again = json.loads(done.read_text())
+    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in first.items() if k != "seconds"}
+    assert sorted(p.name for p in (tmp_path / "run" / "train" / "checkpoints").iterdir()) == checkpoints
+
+
+def test_settings_online_rounds_cannot_honour_are_refused(small_model_dir, prompts_file, tmp_path, monkeypatch):
+    from alignlab import ConfigError
+    from alignlab.online.rounds import run_online
+
+    with pytest.raises(ConfigError, match=r"with sync_ref use online\.optimizer: per_round"):
+        config_from_dict({"objective": "dpo", "reference": {"mode": "model", "sync_ref": True},
+                          "online": {"mode": "online_dpo", "prompts": str(prompts_file)}})
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ConfigError, match="which FSDP shards"):
+        run_online(online_config(small_model_dir, prompts_file, tmp_path / "fsdp"), log=lambda *_: None)
