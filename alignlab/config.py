@@ -227,6 +227,9 @@ class OnlineConfig:
     normalize_advantages: bool = False
     """``rloo`` (TRL's RLOO ``normalize_advantages``): after the leave-one-out advantages,
     A ← (A − mean A)/(std A + 10⁻⁴) over every advantage of the round."""
+    engine: str = "hf"
+    """What samples the rounds: ``hf`` (alignlab's token engine) or ``vllm`` (vLLM in this process, given the
+    policy's weights before every sampling; `alignlab.decode.engines`, `make vllm`)."""
     optimizer: str = "persistent"
     """``persistent``: one training run across the rounds, as TRL's, verl's and OpenRLHF's trainers keep it — the
     weights stay in memory, AdamW's moments and the learning-rate schedule (over all rounds' steps) run on from
@@ -262,6 +265,7 @@ CHOICES = {
     "online.reference": ("initial", "previous"),
     "online.old_logps": ("rescore", "sampler"),
     "online.optimizer": ("persistent", "per_round"),
+    "online.engine": ("hf", "vllm"),
     "online.scale_rewards": SCALE_REWARDS,
     "data.format": ("auto", "paired", "scored", "unpaired", "negatives", "sft"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),

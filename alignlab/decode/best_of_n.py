@@ -24,6 +24,7 @@ import torch
 
 from alignlab.data.formats import Text
 from alignlab.decode.base import Samples, context_room, decode_in_batches, register
+from alignlab.decode.engines import ENGINES, colocated_vllm
 from alignlab.decode.stream import TokenStream, decode_tokens, draw, generator_for, special_ids, warped_logprobs
 from alignlab.models.scoring import evaluation_mode
 
@@ -64,54 +65,79 @@ def select_by_reward(rewards: torch.Tensor, pick_highest: bool, generator: torch
     return torch.multinomial((rewards == target).double(), 1, generator=generator).squeeze(-1)
 
 
-def _of_n(model, tokenizer, prompts: list[Text], n: int, reward, candidates: int, pick_highest: bool,
-          max_new_tokens: int, temperature: float, top_k: int, top_p: float, batch_size: int, seed: int | None,
-          progress: bool) -> Samples:
-    if candidates < 1:
-        raise ValueError(f"candidates must be at least 1, got {candidates}")
-    device = next(model.parameters()).device
-    generator = generator_for(seed, device)
-    cpu_generator = generator_for(None if seed is None else seed + 1, "cpu")
+def _candidates(model, tokenizer, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
+                seed: int | None, engine: str):
+    """`draw(prompt_ids, rows_per_prompt, cost) -> (completion ids, log π_sample of each)`: rows prompt-major,
+    drawn by alignlab's token engine (one generator for the call) or by vLLM (`alignlab.decode.engines`; prompt i
+    of the call seeded with `seed` + i)."""
+    if engine == "vllm":
+        vllm, done = colocated_vllm(model), [0]
+
+        def on_vllm(prompt_ids, rows, cost):
+            offset, done[0] = done[0], done[0] + len(prompt_ids)
+            drawn = vllm.sample(prompt_ids, rows, max_new_tokens, temperature, top_k, top_p,
+                                None if seed is None else seed + offset)
+            cost.count("vllm", max((len(d.token_ids) for d in drawn), default=0))
+            cost.generated_tokens += sum(len(d.token_ids) for d in drawn)
+            return [d.token_ids for d in drawn], torch.tensor([sum(d.token_logps) for d in drawn])
+
+        return on_vllm
+    generator = generator_for(seed, next(model.parameters()).device)
     eos, pad = special_ids(tokenizer)
 
-    def run(batch_prompts, prompt_ids, cost):
-        stream = TokenStream(model, prompt_ids, n * candidates, eos, pad, cost)
+    def on_hf(prompt_ids, rows, cost):
+        stream = TokenStream(model, prompt_ids, rows, eos, pad, cost)
         logps = decode_tokens(stream, max_new_tokens,
                               lambda s: draw(warped_logprobs(s.logits, temperature, top_k, top_p), generator)).cpu()
-        texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in stream.generated]
-        row_prompts = [batch_prompts[int(p)] for p in stream.prompt_of]
+        return stream.generated, logps
+
+    return on_hf
+
+
+def _of_n(model, tokenizer, prompts: list[Text], n: int, reward, candidates: int, pick_highest: bool,
+          max_new_tokens: int, temperature: float, top_k: int, top_p: float, batch_size: int, seed: int | None,
+          progress: bool, engine: str = "hf") -> Samples:
+    if candidates < 1:
+        raise ValueError(f"candidates must be at least 1, got {candidates}")
+    cpu_generator = generator_for(None if seed is None else seed + 1, "cpu")
+
+    def run(batch_prompts, prompt_ids, cost):
+        generated, logps = draw_rows(prompt_ids, n * candidates, cost)
+        texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in generated]
+        row_prompts = [batch_prompts[i // (n * candidates)] for i in range(len(generated))]
         scores = reward.score(row_prompts, texts).float().cpu()
         cost.reward_calls += len(texts)
         groups = scores.view(-1, candidates)
         chosen = torch.arange(len(groups)) * candidates + select_by_reward(groups, pick_highest, cpu_generator)
-        ids = [stream.generated[int(row)] for row in chosen]
+        ids = [generated[int(row)] for row in chosen]
         base = logps[chosen]
         return ids, None, {"base_logp": base.tolist(), "reward": scores[chosen].tolist(),
                            "kl": kl_estimate_per_draw(base, candidates).tolist(),
                            "kl_bound": [kl_bound(candidates)] * len(ids)}
 
     with evaluation_mode(model):
+        draw_rows = _candidates(model, tokenizer, max_new_tokens, temperature, top_k, top_p, seed, engine)
         return decode_in_batches(tokenizer, prompts, n, batch_size, run, "estimate",
                                  context_room(model, max_new_tokens), progress)
 
 
-@register("best_of_n", needs_reward=True)
+@register("best_of_n", needs_reward=True, choices={"engine": ENGINES})
 def best_of_n(model, tokenizer, prompts: list[Text], n: int = 1, *, reward, candidates: int = 4,
               max_new_tokens: int = 32, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-              batch_size: int = 8, seed: int | None = None, progress: bool = True) -> Samples:
+              batch_size: int = 8, seed: int | None = None, progress: bool = True, engine: str = "hf") -> Samples:
     """Best-of-N (rejection sampling against a reward; Stiennon et al., 2020; Beirami et al., 2024): draw N =
     `candidates` samples y_1 … y_N ~ π_ref(·|x) and return argmax_i r(x, y_i). Its distribution is
     π_N(y) = F(y)^N − F⁻(y)^N; its KL is reported as Beirami et al.'s estimate beside the bound log N − (N−1)/N.
     """
     return _of_n(model, tokenizer, prompts, n, reward, candidates, True, max_new_tokens, temperature, top_k, top_p,
-                 batch_size, seed, progress)
+                 batch_size, seed, progress, engine)
 
 
-@register("worst_of_n", needs_reward=True)
+@register("worst_of_n", needs_reward=True, choices={"engine": ENGINES})
 def worst_of_n(model, tokenizer, prompts: list[Text], n: int = 1, *, reward, candidates: int = 4,
                max_new_tokens: int = 32, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-               batch_size: int = 8, seed: int | None = None, progress: bool = True) -> Samples:
+               batch_size: int = 8, seed: int | None = None, progress: bool = True, engine: str = "hf") -> Samples:
     """Worst-of-N: the lowest-reward of N samples from π_ref (a red-teaming and InfAlign baseline); π(y) =
     (1 − F⁻(y))^N − (1 − F(y))^N, the same KL estimate and bound as best-of-N by symmetry."""
     return _of_n(model, tokenizer, prompts, n, reward, candidates, False, max_new_tokens, temperature, top_k, top_p,
-                 batch_size, seed, progress)
+                 batch_size, seed, progress, engine)

@@ -13,6 +13,7 @@ from alignlab.data.collate import pad_rows
 from alignlab.data.formats import Text
 from alignlab.data.tokenize import encode_prompt
 from alignlab.decode.base import Samples, context_room, decode_in_batches, register
+from alignlab.decode.engines import ENGINES, colocated_vllm
 from alignlab.decode.stream import TokenStream, decode_tokens, draw, generator_for, special_ids, warped_logprobs
 from alignlab.models.scoring import evaluation_mode
 
@@ -90,11 +91,11 @@ def generate(
     return Samples(expanded, completions, encoded, completion_ids)
 
 
-@register("sample")
+@register("sample", choices={"engine": ENGINES})
 def sample(model, tokenizer, prompts: list[Text], n: int = 1, *, max_new_tokens: int = 32, temperature: float = 1.0,
            top_k: int = 0, top_p: float = 1.0, batch_size: int = 16, seed: int | None = None,
            max_prompt_tokens: int | None = None, prompt_ids: list[list[int]] | None = None,
-           progress: bool = True) -> Samples:
+           progress: bool = True, engine: str = "hf") -> Samples:
     """Ancestral sampling: y_t ~ softmax(z_t / T) restricted to the top-k tokens and the top-p nucleus.
 
     Reports log π_sample(y) = Σ_t log of the (warped) distribution each token was drawn from, so with T = 1 and no
@@ -102,7 +103,23 @@ def sample(model, tokenizer, prompts: list[Text], n: int = 1, *, max_new_tokens:
     each completion's per-token terms. Prompts are cut from the left to the model's context beside the completion,
     and to `max_prompt_tokens` when given (so samples are drawn after the prompt training will see).
     `prompt_ids` continues those token ids instead of the encoded prompts (a prefilled answer, for example).
+    `engine` ``vllm`` draws them with vLLM colocated in this process (`alignlab.decode.engines`: the same
+    distribution and log-probs, its own random stream; each prompt seeded with `seed` + its index).
     """
+    with evaluation_mode(model):
+        room = context_room(model, max_new_tokens)
+        if max_prompt_tokens is not None:
+            room = max_prompt_tokens if room is None else min(room, max_prompt_tokens)
+        if engine == "vllm":
+            run = _vllm_batches(model, n, max_new_tokens, temperature, top_k, top_p, seed)
+        else:
+            run = _hf_batches(model, tokenizer, n, max_new_tokens, temperature, top_k, top_p, seed)
+        return decode_in_batches(tokenizer, prompts, n, batch_size, run, "sampled", room, progress, prompt_ids)
+
+
+def _hf_batches(model, tokenizer, n: int, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
+                seed: int | None):
+    """`sample`'s batches on alignlab's token engine: one generator for the whole call."""
     generator = generator_for(seed, next(model.parameters()).device)
     eos, pad = special_ids(tokenizer)
 
@@ -120,8 +137,25 @@ def sample(model, tokenizer, prompts: list[Text], n: int = 1, *, max_new_tokens:
         token_logps = [per_step[row, : len(ids)].tolist() for row, ids in enumerate(stream.generated)]
         return stream.generated, logps.cpu(), {"token_logps": token_logps}
 
-    with evaluation_mode(model):
-        room = context_room(model, max_new_tokens)
-        if max_prompt_tokens is not None:
-            room = max_prompt_tokens if room is None else min(room, max_prompt_tokens)
-        return decode_in_batches(tokenizer, prompts, n, batch_size, run, "sampled", room, progress, prompt_ids)
+    return run
+
+
+def _vllm_batches(model, n: int, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
+                  seed: int | None):
+    """`sample`'s batches on vLLM, given the model's current weights first; prompt i of the call (across
+    batches) is seeded with `seed` + i."""
+    engine = colocated_vllm(model)
+    done = [0]
+
+    def run(_, batch_ids, cost):
+        offset = done[0]
+        done[0] += len(batch_ids)
+        drawn = engine.sample(batch_ids, n, max_new_tokens, temperature, top_k, top_p,
+                              None if seed is None else seed + offset)
+        cost.count("vllm", max((len(d.token_ids) for d in drawn), default=0))  # decoding steps of the batch
+        cost.generated_tokens += sum(len(d.token_ids) for d in drawn)
+        token_logps = [d.token_logps for d in drawn]
+        logps = torch.tensor([sum(values) for values in token_logps], dtype=torch.float32)
+        return [d.token_ids for d in drawn], logps, {"token_logps": token_logps}
+
+    return run

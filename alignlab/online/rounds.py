@@ -204,7 +204,7 @@ class OnlineRun:
                                        temperature=online.temperature, top_k=online.top_k, top_p=online.top_p,
                                        batch_size=online.sample_batch_size, seed=seed,
                                        max_prompt_tokens=data.max_prompt_length,
-                                       progress=self.config.train.progress)
+                                       progress=self.config.train.progress, engine=online.engine)
         scores, error = safe_rewards(self.reward, samples.prompts, samples.completions)
         groups, truncated = [], 0
         eos = self.tokenizer.eos_token_id
