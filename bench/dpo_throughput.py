@@ -189,11 +189,15 @@ def run_trl(model_dir: Path, data: Path, out: Path, steps: int, batch_size: int,
 
 
 def ensure_trl() -> None:
-    """Install TRL (benchmark only) with the project's pins, so torch stays the CPU build."""
+    """Install TRL (benchmark only) with the pins of this environment (constraints-vllm.txt where vLLM is
+    installed, constraints.txt otherwise), so torch stays the CPU build and nothing else moves."""
+    import importlib.util
+
     try:
         import trl  # noqa: F401
     except ImportError:
-        constraints = Path(__file__).resolve().parent.parent / "constraints.txt"
+        pins = "constraints-vllm.txt" if importlib.util.find_spec("vllm") else "constraints.txt"
+        constraints = Path(__file__).resolve().parent.parent / pins
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-c", str(constraints),
                         TRL_REQUIREMENT], check=True)
 

@@ -1,19 +1,21 @@
 """On-policy (GRPO) round throughput of alignlab on this machine, against TRL's GRPOTrainer.
 
     python bench/online_throughput.py [--model tiny|small] [--prompts 64] [--k 4] [--rounds 3]
-        [--optimizer persistent|per_round|both] [--vs trl] [--json]
+        [--optimizer persistent|per_round|both] [--engine hf|vllm|both] [--vs trl] [--trl-vllm] [--json]
 
 One round = `--prompts` prompts × `--k` completions sampled from the current policy (`--max-new-tokens`, T = 1),
 scored with the sentiment reward, then trained on in optimizer steps of `--batch-size` completions (one pass),
 GRPO with ε = 0.2, β = 0.04 (k3 KL to the initial model), per-sequence token means. alignlab runs it as
 `alignlab train` with an online section (``--optimizer``: one optimizer and schedule across the rounds, as TRL
-keeps them, or a fresh one per round; ``--old-logps sampler``: π_old's log-probs from the sampler, one forward
-pass fewer) and reports each round's generate+score / log-probs+data / train
-seconds from its own log; TRL runs the same model, prompts and settings through `GRPOTrainer`
-(`steps_per_generation` = steps per round, so it too samples a round's completions at once and then takes the
-round's optimizer steps; `loss_type="grpo"`; fp32 on the CPU). Each in its own process. Printed: samples/s per
-round, trained completion tokens/s, and the ratio of round times at equal samples (the first round of each is a
-warm-up and is left out). TRL is a benchmark-only dependency, installed with the project's pins when missing.
+keeps them, or a fresh one per round; ``--engine``: what samples, alignlab's token engine or vLLM colocated —
+run with .venv-vllm/bin/python, `make vllm`; ``--old-logps sampler``: π_old's log-probs from the sampler, one
+forward pass fewer) and reports each round's generate+score / log-probs+data / train seconds from its own log;
+TRL runs the same model, prompts and settings through `GRPOTrainer` (`steps_per_generation` = steps per round,
+so it too samples a round's completions at once and then takes the round's optimizer steps; `loss_type="grpo"`;
+fp32 on the CPU; ``--trl-vllm``: with ``use_vllm=True, vllm_mode="colocate"``). Each in its own process.
+Printed: samples/s per round, trained completion tokens/s, and the ratio of round times at equal samples (the
+first round of each is a warm-up and is left out). TRL is a benchmark-only dependency, installed with the pins of
+the running environment (constraints.txt, or constraints-vllm.txt where vLLM is installed) when missing.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def run_alignlab(model_dir: Path, prompts: Path, out: Path, args) -> dict:
                   "progress": False},
         "online": {"mode": "grpo", "rounds": args.rounds, "prompts": str(prompts), "samples_per_prompt": args.k,
                    "max_new_tokens": args.max_new_tokens, "sample_batch_size": args.prompts,
-                   "old_logps": args.old_logps, "optimizer": args.optimizer},
+                   "old_logps": args.old_logps, "optimizer": args.optimizer, "engine": args.engine},
         "out_dir": str(out / "run"),
     })
     train_or_rounds(config, log=lambda *_: None)
@@ -98,7 +100,8 @@ def run_trl(model_dir: Path, prompts: Path, out: Path, args) -> dict:
               "learning_rate": LEARNING_RATE, "lr_scheduler_type": "constant", "warmup_ratio": 0.0,
               "beta": BETA, "epsilon": EPSILON, "loss_type": "grpo", "scale_rewards": True, "logging_steps": 1,
               "save_strategy": "no", "report_to": "none", "use_cpu": True, "bf16": False, "seed": 0,
-              "dataloader_num_workers": 0, "gradient_checkpointing": False}
+              "dataloader_num_workers": 0, "gradient_checkpointing": False,
+              **({"use_vllm": True, "vllm_mode": "colocate"} if args.engine == "vllm" else {})}
     fields = {f.name for f in dataclasses.fields(GRPOConfig)}
     config = GRPOConfig(**{k: v for k, v in wanted.items() if k in fields})
     dataset = datasets.load_dataset("json", data_files=str(prompts), split="train")
@@ -125,7 +128,10 @@ def main() -> None:
                         help="alignlab's online.old_logps: π_old from a scoring pass (default) or from the sampler")
     parser.add_argument("--optimizer", choices=("persistent", "per_round", "both"), default="persistent",
                         help="alignlab's online.optimizer (both: one run of each)")
+    parser.add_argument("--engine", choices=("hf", "vllm", "both"), default="hf",
+                        help="alignlab's online.engine (both: one run of each; vllm needs .venv-vllm)")
     parser.add_argument("--vs", choices=("trl",), help="also run TRL's GRPOTrainer on the same settings")
+    parser.add_argument("--trl-vllm", action="store_true", help="TRL samples with vLLM (use_vllm, colocate)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--one", nargs=3, metavar=("MODEL_DIR", "PROMPTS", "ENGINE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -145,7 +151,9 @@ def main() -> None:
     from alignlab.assets import EMBEDDED_MODEL_DIR
 
     optimizers = ("persistent", "per_round") if args.optimizer == "both" else (args.optimizer,)
-    engines = [f"alignlab:{o}" for o in optimizers] + (["trl"] if args.vs == "trl" else [])
+    samplers = ("hf", "vllm") if args.engine == "both" else (args.engine,)
+    engines = [f"alignlab:{o}:{e}" for o in optimizers for e in samplers]
+    engines += [f"trl::{'vllm' if args.trl_vllm else 'hf'}"] if args.vs == "trl" else []
     if args.vs == "trl":
         ensure_trl()
     results = {}
@@ -158,13 +166,13 @@ def main() -> None:
             model_dir = work / "small"
             small_model(model_dir)
         for engine in engines:
-            engine, _, optimizer = engine.partition(":")
+            engine, optimizer, sampler = engine.split(":")
             command = [sys.executable, __file__, "--prompts", str(args.prompts), "--k", str(args.k),
-                       "--old-logps", args.old_logps, "--optimizer", optimizer or "persistent",
+                       "--old-logps", args.old_logps, "--optimizer", optimizer or "persistent", "--engine", sampler,
                        "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.batch_size),
                        "--rounds", str(args.rounds), "--one", str(model_dir), str(prompts), engine]
             child = subprocess.run(command, capture_output=True, text=True)
-            name = f"{engine} {optimizer}".strip()
+            name = f"{engine} {optimizer} {sampler}".replace("  ", " ")
             if child.returncode != 0:
                 sys.exit(f"{name} failed (exit {child.returncode}):\n{child.stderr[-3000:]}")
             results[name] = json.loads(child.stdout.strip().splitlines()[-1])
@@ -177,10 +185,11 @@ def main() -> None:
     summary = {**results, "settings": {**{k: v for k, v in vars(args).items() if k not in ("one", "json")},
                                        "epsilon": EPSILON, "beta": BETA, "lr": LEARNING_RATE,
                                        "threads": os.cpu_count()}}
-    for optimizer in optimizers if "trl" in results else ():
-        ratio = results["trl"]["round_s"] / results[f"alignlab {optimizer}"]["round_s"]
-        summary[f"round_time_ratio_trl_over_alignlab_{optimizer}"] = ratio
-        print(f"alignlab ({optimizer}) vs TRL GRPOTrainer: {ratio:.2f}x faster per round at equal samples")
+    trl = next((name for name in results if name.startswith("trl")), None)
+    for name in [n for n in results if n.startswith("alignlab")] if trl else ():
+        ratio = results[trl]["round_s"] / results[name]["round_s"]
+        summary[f"round_time_ratio {trl} / {name}"] = ratio
+        print(f"{name} vs {trl} (GRPOTrainer): {ratio:.2f}x faster per round at equal samples")
     if args.json:
         print(json.dumps(summary))
 

@@ -37,6 +37,7 @@ def import_vllm():
     """vLLM's `LLM`, `SamplingParams` and `TokensPrompt`, or one ConfigError saying how to get it."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in this process: weights pass as tensors
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on a CPU (vLLM's default is 4)
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its start-up report would bury alignlab's progress
     try:
         from vllm import LLM, SamplingParams
         from vllm.inputs import TokensPrompt
@@ -67,8 +68,11 @@ class VLLMEngine:
         dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         context = getattr(model.config, "max_position_embeddings", None) or 2048
         self.path = path
+        # vLLM drops torch to one thread for serving unless OMP_NUM_THREADS is set; colocated, the same threads
+        # also train, so it is told to keep the ones this process has.
+        os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
         self.llm = llm_class(model=path, dtype=dtype, enforce_eager=True, seed=0, max_model_len=context,
-                             logprobs_mode="processed_logprobs")
+                             logprobs_mode="processed_logprobs", **_scheduling(context))
         self.version: tuple | None = None
 
     def sync(self, model: torch.nn.Module) -> bool:
@@ -89,8 +93,14 @@ class VLLMEngine:
         params = [self.sampling_params(n=n, temperature=temperature, top_k=top_k, top_p=top_p,
                                        max_tokens=max_new_tokens, logprobs=0,
                                        seed=None if seed is None else seed + i) for i in range(len(prompt_ids))]
-        outputs = self.llm.generate([self.tokens_prompt(prompt_token_ids=ids) for ids in prompt_ids], params,
-                                    use_tqdm=False)
+        try:
+            outputs = self.llm.generate([self.tokens_prompt(prompt_token_ids=ids) for ids in prompt_ids], params,
+                                        use_tqdm=False)
+        except RuntimeError as error:
+            if "Unsupported CPU attention configuration" not in str(error):
+                raise
+            raise ConfigError(f"engine: vllm cannot run {self.path} on this CPU: vLLM's CPU attention does not take "
+                              f"its attention heads ({error}); use engine: hf") from None
         drawn = []
         for output in outputs:
             for completion in output.outputs:
@@ -98,6 +108,17 @@ class VLLMEngine:
                 drawn.append(Drawn(ids, [step[token].logprob for step, token in zip(completion.logprobs, ids,
                                                                                       strict=True)]))
         return drawn
+
+
+def _scheduling(context: int) -> dict:
+    """On a CPU, chunked prefill is off: a prompt split across engine steps makes vLLM rewind the request's seeded
+    generator, which a CPU generator cannot do ("CPU Generator does not use offset"); whole prompts are scheduled
+    instead, up to 8192 tokens (or one context) a step. Elsewhere vLLM's own scheduling."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return {}
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(context, 8192)}
 
 
 _ENGINE: VLLMEngine | None = None

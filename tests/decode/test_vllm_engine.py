@@ -112,3 +112,88 @@ def test_best_and_worst_of_n_on_vllm_report_what_they_report_on_hf(method):
     assert on_vllm.extras["kl_bound"] == on_hf.extras["kl_bound"]
     for scored, base in zip(rescored(model, tokenizer, on_vllm), on_vllm.extras["base_logp"], strict=True):
         assert float(scored.sum()) == pytest.approx(base, abs=1e-4)
+
+
+def test_a_batch_larger_than_one_engine_step_samples_with_seeds():
+    """More prompt tokens than vLLM schedules in one step (its default budget, 4096, split long prompts across
+    steps; per-prompt seeds then failed on the CPU: "CPU Generator does not use offset"): every completion comes
+    back with the model's log-probs, and the same seed gives the same completions."""
+    from alignlab.assets.corpus import review_prompts
+
+    model, tokenizer = load_model(str(EMBEDDED_MODEL_DIR)), load_tokenizer(str(EMBEDDED_MODEL_DIR))
+    ids = tokenizer(" ".join(review_prompts(400, seed=1)), add_special_tokens=False)["input_ids"]
+    long_prompts = [tokenizer.decode(ids[i * 97: i * 97 + 300]) for i in range(12)]
+    settings = dict(n=2, max_new_tokens=4, batch_size=12, seed=3, progress=False, engine="vllm")
+    samples = decode.get("sample")(model, tokenizer, long_prompts, **settings)
+    assert sum(len(ids) for ids in samples.prompt_ids) > 4096 and len(samples.completion_ids) == 24
+    again = decode.get("sample")(model, tokenizer, long_prompts, **settings)
+    assert again.completion_ids == samples.completion_ids
+    for drawn, scored in zip(samples.extras["token_logps"], rescored(model, tokenizer, samples), strict=True):
+        torch.testing.assert_close(torch.tensor(drawn), scored, atol=1e-4, rtol=0)
+
+
+def test_rounds_on_vllm_raise_held_out_reward_and_resume_after_kill_9(tmp_path):
+    """Two GRPO rounds on the embedded model sampled by vLLM: the held-out reward rises from round 0 to round 2,
+    and a run killed (SIGKILL) inside round 2 resumes to the same final weights and round records as a run that
+    was not interrupted (vLLM restarts in the new process, seeded per prompt)."""
+    import os
+    import subprocess
+    import time
+
+    from safetensors.torch import load_file
+
+    from alignlab.assets.corpus import review_prompts
+    from alignlab.commands.train import train_or_rounds
+    from alignlab.config import config_from_dict, save_config
+    from tests.train.test_faults import training_command
+
+    prompts, held_out = tmp_path / "prompts.jsonl", tmp_path / "held_out.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in review_prompts(16, seed=5)))
+    held_out.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in review_prompts(8, seed=11)))
+
+    def config(out):
+        return config_from_dict({
+            "model": {"path": str(EMBEDDED_MODEL_DIR)}, "objective": {"name": "grpo", "beta": 0.0},
+            "data": {"max_length": 64, "max_prompt_length": 32},
+            "train": {"batch_size": 16, "lr": 2e-3, "scheduler": "constant", "warmup_ratio": 0.0, "progress": False,
+                      "save_every": 1, "keep_checkpoints": 1},
+            "online": {"mode": "grpo", "rounds": 2, "prompts": str(prompts), "samples_per_prompt": 4,
+                       "max_new_tokens": 12, "engine": "vllm", "eval_prompts": str(held_out), "eval_samples": 4},
+            "out_dir": str(out)})
+
+    straight = train_or_rounds(config(tmp_path / "straight"), log=lambda *_: None)
+    records = [json.loads(line) for line in (tmp_path / "straight" / "online.jsonl").read_text().splitlines()]
+    assert records[0]["round"] == 0 and records[-1]["round"] == 2
+    assert records[-1]["eval"]["reward_mean"] > records[0]["eval"]["reward_mean"] + 0.05
+
+    path = tmp_path / "run.yaml"
+    save_config(config(tmp_path / "run"), path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(training_command(path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    inside_round_two = tmp_path / "run" / "train" / "checkpoints" / "step-5"
+    deadline = time.time() + 300
+    while not inside_round_two.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert process.poll() is None, "the run ended before the checkpoint inside round 2; make it longer"
+    process.kill()
+    process.wait()
+    subprocess.run([*training_command(path), "--resume"], check=True, capture_output=True, env=env)
+    expected = load_file(str(straight.final_dir / "model.safetensors"))
+    got = load_file(str(tmp_path / "run" / "final" / "model.safetensors"))
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+    def without_times(run):
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                for line in (run / "online.jsonl").read_text().splitlines()]
+
+    assert without_times(tmp_path / "run") == without_times(tmp_path / "straight")
+
+
+def test_a_head_size_vllms_cpu_attention_refuses_is_one_clear_error(small_model_dir):
+    """The suite's smallest model has heads of 8 dimensions, which vLLM's CPU kernel does not take: a ConfigError
+    that names the model folder and the way out, not vLLM's RuntimeError from inside its scheduler."""
+    from alignlab.errors import ConfigError
+
+    model, tokenizer = load_model(str(small_model_dir)), load_tokenizer(str(small_model_dir))
+    with pytest.raises(ConfigError, match=rf"cannot run {small_model_dir} on this CPU.*head_dim=8.*engine: hf"):
+        decode.get("sample")(model, tokenizer, PROMPTS, n=1, max_new_tokens=3, seed=0, progress=False, engine="vllm")
