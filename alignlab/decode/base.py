@@ -265,6 +265,10 @@ def get(name: str, **params) -> Callable:
     """The decoder `name`, its parameters checked (ConfigError with a suggestion when one is unknown, or when one
     has the wrong type, a value outside its choices, or is out of its declared or shared range)."""
     decoder = spec(name)
+    if "engine" in params and "engine" not in decoder.params:
+        takers = ", ".join(d.name for d in available() if "engine" in d.params)
+        raise ConfigError(f"decoder '{name}' steers the model token by token and runs on alignlab's own engine only; "
+                          f"'engine' (hf or vllm) is a setting of {takers}: remove it here")
     check_params("decoder", name, params, decoder.params)
     check_values(name, params)
     return decoder.fn

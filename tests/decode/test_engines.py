@@ -33,3 +33,11 @@ def test_weights_version_changes_with_every_in_place_update(tokenizer):
     optimizer.step()
     assert weights_version(model) != before
     assert weights_version(random_llama(len(tokenizer))) != weights_version(model)
+
+
+@pytest.mark.parametrize("name", ["args", "deal", "tq_star", "controlled", "speculative"])
+def test_decoders_that_steer_tokens_say_they_run_on_the_hf_engine_only(name):
+    with pytest.raises(ConfigError, match=rf"decoder '{name}' steers the model token by token.*'engine' \(hf or "
+                                          r"vllm\) is a setting of best_of_n, sample, worst_of_n"):
+        decode.get(name, engine="vllm")
+    decode.get("best_of_n", engine="vllm")
