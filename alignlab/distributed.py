@@ -53,6 +53,20 @@ def pooled_sum_and_count(values: torch.Tensor) -> tuple[float, int]:
     return total, int(count)
 
 
+def token_denominator(mask: torch.Tensor) -> torch.Tensor:
+    """What a loss that is a mean over all the completion tokens of a micro-batch divides this process's token sum
+    by: T·n_p/N, with T the tokens and N the examples of the global micro-batch and n_p the rows of `mask` here, so
+    that the loop's weighting of each process's loss by its share of the examples (n_p/N) adds up to the global
+    token mean Σ/T — each process's own token count would weigh a token of a short share more. `mask.sum()` (at
+    least 1) in a single process."""
+    if not is_distributed():
+        return mask.sum().clamp(min=1)
+    tokens, examples = pooled_sum_and_count(mask.detach().sum(-1))
+    mine = mask.shape[0] if _contributing else 0
+    value = tokens * mine / examples if tokens > 0 and mine > 0 else 1.0
+    return torch.tensor(value, dtype=torch.float32, device=mask.device)
+
+
 def contributing() -> bool:
     """False while this process scores a weight-0 placeholder batch (`placeholder_batch`)."""
     return _contributing

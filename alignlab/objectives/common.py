@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from alignlab.distributed import token_denominator
 from alignlab.errors import ConfigError
 from alignlab.objectives.batches import ObjectiveOutput, PreferenceLogps
 
@@ -19,8 +20,9 @@ def sequence_logps(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
 
 
 def chosen_nll(batch: PreferenceLogps) -> torch.Tensor:
-    """Negative log-likelihood of the chosen completions, a mean over all their tokens in the batch."""
-    return -(batch.policy_chosen * batch.chosen_mask).sum() / batch.chosen_mask.sum().clamp(min=1)
+    """Negative log-likelihood of the chosen completions, a mean over all their tokens in the batch (the global
+    micro-batch under several processes: `token_denominator`)."""
+    return -(batch.policy_chosen * batch.chosen_mask).sum() / token_denominator(batch.chosen_mask)
 
 
 def chosen_nll_per_example(batch: PreferenceLogps) -> torch.Tensor:

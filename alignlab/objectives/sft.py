@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from alignlab.distributed import token_denominator
 from alignlab.errors import ConfigError
 from alignlab.objectives.batches import ObjectiveOutput, PreferenceLogps, SFTLogps
 from alignlab.objectives.common import check_beta, sequence_logps
@@ -22,7 +23,9 @@ def completion_view(batch: SFTLogps | PreferenceLogps) -> SFTLogps:
 
 
 def token_mean_nll(logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return -(logps * mask).sum() / mask.sum().clamp(min=1)
+    """−Σ log p over the completion tokens / their number in the batch (the global micro-batch under several
+    processes: `token_denominator`)."""
+    return -(logps * mask).sum() / token_denominator(mask)
 
 
 @register("sft", Needs(data_formats=("sft", "paired")))
@@ -74,7 +77,7 @@ def token_constrained(batch: SFTLogps | PreferenceLogps, beta: float = 0.1, firs
     with torch.no_grad():
         weights = (2 * (1 - torch.sigmoid(betas * (view.policy - view.reference)))).clamp(min=1e-3) * view.mask
     weighted = -(weights * view.policy)
-    loss = weighted.sum() / view.mask.sum().clamp(min=1)
+    loss = weighted.sum() / token_denominator(view.mask)
     per_example = weighted.sum(-1) / view.mask.sum(-1).clamp(min=1)
     metrics = {"nll_loss": token_mean_nll(view.policy, view.mask).item(),
                "token_weights/mean": (weights.sum() / view.mask.sum().clamp(min=1)).item(),

@@ -21,10 +21,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from alignlab.errors import CheckpointError
 from alignlab.files import file_sha256, fsync_path
+from alignlab.train.sharding import is_sharded, load_gathered_state
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 MANIFEST = "manifest.json"
@@ -78,15 +79,16 @@ def remove_temporary_checkpoints(folder: Path) -> int:
 
 
 def save_checkpoint(folder: Path, model, optimizer, scheduler, state: TrainerState, reference=None,
-                    objective=None) -> Path:
+                    objective=None, gathered: tuple[dict, dict] | None = None) -> Path:
     """Write checkpoint `folder/step-N` atomically and return its path; a full disk is a `CheckpointError` that
     says so, with the half-written folder removed.
 
     `reference` is saved too when training changes it (TR-DPO reference syncing), and the objective's
-    running statistics (BCO's δ) when it has any.
+    running statistics (BCO's δ) when it has any. `gathered` (whole weights, whole optimizer state: a sharded
+    model's, `alignlab.train.sharding.gathered_state`) is written instead of `model`'s and `optimizer`'s own.
     """
     try:
-        return _save_checkpoint(folder, model, optimizer, scheduler, state, reference, objective)
+        return _save_checkpoint(folder, model, optimizer, scheduler, state, reference, objective, gathered)
     except (OSError, RuntimeError) as error:
         remove_temporary_checkpoints(folder)
         if out_of_space(error):
@@ -96,16 +98,20 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, state: TrainerSta
 
 
 def _save_checkpoint(folder: Path, model, optimizer, scheduler, state: TrainerState, reference=None,
-                     objective=None) -> Path:
+                     objective=None, gathered: tuple[dict, dict] | None = None) -> Path:
     final = folder / f"step-{state.step}"
     temporary = folder / f".step-{state.step}.tmp"
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
-    save_model(model, str(temporary / "model.safetensors"))
+    if gathered is None:
+        save_model(model, str(temporary / "model.safetensors"))
+    else:
+        save_file(gathered[0], str(temporary / "model.safetensors"), metadata={"format": "pt"})
     if reference is not None:
         save_model(reference, str(temporary / "reference.safetensors"))
     torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states(),
+        {"optimizer": optimizer.state_dict() if gathered is None else gathered[1],
+         "scheduler": scheduler.state_dict(), "rng": rng_states(),
          "objective": objective.state_dict() if objective is not None else None},
         temporary / "training_state.pt",
     )
@@ -172,8 +178,11 @@ def prune_checkpoints(folder: Path, keep: int, spare: Path | None = None) -> Non
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, reference=None, objective=None) -> TrainerState:
-    """Restore weights (and a synced reference), optimizer, scheduler and RNG states; return the data position."""
-    load_model(model, str(path / "model.safetensors"))
+    """Restore weights (and a synced reference), optimizer, scheduler and RNG states; return the data position.
+    A sharded model (FSDP) reads the whole state and keeps its shards of it."""
+    sharded = is_sharded(model)
+    if not sharded:
+        load_model(model, str(path / "model.safetensors"))
     if reference is not None:
         if not (path / "reference.safetensors").is_file():
             raise FileNotFoundError(f"{path} holds no reference.safetensors, which reference.sync_ref needs to resume")
@@ -184,7 +193,10 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, reference=None, obj
         raise CheckpointError(f"{path / 'training_state.pt'} holds objects other than tensors and plain data, which "
                               f"alignlab refuses to unpickle (they could run code): {str(error).splitlines()[0]}"
                               ) from None
-    optimizer.load_state_dict(saved["optimizer"])
+    if sharded:
+        load_gathered_state(model, optimizer, load_file(str(path / "model.safetensors")), saved["optimizer"])
+    else:
+        optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     set_rng_states(saved["rng"])
     if objective is not None and saved.get("objective") is not None:

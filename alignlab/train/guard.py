@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from alignlab.train.sharding import local_tensors
+
 
 def all_finite(parameters: list[torch.Tensor]) -> bool:
     """Whether every value of every tensor is finite: the max-abs norm of each (fused, no full-size masks) is finite
@@ -45,10 +47,11 @@ class WeightGuard:
 
     @torch.no_grad()
     def snapshot(self) -> None:
+        held = local_tensors([p.detach() for p in self.parameters])  # a sharded weight: this process's shard
         if not self.saved_weights:
-            self.saved_weights = [p.detach().clone() for p in self.parameters]
+            self.saved_weights = [p.clone() for p in held]
         else:
-            torch._foreach_copy_(self.saved_weights, [p.detach() for p in self.parameters])
+            torch._foreach_copy_(self.saved_weights, held)
         self.saved_state = [(tensor, tensor.clone()) for tensor in self._state_tensors()]
         self.norm_before = l2_norm(self.parameters)
         self.state_keys = {id(self.optimizer.state[p]): set(self.optimizer.state[p]) for p in self.parameters
@@ -57,7 +60,7 @@ class WeightGuard:
     @torch.no_grad()
     def restore(self) -> None:
         """The weights and optimizer state as they were at the last `snapshot`."""
-        torch._foreach_copy_([p.detach() for p in self.parameters], self.saved_weights)
+        torch._foreach_copy_(local_tensors([p.detach() for p in self.parameters]), self.saved_weights)
         for tensor, saved in self.saved_state:
             tensor.copy_(saved)
         for p in self.parameters:  # state the update created (the first step) is dropped

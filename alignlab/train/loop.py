@@ -38,6 +38,7 @@ from alignlab.train.setup import (
     optimisation,
     resumed_state,
 )
+from alignlab.train.sharding import check_fsdp_objective, fsdp_requested, gathered_weights, is_sharded
 from alignlab.train.signals import StopRequests
 from alignlab.train.state import Run, TrainResult
 from alignlab.train.step import refuse_non_finite_weights, refuse_untrained, train_step, verify_last_update
@@ -65,6 +66,8 @@ def prepare(config: RunConfig, resume: bool = False, log=print, records: list | 
     start, data = check_and_load(config, resume, log, overwrite, records, examples)
     if model is None:
         model = load_policy(config, start.objective, start.tokenizer, start.accelerator.device)
+    if fsdp_requested():
+        check_fsdp_objective(start.objective, model.config)
     folder = open_folder(config, start, data, overwrite)  # only now: every check has passed
     data, model, reference, eval_reference = models_and_references(config, start, data, model, reference_model)
     steps, policy, optimizer, scheduler, trained_parameters = optimisation(config, start, model, len(data.examples))
@@ -139,8 +142,9 @@ def finish(run: Run, final_dir: Path | None = None) -> TrainResult:
         run.last.update(final_eval)
     run.model.eval()
     final_dir = run.folder.file("final") if final_dir is None else final_dir
+    weights = gathered_weights(run.model) if is_sharded(run.model) else None  # a collective: every process
     if run.main:
-        save_final(run, final_dir)
+        save_final(run, final_dir, weights)
     run.accelerator.wait_for_everyone()
     if run.config.train.log_with:  # (end_training would also end the process group that later rounds need)
         end_trackers(run.accelerator)

@@ -12,6 +12,7 @@ from alignlab.report.card import model_card
 from alignlab.report.html import write_report_safely
 from alignlab.run_folder import code_version
 from alignlab.train.checkpoint import prune_checkpoints, save_checkpoint
+from alignlab.train.sharding import gathered_state, is_sharded
 from alignlab.train.state import Run
 from alignlab.train.step import refuse_non_finite_weights
 
@@ -21,10 +22,11 @@ def checkpoint(run: Run) -> None:
     removed (in a run of on-policy rounds, never the one the current round began at: its weights sampled the
     round, and a resumed run scores with them again); every process waits for it."""
     refuse_non_finite_weights(run, f"checkpoint step-{run.state.step}")
+    gathered = gathered_state(run.model, run.optimizer) if is_sharded(run.model) else None  # every process
     if run.main:
         synced = run.reference.model if run.config.reference.sync_ref else None
         save_checkpoint(run.checkpoints_dir, run.model, run.optimizer, run.scheduler, run.state, synced,
-                        run.objective)
+                        run.objective, gathered)
         spare = run.checkpoints_dir / f"step-{run.state.round_first_step}" if run.state.round > 1 else None
         prune_checkpoints(run.checkpoints_dir, run.config.train.keep_checkpoints, spare)
     run.accelerator.wait_for_everyone()
@@ -58,10 +60,11 @@ def write_model_card(run: Run, final_dir: Path) -> None:
     (final_dir / "README.md").write_text(card, encoding="utf-8")
 
 
-def save_final(run: Run, final_dir: Path) -> None:
-    """The main process's part of `finish`: the final weights and tokenizer in `final_dir`, its model card (a card
-    that cannot be written is said; the weights stay), and the run's last lines."""
-    run.model.save_pretrained(final_dir, safe_serialization=True)
+def save_final(run: Run, final_dir: Path, weights: dict | None = None) -> None:
+    """The main process's part of `finish`: the final weights (`weights` when given: a sharded model's, gathered)
+    and tokenizer in `final_dir`, its model card (a card that cannot be written is said; the weights stay), and
+    the run's last lines."""
+    run.model.save_pretrained(final_dir, safe_serialization=True, state_dict=weights)
     run.tokenizer.save_pretrained(final_dir)
     try:
         write_model_card(run, final_dir)

@@ -31,6 +31,7 @@ from alignlab.train.outputs import start_trackers
 from alignlab.train.precision import agreed_precision, choose_precision, release_other_precision
 from alignlab.train.reference import Reference, references
 from alignlab.train.schedule import make_scheduler, total_steps
+from alignlab.train.sharding import check_fsdp, fsdp_requested, shard
 from alignlab.train.state import Data, Start
 
 
@@ -103,9 +104,11 @@ def _start(config: RunConfig, resume: bool, log, overwrite: bool = False):
     if accelerator.distributed_type == "DEEPSPEED" and config.train.grad_accum != 1:
         raise ConfigError("with DeepSpeed set train.grad_accum: 1 and use DeepSpeed's gradient_accumulation_steps "
                           "(its engine steps at every backward pass alignlab makes)")
+    if fsdp_requested():
+        check_fsdp(config)
     if accelerator.num_processes > 1:
-        say(f"training on {accelerator.num_processes} processes ({accelerator.distributed_type.value}); each "
-            "micro-batch is split between them")
+        engine = "FSDP 2, fully sharded" if fsdp_requested() else accelerator.distributed_type.value
+        say(f"training on {accelerator.num_processes} processes ({engine}); each micro-batch is split between them")
     set_seed(config.train.seed)
     return accelerator, say, latest, precision
 
@@ -200,8 +203,13 @@ def optimisation(config: RunConfig, start: Start, model: torch.nn.Module, exampl
     steps = total_steps(examples, config.train.batch_size, config.train.grad_accum, config.train.epochs,
                         config.train.max_steps)
     start.objective.build_modules(model.config, start.accelerator.device)
+    policy = InsideForward(model)
+    if fsdp_requested():  # sharded in place before the optimizer sees the weights (alignlab.train.sharding)
+        start.say(shard(policy, model, start.accelerator.device))
     optimizer, scheduler, trained_parameters = _optimizer(config, model, start.objective, steps)
-    policy, optimizer = start.accelerator.prepare(InsideForward(model), optimizer)  # `model` stays the plain model
+    if fsdp_requested():
+        return steps, policy, start.accelerator.prepare(optimizer), scheduler, trained_parameters
+    policy, optimizer = start.accelerator.prepare(policy, optimizer)  # `model` stays the plain model
     return steps, policy, optimizer, scheduler, trained_parameters
 
 

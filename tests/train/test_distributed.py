@@ -17,6 +17,7 @@ OBJECTIVES = {
     "kto": ({"name": "kto", "beta": 0.5}, "unpaired_file"),  # z0 is pooled over both processes' examples
     "bco": ({"name": "bco", "beta": 0.5}, "unpaired_file"),  # so is the running reward mean delta
     "tilted": ({"name": "dpo", "beta": 0.5, "tilt": 8.0}, "pairs_file"),  # the tilt weighs the global micro-batch
+    "sft": ({"name": "sft"}, "pairs_file"),  # a mean over the global micro-batch's tokens, not each share's
 }
 
 
@@ -47,7 +48,7 @@ def launch(config_path, launcher: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(("launcher", "name", "batch_size"), [
     ("torchrun", "dpo", 4), ("torchrun", "kto", 4), ("accelerate", "dpo", 4),
     ("torchrun", "bco", 7),  # 8 examples: step 2 has one, so the second process scores a weight-0 placeholder
-    ("torchrun", "tilted", 4),
+    ("torchrun", "tilted", 4), ("torchrun", "sft", 4),
 ])
 def test_two_processes_match_one_with_the_same_global_batch(small_model_dir, tmp_path, request, launcher, name,
                                                             batch_size):

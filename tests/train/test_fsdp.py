@@ -1,0 +1,156 @@
+"""Fully sharded training (FSDP 2) on two CPU processes (gloo): the weights really are split between the
+processes, every step's loss and gradient norm and the final weights equal one process's with the same global
+batch, a run killed with SIGKILL resumes from a gathered checkpoint to the same weights, final/ is a plain model,
+and what FSDP does not support is refused at start."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alignlab import ConfigError
+from alignlab.config import save_config
+from alignlab.train import train
+from tests.conftest import quick_config, run_history
+from tests.train.test_distributed import unpaired_file  # noqa: F401  (a fixture)
+
+FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "examples/accelerate/fsdp.yaml",
+              "--mixed_precision", "no"]
+
+
+def command(config_path, launcher) -> list[str]:
+    return [*launcher, "-m", "alignlab", "train", str(config_path), "--set", "train.progress=false"]
+
+
+def environment(launcher) -> dict:
+    base = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return {**base, **FSDP_ENV} if launcher is TORCHRUN else base  # accelerate sets them from its config file
+
+
+OBJECTIVES = {
+    "dpo": ({"name": "dpo", "beta": 0.5}, "pairs_file", TORCHRUN),
+    "dpo, accelerate launch": ({"name": "dpo", "beta": 0.5}, "pairs_file", ACCELERATE),
+    "kto": ({"name": "kto", "beta": 0.5}, "unpaired_file", TORCHRUN),  # z0 pooled over both processes
+    "sft": ({"name": "sft"}, "pairs_file", TORCHRUN),
+    "simpo": ({"name": "simpo", "beta": 2.0, "gamma": 0.5}, "pairs_file", TORCHRUN),  # no reference
+    "sparsepo": ({"name": "sparsepo", "beta": 0.5}, "pairs_file", TORCHRUN),  # a live reference model, full vocab
+}
+REFERENCES = {"sparsepo": {"mode": "model"}}
+
+
+def assert_same_weights(expected_dir, got_dir, initial_dir):
+    expected = load_file(str(expected_dir / "model.safetensors"))
+    got = load_file(str(got_dir / "model.safetensors"))
+    initial = load_file(str(initial_dir / "model.safetensors"))
+    assert expected.keys() == got.keys()
+    assert max((expected[k] - initial[k]).abs().max().item() for k in expected) > 1e-3  # training moved them
+    for key, value in expected.items():  # float32 sums in another order (reduce-scatter vs one process): ~1e-6
+        torch.testing.assert_close(got[key], value, atol=2e-5, rtol=1e-4, msg=f"{key} differs")
+
+
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_two_sharded_processes_match_one_process(small_model_dir, tmp_path, request, name):
+    objective, data_fixture, launcher = OBJECTIVES[name]
+    data = request.getfixturevalue(data_fixture)
+    settings = {"max_steps": 3, "batch_size": 4, "warmup_ratio": 0.0}
+    reference = REFERENCES.get(name)
+    single = train(quick_config(small_model_dir, data, tmp_path / "one", objective, reference, **settings),
+                   log=lambda *_: None)
+    path = tmp_path / "two.yaml"
+    save_config(quick_config(small_model_dir, data, tmp_path / "two", objective, reference, **settings), path)
+    result = subprocess.run(command(path, launcher), capture_output=True, text=True, timeout=300,
+                            env=environment(launcher), cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "training on 2 processes (FSDP 2, fully sharded)" in result.stdout
+    held, total = (int(n.replace(",", "")) for n in
+                   result.stdout.split("this process holds ")[1].split(" weight values")[0].split(" of the "))
+    assert total == sum(p.numel() for p in single.model.parameters()) and abs(2 * held - total) < 0.01 * total
+    assert result.stdout.count("done: 3 steps") == 1
+    assert_same_weights(single.final_dir, tmp_path / "two" / "final", small_model_dir)
+    for a, b in zip(run_history(single.run_dir), run_history(tmp_path / "two"), strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+        assert a["examples"] == b["examples"]
+
+
+def test_kill_9_under_fsdp_resumes_to_the_uninterrupted_weights(small_model_dir, pairs_file, tmp_path):
+    """A gathered checkpoint (whole weights and AdamW moments, the manifest's checksums) taken by two sharded
+    processes; the run killed after it resumes on two processes and ends where one uninterrupted process does;
+    final/ loads with transformers."""
+    from transformers import AutoModelForCausalLM
+
+    objective = {"name": "dpo", "beta": 0.5}
+    settings = {"max_steps": 4, "batch_size": 4, "warmup_ratio": 0.0, "save_every": 1}
+    single = train(quick_config(small_model_dir, pairs_file, tmp_path / "one", objective, **settings),
+                   log=lambda *_: None)
+    path = tmp_path / "two.yaml"
+    save_config(quick_config(small_model_dir, pairs_file, tmp_path / "two", objective, **settings), path)
+    process = subprocess.Popen(command(path, TORCHRUN), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=environment(TORCHRUN), start_new_session=True)
+    checkpoint = tmp_path / "two" / "checkpoints" / "step-2"
+    deadline = time.time() + 240
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert process.poll() is None, "the run ended before its second checkpoint; make it longer"
+    os.killpg(process.pid, 9)  # torchrun and both of its workers
+    process.wait()
+    assert not (tmp_path / "two" / "final").exists()
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    assert set(manifest["files"]) >= {"model.safetensors", "training_state.pt"}
+    saved = torch.load(checkpoint / "training_state.pt", weights_only=True)["optimizer"]["state"]
+    shapes = {name: state["exp_avg"].shape for name, state in saved.items()}
+    assert shapes["model.embed_tokens.weight"] == single.model.model.embed_tokens.weight.shape  # gathered, whole
+    result = subprocess.run([*command(path, TORCHRUN), "--resume"], capture_output=True, text=True, timeout=300,
+                            env=environment(TORCHRUN))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "resumed from" in result.stdout
+    assert_same_weights(single.final_dir, tmp_path / "two" / "final", small_model_dir)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "final")
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in single.model.parameters())
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"adapter": {"r": 4}}, r"FSDP: training fully sharded does not support LoRA adapters yet; remove adapter\.r"),
+    ({"train": {"compile": True}}, r"does not support torch\.compile \(train\.compile\)"),
+    ({"reference": {"sync_ref": True, "mode": "model"}}, r"does not support a reference synced from the policy"),
+])
+def test_what_fsdp_does_not_support_is_refused_at_start(change, message, monkeypatch, small_model_dir, pairs_file,
+                                                        tmp_path):
+    from alignlab.config import config_from_dict, config_to_dict
+
+    for key, value in FSDP_ENV.items():
+        monkeypatch.setenv(key, value)
+    data = config_to_dict(quick_config(small_model_dir, pairs_file, tmp_path / "run", {"name": "dpo"}))
+    for section, values in change.items():
+        data[section] = {**(data.get(section) or {}), **values}
+    with pytest.raises(ConfigError, match=message):
+        train(config_from_dict(data), log=lambda *_: None)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_fsdp_1_is_refused(monkeypatch):
+    from alignlab.config import RunConfig
+    from alignlab.train.sharding import check_fsdp
+
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(ConfigError, match=r"FSDP: alignlab shards with FSDP 2.*asks for FSDP 1.*fsdp_version: 2"):
+        check_fsdp(RunConfig())
+
+
+def test_an_objective_with_networks_of_its_own_is_refused_before_the_run_folder(monkeypatch, small_model_dir,
+                                                                                pairs_file, tmp_path):
+    for key, value in FSDP_ENV.items():
+        monkeypatch.setenv(key, value)
+    config = quick_config(small_model_dir, pairs_file, tmp_path / "run", {"name": "sparsepo", "mask": "learned"},
+                          reference={"mode": "model"})
+    with pytest.raises(ConfigError, match=r"FSDP: objective 'sparsepo' with these settings trains networks of its "
+                                          r"own"):
+        train(config, log=lambda *_: None)
+    assert not (tmp_path / "run").exists()
