@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test lint bench model mutate mutate-clean clean vllm test-vllm
+.PHONY: setup demo test lint bench model mutate mutate-clean clean vllm test-vllm deepspeed
 
 $(BIN)/alignlab: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,14 @@ setup: $(BIN)/alignlab
 demo: setup
 	$(BIN)/alignlab demo
 
-test: setup
+# DeepSpeed (the `deepspeed` extra, ~10 s, no CUDA build) for the sharded-training tests; `make demo` does without.
+$(VENV)/.deepspeed: pyproject.toml constraints.txt $(BIN)/alignlab
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,deepspeed]"
+	touch $(VENV)/.deepspeed
+
+deepspeed: $(VENV)/.deepspeed
+
+test: setup deepspeed
 	$(BIN)/python -m pytest -q
 
 # DPO throughput on the ~30M model: alignlab with prefix sharing on and off, and TRL tuned and default

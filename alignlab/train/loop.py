@@ -38,7 +38,7 @@ from alignlab.train.setup import (
     optimisation,
     resumed_state,
 )
-from alignlab.train.sharding import check_fsdp_objective, fsdp_requested, gathered_weights, is_sharded
+from alignlab.train.sharding import check_objective_for, deepspeed_stage, sharding_engine, whole_models, whole_weights
 from alignlab.train.signals import StopRequests
 from alignlab.train.state import Run, TrainResult
 from alignlab.train.step import refuse_non_finite_weights, refuse_untrained, train_step, verify_last_update
@@ -64,16 +64,21 @@ def prepare(config: RunConfig, resume: bool = False, log=print, records: list | 
     loaded. The run folder must be new or empty unless `resume` (continue it) or `overwrite` (clear it); the run
     holds its lock until `finish` (or `run.folder.unlock()`)."""
     start, data = check_and_load(config, resume, log, overwrite, records, examples)
-    if model is None:
-        model = load_policy(config, start.objective, start.tokenizer, start.accelerator.device)
-    if fsdp_requested():
-        check_fsdp_objective(start.objective, model.config)
-    folder = open_folder(config, start, data, overwrite)  # only now: every check has passed
-    data, model, reference, eval_reference = models_and_references(config, start, data, model, reference_model)
+    with whole_models(start.accelerator):  # loaded whole, then sharded once the optimizer is built
+        if model is None:
+            model = load_policy(config, start.objective, start.tokenizer, start.accelerator.device)
+        if engine := sharding_engine(start.accelerator):
+            check_objective_for(engine, start.objective, model.config)
+        folder = open_folder(config, start, data, overwrite)  # only now: every check has passed
+        data, model, reference, eval_reference = models_and_references(config, start, data, model, reference_model)
     steps, policy, optimizer, scheduler, trained_parameters = optimisation(config, start, model, len(data.examples))
     state, metrics = resumed_state(config, start, folder, resume, model, optimizer, scheduler, reference)
     builder, eval_builder = batch_builders(config, start, policy, reference, eval_reference)
     guard = WeightGuard(trained_parameters, optimizer) if config.train.guard_weights else None
+    if guard is not None and deepspeed_stage(start.accelerator) is not None:
+        start.say("the weight guard is off under DeepSpeed: its engine takes the optimizer step inside backward, "
+                  "before alignlab could keep the weights it would restore; a non-finite step stops the run")
+        guard = None
     return Run(config, start.accelerator, start.objective, start.tokenizer, model, policy, optimizer, scheduler, state,
                data.examples, data.eval_examples, builder, eval_builder, reference, folder, metrics, steps,
                trained_parameters, start.say, guard=guard, draw=data.draw, precision=start.precision)
@@ -117,12 +122,12 @@ def run_steps(run: Run, n: int | None = None) -> bool:
                 progress.set_postfix(loss=f"{record['loss']:.4f}")
                 saved = after_step(run, run.last)
                 if any_process(stop.signal_name is not None, run.accelerator.device) and state.step < run.steps:
-                    if not saved:
-                        checkpoint(run)
+                    written = saved or checkpoint(run)
                     progress.close()
+                    where = (f"checkpoint in {run.checkpoints_dir / f'step-{state.step}'}; run the same command with "
+                             "--resume to continue" if written else "no checkpoint (DeepSpeed runs write none yet)")
                     run.say(f"stopped by {stop.signal_name or 'a signal to another process'} after step "
-                            f"{state.step} of {run.steps}: checkpoint in {run.checkpoints_dir / f'step-{state.step}'};"
-                            " run the same command with --resume to continue")
+                            f"{state.step} of {run.steps}: {where}")
                     return True
             if state.micro_batch >= len(batches):
                 state.epoch, state.micro_batch = state.epoch + 1, 0
@@ -142,7 +147,7 @@ def finish(run: Run, final_dir: Path | None = None) -> TrainResult:
         run.last.update(final_eval)
     run.model.eval()
     final_dir = run.folder.file("final") if final_dir is None else final_dir
-    weights = gathered_weights(run.model) if is_sharded(run.model) else None  # a collective: every process
+    weights = whole_weights(run.accelerator, run.model, run.policy)  # a collective when sharded: every process
     if run.main:
         save_final(run, final_dir, weights)
     run.accelerator.wait_for_everyone()

@@ -31,7 +31,15 @@ from alignlab.train.outputs import start_trackers
 from alignlab.train.precision import agreed_precision, choose_precision, release_other_precision
 from alignlab.train.reference import Reference, references
 from alignlab.train.schedule import make_scheduler, total_steps
-from alignlab.train.sharding import check_fsdp, fsdp_requested, shard
+from alignlab.train.sharding import (
+    check_sharded,
+    configure_deepspeed,
+    deepspeed_report,
+    deepspeed_requested,
+    fsdp_requested,
+    shard,
+    sharding_engine,
+)
 from alignlab.train.state import Data, Start
 
 
@@ -81,7 +89,9 @@ def _start(config: RunConfig, resume: bool, log, overwrite: bool = False):
     precision = agreed_precision(lambda say: choose_precision(config, resume, say), log)
     release_other_precision(precision.mixed_precision)
     trackers = config.train.log_with or None
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision.mixed_precision,
+    # accelerate takes DeepSpeed only off the CPU path; DeepSpeed itself runs on CPU processes (gloo)
+    on_cpu = not torch.cuda.is_available() and not deepspeed_requested()
+    accelerator = Accelerator(cpu=on_cpu, mixed_precision=precision.mixed_precision,
                               log_with=trackers,
                               project_dir=str(Path(config.out_dir) / "tensorboard") if trackers else None)
     say = log if accelerator.is_main_process else (lambda *_: None)
@@ -104,11 +114,12 @@ def _start(config: RunConfig, resume: bool, log, overwrite: bool = False):
     if accelerator.distributed_type == "DEEPSPEED" and config.train.grad_accum != 1:
         raise ConfigError("with DeepSpeed set train.grad_accum: 1 and use DeepSpeed's gradient_accumulation_steps "
                           "(its engine steps at every backward pass alignlab makes)")
-    if fsdp_requested():
-        check_fsdp(config)
+    sharded = sharding_engine(accelerator)
+    if sharded:
+        check_sharded(config, sharded)
     if accelerator.num_processes > 1:
-        engine = "FSDP 2, fully sharded" if fsdp_requested() else accelerator.distributed_type.value
-        say(f"training on {accelerator.num_processes} processes ({engine}); each micro-batch is split between them")
+        say(f"training on {accelerator.num_processes} processes ({sharded or accelerator.distributed_type.value}); "
+            "each micro-batch is split between them")
     set_seed(config.train.seed)
     return accelerator, say, latest, precision
 
@@ -209,7 +220,11 @@ def optimisation(config: RunConfig, start: Start, model: torch.nn.Module, exampl
     optimizer, scheduler, trained_parameters = _optimizer(config, model, start.objective, steps)
     if fsdp_requested():
         return steps, policy, start.accelerator.prepare(optimizer), scheduler, trained_parameters
+    if start.accelerator.distributed_type == "DEEPSPEED":
+        configure_deepspeed(start.accelerator, config)
     policy, optimizer = start.accelerator.prepare(policy, optimizer)  # `model` stays the plain model
+    if start.accelerator.distributed_type == "DEEPSPEED":
+        start.say(deepspeed_report(start.accelerator, model, optimizer))
     return steps, policy, optimizer, scheduler, trained_parameters
 
 

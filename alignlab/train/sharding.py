@@ -18,6 +18,7 @@ single process, with the same manifest and checksums, and resumes on any number 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
@@ -26,12 +27,16 @@ import torch
 from alignlab.errors import ConfigError
 from alignlab.objectives import spec
 
-FSDP_FEATURES_REFUSED = {
+FEATURES_REFUSED = {
     "adapter.r": "LoRA adapters",
     "reference.sync_ref": "a reference synced from the policy (reference.sync_ref)",
     "train.compile": "torch.compile (train.compile)",
 }
-"""Settings that FSDP training refuses at start: {dotted setting: what it is, in words}."""
+"""Settings that sharded training (FSDP, DeepSpeed) refuses at start: {dotted setting: what it is, in words}."""
+
+DEEPSPEED_REFUSED = {"train.save_every": "checkpoints (train.save_every)"}
+"""Settings that DeepSpeed training refuses besides: its optimizer state is partitioned in DeepSpeed's own layout,
+which alignlab does not write yet (FSDP's checkpoints hold gathered state)."""
 
 
 def fsdp_requested() -> bool:
@@ -39,31 +44,96 @@ def fsdp_requested() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("true", "1")
 
 
-def check_fsdp(config) -> None:
-    """Refuse, before any work, what FSDP training does not do: FSDP 1, and the settings of
-    `FSDP_FEATURES_REFUSED`. One line naming the engine and the feature."""
+def deepspeed_requested() -> bool:
+    """Whether this process was launched to train with DeepSpeed (accelerate's ``ACCELERATE_USE_DEEPSPEED``)."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("true", "1")
+
+
+def deepspeed_stage(accelerator) -> int | None:
+    """The ZeRO stage when the run trains with DeepSpeed, None otherwise."""
+    if accelerator.distributed_type != "DEEPSPEED":
+        return None
+    return int(accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0))
+
+
+def deepspeed_engine(accelerator) -> str | None:
+    """"DeepSpeed ZeRO-N" when the run trains with DeepSpeed, None otherwise."""
+    stage = deepspeed_stage(accelerator)
+    return None if stage is None else f"DeepSpeed ZeRO-{stage}"
+
+
+@contextlib.contextmanager
+def whole_models(accelerator):
+    """A context in which models load whole: under DeepSpeed ZeRO-3, transformers would otherwise partition them
+    as they load (zero.Init, whenever accelerate has registered the DeepSpeed config, whatever zero3_init_flag
+    says), before the scoring engine's exactness probe and the reference have run on them. DeepSpeed partitions
+    the policy when accelerate prepares it."""
+    if deepspeed_stage(accelerator) != 3:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        accelerator.state.deepspeed_plugin.set_deepspeed_weakref()
+
+
+def deepspeed_report(accelerator, model: torch.nn.Module, optimizer) -> str:
+    """What this process holds under DeepSpeed, in words: its partition of the weights (ZeRO-3) or of AdamW's
+    state (ZeRO-1/2, whose weights every process holds whole)."""
+    stage = deepspeed_stage(accelerator)
+    total = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    if stage == 3:
+        held, what = sum(p.ds_tensor.numel() for p in model.parameters()), "weight values"
+    else:
+        zero = getattr(optimizer, "optimizer", optimizer)
+        held = sum(t.numel() for t in getattr(zero, "single_partition_of_fp32_groups", []))
+        what = "weight values' AdamW state (every process holds the weights whole)"
+    return f"DeepSpeed ZeRO-{stage}: this process holds {held:,} of the {total:,} {what}"
+
+
+def configure_deepspeed(accelerator, config) -> None:
+    """What DeepSpeed's engine needs from the run before accelerate builds it: the examples one process scores per
+    micro-batch, and alignlab's gradient clipping (DeepSpeed clips inside its step)."""
+    settings = accelerator.state.deepspeed_plugin.deepspeed_config
+    settings["train_micro_batch_size_per_gpu"] = max(1, -(-config.train.batch_size // accelerator.num_processes))
+    settings["gradient_clipping"] = config.train.max_grad_norm or 0.0
+
+
+def sharding_engine(accelerator) -> str | None:
+    """The sharded engine this process trains with, in words ("FSDP 2", "DeepSpeed ZeRO-2"), or None."""
+    return "FSDP 2" if fsdp_requested() else deepspeed_engine(accelerator)
+
+
+def check_sharded(config, engine: str) -> None:
+    """Refuse, before any work, what training under `engine` (`sharding_engine`) does not do: FSDP 1, the settings
+    of `FEATURES_REFUSED`, and under DeepSpeed those of `DEEPSPEED_REFUSED`. One line naming the engine and the
+    feature."""
     version = os.environ.get("FSDP_VERSION", "2")
-    if version != "2":
+    if engine.startswith("FSDP") and version != "2":
         raise ConfigError(f"FSDP: alignlab shards with FSDP 2 (fully_shard); this launch asks for FSDP {version}: "
                           "set fsdp_version: 2 in the accelerate config")
+    refused = {**FEATURES_REFUSED, **(DEEPSPEED_REFUSED if engine.startswith("DeepSpeed") else {})}
     values = {"adapter.r": config.adapter.r, "reference.sync_ref": config.reference.sync_ref,
-              "train.compile": config.train.compile}
-    for key, value in values.items():
-        if value:
-            raise ConfigError(f"FSDP: training fully sharded does not support {FSDP_FEATURES_REFUSED[key]} yet; "
-                              f"remove {key}, or train with DDP (torchrun without ACCELERATE_USE_FSDP)")
+              "train.compile": config.train.compile, "train.save_every": config.train.save_every}
+    for key, what in refused.items():
+        if values[key]:
+            raise ConfigError(f"{engine}: sharded training does not support {what} yet; remove {key}, or train with "
+                              "DDP (torchrun, or accelerate launch --multi_gpu)")
 
 
-def check_fsdp_objective(objective, model_config) -> None:
-    """An objective that trains networks of its own (SparsePO's learned masks) is refused under FSDP for now: their
-    parameters sit outside the sharded model, and their checkpoint state with them. Asked of each term's module
-    factory for the model of `model_config`, before any work."""
+def check_objective_for(engine: str, objective, model_config) -> None:
+    """An objective that trains networks of its own (SparsePO's learned masks) is refused under a sharded `engine`
+    for now: their parameters sit outside the sharded model, and their checkpoint state with them. Asked of each
+    term's module factory for the model of `model_config`, before any work."""
     for term in objective.terms:
         factory = spec(term.name).module_factory
         if factory is not None and factory(model_config, **term.params) is not None:
-            raise ConfigError(f"FSDP: objective '{term.name}' with these settings trains networks of its own, which "
-                              "fully sharded training does not support yet; train it with DDP (torchrun without "
-                              "ACCELERATE_USE_FSDP)")
+            raise ConfigError(f"{engine}: objective '{term.name}' with these settings trains networks of its own, "
+                              "which sharded training does not support yet; train it with DDP (torchrun, or "
+                              "accelerate launch --multi_gpu)")
 
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -143,6 +213,18 @@ def gathered_weights(model: torch.nn.Module) -> dict:
     for name in _tied_names(model):
         weights.pop(name, None)
     return {name: tensor.contiguous() for name, tensor in weights.items()}
+
+
+def whole_weights(accelerator, model: torch.nn.Module, policy: torch.nn.Module) -> dict | None:
+    """The whole weights of a sharded `model` for final/ — gathered from FSDP shards, or from DeepSpeed ZeRO-3's
+    partitions (accelerate's consolidation, names without the policy wrapper's ``model.``) — or None when every
+    process holds them whole (one process, DDP, ZeRO-1/2). A collective when sharded."""
+    if is_sharded(model):
+        return gathered_weights(model)
+    if deepspeed_stage(accelerator) == 3:
+        weights = accelerator.get_state_dict(policy)  # on the main process only (None elsewhere)
+        return None if weights is None else {name.removeprefix("model."): tensor for name, tensor in weights.items()}
+    return None
 
 
 def load_gathered_state(model: torch.nn.Module, optimizer, weights: dict, optimizer_state: dict) -> None:

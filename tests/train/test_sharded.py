@@ -1,10 +1,11 @@
-"""Fully sharded training (FSDP 2) on two CPU processes (gloo): the weights really are split between the
-processes, every step's loss and gradient norm and the final weights equal one process's with the same global
-batch, a run killed with SIGKILL resumes from a gathered checkpoint to the same weights, final/ is a plain model,
-and what FSDP does not support is refused at start."""
+"""Sharded training on two CPU processes (gloo) — FSDP 2, DeepSpeed ZeRO-2 and ZeRO-3: the weights (or AdamW's
+state) really are split between the processes, every step's loss and gradient norm and the final weights equal one
+process's with the same global batch, a run killed with SIGKILL under FSDP resumes from a gathered checkpoint to
+the same weights, final/ is a plain model, and what an engine does not support is refused at start."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -21,8 +22,16 @@ from tests.train.test_distributed import unpaired_file  # noqa: F401  (a fixture
 
 FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "examples/accelerate/fsdp.yaml",
-              "--mixed_precision", "no"]
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def accelerate_with(config_file: str) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+            os.path.join(REPOSITORY, "examples", "accelerate", config_file), "--mixed_precision", "no"]
+
+
+ACCELERATE = accelerate_with("fsdp.yaml")
+ZERO2, ZERO3 = accelerate_with("deepspeed_zero2.yaml"), accelerate_with("deepspeed_zero3.yaml")
 
 
 def command(config_path, launcher) -> list[str]:
@@ -34,15 +43,20 @@ def environment(launcher) -> dict:
     return {**base, **FSDP_ENV} if launcher is TORCHRUN else base  # accelerate sets them from its config file
 
 
-OBJECTIVES = {
-    "dpo": ({"name": "dpo", "beta": 0.5}, "pairs_file", TORCHRUN),
-    "dpo, accelerate launch": ({"name": "dpo", "beta": 0.5}, "pairs_file", ACCELERATE),
-    "kto": ({"name": "kto", "beta": 0.5}, "unpaired_file", TORCHRUN),  # z0 pooled over both processes
-    "sft": ({"name": "sft"}, "pairs_file", TORCHRUN),
-    "simpo": ({"name": "simpo", "beta": 2.0, "gamma": 0.5}, "pairs_file", TORCHRUN),  # no reference
-    "sparsepo": ({"name": "sparsepo", "beta": 0.5}, "pairs_file", TORCHRUN),  # a live reference model, full vocab
+DPO, PAIRS = {"name": "dpo", "beta": 0.5}, "pairs_file"
+CASES = {  # name: (objective, data fixture, launcher, engine as the run names it)
+    "fsdp dpo, accelerate launch": (DPO, PAIRS, ACCELERATE, "FSDP 2"),
+    "fsdp kto": ({"name": "kto", "beta": 0.5}, "unpaired_file", TORCHRUN, "FSDP 2"),  # z0 pooled over processes
+    "fsdp sft": ({"name": "sft"}, PAIRS, TORCHRUN, "FSDP 2"),  # a mean over the global micro-batch's tokens
+    "fsdp simpo": ({"name": "simpo", "beta": 2.0, "gamma": 0.5}, PAIRS, TORCHRUN, "FSDP 2"),  # no reference
+    "fsdp sparsepo": ({"name": "sparsepo", "beta": 0.5}, PAIRS, TORCHRUN, "FSDP 2"),  # a live reference, full vocab
+    "zero-2 dpo": (DPO, PAIRS, ZERO2, "DeepSpeed ZeRO-2"),
+    "zero-2 kto": ({"name": "kto", "beta": 0.5}, "unpaired_file", ZERO2, "DeepSpeed ZeRO-2"),
+    "zero-3 dpo": (DPO, PAIRS, ZERO3, "DeepSpeed ZeRO-3"),
+    "zero-3 simpo": ({"name": "simpo", "beta": 2.0, "gamma": 0.5}, PAIRS, ZERO3, "DeepSpeed ZeRO-3"),
 }
-REFERENCES = {"sparsepo": {"mode": "model"}}
+REFERENCES = {"fsdp sparsepo": {"mode": "model"}}
+HELD = re.compile(r"this process holds ([\d,]+) of the ([\d,]+) weight values")
 
 
 def assert_same_weights(expected_dir, got_dir, initial_dir):
@@ -55,9 +69,11 @@ def assert_same_weights(expected_dir, got_dir, initial_dir):
         torch.testing.assert_close(got[key], value, atol=2e-5, rtol=1e-4, msg=f"{key} differs")
 
 
-@pytest.mark.parametrize("name", list(OBJECTIVES))
+@pytest.mark.parametrize("name", list(CASES))
 def test_two_sharded_processes_match_one_process(small_model_dir, tmp_path, request, name):
-    objective, data_fixture, launcher = OBJECTIVES[name]
+    objective, data_fixture, launcher, engine = CASES[name]
+    if "DeepSpeed" in engine:
+        pytest.importorskip("deepspeed")  # `make test` installs it (the deepspeed extra)
     data = request.getfixturevalue(data_fixture)
     settings = {"max_steps": 3, "batch_size": 4, "warmup_ratio": 0.0}
     reference = REFERENCES.get(name)
@@ -66,12 +82,12 @@ def test_two_sharded_processes_match_one_process(small_model_dir, tmp_path, requ
     path = tmp_path / "two.yaml"
     save_config(quick_config(small_model_dir, data, tmp_path / "two", objective, reference, **settings), path)
     result = subprocess.run(command(path, launcher), capture_output=True, text=True, timeout=300,
-                            env=environment(launcher), cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+                            env=environment(launcher))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "training on 2 processes (FSDP 2, fully sharded)" in result.stdout
-    held, total = (int(n.replace(",", "")) for n in
-                   result.stdout.split("this process holds ")[1].split(" weight values")[0].split(" of the "))
-    assert total == sum(p.numel() for p in single.model.parameters()) and abs(2 * held - total) < 0.01 * total
+    assert f"training on 2 processes ({engine})" in result.stdout
+    held, total = (int(n.replace(",", "")) for n in HELD.search(result.stdout).groups())
+    assert total == sum(p.numel() for p in single.model.parameters())
+    assert abs(2 * held - total) < 0.01 * total  # half of every weight (or of its AdamW state) on this process
     assert result.stdout.count("done: 3 steps") == 1
     assert_same_weights(single.final_dir, tmp_path / "two" / "final", small_model_dir)
     for a, b in zip(run_history(single.run_dir), run_history(tmp_path / "two"), strict=True):
@@ -117,7 +133,7 @@ def test_kill_9_under_fsdp_resumes_to_the_uninterrupted_weights(small_model_dir,
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"adapter": {"r": 4}}, r"FSDP: training fully sharded does not support LoRA adapters yet; remove adapter\.r"),
+    ({"adapter": {"r": 4}}, r"FSDP 2: sharded training does not support LoRA adapters yet; remove adapter\.r"),
     ({"train": {"compile": True}}, r"does not support torch\.compile \(train\.compile\)"),
     ({"reference": {"sync_ref": True, "mode": "model"}}, r"does not support a reference synced from the policy"),
 ])
@@ -135,13 +151,20 @@ def test_what_fsdp_does_not_support_is_refused_at_start(change, message, monkeyp
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
-def test_fsdp_1_is_refused(monkeypatch):
+def test_fsdp_1_and_deepspeed_checkpoints_are_refused(monkeypatch):
     from alignlab.config import RunConfig
-    from alignlab.train.sharding import check_fsdp
+    from alignlab.train.sharding import check_sharded
 
+    check_sharded(RunConfig(), "DeepSpeed ZeRO-3")
+    config = RunConfig()
+    config.train.save_every = 10
+    with pytest.raises(ConfigError, match=r"DeepSpeed ZeRO-2: sharded training does not support checkpoints "
+                                          r"\(train\.save_every\) yet"):
+        check_sharded(config, "DeepSpeed ZeRO-2")
+    check_sharded(config, "FSDP 2")  # FSDP writes gathered checkpoints
     monkeypatch.setenv("FSDP_VERSION", "1")
     with pytest.raises(ConfigError, match=r"FSDP: alignlab shards with FSDP 2.*asks for FSDP 1.*fsdp_version: 2"):
-        check_fsdp(RunConfig())
+        check_sharded(RunConfig(), "FSDP 2")
 
 
 def test_an_objective_with_networks_of_its_own_is_refused_before_the_run_folder(monkeypatch, small_model_dir,
@@ -150,7 +173,7 @@ def test_an_objective_with_networks_of_its_own_is_refused_before_the_run_folder(
         monkeypatch.setenv(key, value)
     config = quick_config(small_model_dir, pairs_file, tmp_path / "run", {"name": "sparsepo", "mask": "learned"},
                           reference={"mode": "model"})
-    with pytest.raises(ConfigError, match=r"FSDP: objective 'sparsepo' with these settings trains networks of its "
-                                          r"own"):
+    with pytest.raises(ConfigError, match=r"FSDP 2: objective 'sparsepo' with these settings trains networks of "
+                                          r"its own"):
         train(config, log=lambda *_: None)
     assert not (tmp_path / "run").exists()
