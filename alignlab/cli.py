@@ -138,7 +138,19 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
+        _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """End this process's part of a torchrun/accelerate process group before the interpreter exits: left to exit
+    with it, gloo's threads can abort a finished process ("terminate called without an active exception")."""
+    if "torch.distributed" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -215,10 +215,11 @@ def optimisation(config: RunConfig, start: Start, model: torch.nn.Module, exampl
                         config.train.max_steps)
     start.objective.build_modules(model.config, start.accelerator.device)
     policy = InsideForward(model)
-    if fsdp_requested():  # sharded in place before the optimizer sees the weights (alignlab.train.sharding)
+    fully_sharded = fsdp_requested() and start.accelerator.num_processes > 1  # one process has nothing to split
+    if fully_sharded:  # sharded in place before the optimizer sees the weights (alignlab.train.sharding)
         start.say(shard(policy, model, start.accelerator.device))
     optimizer, scheduler, trained_parameters = _optimizer(config, model, start.objective, steps)
-    if fsdp_requested():
+    if fully_sharded:
         return steps, policy, start.accelerator.prepare(optimizer), scheduler, trained_parameters
     if start.accelerator.distributed_type == "DEEPSPEED":
         configure_deepspeed(start.accelerator, config)
