@@ -98,8 +98,8 @@ def test_two_sharded_processes_match_one_process(small_model_dir, tmp_path, requ
 
 def test_kill_9_under_fsdp_resumes_to_the_uninterrupted_weights(small_model_dir, pairs_file, tmp_path):
     """A gathered checkpoint (whole weights and AdamW moments, the manifest's checksums) taken by two sharded
-    processes; the run killed after it resumes on two processes and ends where one uninterrupted process does;
-    final/ loads with transformers."""
+    processes loads into a plain model and optimizer, as a single process's would; the run killed after it resumes
+    on two processes and ends where one uninterrupted process does; final/ loads with transformers."""
     from transformers import AutoModelForCausalLM
 
     objective = {"name": "dpo", "beta": 0.5}
@@ -123,6 +123,18 @@ def test_kill_9_under_fsdp_resumes_to_the_uninterrupted_weights(small_model_dir,
     saved = torch.load(checkpoint / "training_state.pt", weights_only=True)["optimizer"]["state"]
     shapes = {name: state["exp_avg"].shape for name, state in saved.items()}
     assert shapes["model.embed_tokens.weight"] == single.model.model.embed_tokens.weight.shape  # gathered, whole
+
+    # the gathered checkpoint reads like a single process's: it loads into a plain model and optimizer
+    from alignlab.train.checkpoint import load_checkpoint
+    from alignlab.train.schedule import make_scheduler
+
+    plain = AutoModelForCausalLM.from_pretrained(small_model_dir)
+    optimizer = torch.optim.AdamW(plain.parameters(), lr=1e-3)
+    state = load_checkpoint(checkpoint, plain, optimizer, make_scheduler(optimizer, 0, 4, "constant"))
+    assert state.step == 2 and len(optimizer.state) == len(list(plain.parameters()))
+    whole = load_file(str(checkpoint / "model.safetensors"))
+    assert all(torch.equal(plain.state_dict()[k], v) for k, v in whole.items())
+
     result = subprocess.run([*command(path, TORCHRUN), "--resume"], capture_output=True, text=True, timeout=300,
                             env=environment(TORCHRUN))
     assert result.returncode == 0, result.stdout + result.stderr
