@@ -28,7 +28,6 @@ from alignlab.errors import ConfigError
 from alignlab.objectives import spec
 
 FEATURES_REFUSED = {
-    "adapter.r": "LoRA adapters",
     "reference.sync_ref": "a reference synced from the policy (reference.sync_ref)",
     "train.compile": "torch.compile (train.compile)",
 }
@@ -84,13 +83,14 @@ def deepspeed_report(accelerator, model: torch.nn.Module, optimizer) -> str:
     """What this process holds under DeepSpeed, in words: its partition of the weights (ZeRO-3) or of AdamW's
     state (ZeRO-1/2, whose weights every process holds whole)."""
     stage = deepspeed_stage(accelerator)
-    total = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
     if stage == 3:
+        total = sum(p.ds_numel for p in model.parameters())
         held, what = sum(p.ds_tensor.numel() for p in model.parameters()), "weight values"
     else:
+        total = sum(p.numel() for p in model.parameters() if p.requires_grad)
         zero = getattr(optimizer, "optimizer", optimizer)
         held = sum(t.numel() for t in getattr(zero, "single_partition_of_fp32_groups", []))
-        what = "weight values' AdamW state (every process holds the weights whole)"
+        what = "trained weight values' AdamW state (every process holds the weights whole)"
     return f"DeepSpeed ZeRO-{stage}: this process holds {held:,} of the {total:,} {what}"
 
 
@@ -116,7 +116,7 @@ def check_sharded(config, engine: str) -> None:
         raise ConfigError(f"FSDP: alignlab shards with FSDP 2 (fully_shard); this launch asks for FSDP {version}: "
                           "set fsdp_version: 2 in the accelerate config")
     refused = {**FEATURES_REFUSED, **(DEEPSPEED_REFUSED if engine.startswith("DeepSpeed") else {})}
-    values = {"adapter.r": config.adapter.r, "reference.sync_ref": config.reference.sync_ref,
+    values = {"reference.sync_ref": config.reference.sync_ref,
               "train.compile": config.train.compile, "train.save_every": config.train.save_every}
     for key, what in refused.items():
         if values[key]:

@@ -54,17 +54,23 @@ CASES = {  # name: (objective, data fixture, launcher, engine as the run names i
     "zero-2 kto": ({"name": "kto", "beta": 0.5}, "unpaired_file", ZERO2, "DeepSpeed ZeRO-2"),
     "zero-3 dpo": (DPO, PAIRS, ZERO3, "DeepSpeed ZeRO-3"),
     "zero-3 simpo": ({"name": "simpo", "beta": 2.0, "gamma": 0.5}, PAIRS, ZERO3, "DeepSpeed ZeRO-3"),
+    "fsdp lora, live reference": (DPO, PAIRS, TORCHRUN, "FSDP 2"),  # frozen and trained weights in one unit
+    "zero-2 lora": (DPO, PAIRS, ZERO2, "DeepSpeed ZeRO-2"),
 }
-REFERENCES = {"fsdp sparsepo": {"mode": "model"}}
-HELD = re.compile(r"this process holds ([\d,]+) of the ([\d,]+) weight values")
+REFERENCES = {"fsdp sparsepo": {"mode": "model"}, "fsdp lora, live reference": {"mode": "model"}}
+LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
+HELD = re.compile(r"this process holds ([\d,]+) of the ([\d,]+) (?:trained )?weight values")
 
 
-def assert_same_weights(expected_dir, got_dir, initial_dir):
-    expected = load_file(str(expected_dir / "model.safetensors"))
-    got = load_file(str(got_dir / "model.safetensors"))
-    initial = load_file(str(initial_dir / "model.safetensors"))
+def assert_same_weights(expected_dir, got_dir, initial_dir, file="model.safetensors"):
+    expected = load_file(str(expected_dir / file))
+    got = load_file(str(got_dir / file))
+    initial = load_file(str(initial_dir / file)) if initial_dir is not None else {}
     assert expected.keys() == got.keys()
-    assert max((expected[k] - initial[k]).abs().max().item() for k in expected) > 1e-3  # training moved them
+    if initial:
+        assert max((expected[k] - initial[k]).abs().max().item() for k in expected) > 1e-3  # training moved them
+    else:  # LoRA: B starts at zero, so any trained B has moved
+        assert max(value.abs().max().item() for key, value in expected.items() if "lora_B" in key) > 1e-3
     for key, value in expected.items():  # float32 sums in another order (reduce-scatter vs one process): ~1e-6
         torch.testing.assert_close(got[key], value, atol=2e-5, rtol=1e-4, msg=f"{key} differs")
 
@@ -76,20 +82,30 @@ def test_two_sharded_processes_match_one_process(small_model_dir, tmp_path, requ
         pytest.importorskip("deepspeed")  # `make test` installs it (the deepspeed extra)
     data = request.getfixturevalue(data_fixture)
     settings = {"max_steps": 3, "batch_size": 4, "warmup_ratio": 0.0}
-    reference = REFERENCES.get(name)
-    single = train(quick_config(small_model_dir, data, tmp_path / "one", objective, reference, **settings),
-                   log=lambda *_: None)
+    reference, lora = REFERENCES.get(name), "lora" in name
+
+    def config(out):
+        made = quick_config(small_model_dir, data, out, objective, reference, **settings)
+        if lora:
+            made.adapter.r, made.adapter.alpha, made.adapter.dropout = LORA["r"], LORA["alpha"], LORA["dropout"]
+        return made
+
+    single = train(config(tmp_path / "one"), log=lambda *_: None)
     path = tmp_path / "two.yaml"
-    save_config(quick_config(small_model_dir, data, tmp_path / "two", objective, reference, **settings), path)
+    save_config(config(tmp_path / "two"), path)
     result = subprocess.run(command(path, launcher), capture_output=True, text=True, timeout=300,
                             env=environment(launcher))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"training on 2 processes ({engine})" in result.stdout
     held, total = (int(n.replace(",", "")) for n in HELD.search(result.stdout).groups())
-    assert total == sum(p.numel() for p in single.model.parameters())
+    trained_only = engine == "DeepSpeed ZeRO-2"  # its partitions are AdamW's state, kept for trained weights only
+    assert total == sum(p.numel() for p in single.model.parameters() if p.requires_grad or not trained_only)
     assert abs(2 * held - total) < 0.01 * total  # half of every weight (or of its AdamW state) on this process
     assert result.stdout.count("done: 3 steps") == 1
-    assert_same_weights(single.final_dir, tmp_path / "two" / "final", small_model_dir)
+    if lora:
+        assert_same_weights(single.final_dir, tmp_path / "two" / "final", None, "adapter_model.safetensors")
+    else:
+        assert_same_weights(single.final_dir, tmp_path / "two" / "final", small_model_dir)
     for a, b in zip(run_history(single.run_dir), run_history(tmp_path / "two"), strict=True):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
@@ -145,8 +161,7 @@ def test_kill_9_under_fsdp_resumes_to_the_uninterrupted_weights(small_model_dir,
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"adapter": {"r": 4}}, r"FSDP 2: sharded training does not support LoRA adapters yet; remove adapter\.r"),
-    ({"train": {"compile": True}}, r"does not support torch\.compile \(train\.compile\)"),
+    ({"train": {"compile": True}}, r"FSDP 2: sharded training does not support torch\.compile \(train\.compile\)"),
     ({"reference": {"sync_ref": True, "mode": "model"}}, r"does not support a reference synced from the policy"),
 ])
 def test_what_fsdp_does_not_support_is_refused_at_start(change, message, monkeypatch, small_model_dir, pairs_file,
