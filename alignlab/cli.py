@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None  # the steps install their own
     try:
         args.run(args)
+        _leave_process_group()  # on success only: after an error, torchrun tears the others down
     except AlignlabError as error:
         print(f"alignlab: error: {error}", file=sys.stderr)
         return 2
@@ -138,7 +139,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
-        _leave_process_group()
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from alignlab.distributed import token_denominator
 from alignlab.errors import ConfigError
 from alignlab.objectives.batches import ObjectiveOutput, PreferenceLogps
 from alignlab.objectives.common import check_beta, chosen_nll, chosen_nll_per_example, reward_metrics, sequence_logps
@@ -54,12 +55,13 @@ def log1m_exp(x: torch.Tensor) -> torch.Tensor:
 
 def prompt_and_chosen_nll(batch: PreferenceLogps) -> tuple[torch.Tensor, torch.Tensor]:
     """(batch NLL, per-example NLL `[B]`) over the prompt's tokens after its first and the chosen completion's
-    tokens: a mean over all those tokens of the batch, and per example."""
+    tokens: a mean over all those tokens of the batch (the global micro-batch under several processes), and per
+    example."""
     if batch.policy_prompt is None or batch.prompt_mask is None:
         raise ConfigError("nll_on_prompt needs the prompts' log-probs, and the batch has none")
     sums = (batch.policy_prompt * batch.prompt_mask).sum(-1) + (batch.policy_chosen * batch.chosen_mask).sum(-1)
     counts = batch.prompt_mask.sum(-1) + batch.chosen_mask.sum(-1)
-    return -sums.sum() / counts.sum().clamp(min=1), -sums / counts.clamp(min=1)
+    return -sums.sum() / token_denominator(counts.unsqueeze(-1)), -sums / counts.clamp(min=1)
 
 
 @register("orpo", Needs())

@@ -4,18 +4,26 @@ is undone, and non-finite weights are never saved."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from alignlab.train.sharding import local_tensors
+from alignlab.distributed import any_process, sum_across_processes
+from alignlab.train.sharding import any_sharded, local_tensors
 
 
 def all_finite(parameters: list[torch.Tensor]) -> bool:
     """Whether every value of every tensor is finite: the max-abs norm of each (fused, no full-size masks) is finite
-    exactly when every value is, in any dtype (a sum could overflow float16)."""
+    exactly when every value is, in any dtype (a sum could overflow float16). Sharded weights (FSDP) are checked
+    shard by shard and the verdict pooled, so every process agrees — a collective then."""
     if not parameters:
         return True
-    norms = torch._foreach_norm([p.detach() for p in parameters], float("inf"))
-    return bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
+    held = local_tensors([p.detach() for p in parameters])
+    norms = torch._foreach_norm(held, float("inf"))
+    finite = bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
+    if any_sharded(parameters):
+        return not any_process(not finite, norms[0].device)  # a NaN on one shard is every process's
+    return finite
 
 
 EXPLODED = 10.0
@@ -24,11 +32,16 @@ step changes the norm by a small fraction; lr 1e6 multiplies it by ~10⁷)."""
 
 
 def l2_norm(parameters: list[torch.Tensor]) -> float:
-    """The L2 norm of all `parameters` together, in float64 (fused per tensor)."""
+    """The L2 norm of all `parameters` together, in float64 (fused per tensor); of sharded weights (FSDP), the norm
+    of the whole weights (shards' squares summed over the processes — a collective then)."""
     if not parameters:
         return 0.0
-    norms = torch._foreach_norm([p.detach() for p in parameters], 2.0, dtype=torch.float32)  # no fp16 overflow
-    return float(torch.stack([n.double() for n in norms]).norm())
+    held = local_tensors([p.detach() for p in parameters])
+    norms = torch._foreach_norm(held, 2.0, dtype=torch.float32)  # no fp16 overflow
+    squares = torch.stack([n.double() for n in norms]).square().sum()
+    if any_sharded(parameters):
+        squares = sum_across_processes(squares)
+    return float(squares.sqrt())
 
 
 class WeightGuard:
@@ -76,6 +89,8 @@ class WeightGuard:
         if not self.finite():
             return "made weights non-finite"
         after = l2_norm(self.parameters)
+        if not math.isfinite(after):
+            return f"made the weights' norm {after}"
         if self.norm_before > 0 and after >= EXPLODED * self.norm_before:
             ratio = after / self.norm_before
             return f"multiplied the weights' norm by {ratio:.3g} ({self.norm_before:.4g} → {after:.4g})"

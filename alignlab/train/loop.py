@@ -77,7 +77,8 @@ def prepare(config: RunConfig, resume: bool = False, log=print, records: list | 
     guard = WeightGuard(trained_parameters, optimizer) if config.train.guard_weights else None
     if guard is not None and deepspeed_stage(start.accelerator) is not None:
         start.say("the weight guard is off under DeepSpeed: its engine takes the optimizer step inside backward, "
-                  "before alignlab could keep the weights it would restore; a non-finite step stops the run")
+                  "before alignlab could keep the weights it would restore; a step it skips (overflow) is counted as "
+                  "skipped, and one it applies with a non-finite loss stops the run")
         guard = None
     return Run(config, start.accelerator, start.objective, start.tokenizer, model, policy, optimizer, scheduler, state,
                data.examples, data.eval_examples, builder, eval_builder, reference, folder, metrics, steps,

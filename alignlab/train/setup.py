@@ -36,9 +36,11 @@ from alignlab.train.sharding import (
     configure_deepspeed,
     deepspeed_report,
     deepspeed_requested,
-    fsdp_requested,
+    fully_sharded,
+    mark_fully_sharded,
     shard,
     sharding_engine,
+    take_over_fsdp,
 )
 from alignlab.train.state import Data, Start
 
@@ -91,9 +93,12 @@ def _start(config: RunConfig, resume: bool, log, overwrite: bool = False):
     trackers = config.train.log_with or None
     # accelerate takes DeepSpeed only off the CPU path; DeepSpeed itself runs on CPU processes (gloo)
     on_cpu = not torch.cuda.is_available() and not deepspeed_requested()
+    fsdp = take_over_fsdp()  # alignlab shards itself, on GPUs as on CPU processes
     accelerator = Accelerator(cpu=on_cpu, mixed_precision=precision.mixed_precision,
                               log_with=trackers,
                               project_dir=str(Path(config.out_dir) / "tensorboard") if trackers else None)
+    if fsdp and accelerator.num_processes > 1:  # one process has nothing to split
+        mark_fully_sharded(accelerator)
     say = log if accelerator.is_main_process else (lambda *_: None)
     checkpoints_dir = Path(config.out_dir) / "checkpoints"
     if not resume and not overwrite and list_checkpoints(checkpoints_dir):
@@ -112,8 +117,11 @@ def _start(config: RunConfig, resume: bool, log, overwrite: bool = False):
     if resume and latest is None:
         say(f"--resume: no checkpoint in {checkpoints_dir}; starting from the beginning")
     if accelerator.distributed_type == "DEEPSPEED" and config.train.grad_accum != 1:
-        raise ConfigError("with DeepSpeed set train.grad_accum: 1 and use DeepSpeed's gradient_accumulation_steps "
-                          "(its engine steps at every backward pass alignlab makes)")
+        raise ConfigError("with DeepSpeed set train.grad_accum: 1 (its engine steps at every backward pass alignlab "
+                          "makes; a larger train.batch_size, or more processes, gives a larger step)")
+    if accelerator.distributed_type == "DEEPSPEED" and latest is not None:
+        raise ConfigError(f"DeepSpeed: {latest} was written by another engine, and alignlab does not load a "
+                          "checkpoint into DeepSpeed's partitions yet; resume it with that engine (DDP or FSDP)")
     sharded = sharding_engine(accelerator)
     if sharded:
         check_sharded(config, sharded)
@@ -215,11 +223,11 @@ def optimisation(config: RunConfig, start: Start, model: torch.nn.Module, exampl
                         config.train.max_steps)
     start.objective.build_modules(model.config, start.accelerator.device)
     policy = InsideForward(model)
-    fully_sharded = fsdp_requested() and start.accelerator.num_processes > 1  # one process has nothing to split
-    if fully_sharded:  # sharded in place before the optimizer sees the weights (alignlab.train.sharding)
+    sharded = fully_sharded(start.accelerator)
+    if sharded:  # sharded in place before the optimizer sees the weights (alignlab.train.sharding)
         start.say(shard(policy, model, start.accelerator.device))
     optimizer, scheduler, trained_parameters = _optimizer(config, model, start.objective, steps)
-    if fully_sharded:
+    if sharded:
         return steps, policy, start.accelerator.prepare(optimizer), scheduler, trained_parameters
     if start.accelerator.distributed_type == "DEEPSPEED":
         configure_deepspeed(start.accelerator, config)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+import weakref
 
 import torch
 
@@ -38,9 +39,38 @@ DEEPSPEED_REFUSED = {"train.save_every": "checkpoints (train.save_every)"}
 which alignlab does not write yet (FSDP's checkpoints hold gathered state)."""
 
 
+ACCELERATE_FSDP_VARIABLES = ("ACCELERATE_USE_FSDP", "FSDP_CPU_RAM_EFFICIENT_LOADING")
+"""What accelerate's FSDP launch sets that would make accelerate (on GPUs) wrap the model its own way and transformers
+load weights on the first process only (the others get empty tensors it expects a broadcast to fill)."""
+
+_FULLY_SHARDED: weakref.WeakSet = weakref.WeakSet()
+"""The accelerators of runs that alignlab shards itself (`take_over_fsdp`)."""
+
+
 def fsdp_requested() -> bool:
     """Whether this process was launched to train fully sharded (accelerate's ``ACCELERATE_USE_FSDP``)."""
     return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("true", "1")
+
+
+def take_over_fsdp() -> bool:
+    """Before the accelerator is made: when FSDP was asked for, remove accelerate's FSDP variables from this
+    process's environment (`ACCELERATE_FSDP_VARIABLES`), so that accelerate sets up plain data parallelism and
+    transformers loads every weight on every process; alignlab then shards (`shard`). True when it was asked for."""
+    requested = fsdp_requested()
+    if requested:
+        for name in ACCELERATE_FSDP_VARIABLES:
+            os.environ.pop(name, None)
+    return requested
+
+
+def mark_fully_sharded(accelerator) -> None:
+    """Record that the run of `accelerator` is sharded by alignlab (several processes, FSDP asked for)."""
+    _FULLY_SHARDED.add(accelerator)
+
+
+def fully_sharded(accelerator) -> bool:
+    """Whether alignlab shards the run of `accelerator` with FSDP 2."""
+    return accelerator in _FULLY_SHARDED
 
 
 def deepspeed_requested() -> bool:
@@ -53,6 +83,13 @@ def deepspeed_stage(accelerator) -> int | None:
     if accelerator.distributed_type != "DEEPSPEED":
         return None
     return int(accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0))
+
+
+def deepspeed_step_applied(engine) -> bool:
+    """Whether DeepSpeed's engine (the prepared policy) applied its last optimizer step: it skips one whose gradients
+    overflowed (ZeRO's overflow check, fp16 loss scaling) — alignlab then counts it as skipped, as elsewhere."""
+    applied = getattr(engine, "was_step_applied", None)
+    return bool(applied()) if callable(applied) else True
 
 
 def deepspeed_engine(accelerator) -> str | None:
@@ -96,15 +133,19 @@ def deepspeed_report(accelerator, model: torch.nn.Module, optimizer) -> str:
 
 def configure_deepspeed(accelerator, config) -> None:
     """What DeepSpeed's engine needs from the run before accelerate builds it: the examples one process scores per
-    micro-batch, and alignlab's gradient clipping (DeepSpeed clips inside its step)."""
+    micro-batch, alignlab's gradient clipping (DeepSpeed clips inside its step), one backward per step, and under
+    ZeRO-3 the gathering of the weights for final/ (in the engine's precision: 16-bit under bf16/fp16)."""
     settings = accelerator.state.deepspeed_plugin.deepspeed_config
     settings["train_micro_batch_size_per_gpu"] = max(1, -(-config.train.batch_size // accelerator.num_processes))
     settings["gradient_clipping"] = config.train.max_grad_norm or 0.0
+    settings["gradient_accumulation_steps"] = 1  # alignlab's steps are DeepSpeed's: one backward, one step
+    if deepspeed_stage(accelerator) == 3:  # final/ gathers the partitions (accelerate's get_state_dict needs it)
+        settings.setdefault("zero_optimization", {})["stage3_gather_16bit_weights_on_model_save"] = True
 
 
 def sharding_engine(accelerator) -> str | None:
     """The sharded engine this process trains with, in words ("FSDP 2", "DeepSpeed ZeRO-2"), or None."""
-    return "FSDP 2" if fsdp_requested() else deepspeed_engine(accelerator)
+    return "FSDP 2" if fully_sharded(accelerator) else deepspeed_engine(accelerator)
 
 
 def check_sharded(config, engine: str) -> None:
@@ -121,7 +162,7 @@ def check_sharded(config, engine: str) -> None:
     for key, what in refused.items():
         if values[key]:
             raise ConfigError(f"{engine}: sharded training does not support {what} yet; remove {key}, or train with "
-                              "DDP (torchrun, or accelerate launch --multi_gpu)")
+                              f"DDP (without {'ACCELERATE_USE_FSDP' if engine.startswith('FSDP') else 'DeepSpeed'})")
 
 
 def check_objective_for(engine: str, objective, model_config) -> None:
@@ -132,8 +173,8 @@ def check_objective_for(engine: str, objective, model_config) -> None:
         factory = spec(term.name).module_factory
         if factory is not None and factory(model_config, **term.params) is not None:
             raise ConfigError(f"{engine}: objective '{term.name}' with these settings trains networks of its own, "
-                              "which sharded training does not support yet; train it with DDP (torchrun, or "
-                              "accelerate launch --multi_gpu)")
+                              "which sharded training does not support yet; train it with DDP (without "
+                              f"{'ACCELERATE_USE_FSDP' if engine.startswith('FSDP') else 'DeepSpeed'})")
 
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -171,9 +212,14 @@ def shard(root: torch.nn.Module, model: torch.nn.Module, device: torch.device) -
 
 def is_sharded(model: torch.nn.Module) -> bool:
     """Whether `model`'s weights are FSDP shards (`DTensor`s)."""
+    return any_sharded(list(model.parameters()))
+
+
+def any_sharded(tensors: list[torch.Tensor]) -> bool:
+    """Whether any of `tensors` is an FSDP shard (`DTensor`)."""
     from torch.distributed.tensor import DTensor
 
-    return any(isinstance(p, DTensor) for p in model.parameters())
+    return any(isinstance(t, DTensor) for t in tensors)
 
 
 def local_tensors(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -197,7 +243,7 @@ def _tied_names(model: torch.nn.Module) -> dict[str, str]:
 
 def gathered_state(model: torch.nn.Module, optimizer) -> tuple[dict, dict]:
     """The whole model's weights (`gathered_weights`) and the optimizer's whole state keyed by parameter name, on
-    the CPU — a collective: every process calls it, each gets the same."""
+    the CPU of the main process — a collective: every process calls it, the others get empty dicts."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     state = get_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer),
@@ -206,7 +252,8 @@ def gathered_state(model: torch.nn.Module, optimizer) -> tuple[dict, dict]:
 
 
 def gathered_weights(model: torch.nn.Module) -> dict:
-    """The whole model's weights on the CPU (tied names once) — a collective."""
+    """The whole model's weights on the main process's CPU (tied names once; the others get an empty dict) — a
+    collective."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -227,6 +274,22 @@ def whole_weights(accelerator, model: torch.nn.Module, policy: torch.nn.Module) 
     return None
 
 
+def state_keyed_by_name(model: torch.nn.Module, optimizer_state: dict) -> dict:
+    """An optimizer state dict as torch writes it (parameters numbered in the optimizer's order: the trained weights
+    of `model` in order) keyed by parameter name instead, as a gathered one is; a named one is returned as it is."""
+    numbered = [key for group in optimizer_state.get("param_groups", []) for key in group["params"]]
+    if not numbered or not all(isinstance(key, int) for key in numbered):
+        return optimizer_state
+    names = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+    if len(names) != len(numbered):
+        raise ConfigError(f"the checkpoint's optimizer holds {len(numbered)} weights, this model trains "
+                          f"{len(names)}: it was written for another model or adapter set-up")
+    name_of = dict(zip(sorted(numbered), names, strict=True))
+    return {"state": {name_of[key]: value for key, value in optimizer_state["state"].items()},
+            "param_groups": [{**group, "params": [name_of[key] for key in group["params"]]}
+                             for group in optimizer_state["param_groups"]]}
+
+
 def load_gathered_state(model: torch.nn.Module, optimizer, weights: dict, optimizer_state: dict) -> None:
     """Put whole `weights` and a whole optimizer state (as `gathered_state` gives them) into the sharded `model`
     and its optimizer: each process keeps its shards."""
@@ -237,8 +300,10 @@ def load_gathered_state(model: torch.nn.Module, optimizer, weights: dict, optimi
     )
 
     weights = dict(weights)
-    for name, source in _tied_names(model).items():
-        weights.setdefault(name, weights[source])
+    for name, source in _tied_names(model).items():  # a single process's file keeps one of the two names
+        if name in weights or source in weights:
+            weights[name] = weights[source] = weights.get(name, weights.get(source))
+    optimizer_state = state_keyed_by_name(model, optimizer_state)
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, weights, options=options)
     set_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer), optimizer_state, options=options)

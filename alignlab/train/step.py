@@ -22,7 +22,7 @@ from alignlab.objectives.batches import RolloutLogps
 from alignlab.train.checkpoint import latest_intact_checkpoint
 from alignlab.train.guard import all_finite
 from alignlab.train.schedule import micro_batches
-from alignlab.train.sharding import deepspeed_stage
+from alignlab.train.sharding import deepspeed_stage, deepspeed_step_applied
 from alignlab.train.state import Run
 
 
@@ -119,9 +119,9 @@ def train_step(run: Run, group: list[list[int]]) -> dict:
     grad_norm = float(run.accelerator.clip_grad_norm_(run.trained_parameters,
                                                       config.train.max_grad_norm or float("inf")))
     if not (math.isfinite(totals["loss"]) and math.isfinite(grad_norm)):
-        if deepspeed_stage(run.accelerator) is not None:
+        if deepspeed_stage(run.accelerator) is not None and deepspeed_step_applied(run.policy):
             raise TrainingDivergedError(f"step {state.step + 1}: loss {totals['loss']}, gradient norm {grad_norm}; "
-                                        "under DeepSpeed the update was taken inside backward and cannot be undone; "
+                                        "DeepSpeed applied this update inside backward, and it cannot be undone; "
                                         f"{divergence_advice(run)}")
         undo = run.guard is not None and run.unverified_update
         if undo:  # the update before this step may be what broke the model: undo it, and count its step as bad

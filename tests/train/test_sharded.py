@@ -6,6 +6,7 @@ the same weights, final/ is a plain model, and what an engine does not support i
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -159,30 +160,46 @@ def test_kill_9_under_fsdp_resumes_to_the_uninterrupted_weights(small_model_dir,
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "final")
     assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in single.model.parameters())
 
+    # and the other way: the single process's own checkpoint (optimizer state numbered, not named) resumes sharded
+    shutil.copytree(single.run_dir, tmp_path / "three", ignore=shutil.ignore_patterns("final", "step-4"))
+    three = quick_config(small_model_dir, pairs_file, tmp_path / "three", objective, **settings)
+    save_config(three, tmp_path / "three.yaml")
+    result = subprocess.run([*command(tmp_path / "three.yaml", TORCHRUN), "--resume"], capture_output=True, text=True,
+                            timeout=300, env=environment(TORCHRUN))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "step-3 at step 3" in result.stdout
+    assert_same_weights(single.final_dir, tmp_path / "three" / "final", small_model_dir)
 
-@pytest.mark.parametrize("change, message", [
-    ({"train": {"compile": True}}, r"FSDP 2: sharded training does not support torch\.compile \(train\.compile\)"),
-    ({"reference": {"sync_ref": True, "mode": "model"}}, r"does not support a reference synced from the policy"),
+
+@pytest.mark.parametrize("objective, train_settings, message", [
+    ({"name": "dpo"}, {"compile": True},
+     r"FSDP 2: sharded training does not support torch\.compile \(train\.compile\) yet; remove train\.compile, or "
+     r"train with DDP \(without ACCELERATE_USE_FSDP\)"),
+    ({"name": "sparsepo", "mask": "learned"}, {}, r"FSDP 2: objective 'sparsepo' with these settings trains networks "
+                                                  r"of its own"),
 ])
-def test_what_fsdp_does_not_support_is_refused_at_start(change, message, monkeypatch, small_model_dir, pairs_file,
-                                                        tmp_path):
-    from alignlab.config import config_from_dict, config_to_dict
-
-    for key, value in FSDP_ENV.items():
-        monkeypatch.setenv(key, value)
-    data = config_to_dict(quick_config(small_model_dir, pairs_file, tmp_path / "run", {"name": "dpo"}))
-    for section, values in change.items():
-        data[section] = {**(data.get(section) or {}), **values}
-    with pytest.raises(ConfigError, match=message):
-        train(config_from_dict(data), log=lambda *_: None)
+def test_what_fsdp_does_not_support_is_refused_before_the_run_folder(objective, train_settings, message,
+                                                                     small_model_dir, pairs_file, tmp_path):
+    path = tmp_path / "run.yaml"
+    save_config(quick_config(small_model_dir, pairs_file, tmp_path / "run", objective, {"mode": "model"},
+                             **train_settings), path)
+    result = subprocess.run(command(path, TORCHRUN), capture_output=True, text=True, timeout=300,
+                            env=environment(TORCHRUN))
+    assert result.returncode != 0 and re.search(message, result.stderr), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr.split("alignlab: error:")[0][-2000:]  # one line, not a traceback
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
-def test_fsdp_1_and_deepspeed_checkpoints_are_refused(monkeypatch):
+def test_fsdp_1_sync_ref_and_deepspeed_checkpoints_are_refused(monkeypatch):
     from alignlab.config import RunConfig
     from alignlab.train.sharding import check_sharded
 
     check_sharded(RunConfig(), "DeepSpeed ZeRO-3")
+    synced = RunConfig()
+    synced.reference.sync_ref = True
+    with pytest.raises(ConfigError, match=r"FSDP 2: sharded training does not support a reference synced from the "
+                                          r"policy \(reference\.sync_ref\) yet"):
+        check_sharded(synced, "FSDP 2")
     config = RunConfig()
     config.train.save_every = 10
     with pytest.raises(ConfigError, match=r"DeepSpeed ZeRO-2: sharded training does not support checkpoints "
@@ -194,13 +211,35 @@ def test_fsdp_1_and_deepspeed_checkpoints_are_refused(monkeypatch):
         check_sharded(RunConfig(), "FSDP 2")
 
 
-def test_an_objective_with_networks_of_its_own_is_refused_before_the_run_folder(monkeypatch, small_model_dir,
-                                                                                pairs_file, tmp_path):
-    for key, value in FSDP_ENV.items():
-        monkeypatch.setenv(key, value)
-    config = quick_config(small_model_dir, pairs_file, tmp_path / "run", {"name": "sparsepo", "mask": "learned"},
-                          reference={"mode": "model"})
-    with pytest.raises(ConfigError, match=r"FSDP 2: objective 'sparsepo' with these settings trains networks of "
-                                          r"its own"):
-        train(config, log=lambda *_: None)
-    assert not (tmp_path / "run").exists()
+def _check_a_nan_on_rank_one(rank: int, rendezvous: str, results) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from alignlab.train.guard import all_finite, l2_norm
+
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 4, bias=False)
+    whole = float(layer.weight.detach().norm())
+    fully_shard(layer, mesh=init_device_mesh("cpu", (2,)))
+    results[f"norm-{rank}"] = l2_norm(list(layer.parameters()))
+    results[f"before-{rank}"] = all_finite(list(layer.parameters()))
+    if rank == 1:
+        with torch.no_grad():
+            layer.weight.to_local()[0, 0] = float("nan")
+    results[f"after-{rank}"] = all_finite(list(layer.parameters()))
+    results["whole"] = whole
+    dist.destroy_process_group()
+
+
+def test_a_nan_on_one_shard_is_seen_by_every_process(tmp_path):
+    """The weight guard's checks on FSDP shards: the norm is the whole weights' on every process, and a NaN in the
+    second process's shard makes both processes see non-finite weights (a max over shards would drop it)."""
+    import torch.multiprocessing as mp
+
+    results = mp.Manager().dict()
+    mp.spawn(_check_a_nan_on_rank_one, args=(str(tmp_path / "rendezvous"), results), nprocs=2, join=True)
+    assert results["norm-0"] == pytest.approx(results["whole"], rel=1e-6) == results["norm-1"]
+    assert results["before-0"] and results["before-1"]
+    assert not results["after-0"] and not results["after-1"]
