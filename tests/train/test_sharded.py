@@ -84,9 +84,13 @@ def test_two_sharded_processes_match_one_process(small_model_dir, tmp_path, requ
     data = request.getfixturevalue(data_fixture)
     settings = {"max_steps": 3, "batch_size": 4, "warmup_ratio": 0.0}
     reference, lora = REFERENCES.get(name), "lora" in name
+    evaluated = name == "fsdp dpo, accelerate launch"  # held-out loss and the over-optimisation indicators too
+    data_settings = {"eval": str(data)} if evaluated else None
+    if evaluated:
+        settings.update(eval_every=1, overopt_prompts=2)
 
     def config(out):
-        made = quick_config(small_model_dir, data, out, objective, reference, **settings)
+        made = quick_config(small_model_dir, data, out, objective, reference, data_settings, **settings)
         if lora:
             made.adapter.r, made.adapter.alpha, made.adapter.dropout = LORA["r"], LORA["alpha"], LORA["dropout"]
         return made
@@ -108,9 +112,15 @@ def test_two_sharded_processes_match_one_process(small_model_dir, tmp_path, requ
     else:
         assert_same_weights(single.final_dir, tmp_path / "two" / "final", small_model_dir)
     for a, b in zip(run_history(single.run_dir), run_history(tmp_path / "two"), strict=True):
+        assert a.keys() == b.keys()
+        if "eval/loss" in a:
+            assert {k: pytest.approx(v, abs=1e-5) for k, v in a.items() if k.startswith("eval/")} == \
+                {k: v for k, v in b.items() if k.startswith("eval/")}
+            continue
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
         assert a["examples"] == b["examples"]
+    assert not evaluated or sum("eval/overopt/topk_entropy" in row for row in run_history(tmp_path / "two")) >= 3
 
 
 def test_kill_9_under_fsdp_resumes_to_the_uninterrupted_weights(small_model_dir, pairs_file, tmp_path):
