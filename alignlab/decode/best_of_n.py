@@ -24,7 +24,7 @@ import torch
 
 from alignlab.data.formats import Text
 from alignlab.decode.base import Samples, context_room, decode_in_batches, register
-from alignlab.decode.engines import ENGINES, colocated_vllm
+from alignlab.decode.engines import ENGINES, vllm_draws
 from alignlab.decode.stream import TokenStream, decode_tokens, draw, generator_for, special_ids, warped_logprobs
 from alignlab.models.scoring import evaluation_mode
 
@@ -71,14 +71,10 @@ def _candidates(model, tokenizer, max_new_tokens: int, temperature: float, top_k
     drawn by alignlab's token engine (one generator for the call) or by vLLM (`alignlab.decode.engines`; prompt i
     of the call seeded with `seed` + i)."""
     if engine == "vllm":
-        vllm, done = colocated_vllm(model), [0]
+        draw_on_vllm = vllm_draws(model, max_new_tokens, temperature, top_k, top_p, seed)
 
         def on_vllm(prompt_ids, rows, cost):
-            offset, done[0] = done[0], done[0] + len(prompt_ids)
-            drawn = vllm.sample(prompt_ids, rows, max_new_tokens, temperature, top_k, top_p,
-                                None if seed is None else seed + offset)
-            cost.count("vllm", max((len(d.token_ids) for d in drawn), default=0))
-            cost.generated_tokens += sum(len(d.token_ids) for d in drawn)
+            drawn = draw_on_vllm(prompt_ids, rows, cost)
             return [d.token_ids for d in drawn], torch.tensor([sum(d.token_logps) for d in drawn])
 
         return on_vllm

@@ -113,6 +113,24 @@ class VLLMEngine:
         return drawn
 
 
+def vllm_draws(model: torch.nn.Module, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
+               seed: int | None):
+    """`draw(prompt_ids, n, cost) -> list[Drawn]` on the process's vLLM engine for `model` (given its weights
+    now): `n` completions of every prompt, rows prompt-major, prompt i of all the calls together seeded with
+    `seed` + i; `cost` counts the decoding steps (the longest completion of a call) and the generated tokens."""
+    engine, done = colocated_vllm(model), [0]
+
+    def draw(prompt_ids: list[list[int]], n: int, cost) -> list[Drawn]:
+        offset, done[0] = done[0], done[0] + len(prompt_ids)
+        drawn = engine.sample(prompt_ids, n, max_new_tokens, temperature, top_k, top_p,
+                              None if seed is None else seed + offset)
+        cost.count("vllm", max((len(d.token_ids) for d in drawn), default=0))
+        cost.generated_tokens += sum(len(d.token_ids) for d in drawn)
+        return drawn
+
+    return draw
+
+
 def _scheduling(context: int) -> dict:
     """On a CPU, chunked prefill is off: a prompt split across engine steps makes vLLM rewind the request's seeded
     generator, which a CPU generator cannot do ("CPU Generator does not use offset"); whole prompts are scheduled

@@ -13,7 +13,7 @@ from alignlab.data.collate import pad_rows
 from alignlab.data.formats import Text
 from alignlab.data.tokenize import encode_prompt
 from alignlab.decode.base import Samples, context_room, decode_in_batches, register
-from alignlab.decode.engines import ENGINES, colocated_vllm
+from alignlab.decode.engines import ENGINES, vllm_draws
 from alignlab.decode.stream import TokenStream, decode_tokens, draw, generator_for, special_ids, warped_logprobs
 from alignlab.models.scoring import evaluation_mode
 
@@ -142,18 +142,11 @@ def _hf_batches(model, tokenizer, n: int, max_new_tokens: int, temperature: floa
 
 def _vllm_batches(model, n: int, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
                   seed: int | None):
-    """`sample`'s batches on vLLM, given the model's current weights first; prompt i of the call (across
-    batches) is seeded with `seed` + i."""
-    engine = colocated_vllm(model)
-    done = [0]
+    """`sample`'s batches on vLLM (`alignlab.decode.engines.vllm_draws`)."""
+    draw = vllm_draws(model, max_new_tokens, temperature, top_k, top_p, seed)
 
     def run(_, batch_ids, cost):
-        offset = done[0]
-        done[0] += len(batch_ids)
-        drawn = engine.sample(batch_ids, n, max_new_tokens, temperature, top_k, top_p,
-                              None if seed is None else seed + offset)
-        cost.count("vllm", max((len(d.token_ids) for d in drawn), default=0))  # decoding steps of the batch
-        cost.generated_tokens += sum(len(d.token_ids) for d in drawn)
+        drawn = draw(batch_ids, n, cost)
         token_logps = [d.token_logps for d in drawn]
         logps = torch.tensor([sum(values) for values in token_logps], dtype=torch.float32)
         return [d.token_ids for d in drawn], logps, {"token_logps": token_logps}

@@ -53,6 +53,7 @@ from alignlab.report.html import write_report_safely
 from alignlab.run_folder import RunFolder
 from alignlab.train.reference import compute_reference_logps
 from alignlab.train.setup import check_resumed_config
+from alignlab.train.sharding import deepspeed_requested, fsdp_requested
 from alignlab.train.state import TrainResult
 
 EVAL_SEED_OFFSET = 999_983
@@ -444,10 +445,10 @@ def run_online(config: RunConfig, resume: bool = False, log=print, overwrite: bo
     process writes files or speaks. The samples do not depend on the number of processes (`block_seed`)."""
     if config.online is None:
         raise ConfigError("run_online needs a config with an online section")
-    for engine in ("FSDP", "DEEPSPEED"):
-        if os.environ.get(f"ACCELERATE_USE_{engine}", "").lower() in ("true", "1"):
-            raise ConfigError(f"online rounds sample from the policy's whole weights, which {engine} shards: run them "
-                              "with DDP (torchrun, or accelerate launch --multi_gpu)")
+    if fsdp_requested() or deepspeed_requested():
+        engine = "FSDP" if fsdp_requested() else "DEEPSPEED"
+        raise ConfigError(f"online rounds sample from the policy's whole weights, which {engine} shards: run them "
+                          "with DDP (torchrun, or accelerate launch --multi_gpu)")
     join_process_group()
     main = process_rank()[0] == 0
     log = log if main else (lambda *_: None)
