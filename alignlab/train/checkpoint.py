@@ -25,7 +25,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from alignlab.errors import CheckpointError
 from alignlab.files import file_sha256, fsync_path
-from alignlab.train.sharding import is_sharded, load_gathered_state
+from alignlab.train.sharding import deepspeed_partitioned, is_sharded, load_deepspeed_state, load_gathered_state
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 MANIFEST = "manifest.json"
@@ -177,11 +177,19 @@ def prune_checkpoints(folder: Path, keep: int, spare: Path | None = None) -> Non
             shutil.rmtree(path)
 
 
+def load_weights_before_deepspeed(path: Path, model) -> None:
+    """The weights of checkpoint `path` into the plain `model`, before DeepSpeed's engine copies (ZeRO-3:
+    partitions) them; `load_checkpoint` puts the rest into the engine."""
+    load_model(model, str(path / "model.safetensors"))
+
+
 def load_checkpoint(path: Path, model, optimizer, scheduler, reference=None, objective=None) -> TrainerState:
     """Restore weights (and a synced reference), optimizer, scheduler and RNG states; return the data position.
-    A sharded model (FSDP) reads the whole state and keeps its shards of it."""
-    sharded = is_sharded(model)
-    if not sharded:
+    A sharded model (FSDP) reads the whole state and keeps its shards of it; under DeepSpeed, whose engine took the
+    model's weights when it started (loaded before it, `load_weights_before_deepspeed`), the fp32 masters and
+    AdamW's state go into its partitions."""
+    sharded, deepspeed = is_sharded(model), deepspeed_partitioned(optimizer)
+    if not sharded and not deepspeed:
         load_model(model, str(path / "model.safetensors"))
     if reference is not None:
         if not (path / "reference.safetensors").is_file():
@@ -195,6 +203,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, reference=None, obj
                               ) from None
     if sharded:
         load_gathered_state(model, optimizer, load_file(str(path / "model.safetensors")), saved["optimizer"])
+    elif deepspeed:
+        load_deepspeed_state(model, optimizer, load_file(str(path / "model.safetensors")), saved["optimizer"])
     else:
         optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])

@@ -18,7 +18,8 @@ def all_finite(parameters: list[torch.Tensor]) -> bool:
     shard by shard and the verdict pooled, so every process agrees — a collective then."""
     if not parameters:
         return True
-    held = local_tensors([p.detach() for p in parameters])
+    held = [t for t in local_tensors([p.detach() for p in parameters]) if t.numel()]  # a ZeRO-3 part may be empty
+    held = held or [torch.zeros(1, device=parameters[0].device)]
     norms = torch._foreach_norm(held, float("inf"))
     finite = bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
     if any_sharded(parameters):

@@ -123,10 +123,11 @@ def run_steps(run: Run, n: int | None = None) -> bool:
                 progress.set_postfix(loss=f"{record['loss']:.4f}")
                 saved = after_step(run, run.last)
                 if any_process(stop.signal_name is not None, run.accelerator.device) and state.step < run.steps:
-                    written = saved or checkpoint(run)
+                    if not saved:
+                        checkpoint(run)
                     progress.close()
                     where = (f"checkpoint in {run.checkpoints_dir / f'step-{state.step}'}; run the same command with "
-                             "--resume to continue" if written else "no checkpoint (DeepSpeed runs write none yet)")
+                             "--resume to continue")
                     run.say(f"stopped by {stop.signal_name or 'a signal to another process'} after step "
                             f"{state.step} of {run.steps}: {where}")
                     return True

@@ -12,20 +12,24 @@ from alignlab.report.card import model_card
 from alignlab.report.html import write_report_safely
 from alignlab.run_folder import code_version
 from alignlab.train.checkpoint import prune_checkpoints, save_checkpoint
-from alignlab.train.sharding import deepspeed_stage, gathered_state, is_sharded
+from alignlab.train.sharding import (
+    deepspeed_gathered_state,
+    deepspeed_partitioned,
+    gathered_state,
+    is_sharded,
+)
 from alignlab.train.state import Run
 from alignlab.train.step import refuse_non_finite_weights
 
 
-def checkpoint(run: Run) -> bool:
+def checkpoint(run: Run) -> None:
     """A checkpoint of the run as it is (finite weights only), the oldest ones beyond `train.keep_checkpoints`
     removed (in a run of on-policy rounds, never the one the current round began at: its weights sampled the
-    round, and a resumed run scores with them again); every process waits for it. False (nothing written) under
-    DeepSpeed, whose partitioned optimizer state alignlab does not write yet."""
-    if deepspeed_stage(run.accelerator) is not None:
-        return False
+    round, and a resumed run scores with them again); every process waits for it. Sharded state (FSDP, DeepSpeed)
+    is gathered first, by every process."""
     refuse_non_finite_weights(run, f"checkpoint step-{run.state.step}")
-    gathered = gathered_state(run.model, run.optimizer) if is_sharded(run.model) else None  # every process
+    gathered = deepspeed_gathered_state(run.model, run.optimizer) if deepspeed_partitioned(run.optimizer) else \
+        gathered_state(run.model, run.optimizer) if is_sharded(run.model) else None
     if run.main:
         synced = run.reference.model if run.config.reference.sync_ref else None
         save_checkpoint(run.checkpoints_dir, run.model, run.optimizer, run.scheduler, run.state, synced,
@@ -33,7 +37,6 @@ def checkpoint(run: Run) -> bool:
         spare = run.checkpoints_dir / f"step-{run.state.round_first_step}" if run.state.round > 1 else None
         prune_checkpoints(run.checkpoints_dir, run.config.train.keep_checkpoints, spare)
     run.accelerator.wait_for_everyone()
-    return True
 
 
 def start_trackers(config: RunConfig, accelerator, metrics, resumed_at: int | None) -> None:

@@ -24,6 +24,7 @@ from alignlab.train.checkpoint import (
     latest_intact_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    load_weights_before_deepspeed,
     remove_temporary_checkpoints,
 )
 from alignlab.train.inputs import read_data, with_negatives
@@ -119,9 +120,6 @@ def _start(config: RunConfig, resume: bool, log, overwrite: bool = False):
     if accelerator.distributed_type == "DEEPSPEED" and config.train.grad_accum != 1:
         raise ConfigError("with DeepSpeed set train.grad_accum: 1 (its engine steps at every backward pass alignlab "
                           "makes; a larger train.batch_size, or more processes, gives a larger step)")
-    if accelerator.distributed_type == "DEEPSPEED" and latest is not None:
-        raise ConfigError(f"DeepSpeed: {latest} was written by another engine, and alignlab does not load a "
-                          "checkpoint into DeepSpeed's partitions yet; resume it with that engine (DDP or FSDP)")
     sharded = sharding_engine(accelerator)
     if sharded:
         check_sharded(config, sharded)
@@ -231,6 +229,8 @@ def optimisation(config: RunConfig, start: Start, model: torch.nn.Module, exampl
         return steps, policy, start.accelerator.prepare(optimizer), scheduler, trained_parameters
     if start.accelerator.distributed_type == "DEEPSPEED":
         configure_deepspeed(start.accelerator, config)
+        if start.latest is not None:
+            load_weights_before_deepspeed(start.latest, model)
     policy, optimizer = start.accelerator.prepare(policy, optimizer)  # `model` stays the plain model
     if start.accelerator.distributed_type == "DEEPSPEED":
         start.say(deepspeed_report(start.accelerator, model, optimizer))

@@ -14,6 +14,12 @@ alignlab shards itself, on a CPU as on GPUs: accelerate takes an FSDP configurat
 CPU it trains with DDP and shards nothing). Checkpoints hold gathered state — the whole model and AdamW's whole
 moments, keyed by parameter name — written by the main process, so a checkpoint reads the same as one of a
 single process, with the same manifest and checksums, and resumes on any number of processes.
+
+DeepSpeed ZeRO (through accelerate) partitions AdamW's state (ZeRO-1/2) and the weights too (ZeRO-3) in its own
+flat layout. Its checkpoints are written in the same gathered form: each trained weight's fp32 master copy and
+AdamW's moments assembled from the partitions by DeepSpeed's tensor-fragment API (`safe_get_full_fp32_param`,
+`safe_get_full_optimizer_state`), and put back into a fresh engine's partitions the same way — so a checkpoint
+moves between one process, DDP, FSDP and DeepSpeed, and none of it is a pickle.
 """
 
 from __future__ import annotations
@@ -33,10 +39,6 @@ FEATURES_REFUSED = {
     "train.compile": "torch.compile (train.compile)",
 }
 """Settings that sharded training (FSDP, DeepSpeed) refuses at start: {dotted setting: what it is, in words}."""
-
-DEEPSPEED_REFUSED = {"train.save_every": "checkpoints (train.save_every)"}
-"""Settings that DeepSpeed training refuses besides: its optimizer state is partitioned in DeepSpeed's own layout,
-which alignlab does not write yet (FSDP's checkpoints hold gathered state)."""
 
 
 ACCELERATE_FSDP_VARIABLES = ("ACCELERATE_USE_FSDP", "FSDP_CPU_RAM_EFFICIENT_LOADING")
@@ -149,17 +151,14 @@ def sharding_engine(accelerator) -> str | None:
 
 
 def check_sharded(config, engine: str) -> None:
-    """Refuse, before any work, what training under `engine` (`sharding_engine`) does not do: FSDP 1, the settings
-    of `FEATURES_REFUSED`, and under DeepSpeed those of `DEEPSPEED_REFUSED`. One line naming the engine and the
-    feature."""
+    """Refuse, before any work, what training under `engine` (`sharding_engine`) does not do: FSDP 1 and the
+    settings of `FEATURES_REFUSED`. One line naming the engine and the feature."""
     version = os.environ.get("FSDP_VERSION", "2")
     if engine.startswith("FSDP") and version != "2":
         raise ConfigError(f"FSDP: alignlab shards with FSDP 2 (fully_shard); this launch asks for FSDP {version}: "
                           "set fsdp_version: 2 in the accelerate config")
-    refused = {**FEATURES_REFUSED, **(DEEPSPEED_REFUSED if engine.startswith("DeepSpeed") else {})}
-    values = {"reference.sync_ref": config.reference.sync_ref,
-              "train.compile": config.train.compile, "train.save_every": config.train.save_every}
-    for key, what in refused.items():
+    values = {"reference.sync_ref": config.reference.sync_ref, "train.compile": config.train.compile}
+    for key, what in FEATURES_REFUSED.items():
         if values[key]:
             raise ConfigError(f"{engine}: sharded training does not support {what} yet; remove {key}, or train with "
                               f"DDP (without {'ACCELERATE_USE_FSDP' if engine.startswith('FSDP') else 'DeepSpeed'})")
@@ -212,21 +211,26 @@ def shard(root: torch.nn.Module, model: torch.nn.Module, device: torch.device) -
 
 def is_sharded(model: torch.nn.Module) -> bool:
     """Whether `model`'s weights are FSDP shards (`DTensor`s)."""
-    return any_sharded(list(model.parameters()))
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(parameter, DTensor) for parameter in model.parameters())
 
 
 def any_sharded(tensors: list[torch.Tensor]) -> bool:
-    """Whether any of `tensors` is an FSDP shard (`DTensor`)."""
+    """Whether any of `tensors` is an FSDP shard (`DTensor`) or a DeepSpeed ZeRO-3 weight (its values partitioned,
+    ``ds_tensor``)."""
     from torch.distributed.tensor import DTensor
 
-    return any(isinstance(t, DTensor) for t in tensors)
+    return any(isinstance(t, DTensor) or hasattr(t, "ds_tensor") for t in tensors)
 
 
 def local_tensors(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Each tensor's part held by this process (its shard for a `DTensor`, itself otherwise)."""
+    """Each tensor's part held by this process (its shard for a `DTensor`, its partition for a ZeRO-3 weight —
+    whose own storage is empty between forward passes —, itself otherwise)."""
     from torch.distributed.tensor import DTensor
 
-    return [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
+    return [t.to_local() if isinstance(t, DTensor) else t.ds_tensor if hasattr(t, "ds_tensor") else t
+            for t in tensors]
 
 
 def _tied_names(model: torch.nn.Module) -> dict[str, str]:
@@ -290,6 +294,15 @@ def state_keyed_by_name(model: torch.nn.Module, optimizer_state: dict) -> dict:
                              for group in optimizer_state["param_groups"]]}
 
 
+def with_tied_names(model: torch.nn.Module, weights: dict) -> dict:
+    """`weights` with a tied weight under both of its names (a file keeps one of the two)."""
+    weights = dict(weights)
+    for name, source in _tied_names(model).items():
+        if name in weights or source in weights:
+            weights[name] = weights[source] = weights.get(name, weights.get(source))
+    return weights
+
+
 def load_gathered_state(model: torch.nn.Module, optimizer, weights: dict, optimizer_state: dict) -> None:
     """Put whole `weights` and a whole optimizer state (as `gathered_state` gives them) into the sharded `model`
     and its optimizer: each process keeps its shards."""
@@ -299,11 +312,88 @@ def load_gathered_state(model: torch.nn.Module, optimizer, weights: dict, optimi
         set_optimizer_state_dict,
     )
 
-    weights = dict(weights)
-    for name, source in _tied_names(model).items():  # a single process's file keeps one of the two names
-        if name in weights or source in weights:
-            weights[name] = weights[source] = weights.get(name, weights.get(source))
+    weights = with_tied_names(model, weights)
     optimizer_state = state_keyed_by_name(model, optimizer_state)
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, weights, options=options)
     set_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer), optimizer_state, options=options)
+
+
+def deepspeed_partitioned(optimizer) -> bool:
+    """Whether `optimizer` (as accelerate prepared it) is a DeepSpeed ZeRO optimizer, holding partitions."""
+    return type(getattr(optimizer, "optimizer", optimizer)).__module__.startswith("deepspeed.")
+
+
+def _zero_units(optimizer) -> tuple[object, torch.optim.Optimizer, list[tuple[int, list, torch.Tensor]]]:
+    """(DeepSpeed's ZeRO optimizer, the AdamW inside it, and its units: (the index of AdamW's parameter group, the
+    model's trained weights in the unit, their flat fp32 partition, which AdamW's state is keyed by)) — ZeRO-1/2 keep
+    one unit per group, ZeRO-3 splits groups into sub-groups."""
+    zero = getattr(optimizer, "optimizer", optimizer)
+    if hasattr(zero, "bit16_groups"):
+        return zero, zero.optimizer, [(index, parameters, zero.single_partition_of_fp32_groups[index])
+                                      for index, parameters in enumerate(zero.bit16_groups)]
+    flats = zero.fp32_partitioned_groups_flat
+    return zero, zero.optimizer, [(zero.sub_group_to_group_id[index], parameters, flats[index])
+                                  for index, parameters in enumerate(zero.fp16_groups)]
+
+
+def deepspeed_gathered_state(model: torch.nn.Module, optimizer) -> tuple[dict, dict]:
+    """What `gathered_state` gives for FSDP, from DeepSpeed ZeRO's partitions: the whole weights (each trained one
+    as its fp32 master copy) and AdamW's whole state keyed by parameter name, on the main process's CPU — a
+    collective: every process calls it, the others get empty dicts."""
+    import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    _, adam, units = _zero_units(optimizer)
+    main = torch.distributed.get_rank() == 0
+    with deepspeed.zero.GatheredParameters(list(model.parameters())):  # ZeRO-3's partitions; nothing otherwise
+        weights = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()} if main else {}
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    state, param_groups = {}, [{**{k: v for k, v in group.items() if k != "params"}, "params": []}
+                               for group in adam.param_groups]
+    for index, parameters, flat in units:
+        held = adam.state.get(flat, {})  # none before DeepSpeed applied a first update
+        moments = [key for key in held if key != "step"]
+        for parameter in parameters:
+            master = safe_get_full_fp32_param(parameter).cpu()
+            values = {key: safe_get_full_optimizer_state(parameter, key).cpu() for key in moments}
+            param_groups[index]["params"].append(names[id(parameter)])
+            if main:
+                weights[names[id(parameter)]] = master
+                if held:
+                    state[names[id(parameter)]] = {"step": held["step"].clone(), **values}
+    for name in _tied_names(model):
+        weights.pop(name, None)
+    return ({name: tensor.contiguous() for name, tensor in weights.items()},
+            {"state": state, "param_groups": param_groups}) if main else ({}, {})
+
+
+def load_deepspeed_state(model: torch.nn.Module, optimizer, weights: dict, optimizer_state: dict) -> None:
+    """Put whole `weights`' fp32 masters and a whole optimizer state (as `deepspeed_gathered_state` or one process
+    writes them) into DeepSpeed ZeRO's partitions: each process keeps its part. AdamW's state, made at its first
+    step, is made here first (zeros, the checkpoint's step count); the group settings (learning rate included) are
+    the checkpoint's. The model's own weights are loaded before DeepSpeed starts (`alignlab.train.setup`)."""
+    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+    zero, adam, units = _zero_units(optimizer)
+    saved = state_keyed_by_name(model, optimizer_state)
+    if len(saved["param_groups"]) != len(adam.param_groups):
+        raise ConfigError(f"the checkpoint's optimizer has {len(saved['param_groups'])} parameter groups, this run's "
+                          f"{len(adam.param_groups)}: it was written for another set-up")
+    for group, saved_group in zip(adam.param_groups, saved["param_groups"], strict=True):
+        group.update({key: value for key, value in saved_group.items() if key != "params"})
+    first = next(iter(saved["state"].values()), {})  # none: saved before a first update
+    for _, _, flat in units if first else []:
+        adam.state[flat] = {key: value.clone() if key == "step" else torch.zeros_like(flat)
+                            for key, value in first.items()}
+    if first and hasattr(zero, "_lazy_init_hp_params_optimizer_state"):  # ZeRO-1/2: link weights to state slices
+        zero._hp_optimizer_states_linked = False
+        zero._lazy_init_hp_params_optimizer_state()
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    weights = with_tied_names(model, weights)
+    for parameter in (parameter for _, parameters, _ in units for parameter in parameters):
+        name = names[id(parameter)]
+        safe_set_full_fp32_param(parameter, weights[name].float())
+        for key, value in saved["state"].get(name, {}).items():
+            if key != "step":
+                safe_set_full_optimizer_state(parameter, value.float(), key)

@@ -3,6 +3,7 @@ state) really are split between the processes, every step's loss and gradient no
 process's with the same global batch, a run killed with SIGKILL under FSDP resumes from a gathered checkpoint to
 the same weights, final/ is a plain model, and what an engine does not support is refused at start."""
 
+import contextlib
 import json
 import os
 import re
@@ -33,6 +34,21 @@ def accelerate_with(config_file: str) -> list[str]:
 
 ACCELERATE = accelerate_with("fsdp.yaml")
 ZERO2, ZERO3 = accelerate_with("deepspeed_zero2.yaml"), accelerate_with("deepspeed_zero3.yaml")
+
+
+def kill_9_launch(process: subprocess.Popen) -> list[int]:
+    """SIGKILL a launcher and every process it started — torch's elastic agent starts each worker in a session of its
+    own, so killing the launcher's process group would leave them training on — and return the workers' ids."""
+    import psutil
+
+    launcher = psutil.Process(process.pid)
+    workers = launcher.children(recursive=True)
+    for victim in [launcher, *workers]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            victim.kill()
+    process.wait()
+    psutil.wait_procs(workers, timeout=30)
+    return [worker.pid for worker in workers]
 
 
 def command(config_path, launcher) -> list[str]:
@@ -123,28 +139,37 @@ def test_two_sharded_processes_match_one_process(small_model_dir, tmp_path, requ
     assert not evaluated or sum("eval/overopt/topk_entropy" in row for row in run_history(tmp_path / "two")) >= 3
 
 
+KILLED_RUN = ({"name": "dpo", "beta": 0.5}, {"max_steps": 4, "batch_size": 4, "warmup_ratio": 0.0, "save_every": 1})
+"""The objective and settings of the runs killed with SIGKILL."""
+
+
+def killed_after_its_second_checkpoint(model_dir, data, tmp_path, launcher):
+    """Start `KILLED_RUN` on two processes under `launcher` in ``tmp_path/two``, SIGKILL it (the launcher and every
+    worker) as soon as checkpoint step-2 is in place, and return (its config file, that checkpoint)."""
+    path = tmp_path / "two.yaml"
+    save_config(quick_config(model_dir, data, tmp_path / "two", KILLED_RUN[0], **KILLED_RUN[1]), path)
+    process = subprocess.Popen(command(path, launcher), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=environment(launcher))
+    checkpoint = tmp_path / "two" / "checkpoints" / "step-2"
+    deadline = time.time() + 240
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert process.poll() is None, "the run ended before its second checkpoint; make it longer"
+    assert len(kill_9_launch(process)) >= 2  # the workers
+    assert not (tmp_path / "two" / "final").exists()
+    return path, checkpoint
+
+
 def test_kill_9_under_fsdp_resumes_to_the_uninterrupted_weights(small_model_dir, pairs_file, tmp_path):
     """A gathered checkpoint (whole weights and AdamW moments, the manifest's checksums) taken by two sharded
     processes loads into a plain model and optimizer, as a single process's would; the run killed after it resumes
     on two processes and ends where one uninterrupted process does; final/ loads with transformers."""
     from transformers import AutoModelForCausalLM
 
-    objective = {"name": "dpo", "beta": 0.5}
-    settings = {"max_steps": 4, "batch_size": 4, "warmup_ratio": 0.0, "save_every": 1}
+    objective, settings = KILLED_RUN
     single = train(quick_config(small_model_dir, pairs_file, tmp_path / "one", objective, **settings),
                    log=lambda *_: None)
-    path = tmp_path / "two.yaml"
-    save_config(quick_config(small_model_dir, pairs_file, tmp_path / "two", objective, **settings), path)
-    process = subprocess.Popen(command(path, TORCHRUN), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env=environment(TORCHRUN), start_new_session=True)
-    checkpoint = tmp_path / "two" / "checkpoints" / "step-2"
-    deadline = time.time() + 240
-    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    assert process.poll() is None, "the run ended before its second checkpoint; make it longer"
-    os.killpg(process.pid, 9)  # torchrun and both of its workers
-    process.wait()
-    assert not (tmp_path / "two" / "final").exists()
+    path, checkpoint = killed_after_its_second_checkpoint(small_model_dir, pairs_file, tmp_path, TORCHRUN)
     manifest = json.loads((checkpoint / "manifest.json").read_text())
     assert set(manifest["files"]) >= {"model.safetensors", "training_state.pt"}
     saved = torch.load(checkpoint / "training_state.pt", weights_only=True)["optimizer"]["state"]
@@ -165,7 +190,7 @@ def test_kill_9_under_fsdp_resumes_to_the_uninterrupted_weights(small_model_dir,
     result = subprocess.run([*command(path, TORCHRUN), "--resume"], capture_output=True, text=True, timeout=300,
                             env=environment(TORCHRUN))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "resumed from" in result.stdout
+    assert re.search(r"resumed from .*step-[23] at step [23]\n", result.stdout), result.stdout  # not step-4
     assert_same_weights(single.final_dir, tmp_path / "two" / "final", small_model_dir)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "final")
     assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in single.model.parameters())
@@ -179,6 +204,36 @@ def test_kill_9_under_fsdp_resumes_to_the_uninterrupted_weights(small_model_dir,
     assert result.returncode == 0, result.stdout + result.stderr
     assert "step-3 at step 3" in result.stdout
     assert_same_weights(single.final_dir, tmp_path / "three" / "final", small_model_dir)
+
+
+def test_kill_9_under_deepspeed_resumes_under_zero_3_and_on_one_process(small_model_dir, pairs_file, tmp_path):
+    """ZeRO-2's checkpoint holds whole, named state (each trained weight's fp32 master and AdamW's moments assembled
+    from the partitions); the run killed with SIGKILL after it resumes under ZeRO-3 (weights partitioned too) and
+    ends where one uninterrupted process does; ZeRO-3's own checkpoint then resumes on one process, to the same."""
+    pytest.importorskip("deepspeed")
+    objective, settings = KILLED_RUN
+    single = train(quick_config(small_model_dir, pairs_file, tmp_path / "one", objective, **settings),
+                   log=lambda *_: None)
+    path, checkpoint = killed_after_its_second_checkpoint(small_model_dir, pairs_file, tmp_path, ZERO2)
+    saved = torch.load(checkpoint / "training_state.pt", weights_only=True)["optimizer"]
+    one_process = single.model.state_dict()
+    assert {name: state["exp_avg"].shape for name, state in saved["state"].items()} == \
+        {name: parameter.shape for name, parameter in single.model.named_parameters()}  # whole, by name
+    assert {int(state["step"]) for state in saved["state"].values()} == {2}
+    assert load_file(str(checkpoint / "model.safetensors")).keys() == one_process.keys()
+
+    result = subprocess.run([*command(path, ZERO3), "--resume"], capture_output=True, text=True, timeout=300,
+                            env=environment(ZERO3))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "training on 2 processes (DeepSpeed ZeRO-3)" in result.stdout, result.stdout
+    assert re.search(r"resumed from .*step-[23] at step [23]\n", result.stdout), result.stdout  # not step-4
+    assert_same_weights(single.final_dir, tmp_path / "two" / "final", small_model_dir)
+
+    shutil.copytree(tmp_path / "two", tmp_path / "three", ignore=shutil.ignore_patterns("final", "step-4"))
+    resumed = train(quick_config(small_model_dir, pairs_file, tmp_path / "three", objective, **settings),
+                    resume=True, log=lambda *_: None)
+    assert resumed.final_dir.is_dir() and len(run_history(tmp_path / "three")) == 4
+    assert_same_weights(single.final_dir, resumed.final_dir, small_model_dir)
 
 
 @pytest.mark.parametrize("objective, train_settings, message", [
@@ -200,7 +255,7 @@ def test_what_fsdp_does_not_support_is_refused_before_the_run_folder(objective, 
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
-def test_fsdp_1_sync_ref_and_deepspeed_checkpoints_are_refused(monkeypatch):
+def test_fsdp_1_and_sync_ref_are_refused_and_checkpoints_are_not(monkeypatch):
     from alignlab.config import RunConfig
     from alignlab.train.sharding import check_sharded
 
@@ -212,10 +267,8 @@ def test_fsdp_1_sync_ref_and_deepspeed_checkpoints_are_refused(monkeypatch):
         check_sharded(synced, "FSDP 2")
     config = RunConfig()
     config.train.save_every = 10
-    with pytest.raises(ConfigError, match=r"DeepSpeed ZeRO-2: sharded training does not support checkpoints "
-                                          r"\(train\.save_every\) yet"):
-        check_sharded(config, "DeepSpeed ZeRO-2")
-    check_sharded(config, "FSDP 2")  # FSDP writes gathered checkpoints
+    check_sharded(config, "DeepSpeed ZeRO-2")  # both write gathered checkpoints
+    check_sharded(config, "FSDP 2")
     monkeypatch.setenv("FSDP_VERSION", "1")
     with pytest.raises(ConfigError, match=r"FSDP: alignlab shards with FSDP 2.*asks for FSDP 1.*fsdp_version: 2"):
         check_sharded(RunConfig(), "FSDP 2")
