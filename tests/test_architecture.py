@@ -28,6 +28,7 @@ LEVELS = (
     ("train",),
     ("online",),
     ("diagnose",),
+    ("redteam",),
     ("demo",),
     ("commands",),
     ("cli", "__main__"),
