@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from alignlab.distributed import token_denominator
+from alignlab.distributed import pooled_sum_and_count, token_denominator
 from alignlab.errors import ConfigError
 from alignlab.objectives.batches import ObjectiveOutput, PreferenceLogps, SFTLogps
 from alignlab.objectives.common import check_beta, sequence_logps
@@ -35,7 +35,7 @@ def sft(batch: SFTLogps | PreferenceLogps) -> ObjectiveOutput:
     tokens in the batch. On paired data it trains on the chosen completion and ignores the rejected one.
     """
     view = completion_view(batch)
-    if view.mask.sum() == 0:
+    if pooled_sum_and_count(view.mask.sum(-1))[0] == 0:  # the global micro-batch's: every process raises, or none
         raise ConfigError("sft: the batch has no completion tokens")
     nll = token_mean_nll(view.policy, view.mask)
     per_example = -sequence_logps(view.policy, view.mask) / view.mask.sum(-1).clamp(min=1)

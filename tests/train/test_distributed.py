@@ -77,3 +77,35 @@ def test_two_processes_match_one_with_the_same_global_batch(small_model_dir, tmp
         assert a["examples"] == b["examples"] <= batch_size  # each example scored once, by one of the processes
         if "delta" in a:
             assert b["delta"] == pytest.approx(a["delta"], abs=1e-6)  # the placeholder never enters delta
+
+
+def _sft_with_no_tokens_on_rank_one(rank: int, rendezvous: str, results) -> None:
+    import torch.distributed as dist
+
+    from alignlab.errors import ConfigError
+    from alignlab.objectives.batches import SFTLogps
+    from alignlab.objectives.sft import sft
+
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+    logps = torch.tensor([[-1.0, -3.0], [-2.0, -4.0]])
+    for case, mask in (("one empty", torch.tensor([[1.0, 1.0], [1.0, 0.0]]) if rank == 0 else torch.zeros(2, 2)),
+                       ("all empty", torch.zeros(2, 2))):
+        try:
+            results[f"{case}-{rank}"] = float(sft(SFTLogps(logps, None, mask)).loss)
+        except ConfigError as error:
+            results[f"{case}-{rank}"] = str(error)
+    dist.destroy_process_group()
+
+
+def test_sft_with_no_completion_tokens_on_one_process_trains_and_on_all_is_refused_by_all(tmp_path):
+    """Whether a micro-batch has completion tokens is the global micro-batch's question: a process with none
+    contributes 0, the other its NLL sum 6 over `token_denominator`'s T·n_p/N = 3·2/4 (weighted by n_p/N = 1/2 by the
+    loop: 6/3, the global token mean), and none anywhere is refused on every process — one process raising alone
+    left the other waiting in the next collective."""
+    import torch.multiprocessing as mp
+
+    results = mp.Manager().dict()
+    mp.spawn(_sft_with_no_tokens_on_rank_one, args=(str(tmp_path / "rendezvous"), results), nprocs=2, join=True)
+    assert results["one empty-0"] == pytest.approx(6.0 / (3 * 2 / 4))  # token sum 6 over T·n_p/N = 3·2/4
+    assert results["one empty-1"] == 0.0
+    assert results["all empty-0"] == results["all empty-1"] == "sft: the batch has no completion tokens"
