@@ -346,9 +346,15 @@ def deepspeed_gathered_state(model: torch.nn.Module, optimizer) -> tuple[dict, d
 
     _, adam, units = _zero_units(optimizer)
     main = torch.distributed.get_rank() == 0
-    with deepspeed.zero.GatheredParameters(list(model.parameters())):  # ZeRO-3's partitions; nothing otherwise
-        weights = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()} if main else {}
-    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    parameters = dict(model.named_parameters())
+    weights = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()
+               if name not in parameters} if main else {}  # buffers: whole on every process
+    for name, parameter in parameters.items():  # frozen weights, one at a time (ZeRO-3 partitions them too)
+        if not parameter.requires_grad:
+            with deepspeed.zero.GatheredParameters([parameter]):
+                if main:
+                    weights[name] = parameter.detach().cpu().clone()
+    names = {id(parameter): name for name, parameter in parameters.items()}
     state, param_groups = {}, [{**{k: v for k, v in group.items() if k != "params"}, "params": []}
                                for group in adam.param_groups]
     for index, parameters, flat in units:
