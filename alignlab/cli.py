@@ -54,6 +54,14 @@ COMMANDS = (
             "accuracy) and under bias injections (robustness)"),
     Command("evaluate fairness", "evaluate.fairness", "group fairness of a prompted Yes/No classifier: parity, FPR "
             "and equalised-odds gaps, per-group rates, remediations"),
+    Command("redteam gbrt", "redteam.gbrt", "gradient-based red teaming: prompts learned through Gumbel-softmax "
+            "so that the model's continuation scores unsafe (GBRT)"),
+    Command("redteam promptattack", "redteam.promptattack", "PromptAttack: perturbation instructions, a fidelity "
+            "filter and an ensemble against a classifier; ASR per instruction"),
+    Command("redteam steering", "redteam.steering", "activation-steering attack (TA²): steering vectors from "
+            "aligned/misaligned pairs, contrastive layer search, a multiplier sweep"),
+    Command("redteam taxonomy", "redteam.taxonomy", "SAGE-RT-style red-team prompts from a harm taxonomy: expansion, "
+            "query extraction, jailbreak templates, ASR per leaf and category"),
     Command("report", "report", "(re)write a run folder's report.html from its files"),
     Command("compare", "compare", "several runs on one frontier, one table, curves overlaid"),
     Command("push", "push", "upload a run's final/ (weights, tokenizer, model card) to the hub"),
@@ -65,6 +73,8 @@ COMMANDS = (
 GROUPS = {
     "diagnose": ("DIAGNOSTIC", "diagnostics of data and models (CHES, token KL, best-of-N KL, model averaging, "
                  "over-optimisation)"),
+    "redteam": ("ATTACK", "red-teaming attacks that find a model's failures (GBRT, PromptAttack, activation "
+                "steering, taxonomy-driven prompts)"),
     "evaluate": ("EVALUATION", "safety evaluations (prefilling and decoding attacks, refusal), judges and fairness"),
 }
 

@@ -1,9 +1,14 @@
-"""What every red-teaming method hands back to the command that runs it: numbers, per-record rows and one chart."""
+"""What every red-teaming method hands back to the command that runs it — numbers, per-record rows and one chart —
+and the one function that writes it into a run folder."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+from alignlab.report.html import write_report_safely
+from alignlab.report.plots import line_chart
+from alignlab.run_folder import RunFolder
 
 
 @dataclass
@@ -19,3 +24,22 @@ class AttackReport:
     title: str = ""
     summary: str = ""
     """One line for the log: the headline numbers."""
+
+
+def write_attack(out: str, overwrite: bool, settings: dict, attack: Callable[[], AttackReport], chart: str,
+                 log=print) -> AttackReport:
+    """Run `attack` inside run folder `out` (new or empty, or cleared with `overwrite`; checked before it runs) and
+    write what it found: ``config.yaml`` (`settings`), ``result.json``, ``rows.jsonl``, the chart `chart` (a PNG
+    name) and ``report.html``. Everything the caller could check (settings, model, data) is checked before this."""
+    folder = RunFolder(out)
+    folder.check_usable(resume=False, overwrite=overwrite)
+    page: list[str] = []
+    with folder.writing(overwrite, on_success=lambda path: page.append(write_report_safely(path, log))):
+        folder.write_yaml("config.yaml", settings)
+        report = attack()
+        folder.write_json("result.json", report.result)
+        folder.write_jsonl("rows.jsonl", report.rows)
+        if report.series:
+            line_chart(folder.file(chart), report.series, report.xlabel, report.ylabel, report.title)
+    log(f"{report.summary}; wrote {folder.file('result.json')}{''.join(page)}")
+    return report

@@ -313,11 +313,11 @@ def _frontier_section(points: list[dict], run_dir: Path, training: bool) -> str:
             f"<th>method</th><th>reward</th><th>KL</th><th>KL is</th></tr>{table}</table>")
 
 
-def _samples_section(rows: list[list], total: int) -> str:
+def _samples_section(rows: list[list], total: int, file: str = "samples.jsonl") -> str:
     if not rows:
         return "<h2>Samples</h2><p class='note'>No samples.jsonl in this run.</p>"
-    note = (f"showing {len(rows):,} of {total:,} samples (evenly spaced; all in samples.jsonl)"
-            if len(rows) < total else f"{total:,} samples")
+    note = (f"showing {len(rows):,} of {total:,} samples (evenly spaced; all in {file})"
+            if len(rows) < total else f"{total:,} samples (from {file})")
     data = json.dumps(rows).replace("<", "\\u003c")  # no text can end or re-open the script element
     return (f"<h2>Samples</h2><p class='note' id='sample-note'>{note}; texts longer than {MAX_TEXT_CHARS} characters "
             "are cut</p><p><input id='search' type='search' placeholder='search prompts, completions, methods'> "
@@ -345,6 +345,8 @@ def render(run_dir: Path) -> str:
     rounds = read_jsonl(run_dir / "online.jsonl")
     points = frontier_points(_read_summary(run_dir)) + online_points(rounds)
     charts = ([online_curves(rounds)] if rounds else []) + curve_charts(metrics)
+    samples = "rows.jsonl" if (run_dir / "rows.jsonl").is_file() and not (run_dir / "samples.jsonl").is_file() \
+        else "samples.jsonl"  # a red-teaming run's per-record rows
     out = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
            "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'; "
            "script-src 'unsafe-inline'; img-src data:\">",
@@ -355,7 +357,7 @@ def render(run_dir: Path) -> str:
            "<h2>Training curves</h2>",
            f"<div class='charts' id='curves'>{''.join(charts)}</div>" if charts
            else "<p class='note'>No metrics.jsonl in this run.</p>",
-           _samples_section(*sample_rows(read_jsonl(run_dir / "samples.jsonl"))),
+           _samples_section(*sample_rows(read_jsonl(run_dir / samples)), samples),
            f"<h2>Config</h2><pre id='config'>{html.escape(config_text) or '(no config.yaml)'}</pre><h2>Environment</h2>"
            "<dl>", *(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>"
                      for k, v in environment(training or run_dir, config_text).items()), "</dl>"]

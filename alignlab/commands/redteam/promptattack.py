@@ -1,0 +1,30 @@
+"""`alignlab redteam promptattack`: PromptAttack's perturbation instructions, fidelity filter and ensemble against the
+model as a zero-shot sentiment classifier of generated reviews (rule-based perturbers: no instruction-following
+attacker is needed offline)."""
+
+from __future__ import annotations
+
+import argparse
+
+from alignlab.commands.redteam import add_attack_options, attacked_model, positive, settings_of
+from alignlab.errors import ConfigError
+from alignlab.redteam.base import write_attack
+from alignlab.redteam.promptattack import TAU1, TAU2, promptattack_report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reviews", type=int, default=40, help="generated reviews of known polarity classified")
+    parser.add_argument("--tau1", type=float, default=TAU1, help="largest word modification ratio (word- and "
+                        f"character-level instructions; default {TAU1})")
+    parser.add_argument("--tau2", type=float, default=TAU2, help=f"smallest similarity (default {TAU2})")
+    add_attack_options(parser)
+
+
+def run(args: argparse.Namespace) -> None:
+    positive(args, "reviews")
+    for name in ("tau1", "tau2"):
+        if not 0 <= getattr(args, name) <= 1:
+            raise ConfigError(f"--{name} must lie in [0, 1], got {getattr(args, name)}")
+    model, tokenizer = attacked_model(args)
+    write_attack(args.out, args.overwrite, settings_of(args), lambda: promptattack_report(
+        model, tokenizer, args.reviews, args.seed, args.tau1, args.tau2, not args.quiet), "promptattack.png")
