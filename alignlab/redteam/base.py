@@ -7,14 +7,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from alignlab.report.html import write_report_safely
-from alignlab.report.plots import line_chart
+from alignlab.report.plots import bar_chart, line_chart
 from alignlab.run_folder import RunFolder
 
 
 @dataclass
 class AttackReport:
     """The outcome of one red-teaming run, before anything is written: ``result.json`` (`result`), the per-record rows
-    (``rows.jsonl``: one per prompt, pair, candidate or leaf), and a line chart (`series`: {label: (x, y)})."""
+    (``rows.jsonl``: one per prompt, pair, candidate or leaf), and a chart: lines (`series`: {label: (x, y)}) or,
+    for named groups, bars (`bars`: {group: {bar: height}})."""
 
     result: dict
     rows: list[dict]
@@ -22,6 +23,7 @@ class AttackReport:
     xlabel: str = ""
     ylabel: str = ""
     title: str = ""
+    bars: dict[str, dict[str, float | None]] = field(default_factory=dict)
     summary: str = ""
     """One line for the log: the headline numbers."""
 
@@ -39,7 +41,9 @@ def write_attack(out: str, overwrite: bool, settings: dict, attack: Callable[[],
         report = attack()
         folder.write_json("result.json", report.result)
         folder.write_jsonl("rows.jsonl", report.rows)
-        if report.series:
+        if report.bars:
+            bar_chart(folder.file(chart), report.bars, report.ylabel, report.title)
+        elif report.series:
             line_chart(folder.file(chart), report.series, report.xlabel, report.ylabel, report.title)
     log(f"{report.summary}; wrote {folder.file('result.json')}{''.join(page)}")
     return report

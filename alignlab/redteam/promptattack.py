@@ -490,10 +490,9 @@ def promptattack_report(model, tokenizer, n_reviews: int = 40, seed: int = 0, ta
         "note": "offline harness only: tiny-llama is a weak zero-shot classifier whose great/awful margins are "
                 "small, so ASR here counts flips of near-tied decisions, not the paper's attack",
     }
-    k_done = [k for k, ins in enumerate(INSTRUCTIONS) if ins.id in per_instruction]
-    series = {"ASR per instruction": (k_done, [per_instruction[INSTRUCTIONS[k].id]["asr"] for k in k_done]),
-              "ensemble": ([k_done[0], k_done[-1]], [ensemble_asr, ensemble_asr])}
+    bars = {name: {"ASR": entry["asr"]} for name, entry in per_instruction.items()}
+    bars["ensemble"] = {"ASR": ensemble_asr}
     summary = (f"PromptAttack toy: clean accuracy {result['clean_accuracy']:.3f}, best single ASR {best_single:.3f},"
                f" ensemble ASR {ensemble_asr:.3f} ({similarity_name.split(' (')[0]}, τ1={tau1}, τ2={tau2})")
-    return AttackReport(result, _rows(reviews, run), series, xlabel="instruction index (C1…S1)", ylabel="ASR",
-                        title="PromptAttack: ASR per perturbation instruction and ensemble", summary=summary)
+    return AttackReport(result, _rows(reviews, run), ylabel="attack success rate", bars=bars, summary=summary,
+                        title=f"PromptAttack: ASR by instruction (clean accuracy {result['clean_accuracy']:.2f})")

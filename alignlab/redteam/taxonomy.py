@@ -249,8 +249,8 @@ def taxonomy_report(model=None, tokenizer=None, depth: int = 2, fan_out: int = 3
     }
     rows = [{**record, "attacked": bool(hit)} for record, hit in zip(records, successes, strict=True)]
     categories = sorted(asr["by_category"])
-    series = {"ASR per category": (list(range(len(categories))), [asr["by_category"][c] for c in categories])}
+    bars = {category: {"ASR": asr["by_category"][category]} for category in categories}
     summary = (f"SAGE-RT orchestration: {len(paths)} leaves, {len(records)} prompts, toy ASR {asr['overall']:.3f} "
                f"({'VADER toy judge' if judged else 'no judge'})")
-    return AttackReport(result, rows, series, xlabel="category (" + ", ".join(categories) + ")", ylabel="ASR",
-                        title="SAGE-RT-style red-team data: ASR per harm category", summary=summary)
+    return AttackReport(result, rows, ylabel="attack success rate", bars=bars, summary=summary,
+                        title="SAGE-RT-style red-team data: ASR per harm category")

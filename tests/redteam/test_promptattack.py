@@ -205,6 +205,7 @@ def test_small_report(tiny):
     assert result["ensemble"]["highest_asr"] is True
     rejected = sum(not row["passed_filter"] for row in report.rows)
     assert rejected == sum(v["rejected_by_filter"] for v in result["per_instruction"].values())
-    assert report.series["ASR per instruction"][0] == [0, 1, 2, 3, 4, 5, 6]
+    assert list(report.bars) == ["C1", "C2", "C3", "W1", "W2", "W3", "S1", "ensemble"]
+    assert report.bars["ensemble"]["ASR"] == result["ensemble"]["asr"]
     with pytest.raises(ConfigError, match="n_reviews"):
         pa.promptattack_report(model, tokenizer, n_reviews=1)

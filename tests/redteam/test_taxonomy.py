@@ -130,4 +130,4 @@ def test_report_with_the_toy_vader_judge():
     assert set(report.result["asr"]["by_category"]) == {"privacy", "misinformation"}
     attacked = [row["attacked"] for row in report.rows]
     assert report.result["asr"]["overall"] == pytest.approx(sum(attacked) / len(attacked))
-    assert report.series["ASR per category"][0] == [0, 1]
+    assert {name: bar["ASR"] for name, bar in report.bars.items()} == report.result["asr"]["by_category"]
