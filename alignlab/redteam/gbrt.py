@@ -6,12 +6,15 @@ them as soft one-hots through the frozen LM's input embeddings (``inputs_embeds 
 tokens differentiably (each a Gumbel-softmax sample of the previous logits at τ_dec), scores the soft response with a
 differentiable classifier and descends
 
-    Loss = −mean_b p(unsafe)_b + λ_t · L_real,   L_real = −mean_{b,i} Σ_v q_i(v) · log p_LM(v | prefix, x_<i)
+    Loss = −mean_b p(unsafe)_b + λ_t · L_real,   L_real = −mean_{b,i} Σ_v q_i(v) · log p_LM(v | prefix, x_<i) / 30
 
-with q = masked softmax(θ). The official code divides the sum over positions by a constant 30; here it is the mean
-over positions and batch. The schedules (lr, τ_in, τ_dec geometric; λ linear) and the "GBRT-RealismLoss" defaults are
-in `GBRTSettings`. `gbrt_report` runs the offline toy demonstration: red-teaming the embedded model for negativity
-with a VADER-lexicon stand-in classifier.
+with q = masked softmax(θ), scaled down by the official constant 30 (``difference_loss``: Σ_v over the vocabulary,
+then /30, then the mean over batch and positions). The schedules (lr, τ_in, τ_dec geometric; λ linear) and the
+"GBRT-RealismLoss" defaults are in `GBRTSettings`. Unlike the official code, which takes the hard sample's argmax
+over the whole vocabulary and masks afterwards (a masked argmax leaves an all-zero row), the mask applies before the
+argmax; and evaluation round-trips the prompt alone through text, not prefix + prompt + separator. `gbrt_report` runs
+the offline toy demonstration: red-teaming the embedded model for negativity with a VADER-lexicon stand-in
+classifier.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from alignlab.errors import ConfigError
@@ -148,13 +152,14 @@ class GBRTSettings:
                 raise ConfigError(f"gbrt.{name} must be >= 0, got {getattr(self, name)!r}")
 
     def at(self, step: int) -> dict[str, float | bool]:
-        """Every scheduled quantity at `step` (T = steps − 1, so the last step reaches the end values)."""
-        total = self.steps - 1
+        """Every scheduled quantity at `step`, as the official ``experiment.py`` computes them: t/T with T = steps
+        (the last step stops one step short of the end values), hard once step > fraction·steps."""
+        total = self.steps
         return {"lr": geometric_schedule(self.lr_start, self.lr_end, step, total),
                 "tau": geometric_schedule(self.tau_start, self.tau_end, step, total),
-                "hard": step >= self.hard_fraction * self.steps,
+                "hard": step > self.hard_fraction * self.steps,
                 "decode_tau": geometric_schedule(self.decode_tau_start, self.decode_tau_end, step, total),
-                "decode_hard": step >= self.decode_hard_fraction * self.steps,
+                "decode_hard": step > self.decode_hard_fraction * self.steps,
                 "realism": linear_schedule(self.realism_start, self.realism_end, step, total)}
 
 
@@ -191,11 +196,16 @@ def soft_decode(model, prompt_sample: torch.Tensor, prefix_ids: Sequence[int], s
     return prompt_logits.float(), torch.stack(responses, dim=1)
 
 
+REALISM_SCALE = 30.0
+"""The official ``difference_loss`` divides its cross-entropy by this constant ("to scale the loss")."""
+
+
 def realism_loss(theta: torch.Tensor, prompt_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """L_real = −mean_{b,i} Σ_v q_i(v)·log p_LM(v | prefix, x_<i), q = masked softmax(θ) (GBRT step 7). The official
-    code divides the sum over positions by the constant 30; this is the mean over positions and batch."""
+    """L_real = −mean_{b,i} Σ_v q_i(v)·log p_LM(v | prefix, x_<i) / 30, q = masked softmax(θ) (GBRT step 7; the
+    official ``difference_loss``: the sum over the vocabulary divided by `REALISM_SCALE`, then the mean over batch
+    and prompt positions)."""
     q = masked_softmax(theta, mask)
-    return -(q.unsqueeze(0) * torch.log_softmax(prompt_logits, dim=-1)).sum(-1).mean()
+    return -(q.unsqueeze(0) * torch.log_softmax(prompt_logits, dim=-1)).sum(-1).mean() / REALISM_SCALE
 
 
 def adversarial_loss(classifier: Classifier, responses: torch.Tensor) -> torch.Tensor:
@@ -272,7 +282,7 @@ def gbrt_attack(model, classifier: Classifier, prefix_ids: Sequence[int], separa
     theta = torch.zeros(settings.prompt_length, vocab, device=embedding.device, requires_grad=True)
     optimizer = torch.optim.Adam([theta], lr=settings.lr_start)
     result = GBRTResult(theta=theta)
-    for step in range(settings.steps):
+    for step in tqdm(range(settings.steps), desc=f"GBRT seed {seed}", disable=not progress, leave=False):
         for group in optimizer.param_groups:
             group["lr"] = settings.at(step)["lr"]
         loss, adv, real = gbrt_step(model, classifier, theta, mask, prefix_ids, separator_ids, settings, step,
@@ -283,8 +293,6 @@ def gbrt_attack(model, classifier: Classifier, prefix_ids: Sequence[int], separa
         result.losses.append(loss.item())
         result.adversarial_losses.append(adv.item())
         result.realism_losses.append(real.item())
-        if progress and (step % 50 == 0 or step == settings.steps - 1):
-            print(f"gbrt seed {seed} step {step}: loss {loss.item():.4f} adv {adv.item():.4f} real {real.item():.3f}")
     result.theta = theta.detach()
     result.prompt_ids = masked_argmax(result.theta, mask).tolist()
     return result
@@ -399,7 +407,8 @@ def gbrt_report(model, tokenizer, settings: GBRTSettings | None = None, seeds: S
     vocab = model.get_input_embeddings().weight.shape[0]
     mask = vocabulary_mask(tokenizer, settings.excluded_tokens, vocab)
     classifier = lexicon_classifier(vader_token_valences(tokenizer, vocab), k)
-    prefix_ids = tokenizer(settings.prefix, add_special_tokens=False).input_ids
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []  # the official prefix starts with 0
+    prefix_ids = bos + tokenizer(settings.prefix, add_special_tokens=False).input_ids
     separator_ids = tokenizer(settings.separator, add_special_tokens=False).input_ids
     n = best_of_n or settings.steps * settings.batch_size
     no_realism = GBRTSettings(**{**asdict(settings), "realism_start": 0.0, "realism_end": 0.0})

@@ -24,15 +24,16 @@ from __future__ import annotations
 import importlib.util
 import random
 import re
-import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
 from alignlab.assets import corpus
 from alignlab.errors import ConfigError
 from alignlab.redteam.base import AttackReport
+from alignlab.redteam.perturbers import RULES
 
 
 @dataclass(frozen=True)
@@ -105,15 +106,22 @@ def word_modification_ratio(original: str, perturbed: str) -> float:
     return levenshtein(tokens, WORD_PATTERN.findall(perturbed)) / len(tokens)
 
 
-def ratio_limit(instruction_index: int, tau1: float = TAU1) -> float:
-    """τ1 for character- and word-level instructions; 1 (no limit) for sentence-level ones (index ≥ 6)."""
-    return 1.0 if instruction_index >= SENTENCE_LEVEL_FROM else tau1
+OFFICIAL_EXEMPT_FROM = 7
+"""Where the official code's τ1 exemption starts (``tau_1 = 1.0 if i >= 7``): S2 and S3 only, so S1's handle is
+held to τ1 there; the paper exempts every sentence-level instruction (`SENTENCE_LEVEL_FROM`, the default)."""
+
+
+def ratio_limit(instruction_index: int, tau1: float = TAU1, exempt_from: int = SENTENCE_LEVEL_FROM) -> float:
+    """τ1 for character- and word-level instructions; 1 for those from `exempt_from` on (sentence-level: index ≥ 6;
+    `OFFICIAL_EXEMPT_FROM` for the official code's choice). A limit of 1 still rejects a ratio above 1 (a handle added
+    to a one-word text), as the official comparison does."""
+    return 1.0 if instruction_index >= exempt_from else tau1
 
 
 def passes_filter(ratio: float, similarity: float, instruction_index: int, tau1: float = TAU1,
-                  tau2: float = TAU2) -> bool:
+                  tau2: float = TAU2, exempt_from: int = SENTENCE_LEVEL_FROM) -> bool:
     """The fidelity filter: ratio ≤ τ1 (1 for S-type instructions) and similarity ≥ τ2."""
-    return ratio <= ratio_limit(instruction_index, tau1) and similarity >= tau2
+    return ratio <= ratio_limit(instruction_index, tau1, exempt_from) and similarity >= tau2
 
 
 def victim_prediction(answer: str, labels: list[str]) -> str | None:
@@ -163,95 +171,6 @@ def choose_candidate(candidates: Sequence[Candidate | None], label: str) -> Cand
     one with the highest similarity (the first on a tie); None keeps the original."""
     successful = [c for c in candidates if c is not None and c.passed and c.prediction != label]
     return max(successful, key=lambda c: c.similarity, default=None)
-
-
-SYNONYMS = {
-    "film": "movie", "movie": "film", "story": "tale", "plot": "storyline", "script": "screenplay",
-    "ending": "finale", "cast": "ensemble", "score": "music", "soundtrack": "music", "scene": "sequence",
-    "watched": "saw", "saw": "watched", "minute": "moment", "whole": "entire", "thing": "picture",
-    "follows": "tracks", "plays": "portrays", "directs": "helms", "performance": "portrayal", "end": "finish",
-    "city": "town", "village": "hamlet", "night": "evening", "friends": "pals", "hours": "hrs",
-    "characters": "roles", "dialogue": "lines", "editing": "cutting", "photography": "camerawork",
-    "last": "past", "set": "located", "about": "concerning", "it": "this", "honestly": "frankly",
-}
-"""W1's synonym table: sentiment-neutral words of movie reviews (never a sentiment word)."""
-FILLER_WORDS = ("really", "very", "quite", "truly", "simply", "rather", "honestly", "genuinely", "just", "the", "a")
-"""W2 deletes only these, words that carry no sentiment."""
-NEUTRAL_WORDS = ("actually", "basically", "also", "indeed", "overall", "anyway", "somehow", "literally")
-"""W3 inserts these."""
-
-
-def _word_spans(text: str, min_length: int = 1) -> list[re.Match]:
-    return [m for m in re.finditer(r"[A-Za-z]+", text) if len(m.group()) >= min_length]
-
-
-def _replace_spans(text: str, replacements: dict[tuple[int, int], str]) -> str:
-    for (start, end), new in sorted(replacements.items(), reverse=True):
-        text = text[:start] + new + text[end:]
-    return text
-
-
-def _typo(word: str, rng: random.Random) -> str:
-    i = rng.randrange(1, len(word) - 2) if len(word) > 3 else 0
-    swapped = word[:i] + word[i + 1] + word[i] + word[i + 2:]
-    return swapped if swapped != word else word[:i] + word[i] + word[i:]  # "ll" cannot swap: double a letter
-
-
-def perturb_c1(text: str, rng: random.Random) -> str:
-    """Typos (two neighbouring letters swapped, or one doubled) in at most two words of four letters or more."""
-    spans = _word_spans(text, 4)
-    chosen = rng.sample(spans, min(2, len(spans)))
-    return _replace_spans(text, {m.span(): _typo(m.group(), rng) for m in chosen})
-
-
-def perturb_c2(text: str, rng: random.Random) -> str:
-    """At most two letters replaced by other lowercase letters."""
-    letters = [i for i, ch in enumerate(text) if ch.isalpha()]
-    chars = list(text)
-    for i in rng.sample(letters, min(2, len(letters))):
-        chars[i] = rng.choice([c for c in string.ascii_lowercase if c != chars[i].lower()])
-    return "".join(chars)
-
-
-def perturb_c3(text: str, rng: random.Random) -> str:
-    """One or two extraneous characters appended at the end."""
-    return text + "".join(rng.choice("~^*#%") for _ in range(rng.randint(1, 2)))
-
-
-def perturb_w1(text: str, rng: random.Random) -> str:
-    """At most two words swapped for their entry in `SYNONYMS` (case of the first letter kept)."""
-    spans = [m for m in _word_spans(text) if m.group().lower() in SYNONYMS]
-    chosen = rng.sample(spans, min(2, len(spans)))
-
-    new = {m.span(): SYNONYMS[m.group().lower()] for m in chosen}
-    return _replace_spans(text, {span: w.capitalize() if text[span[0]].isupper() else w for span, w in new.items()})
-
-
-def perturb_w2(text: str, rng: random.Random) -> str:
-    """At most two `FILLER_WORDS` deleted (with the space after them)."""
-    spans = [m for m in re.finditer(r"\b([A-Za-z]+) ", text) if m.group(1).lower() in FILLER_WORDS]
-    chosen = rng.sample(spans, min(2, len(spans)))
-    return _replace_spans(text, {m.span(): "" for m in chosen})
-
-
-def perturb_w3(text: str, rng: random.Random) -> str:
-    """One or two `NEUTRAL_WORDS` inserted before randomly chosen words (not the first)."""
-    spans = _word_spans(text)[1:]
-    chosen = rng.sample(spans, min(rng.randint(1, 2), len(spans)))
-    return _replace_spans(text, {(m.start(), m.start()): rng.choice(NEUTRAL_WORDS) + " " for m in chosen})
-
-
-def perturb_s1(text: str, rng: random.Random) -> str:
-    """A random handle such as "@fasuv3" appended."""
-    handle = "".join(rng.choice(string.ascii_lowercase) for _ in range(5)) + str(rng.randrange(10))
-    return f"{text} @{handle}"
-
-
-RULES: dict[str, Callable[[str, random.Random], str]] = {
-    "C1": perturb_c1, "C2": perturb_c2, "C3": perturb_c3, "W1": perturb_w1, "W2": perturb_w2, "W3": perturb_w3,
-    "S1": perturb_s1,
-}
-"""The instructions a rule can follow; S2 (paraphrase) and S3 (syntax change) need an instruction-following LLM."""
 
 
 class RulePerturber:
@@ -310,12 +229,17 @@ def embedding_similarity(model, tokenizer) -> Similarity:
     return similarity
 
 
-def default_similarity(model, tokenizer) -> tuple[str, Similarity]:
-    """BERTScore F1 (lang="en", as the paper) when the ``bert_score`` package is importable, else
-    `embedding_similarity` of `model`; with the name to report."""
-    if importlib.util.find_spec("bert_score") is None:
+def chosen_similarity(name: str, model, tokenizer) -> tuple[str, Similarity]:
+    """The similarity asked for, with the name to report: "embedding" (`embedding_similarity` of `model`, a
+    substitute for BERTScore) or "bertscore" (F1, lang="en", as the paper; the ``bert_score`` package must be
+    installed, and it downloads its model)."""
+    if name == "embedding":
         return "embedding cosine (mean-pooled last hidden states; substitute for BERTScore)", \
             embedding_similarity(model, tokenizer)
+    if name != "bertscore":
+        raise ConfigError(f"similarity: '{name}' is neither 'embedding' nor 'bertscore'")
+    if importlib.util.find_spec("bert_score") is None:
+        raise ConfigError("similarity bertscore needs the bert_score package (pip install bert-score)")
     scorer = importlib.import_module("bert_score")
 
     def bertscore(originals: list[str], candidates: list[str]) -> list[float]:
@@ -350,7 +274,8 @@ def rewrite(texts: list[str], labels: list[str], label_set: list[str], attacker:
 
 def run_attack(texts: list[str], labels: list[str], label_set: list[str], attacker: Callable[[str], str | None],
                victim: Callable[[list[str]], list[str | None]], similarity: Similarity, tau1: float = TAU1,
-               tau2: float = TAU2, ratio_index: str = "loop", outer_index: int = 0) -> AttackRun:
+               tau2: float = TAU2, ratio_index: str = "loop", outer_index: int = 0,
+               exempt_from: int = SENTENCE_LEVEL_FROM, progress: bool = False) -> AttackRun:
     """All nine instructions on every sample, the fidelity filter and the ensemble. `victim` classifies a batch.
 
     `ratio_index="loop"` (default, the official batch code): each candidate's own instruction decides whether τ1
@@ -359,11 +284,11 @@ def run_attack(texts: list[str], labels: list[str], label_set: list[str], attack
     _check_lengths(texts=texts, labels=labels)
     if ratio_index not in ("loop", "outer"):
         raise ConfigError(f"ratio_index: '{ratio_index}' is neither 'loop' nor 'outer'")
-    if not 0 < tau1 <= 1 or not -1 <= tau2 <= 1:
-        raise ConfigError(f"tau1/tau2: need 0 < tau1 ≤ 1 and -1 ≤ tau2 ≤ 1, got {tau1}, {tau2}")
+    if not 0 <= tau1 <= 1 or not -1 <= tau2 <= 1:
+        raise ConfigError(f"tau1/tau2: need 0 ≤ tau1 ≤ 1 and -1 ≤ tau2 ≤ 1, got {tau1}, {tau2}")
     clean = victim(texts)
     candidates = []
-    for k, instruction in enumerate(INSTRUCTIONS):
+    for k, instruction in enumerate(tqdm(INSTRUCTIONS, desc="PromptAttack instructions", disable=not progress)):
         rewrites = rewrite(texts, labels, label_set, attacker, instruction)
         done = [i for i, text in enumerate(rewrites) if text is not None]
         sims = similarity([texts[i] for i in done], [rewrites[i] for i in done]) if done else []
@@ -371,7 +296,7 @@ def run_attack(texts: list[str], labels: list[str], label_set: list[str], attack
         row: list[Candidate | None] = [None] * len(texts)
         for i, sim, pred in zip(done, sims, preds, strict=True):
             ratio = word_modification_ratio(texts[i], rewrites[i])
-            passed = passes_filter(ratio, sim, k if ratio_index == "loop" else outer_index, tau1, tau2)
+            passed = passes_filter(ratio, sim, k if ratio_index == "loop" else outer_index, tau1, tau2, exempt_from)
             row[i] = Candidate(k, rewrites[i], ratio, float(sim), passed, pred)
         candidates.append(row)
     chosen = [choose_candidate([row[i] for row in candidates], labels[i]) for i in range(len(texts))]
@@ -445,17 +370,20 @@ def _rows(reviews: list[tuple[str, str]], run: AttackRun) -> list[dict]:
 
 
 def promptattack_report(model, tokenizer, n_reviews: int = 40, seed: int = 0, tau1: float = TAU1,
-                        tau2: float = TAU2, progress: bool = False) -> AttackReport:
+                        tau2: float = TAU2, progress: bool = False, exempt_from: int = SENTENCE_LEVEL_FROM,
+                        similarity: str = "embedding") -> AttackReport:
     """The toy demonstration: `model` (the embedded tiny-llama) is the victim, as a zero-shot sentiment classifier of
     generated single-polarity reviews; `RulePerturber` is the attacker. Reports the clean accuracy, then ASR and
-    robust accuracy per rule and for the ensemble, and how many candidates the filter rejected per instruction."""
+    robust accuracy per rule and for the ensemble, and how many candidates the filter rejected per instruction.
+    `similarity`: "embedding" (`embedding_similarity` of `model`, offline) or "bertscore" (the paper's; needs the
+    ``bert_score`` package and its model download)."""
     if n_reviews < 2:
         raise ConfigError(f"n_reviews: need at least 2, got {n_reviews}")
     reviews = toy_reviews(n_reviews, seed)
     texts, labels = [t for t, _ in reviews], [y for _, y in reviews]
-    similarity_name, similarity = default_similarity(model, tokenizer)
-    run = run_attack(texts, labels, LABELS, RulePerturber(seed), sentiment_victim(model, tokenizer), similarity,
-                     tau1, tau2)
+    similarity_name, similar = chosen_similarity(similarity, model, tokenizer)
+    run = run_attack(texts, labels, LABELS, RulePerturber(seed), sentiment_victim(model, tokenizer), similar,
+                     tau1, tau2, exempt_from=exempt_from, progress=progress)
     per_instruction, skipped = {}, []
     for k, instruction in enumerate(INSTRUCTIONS):
         row = run.candidates[k]
@@ -469,14 +397,12 @@ def promptattack_report(model, tokenizer, n_reviews: int = 40, seed: int = 0, ta
             "rejected_by_filter": sum(c is not None and not c.passed for c in row),
             "fooled_before_filter": sum(c is not None and c.prediction != y and p == y
                                         for c, p, y in zip(row, run.clean, labels, strict=True))}
-        if progress:
-            print(f"promptattack {instruction.id}: ASR {per_instruction[instruction.id]['asr']:.3f}")
     ensemble_asr = attack_success_rate(run.clean, run.ensemble(), labels)
     best_single = max(v["asr"] for v in per_instruction.values())
     single_tokens = all(len(tokenizer(w, add_special_tokens=False)["input_ids"]) == 1 for w in VERDICT_WORDS.values())
     result = {
         "method": "PromptAttack (Xu et al., ICLR 2024), offline harness",
-        "n_reviews": n_reviews, "seed": seed, "tau1": tau1, "tau2": tau2,
+        "n_reviews": n_reviews, "seed": seed, "tau1": tau1, "tau2": tau2, "tau1_exempt_from_index": exempt_from,
         "clean_accuracy": robust_accuracy(run.clean, labels),
         "per_instruction": per_instruction,
         "ensemble": {"asr": ensemble_asr, "robust_accuracy": robust_accuracy(run.ensemble(), labels),

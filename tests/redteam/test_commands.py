@@ -57,7 +57,11 @@ def test_promptattack_and_taxonomy_write_their_folders(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["steering", "--n-pairs", "0"], "--n-pairs must be positive, got 0"),
     (["promptattack", "--tau1", "2"], "--tau1 must lie in [0, 1], got 2.0"),
-    (["taxonomy", "--fan-out", "0"], "--fan-out"),
+    (["taxonomy", "--fan-out", "0"], "--fan-out must be at least 1, got 0"),
+    (["taxonomy", "--depth", "0"], "--depth must be at least 1 (without --taxonomy"),
+    (["promptattack", "--reviews", "1"], "--reviews must be at least 2, got 1"),
+    (["steering", "--multipliers", "-1", "nan"], "--multipliers must be finite numbers"),
+    (["gbrt", "--set", "prefix="], "--set prefix=: the prefix must not be empty"),
     (["steering", "--pairs", "missing.jsonl"], "missing.jsonl"),
 ])
 def test_bad_options_are_refused_before_the_folder(tmp_path, capsys, argv, message):

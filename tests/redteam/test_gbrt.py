@@ -105,10 +105,12 @@ def test_schedule_endpoints_and_official_defaults():
     assert geometric_schedule(0.003, 1.5, 500, 1000) == pytest.approx(math.sqrt(0.003 * 1.5))
     assert linear_schedule(0.0, 1.9, 250, 1000) == pytest.approx(0.475)
     settings = GBRTSettings()
-    first, last = settings.at(0), settings.at(1000)
+    first, last = settings.at(0), settings.at(1001)  # T = steps, as the official code divides by
     assert (first["lr"], first["tau"], first["decode_tau"], first["realism"]) == pytest.approx((0.003, 47, 100, 0))
     assert (last["lr"], last["tau"], last["decode_tau"], last["realism"]) == pytest.approx((1.5, 0.001, 0.01, 1.9))
     assert not settings.at(870)["hard"] and settings.at(871)["hard"]  # 0.87 · 1001 = 870.87
+    whole = GBRTSettings(steps=100, hard_fraction=0.5)  # hard strictly after fraction·steps, as the official ">"
+    assert not whole.at(50)["hard"] and whole.at(51)["hard"]
     assert not any(settings.at(step)["decode_hard"] for step in (0, 500, 1000))
     assert (settings.batch_size, settings.prompt_length, settings.decode_length, settings.eval_decode_length) == \
         (4, 6, 4, 15)
@@ -169,7 +171,7 @@ def test_losses_match_their_formulas():
     mask = torch.tensor([True] * 6 + [False] * 2)
     q = torch.softmax(theta[:, :6], -1)
     log_p = torch.log_softmax(prompt_logits, -1)[..., :6]
-    expected = -sum((q[i] * log_p[b, i]).sum() for b in range(2) for i in range(3)) / 6
+    expected = -sum((q[i] * log_p[b, i]).sum() for b in range(2) for i in range(3)) / 6 / 30  # official /30
     assert realism_loss(theta, prompt_logits, mask).item() == pytest.approx(expected.item(), rel=1e-5)
     responses = torch.softmax(torch.randn(4, 5, 8), -1)
     valences = torch.randn(8)

@@ -12,6 +12,7 @@ from alignlab.assets import EMBEDDED_MODEL_DIR
 from alignlab.errors import ConfigError
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.redteam import promptattack as pa
+from alignlab.redteam.perturbers import perturb_c3
 from alignlab.redteam.promptattack import (
     INSTRUCTIONS,
     Candidate,
@@ -167,7 +168,7 @@ def test_rule_perturbers_skip_s2_s3_and_c3_appends_only():
     for k in (7, 8):
         prompt = attack_prompt({"sentence": "good"}, "positive", ["negative"], "sentence", INSTRUCTIONS[k].text)
         assert RulePerturber()(prompt) is None
-    new = pa.perturb_c3("nice film.", random.Random(0))
+    new = perturb_c3("nice film.", random.Random(0))
     assert new.startswith("nice film.") and 1 <= len(new) - len("nice film.") <= 2
     with pytest.raises(ConfigError, match="prompt"):
         RulePerturber()("not an attack prompt")
@@ -175,9 +176,10 @@ def test_rule_perturbers_skip_s2_s3_and_c3_appends_only():
 
 def test_embedding_similarity_is_one_for_identical_texts(tiny):
     model, tokenizer = tiny
-    name, similarity = pa.default_similarity(model, tokenizer)
-    if "BERTScore" not in name:
-        assert "substitute" in name
+    name, similarity = pa.chosen_similarity("embedding", model, tokenizer)
+    assert "substitute for BERTScore" in name
+    with pytest.raises(ConfigError, match="similarity: 'cosine' is neither"):
+        pa.chosen_similarity("cosine", model, tokenizer)
     same, other = similarity(["a moving film.", "a moving film."], ["a moving film.", "Skip this one."])
     assert same == pytest.approx(1.0, abs=1e-5) and other < same
 
@@ -209,3 +211,13 @@ def test_small_report(tiny):
     assert report.bars["ensemble"]["ASR"] == result["ensemble"]["asr"]
     with pytest.raises(ConfigError, match="n_reviews"):
         pa.promptattack_report(model, tokenizer, n_reviews=1)
+
+
+def test_the_official_tau1_exemption_holds_s1_to_tau1():
+    """The paper exempts every sentence-level instruction from τ1 (index ≥ 6); the official code only S2 and S3
+    (i ≥ 7), so a handle that changes 20% of the words passes one and fails the other."""
+    s1 = 6
+    assert pa.passes_filter(0.2, 0.95, s1, tau1=0.15)
+    assert not pa.passes_filter(0.2, 0.95, s1, tau1=0.15, exempt_from=pa.OFFICIAL_EXEMPT_FROM)
+    assert pa.passes_filter(0.2, 0.95, 7, tau1=0.15, exempt_from=pa.OFFICIAL_EXEMPT_FROM)
+    assert not pa.passes_filter(2.0, 0.95, 8)  # a limit of 1 still bounds the ratio, as the official "<=" does

@@ -41,7 +41,10 @@ def gbrt_settings(steps: int, overrides: list[str]) -> GBRTSettings:
             changes[name] = fields[name](value)
         except ValueError:
             raise ConfigError(f"--set {item}: {name} takes a value of type {fields[name].__name__}") from None
-    return dataclasses.replace(settings, **changes)
+    settings = dataclasses.replace(settings, **changes)
+    if not settings.prefix:
+        raise ConfigError("--set prefix=: the prefix must not be empty (it conditions the first prompt position)")
+    return settings
 
 
 def run(args: argparse.Namespace) -> None:

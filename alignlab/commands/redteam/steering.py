@@ -4,10 +4,12 @@ the layer chosen by contrastive (JS) search, and a multiplier sweep of greedy co
 from __future__ import annotations
 
 import argparse
+import math
 
 from alignlab.commands.options import add_chat_option
 from alignlab.commands.redteam import add_attack_options, attacked_model, positive, settings_of
 from alignlab.data.formats import load_fields, plain_text
+from alignlab.errors import ConfigError
 from alignlab.redteam.base import write_attack
 from alignlab.redteam.steering import steering_report
 
@@ -36,11 +38,20 @@ def _pairs(args: argparse.Namespace) -> tuple[list[str], list[str], list[str]] |
         return None
     fields = (args.prompt_field, args.aligned_field, args.misaligned_field)
     records = load_fields(args.pairs, fields)
-    return tuple([plain_text(r.values[name]) for r in records] for name in fields)
+    prompts = [plain_text(r.values[args.prompt_field]) for r in records]
+    return prompts, *([last_turn(r.values[name]) for r in records] for name in fields[1:])
+
+
+def last_turn(text) -> str:
+    """A response as text: a string as it is; of chat messages, the last one's content (the assistant's answer —
+    the conversation before it is the prompt's)."""
+    return text if isinstance(text, str) else str(text[-1].get("content", ""))
 
 
 def run(args: argparse.Namespace) -> None:
     positive(args, "n_pairs", "n_eval", "max_new_tokens", "repetition_penalty")
+    if not all(math.isfinite(c) for c in args.multipliers):
+        raise ConfigError(f"--multipliers must be finite numbers, got {args.multipliers}")
     pairs = _pairs(args)
     prompts = [plain_text(r.values[args.prompt_field]) for r in load_fields(args.eval_prompts, (args.prompt_field,))
                ] if args.eval_prompts else None

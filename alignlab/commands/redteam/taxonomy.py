@@ -41,8 +41,12 @@ def read_taxonomy(path: str):
 
 
 def run(args: argparse.Namespace) -> None:
-    if args.depth < 0 or args.fan_out < 1 or args.max_new_tokens < 1:
-        raise ConfigError("--depth must be ≥ 0, --fan-out and --max-new-tokens ≥ 1")
+    if args.depth < (0 if args.taxonomy else 1):
+        raise ConfigError(f"--depth must be at least {0 if args.taxonomy else 1} (without --taxonomy the stub's tree "
+                          f"is grown from its root), got {args.depth}")
+    for name in ("fan_out", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     tree = read_taxonomy(args.taxonomy) if args.taxonomy else None
     model, tokenizer = attacked_model(args) if args.judge else (None, None)
     write_attack(args.out, args.overwrite, settings_of(args), lambda: taxonomy_report(
