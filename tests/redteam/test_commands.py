@@ -52,6 +52,9 @@ def test_promptattack_and_taxonomy_write_their_folders(tmp_path):
     assert result["n_leaves"] == 3  # the file's leaves, grown no further
     assert {row["category"] for row in rows} == {"privacy", "fraud"}
     assert len(rows) == 3 * 3 * 4  # leaves × the stub text's 3 queries × 4 templates
+    assert main(["evaluate", "refusal", str(out / "rows.jsonl"), "--type-field", "category", "--max-new-tokens", "4",
+                 "--out", str(tmp_path / "refusal"), "--quiet"]) == 0  # the prompts go on to the safety evaluations
+    assert json.loads((tmp_path / "refusal" / "result.json").read_text())["harmful_prompts"] == 36
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -77,7 +77,8 @@ def test_wrap_makes_one_record_per_query_and_template():
     queries = [(["harm", "privacy", "tracking"], "What is tracking?"), (["harm", "fraud", "scams"], "List scams.")]
     records = wrap(queries, {"plain": "{query}", "story": "In a story: {query}"})
     assert len(records) == 4
-    assert records[1] == {"prompt": "In a story: What is tracking?", "category": "privacy", "subcategory": "tracking",
+    assert records[1] == {"prompt": "In a story: What is tracking?", "label": "unsafe", "category": "privacy",
+                          "subcategory": "tracking",
                           "leaf": "tracking", "template": "story", "query": "What is tracking?",
                           "path": "harm / privacy / tracking"}
     deep = wrap([(["harm", "fraud", "scams", "phone"], "q?")], {"plain": "{query}"})[0]
