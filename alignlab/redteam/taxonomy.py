@@ -152,7 +152,8 @@ def queries_of(texts: list[tuple[list[str], str]],
 
 def wrap(queries: list[tuple[list[str], str]], templates: dict[str, str] | None = None) -> list[dict]:
     """One record per (query, template): {"prompt", "label" ("unsafe": a red-team prompt, as `alignlab evaluate
-    refusal` reads it), "category", "subcategory", "leaf", "template", "query", "path"}; `queries` are (leaf path, query) pairs, `templates` name → text with a ``{query}`` placeholder."""
+    refusal` reads it), "category", "subcategory", "leaf", "template", "query", "path"}; `queries` are (leaf path,
+    query) pairs, `templates` name → text with a ``{query}`` placeholder."""
     templates = JAILBREAK_TEMPLATES if templates is None else templates
     for name, template in templates.items():
         if "{query}" not in template:

@@ -46,10 +46,9 @@ def test_promptattack_and_taxonomy_write_their_folders(tmp_path):
     taxonomy = tmp_path / "harms.yaml"
     taxonomy.write_text(yaml.safe_dump({"privacy": ["tracking", "doxxing"], "fraud": {"scams": None}}))
     out = tmp_path / "tax"
-    assert main(["redteam", "taxonomy", "--taxonomy", str(taxonomy), "--depth", "0", "--out", str(out),
-                 "--quiet"]) == 0
+    assert main(["redteam", "taxonomy", "--taxonomy", str(taxonomy), "--out", str(out), "--quiet"]) == 0
     result, rows = run_folder(out)
-    assert result["n_leaves"] == 3  # the file's leaves, grown no further
+    assert result["n_leaves"] == 3  # the file's leaves, grown no further by default
     assert {row["category"] for row in rows} == {"privacy", "fraud"}
     assert len(rows) == 3 * 3 * 4  # leaves × the stub text's 3 queries × 4 templates
     assert main(["evaluate", "refusal", str(out / "rows.jsonl"), "--type-field", "category", "--max-new-tokens", "4",

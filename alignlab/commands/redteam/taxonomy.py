@@ -20,7 +20,8 @@ from alignlab.redteam.taxonomy import taxonomy_from_mapping, taxonomy_report
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--taxonomy", help="a YAML or JSON harm taxonomy: nested {name: children} (default: the "
                         "stub's generic categories)")
-    parser.add_argument("--depth", type=int, default=2, help="levels the stub generator grows below each leaf")
+    parser.add_argument("--depth", type=int, help="levels the stub generator grows below each leaf (default: 0 below "
+                        "a --taxonomy file's leaves, 2 for the stub's own tree)")
     parser.add_argument("--fan-out", type=int, default=3)
     parser.add_argument("--judge", action="store_true", help="judge each prompt with the toy judge: --model's "
                         "continuation, unsafe when VADER compound < -0.5 (no meaningful ASR)")
@@ -41,6 +42,8 @@ def read_taxonomy(path: str):
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.depth is None:
+        args.depth = 0 if args.taxonomy else 2
     if args.depth < (0 if args.taxonomy else 1):
         raise ConfigError(f"--depth must be at least {0 if args.taxonomy else 1} (without --taxonomy the stub's tree "
                           f"is grown from its root), got {args.depth}")
