@@ -30,7 +30,7 @@ from tqdm import tqdm
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from alignlab.errors import ConfigError
-from alignlab.redteam.base import AttackReport
+from alignlab.report.findings import Findings
 
 Classifier = Callable[[torch.Tensor], torch.Tensor]
 """Soft token distributions of the response positions [B, m, V] → p(unsafe) [B], differentiable."""
@@ -396,7 +396,7 @@ def unsafe_fraction(rows: list[dict], method: str, threshold: float = -0.5) -> f
 
 
 def gbrt_report(model, tokenizer, settings: GBRTSettings | None = None, seeds: Sequence[int] = tuple(range(16)),
-                k: float = 1.0, best_of_n: int | None = None, progress: bool = False) -> AttackReport:
+                k: float = 1.0, best_of_n: int | None = None, progress: bool = False) -> Findings:
     """The toy demonstration (spec §1): red-team the model for negativity with the VADER-lexicon stand-in classifier
     (`lexicon_classifier`). Per seed: GBRT with the λ schedule ("gbrt"), GBRT with λ = 0 ("gbrt_lambda0"), one
     random prompt ("random") and the best of N random prompts by the same classifier ("best_of_n"; N = steps ×
@@ -428,8 +428,8 @@ def gbrt_report(model, tokenizer, settings: GBRTSettings | None = None, seeds: S
 
 
 def toy_report(rows: list[dict], curves: dict[str, list[list[float]]], settings: GBRTSettings, seeds: list[int],
-               k: float, n: int) -> AttackReport:
-    """Assemble the `AttackReport`: unsafe fraction, mean p(unsafe) and median prompt perplexity per method, and
+               k: float, n: int) -> Findings:
+    """Assemble the `Findings`: unsafe fraction, mean p(unsafe) and median prompt perplexity per method, and
     the mean adversarial loss per step of both GBRT variants as the chart."""
     methods = ("gbrt", "gbrt_lambda0", "random", "best_of_n")
     unsafe = {method: unsafe_fraction(rows, method) for method in methods}
@@ -443,5 +443,5 @@ def toy_report(rows: list[dict], curves: dict[str, list[list[float]]], settings:
     series = {f"{method} adversarial loss": (list(range(settings.steps)),
                                              torch.tensor(curves[method]).mean(0).tolist()) for method in curves}
     summary = " ".join(f"{method} {unsafe[method]:.2f}" for method in methods)
-    return AttackReport(result=result, rows=rows, series=series, xlabel="step", ylabel="−p(unsafe), mean over seeds",
+    return Findings(result=result, rows=rows, series=series, xlabel="step", ylabel="−p(unsafe), mean over seeds",
                         title="GBRT on the embedded model (negativity)", summary=f"unsafe fraction: {summary}")

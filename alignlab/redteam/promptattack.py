@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 from alignlab.assets import corpus
 from alignlab.errors import ConfigError
-from alignlab.redteam.base import AttackReport
 from alignlab.redteam.perturbers import RULES
+from alignlab.report.findings import Findings
 
 
 @dataclass(frozen=True)
@@ -371,7 +371,7 @@ def _rows(reviews: list[tuple[str, str]], run: AttackRun) -> list[dict]:
 
 def promptattack_report(model, tokenizer, n_reviews: int = 40, seed: int = 0, tau1: float = TAU1,
                         tau2: float = TAU2, progress: bool = False, exempt_from: int = SENTENCE_LEVEL_FROM,
-                        similarity: str = "embedding") -> AttackReport:
+                        similarity: str = "embedding") -> Findings:
     """The toy demonstration: `model` (the embedded tiny-llama) is the victim, as a zero-shot sentiment classifier of
     generated single-polarity reviews; `RulePerturber` is the attacker. Reports the clean accuracy, then ASR and
     robust accuracy per rule and for the ensemble, and how many candidates the filter rejected per instruction.
@@ -420,5 +420,5 @@ def promptattack_report(model, tokenizer, n_reviews: int = 40, seed: int = 0, ta
     bars["ensemble"] = {"ASR": ensemble_asr}
     summary = (f"PromptAttack toy: clean accuracy {result['clean_accuracy']:.3f}, best single ASR {best_single:.3f},"
                f" ensemble ASR {ensemble_asr:.3f} ({similarity_name.split(' (')[0]}, τ1={tau1}, τ2={tau2})")
-    return AttackReport(result, _rows(reviews, run), ylabel="attack success rate", bars=bars, summary=summary,
+    return Findings(result, _rows(reviews, run), ylabel="attack success rate", bars=bars, summary=summary,
                         title=f"PromptAttack: ASR by instruction (clean accuracy {result['clean_accuracy']:.2f})")

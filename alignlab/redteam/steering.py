@@ -31,7 +31,7 @@ from alignlab.data.collate import pad_rows
 from alignlab.data.tokenize import encode_prompt, in_chat
 from alignlab.errors import ConfigError
 from alignlab.models.scoring import evaluation_mode, summed_logps
-from alignlab.redteam.base import AttackReport
+from alignlab.report.findings import Findings
 from alignlab.rewards.sentiment import SentimentReward
 
 __all__ = ["REFUSAL_PHRASES", "choose_layer", "collect_hidden", "contrast_pairs", "decoder_layers", "format_pair",
@@ -324,7 +324,7 @@ def steering_report(model, tokenizer, multipliers: Sequence[float] = (-2, -1, -0
                     n_eval: int = 32, max_new_tokens: int = 20, double_add: bool = False, seed: int = 0,
                     progress: bool = False, chat: bool | None = False, repetition_penalty: float = 1.5,
                     pairs: tuple[list[str], list[str], list[str]] | None = None,
-                    eval_prompts: list[str] | None = None) -> AttackReport:
+                    eval_prompts: list[str] | None = None) -> Findings:
     """The toy TA² demonstration (specs/redteam.md §3): "misaligned" = negative sentiment on the movie-review model.
 
     Pairs: `n_pairs` review prompts with a positive (aligned, h⁺) and a negative (misaligned, h⁻) continuation built
@@ -376,5 +376,5 @@ def steering_report(model, tokenizer, multipliers: Sequence[float] = (-2, -1, -0
               for layer in range(n_layers)}
     summary = (f"TA² steering: JS layer {result['layer_js_correct']} (official formula {result['layer_js_official']}),"
                f" most effective layer {result['most_effective_layer']}; unsteered VADER {unsteered['vader']:.3f}")
-    return AttackReport(result, rows, series, xlabel="multiplier c", ylabel="mean VADER compound",
+    return Findings(result, rows, series, xlabel="multiplier c", ylabel="mean VADER compound",
                         title="TA² activation steering: sentiment against multiplier", summary=summary)

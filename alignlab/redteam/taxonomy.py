@@ -28,7 +28,7 @@ from pathlib import Path
 from alignlab.decode.sampling import generate
 from alignlab.errors import ConfigError
 from alignlab.files import write_text_atomic
-from alignlab.redteam.base import AttackReport
+from alignlab.report.findings import Findings
 from alignlab.rewards.sentiment import SentimentReward
 
 
@@ -225,7 +225,7 @@ def vader_judge(model, tokenizer, max_new_tokens: int = 24, seed: int = 0, thres
 
 def taxonomy_report(model=None, tokenizer=None, depth: int = 2, fan_out: int = 3, seed: int = 0,
                     max_new_tokens: int = 24, progress: bool = False, tree: TaxonomyNode | None = None,
-                    log=print) -> AttackReport:
+                    log=print) -> Findings:
     """SAGE-RT's orchestration on deterministic offline stubs (`stub_generator`, `stub_writer`, `extract_queries`,
     `JAILBREAK_TEMPLATES`); with a model, the toy `vader_judge` gives a per-category "ASR" that only shows the
     aggregation working (no stub judge otherwise: every record counts as not attacked). A given `tree` (a user's
@@ -254,5 +254,5 @@ def taxonomy_report(model=None, tokenizer=None, depth: int = 2, fan_out: int = 3
     bars = {category: {"ASR": asr["by_category"][category]} for category in categories}
     summary = (f"SAGE-RT orchestration: {len(paths)} leaves, {len(records)} prompts, toy ASR {asr['overall']:.3f} "
                f"({'VADER toy judge' if judged else 'no judge'})")
-    return AttackReport(result, rows, ylabel="attack success rate", bars=bars, summary=summary,
+    return Findings(result, rows, ylabel="attack success rate", bars=bars, summary=summary,
                         title="SAGE-RT-style red-team data: ASR per harm category")

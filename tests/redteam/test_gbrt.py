@@ -14,7 +14,6 @@ from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 from alignlab.assets import EMBEDDED_MODEL_DIR
 from alignlab.errors import ConfigError
 from alignlab.models.loading import load_model
-from alignlab.redteam.base import AttackReport
 from alignlab.redteam.gbrt import (
     GBRTSettings,
     adversarial_loss,
@@ -35,6 +34,7 @@ from alignlab.redteam.gbrt import (
     vader_token_valences,
     vocabulary_mask,
 )
+from alignlab.report.findings import Findings
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +209,7 @@ def test_evaluation_is_greedy_decoding_and_perplexity_is_the_prompt_nll(tiny_lla
 def test_gbrt_report_runs_the_toy_demonstration(tiny_llama, tokenizer):
     settings = GBRTSettings(steps=3, decode_length=2, eval_decode_length=4)
     report = gbrt_report(tiny_llama, tokenizer, settings, seeds=(0, 1), best_of_n=8)
-    assert isinstance(report, AttackReport)
+    assert isinstance(report, Findings)
     assert sorted((row["method"], row["seed"]) for row in report.rows) == \
         sorted((method, seed) for method in ("gbrt", "gbrt_lambda0", "random", "best_of_n") for seed in (0, 1))
     analyzer = SentimentIntensityAnalyzer()

@@ -13,7 +13,6 @@ from alignlab.assets import EMBEDDED_MODEL_DIR
 from alignlab.assets.corpus import NEGATIVE, POSITIVE
 from alignlab.errors import ConfigError
 from alignlab.models.loading import load_model
-from alignlab.redteam.base import AttackReport
 from alignlab.redteam.steering import (
     choose_layer,
     collect_hidden,
@@ -28,6 +27,7 @@ from alignlab.redteam.steering import (
     steering_report,
     steering_vectors,
 )
+from alignlab.report.findings import Findings
 from tests.conftest import PAIRS, random_gpt2
 
 
@@ -246,7 +246,7 @@ def test_steered_generation_with_zero_multiplier_repeats_the_unsteered_one(model
 
 def test_small_steering_report_is_consistent(model, tokenizer):
     report = steering_report(model, tokenizer, multipliers=(0, -2), n_pairs=8, n_eval=4, max_new_tokens=4)
-    assert isinstance(report, AttackReport)
+    assert isinstance(report, Findings)
     result = report.result
     assert result["multipliers"] == [-2.0, 0.0]
     assert len(result["js_correct"]) == len(result["js_official"]) == len(result["vector_norms"]) == 4

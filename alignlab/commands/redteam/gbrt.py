@@ -9,8 +9,8 @@ import dataclasses
 
 from alignlab.commands.redteam import add_attack_options, attacked_model, positive, settings_of
 from alignlab.errors import ConfigError
-from alignlab.redteam.base import write_attack
 from alignlab.redteam.gbrt import GBRTSettings, gbrt_report, toy_settings
+from alignlab.report.findings import write_findings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,5 +52,5 @@ def run(args: argparse.Namespace) -> None:
     settings = gbrt_settings(args.steps, args.set)
     model, tokenizer = attacked_model(args)
     seeds = tuple(range(args.seed, args.seed + args.seeds))
-    write_attack(args.out, args.overwrite, settings_of(args), lambda: gbrt_report(
+    write_findings(args.out, args.overwrite, settings_of(args), lambda: gbrt_report(
         model, tokenizer, settings, seeds, args.k, args.best_of_n, not args.quiet), "gbrt.png")

@@ -8,7 +8,6 @@ import argparse
 
 from alignlab.commands.redteam import add_attack_options, attacked_model, settings_of
 from alignlab.errors import ConfigError
-from alignlab.redteam.base import write_attack
 from alignlab.redteam.promptattack import (
     OFFICIAL_EXEMPT_FROM,
     SENTENCE_LEVEL_FROM,
@@ -16,6 +15,7 @@ from alignlab.redteam.promptattack import (
     TAU2,
     promptattack_report,
 )
+from alignlab.report.findings import write_findings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +38,6 @@ def run(args: argparse.Namespace) -> None:
         if not 0 <= getattr(args, name) <= 1:
             raise ConfigError(f"--{name} must lie in [0, 1], got {getattr(args, name)}")
     model, tokenizer = attacked_model(args)
-    write_attack(args.out, args.overwrite, settings_of(args), lambda: promptattack_report(
+    write_findings(args.out, args.overwrite, settings_of(args), lambda: promptattack_report(
         model, tokenizer, args.reviews, args.seed, args.tau1, args.tau2, not args.quiet,
         OFFICIAL_EXEMPT_FROM if args.official_exemption else SENTENCE_LEVEL_FROM, args.similarity), "promptattack.png")

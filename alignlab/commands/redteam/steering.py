@@ -10,8 +10,8 @@ from alignlab.commands.options import add_chat_option
 from alignlab.commands.redteam import add_attack_options, attacked_model, positive, settings_of
 from alignlab.data.formats import load_fields, plain_text
 from alignlab.errors import ConfigError
-from alignlab.redteam.base import write_attack
 from alignlab.redteam.steering import steering_report
+from alignlab.report.findings import write_findings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +56,6 @@ def run(args: argparse.Namespace) -> None:
     prompts = [plain_text(r.values[args.prompt_field]) for r in load_fields(args.eval_prompts, (args.prompt_field,))
                ] if args.eval_prompts else None
     model, tokenizer = attacked_model(args)
-    write_attack(args.out, args.overwrite, settings_of(args), lambda: steering_report(
+    write_findings(args.out, args.overwrite, settings_of(args), lambda: steering_report(
         model, tokenizer, args.multipliers, args.n_pairs, args.n_eval, args.max_new_tokens, args.double_add,
         args.seed, not args.quiet, bool(args.chat), args.repetition_penalty, pairs, prompts), "steering.png")

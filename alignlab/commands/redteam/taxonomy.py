@@ -13,8 +13,8 @@ import yaml
 
 from alignlab.commands.redteam import add_attack_options, attacked_model, settings_of
 from alignlab.errors import ConfigError
-from alignlab.redteam.base import write_attack
 from alignlab.redteam.taxonomy import taxonomy_from_mapping, taxonomy_report
+from alignlab.report.findings import write_findings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +52,6 @@ def run(args: argparse.Namespace) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     tree = read_taxonomy(args.taxonomy) if args.taxonomy else None
     model, tokenizer = attacked_model(args) if args.judge else (None, None)
-    write_attack(args.out, args.overwrite, settings_of(args), lambda: taxonomy_report(
+    write_findings(args.out, args.overwrite, settings_of(args), lambda: taxonomy_report(
         model, tokenizer, args.depth, args.fan_out, args.seed, args.max_new_tokens, not args.quiet, tree),
         "taxonomy.png")

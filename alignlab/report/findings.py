@@ -1,5 +1,5 @@
-"""What every red-teaming method hands back to the command that runs it — numbers, per-record rows and one chart —
-and the one function that writes it into a run folder."""
+"""What a red-teaming attack or an evaluation hands back to the command that runs it — numbers, per-record rows and
+one chart — and the one function that writes it into a run folder."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from alignlab.run_folder import RunFolder
 
 
 @dataclass
-class AttackReport:
-    """The outcome of one red-teaming run, before anything is written: ``result.json`` (`result`), the per-record rows
-    (``rows.jsonl``: one per prompt, pair, candidate or leaf), and a chart: lines (`series`: {label: (x, y)}) or,
-    for named groups, bars (`bars`: {group: {bar: height}})."""
+class Findings:
+    """The outcome of one attack or evaluation, before anything is written: ``result.json`` (`result`), the
+    per-record rows (``rows.jsonl``: one per prompt, pair, candidate or leaf), and a chart: lines (`series`:
+    {label: (x, y)}) or, for named groups, bars (`bars`: {group: {bar: height}})."""
 
     result: dict
     rows: list[dict]
@@ -28,9 +28,9 @@ class AttackReport:
     """One line for the log: the headline numbers."""
 
 
-def write_attack(out: str, overwrite: bool, settings: dict, attack: Callable[[], AttackReport], chart: str,
-                 log=print) -> AttackReport:
-    """Run `attack` inside run folder `out` (new or empty, or cleared with `overwrite`; checked before it runs) and
+def write_findings(out: str, overwrite: bool, settings: dict, make: Callable[[], Findings], chart: str,
+                 log=print) -> Findings:
+    """Run `make` inside run folder `out` (new or empty, or cleared with `overwrite`; checked before it runs) and
     write what it found: ``config.yaml`` (`settings`), ``result.json``, ``rows.jsonl``, the chart `chart` (a PNG
     name) and ``report.html``. Everything the caller could check (settings, model, data) is checked before this."""
     folder = RunFolder(out)
@@ -38,7 +38,7 @@ def write_attack(out: str, overwrite: bool, settings: dict, attack: Callable[[],
     page: list[str] = []
     with folder.writing(overwrite, on_success=lambda path: page.append(write_report_safely(path, log))):
         folder.write_yaml("config.yaml", settings)
-        report = attack()
+        report = make()
         folder.write_json("result.json", report.result)
         folder.write_jsonl("rows.jsonl", report.rows)
         if report.bars:
