@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from alignlab.assets import EMBEDDED_MODEL_NAME
 from alignlab.errors import ConfigError
+from alignlab.models.loading import load_model, load_tokenizer
 
 
 def add_set_option(parser: argparse.ArgumentParser, example: str) -> None:
@@ -80,3 +82,31 @@ def safety_settings(args: argparse.Namespace, judge: bool = True) -> dict:
     if judge:
         settings.update(n=args.samples, judge=args.judge, judge_threshold=args.judge_threshold, seed=args.seed)
     return settings
+
+
+def add_model_run_options(parser: argparse.ArgumentParser) -> None:
+    """--model (the model attacked or evaluated), --seed, and the output options of an attack or an evaluation."""
+    parser.add_argument("--model", default=EMBEDDED_MODEL_NAME,
+                        help="the model, a local folder or hub id (default: the embedded model)")
+    parser.add_argument("--seed", type=int, default=0)
+    add_output_options(parser, lengths=False)
+
+
+def frozen_model(args: argparse.Namespace):
+    """(model, tokenizer) of --model in float32, frozen."""
+    model = load_model(args.model, "float32", args.trust_remote_code)
+    model.requires_grad_(False)
+    return model, load_tokenizer(args.model, args.trust_remote_code)
+
+
+def settings_of(args: argparse.Namespace) -> dict:
+    """The command's options as they were given (config.yaml of the run folder)."""
+    return {key: value for key, value in vars(args).items() if key not in ("run", "attack") and not callable(value)}
+
+
+def positive(args: argparse.Namespace, *names: str) -> None:
+    """One line naming the first option among `names` that is not a positive number."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")

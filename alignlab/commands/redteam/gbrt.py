@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from alignlab.commands.redteam import add_attack_options, attacked_model, positive, settings_of
+from alignlab.commands.options import add_model_run_options, frozen_model, positive, settings_of
 from alignlab.errors import ConfigError
 from alignlab.redteam.gbrt import GBRTSettings, gbrt_report, toy_settings
 from alignlab.report.findings import write_findings
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "batch size, as many scored continuations as GBRT's)")
     parser.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
                         help="any GBRT setting (schedules, lengths, prefix, …), e.g. --set decode_tau_end=0.1")
-    add_attack_options(parser)
+    add_model_run_options(parser)
 
 
 def gbrt_settings(steps: int, overrides: list[str]) -> GBRTSettings:
@@ -50,7 +50,7 @@ def gbrt_settings(steps: int, overrides: list[str]) -> GBRTSettings:
 def run(args: argparse.Namespace) -> None:
     positive(args, "steps", "seeds", "k", "best_of_n")
     settings = gbrt_settings(args.steps, args.set)
-    model, tokenizer = attacked_model(args)
+    model, tokenizer = frozen_model(args)
     seeds = tuple(range(args.seed, args.seed + args.seeds))
     write_findings(args.out, args.overwrite, settings_of(args), lambda: gbrt_report(
         model, tokenizer, settings, seeds, args.k, args.best_of_n, not args.quiet), "gbrt.png")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from alignlab.commands.redteam import add_attack_options, attacked_model, settings_of
+from alignlab.commands.options import add_model_run_options, frozen_model, settings_of
 from alignlab.errors import ConfigError
 from alignlab.redteam.promptattack import (
     OFFICIAL_EXEMPT_FROM,
@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "substitute) or BERTScore F1 as the paper (needs bert-score and its model download)")
     parser.add_argument("--official-exemption", action="store_true", help="exempt only S2/S3 from τ1 as the "
                         "official code does (default: every sentence-level instruction, S1 too, as the paper)")
-    add_attack_options(parser)
+    add_model_run_options(parser)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> None:
     for name in ("tau1", "tau2"):
         if not 0 <= getattr(args, name) <= 1:
             raise ConfigError(f"--{name} must lie in [0, 1], got {getattr(args, name)}")
-    model, tokenizer = attacked_model(args)
+    model, tokenizer = frozen_model(args)
     write_findings(args.out, args.overwrite, settings_of(args), lambda: promptattack_report(
         model, tokenizer, args.reviews, args.seed, args.tau1, args.tau2, not args.quiet,
         OFFICIAL_EXEMPT_FROM if args.official_exemption else SENTENCE_LEVEL_FROM, args.similarity), "promptattack.png")

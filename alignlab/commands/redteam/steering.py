@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from alignlab.commands.options import add_chat_option
-from alignlab.commands.redteam import add_attack_options, attacked_model, positive, settings_of
+from alignlab.commands.options import add_chat_option, add_model_run_options, frozen_model, positive, settings_of
 from alignlab.data.formats import load_fields, plain_text
 from alignlab.errors import ConfigError
 from alignlab.redteam.steering import steering_report
@@ -30,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--double-add", action="store_true", help="add the vector twice, as the official hook does "
                         "(an effective multiplier of 2c)")
     add_chat_option(parser, "format pairs and prompts with the chat template (default: plain text)")
-    add_attack_options(parser)
+    add_model_run_options(parser)
 
 
 def _pairs(args: argparse.Namespace) -> tuple[list[str], list[str], list[str]] | None:
@@ -55,7 +54,7 @@ def run(args: argparse.Namespace) -> None:
     pairs = _pairs(args)
     prompts = [plain_text(r.values[args.prompt_field]) for r in load_fields(args.eval_prompts, (args.prompt_field,))
                ] if args.eval_prompts else None
-    model, tokenizer = attacked_model(args)
+    model, tokenizer = frozen_model(args)
     write_findings(args.out, args.overwrite, settings_of(args), lambda: steering_report(
         model, tokenizer, args.multipliers, args.n_pairs, args.n_eval, args.max_new_tokens, args.double_add,
         args.seed, not args.quiet, bool(args.chat), args.repetition_penalty, pairs, prompts), "steering.png")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from alignlab.commands.redteam import add_attack_options, attacked_model, settings_of
+from alignlab.commands.options import add_model_run_options, frozen_model, settings_of
 from alignlab.errors import ConfigError
 from alignlab.redteam.taxonomy import taxonomy_from_mapping, taxonomy_report
 from alignlab.report.findings import write_findings
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge", action="store_true", help="judge each prompt with the toy judge: --model's "
                         "continuation, unsafe when VADER compound < -0.5 (no meaningful ASR)")
     parser.add_argument("--max-new-tokens", type=int, default=24)
-    add_attack_options(parser)
+    add_model_run_options(parser)
 
 
 def read_taxonomy(path: str):
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> None:
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     tree = read_taxonomy(args.taxonomy) if args.taxonomy else None
-    model, tokenizer = attacked_model(args) if args.judge else (None, None)
+    model, tokenizer = frozen_model(args) if args.judge else (None, None)
     write_findings(args.out, args.overwrite, settings_of(args), lambda: taxonomy_report(
         model, tokenizer, args.depth, args.fan_out, args.seed, args.max_new_tokens, not args.quiet, tree),
         "taxonomy.png")
