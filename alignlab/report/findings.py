@@ -24,6 +24,8 @@ class Findings:
     ylabel: str = ""
     title: str = ""
     bars: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    files: dict[str, list[dict]] = field(default_factory=dict)
+    """Further JSONL files the run made, {name: records} (e.g. training data built from what was measured)."""
     summary: str = ""
     """One line for the log: the headline numbers."""
 
@@ -41,6 +43,8 @@ def write_findings(out: str, overwrite: bool, settings: dict, make: Callable[[],
         report = make()
         folder.write_json("result.json", report.result)
         folder.write_jsonl("rows.jsonl", report.rows)
+        for name, records in report.files.items():
+            folder.write_jsonl(name, records)
         if report.bars:
             bar_chart(folder.file(chart), report.bars, report.ylabel, report.title)
         elif report.series:
