@@ -62,6 +62,12 @@ COMMANDS = (
             "aligned/misaligned pairs, contrastive layer search, a multiplier sweep"),
     Command("redteam taxonomy", "redteam.taxonomy", "SAGE-RT-style red-team prompts from a harm taxonomy: expansion, "
             "query extraction, jailbreak templates, ASR per leaf and category"),
+    Command("evaluate steerability", "evaluate.steerability", "steerability in a goal space: steering error, "
+            "miscalibration and side effects of rewrites towards targets (sampling, best-of-N)"),
+    Command("evaluate honesty", "evaluate.honesty", "honesty against the unaligned model: correct / wrong / "
+            "I-don't-know answers, prudence, over-conservativeness"),
+    Command("evaluate conformal-retrieval", "evaluate.conformal_retrieval", "conformal calibration of a retrieval "
+            "distance cut-off (CONFLARE): coverage and retrieved chunks against alpha"),
     Command("report", "report", "(re)write a run folder's report.html from its files"),
     Command("compare", "compare", "several runs on one frontier, one table, curves overlaid"),
     Command("push", "push", "upload a run's final/ (weights, tokenizer, model card) to the hub"),
@@ -75,7 +81,8 @@ GROUPS = {
                  "over-optimisation)"),
     "redteam": ("ATTACK", "red-teaming attacks that find a model's failures (GBRT, PromptAttack, activation "
                 "steering, taxonomy-driven prompts)"),
-    "evaluate": ("EVALUATION", "safety evaluations (prefilling and decoding attacks, refusal), judges and fairness"),
+    "evaluate": ("EVALUATION", "safety evaluations (prefilling and decoding attacks, refusal), judges, fairness, "
+                 "steerability, honesty and conformal retrieval"),
 }
 
 
