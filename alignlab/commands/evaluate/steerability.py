@@ -45,6 +45,13 @@ def _sources(args: argparse.Namespace) -> list[str] | None:
     return [plain_text(r.values[args.source_field]) for r in records]
 
 
+def model_label(path: str) -> str:
+    """A compared model's method label: its folder's name, or a run's name for a run's ``final/`` (``runs/dpo/final``
+    → ``dpo``)."""
+    folder = Path(path)
+    return (folder.parent.name if folder.name == "final" and folder.parent.name else folder.name) or path
+
+
 def run(args: argparse.Namespace) -> None:
     positive(args, "n_sources", "goals_per_source", "max_active", "n", "max_new_tokens", "prefix_words")
     attributes = goal_space(args.attributes)
@@ -52,7 +59,7 @@ def run(args: argparse.Namespace) -> None:
         raise ConfigError(f"--max-active must be at most the {len(attributes)} attributes, got {args.max_active}")
     if len(set(args.methods)) != len(args.methods):
         raise ConfigError(f"--methods must be distinct, got {args.methods}")
-    labels = [Path(path).name or path for path in args.compare]
+    labels = [model_label(path) for path in args.compare]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"--compare models need distinct folder names (their method labels), got {labels}")
     sources = _sources(args)
