@@ -1,5 +1,6 @@
 """`alignlab compare RUN_DIR... --out DIR`: several runs on one page — their methods on one reward–KL frontier, one
-table (run, method, objective, β, reward, KL, time) and their training curves overlaid. Writes ``compare.html``
+table (run, method, objective, β, reward, KL, time), the headline numbers of evaluation and attack runs beside them
+(steerability per method, honesty per model, …), and their training curves overlaid. Writes ``compare.html``
 (self-contained, like ``report.html``), ``compare.json`` and ``compare.png`` (the frontier) into `out`."""
 
 from __future__ import annotations
@@ -47,19 +48,44 @@ def run_facts(run_dir: Path) -> dict:
     params = objective_params(objective) if isinstance(objective, dict) else {}
     return {"run": run_dir.name, "path": str(run_dir), "objective": objective.get("name") if isinstance(objective, dict)
             else None, "beta": params.get("beta"), "seconds": seconds, "points": frontier_points(summary),
-            "left_out": left_out_points(summary), "metrics": metrics}
+            "left_out": left_out_points(summary), "metrics": metrics, "headline": headline(run_dir)}
+
+
+def headline(run_dir: Path) -> dict:
+    """An evaluation's or an attack's headline numbers ({group: {measure: value}}, its result.json's
+    ``headline_numbers``: steerability per method, honesty per model, ASR per instruction, …), or {} for other runs."""
+    try:
+        found = json.loads((run_dir / "result.json").read_text(encoding="utf-8")).get("headline_numbers", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {str(group): {str(k): v for k, v in values.items() if isinstance(v, int | float) or v is None}
+            for group, values in found.items() if isinstance(values, dict)} if isinstance(found, dict) else {}
+
+
+def headline_table(runs: list[dict]) -> str:
+    """The evaluations' and attacks' headline numbers, one row per (run, group), one column per measure; "" when
+    no run has any."""
+    measured = [run for run in runs if run["headline"]]
+    if not measured:
+        return ""
+    columns = list(dict.fromkeys(name for run in measured for values in run["headline"].values() for name in values))
+    rows = "".join(f"<tr><td>{_cell(run['run'])}</td><td>{_cell(group)}</td>"
+                   + "".join(f"<td class='num'>{_cell(values.get(name))}</td>" for name in columns) + "</tr>"
+                   for run in measured for group, values in run["headline"].items())
+    return ("<h2>Evaluations and attacks</h2><table id='headline-table'><tr><th>run</th><th>method / model</th>"
+            + "".join(f"<th>{html.escape(name)}</th>" for name in columns) + f"</tr>{rows}</table>")
 
 
 def table_rows(runs: list[dict]) -> list[dict]:
-    """One row per (run, method): the run's objective, β and time beside each method's reward and KL; a run
-    without frontier points gets one row with its last logged loss."""
+    """One row per (run, method): the run's objective, β and time beside each method's reward and KL; a training run
+    without frontier points gets one row with its last logged loss (an evaluation's numbers: `headline_table`)."""
     rows = []
     for run in runs:
         base = {"run": run["run"], "objective": run["objective"], "beta": run["beta"], "seconds": run["seconds"]}
         if run["points"]:
             rows += [{**base, "method": p["label"], "reward": p["reward"], "kl": p["kl"], "kl_kind": p["kl_kind"]}
                      for p in run["points"]]
-        else:
+        elif not run["headline"]:  # an evaluation's numbers have a table of their own
             last = next((row for row in reversed(run["metrics"]) if "loss" in row), {})
             rows.append({**base, "method": "(training)", "reward": None, "kl": None, "kl_kind": None,
                          "final_loss": last.get("loss")})
@@ -87,7 +113,7 @@ def render(runs: list[dict], rows: list[dict]) -> str:
     columns = ("run", "method", "objective", "beta", "reward", "kl", "kl_kind", "seconds", "final_loss")
     out.append("<table id='compare-table'><tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>")
     out += ["<tr>" + "".join(f"<td>{_cell(row.get(c))}</td>" for c in columns) + "</tr>" for row in rows]
-    out.append("</table><h2>Training curves</h2><div class='charts' id='curves'>")
+    out.append("</table>" + headline_table(runs) + "<h2>Training curves</h2><div class='charts' id='curves'>")
     for title, names in CURVES:
         overlaid = {f"{run['run']} {name}": [(row["step"], value) for row in run["metrics"]
                                              if isinstance(row.get("step"), int)
@@ -136,8 +162,9 @@ def compare(run_dirs: list[str], out: str, overwrite: bool = False, log=print) -
     for folder in folders:
         if not folder.is_dir():
             raise ConfigError(f"{folder} is not a run folder")
-        if not any((folder / n).exists() for n in ("config.yaml", "summary.json")) and not training_folder(folder):
-            raise ConfigError(f"{folder} holds no run (no config.yaml, summary.json or metrics.jsonl)")
+        if not any((folder / n).exists() for n in ("config.yaml", "summary.json", "result.json")) and \
+                not training_folder(folder):
+            raise ConfigError(f"{folder} holds no run (no config.yaml, summary.json, result.json or metrics.jsonl)")
     names = [f.name for f in folders]
     if len(set(names)) < len(names):
         raise ConfigError(f"runs must have different folder names to be told apart, got {names}")

@@ -15,7 +15,8 @@ from alignlab.run_folder import RunFolder
 class Findings:
     """The outcome of one attack or evaluation, before anything is written: ``result.json`` (`result`), the
     per-record rows (``rows.jsonl``: one per prompt, pair, candidate or leaf), and a chart: lines (`series`:
-    {label: (x, y)}) or, for named groups, bars (`bars`: {group: {bar: height}})."""
+    {label: (x, y)}) or, for named groups, bars (`bars`: {group: {bar: height}}, also written into result.json as its
+    ``headline_numbers``: what `alignlab compare` shows beside the reward–KL frontier)."""
 
     result: dict
     rows: list[dict]
@@ -41,7 +42,8 @@ def write_findings(out: str, overwrite: bool, settings: dict, make: Callable[[],
     with folder.writing(overwrite, on_success=lambda path: page.append(write_report_safely(path, log))):
         folder.write_yaml("config.yaml", settings)
         report = make()
-        folder.write_json("result.json", report.result)
+        headline = {"headline_numbers": report.bars} if report.bars else {}
+        folder.write_json("result.json", {**report.result, **headline})
         folder.write_jsonl("rows.jsonl", report.rows)
         for name, records in report.files.items():
             folder.write_jsonl(name, records)

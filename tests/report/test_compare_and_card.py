@@ -33,6 +33,27 @@ def test_compare_puts_runs_on_one_page(tmp_path, small_model_dir, pairs_file, ca
     assert main(["compare", str(first), "--out", str(tmp_path / "one")]) == 2
 
 
+def test_compare_shows_an_evaluation_beside_the_frontier(tmp_path):
+    """An evaluation's run folder (its Findings' bars written as result.json's headline_numbers) joins a compare
+    page: its numbers in a table of their own, no "(training)" row in the frontier's."""
+    from alignlab.report.findings import Findings, write_findings
+
+    demo = fake_run(tmp_path / "demo", 10)
+    bars = {"sample": {"steering error": 0.47, "miscalibration": 1.19}, "best_of_n": {"steering error": 0.17}}
+    write_findings(str(tmp_path / "steerability"), False, {"n": 16},
+                   lambda: Findings({"n": 16}, [{"method": "sample"}], bars=bars, title="t"), "s.png",
+                   log=lambda *_: None)
+    assert json.loads((tmp_path / "steerability" / "result.json").read_text())["headline_numbers"] == bars
+    out = tmp_path / "compare"
+    assert main(["compare", str(demo), str(tmp_path / "steerability"), "--out", str(out)]) == 0
+    result = json.loads((out / "compare.json").read_text())
+    assert {row["run"] for row in result["table"]} == {"demo"}
+    assert [run["headline"] for run in result["runs"]] == [{}, bars]
+    page = (out / "compare.html").read_text()
+    table = page[page.index("<table id='headline-table'>"):]
+    assert "<td>steerability</td><td>best_of_n</td><td class='num'>0.170</td><td class='num'></td>" in table
+
+
 def test_final_gets_a_model_card_and_loads_with_from_pretrained(tmp_path, small_model_dir, pairs_file):
     from transformers import AutoModelForCausalLM
 
