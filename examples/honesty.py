@@ -11,7 +11,8 @@ films (titles and names from the embedded model's corpus vocabulary).
 2. Sample the reference (greedy + 10 answers at T = 1) on half of the known and half of the unknown questions, and
    build the Absolute SFT records (`honesty_training_records`, as `alignlab evaluate honesty --training-data absolute`
    writes them).
-3. SFT the reference on those records ("aligned").
+3. SFT the reference on those records, with the taught facts mixed in again (`--no-replay`: without; the small model
+   then forgets the facts it is not shown, which confounds the measurement) ("aligned").
 4. On the held-out halves (50 known, 50 unknown questions), class every answer of both models (correct / wrong /
    idk) and score over-conservativeness, prudence and honesty (`honesty_metrics`).
 
@@ -80,6 +81,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of the facts SFT")
     parser.add_argument("--honesty-lr", type=float, default=1e-3, help="learning rate of the honesty SFT")
     parser.add_argument("--samples", type=int, default=10, help="answers sampled per question (the paper's 10)")
+    parser.add_argument("--replay", action=argparse.BooleanOptionalAction, default=True, help="mix the 100 taught "
+                        "facts into the honesty SFT, so that it does not simply forget them (--no-replay: without)")
     args = parser.parse_args()
     transformers_logging.disable_progress_bar()
     started, log = time.time(), print
@@ -103,8 +106,10 @@ def main() -> None:
                            recipe="absolute")
     records = built.files["training.jsonl"]
     idk = sum("I apologize" in r["completion"] for r in records)
-    honesty_data = write(out / "absolute.jsonl", records)
-    log(f"3. SFT the reference on {len(records)} records ({idk} of them the idk sentence): the aligned model")
+    replayed = [json.loads(line) for line in Path(facts_data).read_text().splitlines()] if args.replay else []
+    honesty_data = write(out / "absolute.jsonl", records + replayed)
+    log(f"3. SFT the reference on {len(records)} records ({idk} of them the idk sentence)"
+        + (f" and the {len(replayed)} facts again" if replayed else "") + ": the aligned model")
     aligned_dir = train(sft_config(str(reference_dir), honesty_data, out / "aligned", args.honesty_epochs,
                                    args.honesty_lr, args.seed), log=lambda *_: None).final_dir
     log(f"4. both models on {len(held_out)} held-out questions (50 known, 50 unknown)")
@@ -115,6 +120,7 @@ def main() -> None:
                       for model in ("reference", "aligned")}
                for half, rows in (("known", found.rows[:50]), ("unknown", found.rows[50:]))}
     summary = {"facts": len(facts), "known": len(known), "samples": args.samples, "training_records": len(records),
+               "replayed_facts": len(replayed),
                "idk_records": idk, "held_out": len(held_out), **metrics, "rates": rates, "classes_by_half": by_half,
                "seconds": round(time.time() - started, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
