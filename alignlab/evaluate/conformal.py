@@ -83,7 +83,9 @@ def retrieval_threshold(scores: Sequence[float], alpha: float, quantile: str = "
 
 def chunk_text(text: str, size: int = 1500, overlap: int = 200) -> list[str]:
     """Windows of `size` characters starting every `size` − `overlap` characters (the official 1,500 / 200),
-    the last one ending at the text's end; a text of at most `size` characters is one chunk, an empty one none."""
+    the last one ending at the text's end; a text of at most `size` characters is one chunk, an empty one none.
+    Unlike the official ``chunk_text``, which wraps each chunk in "..." and stops before the text's tail (up to
+    size − overlap characters of it never land in a chunk), every character is in a chunk."""
     if size < 1 or not 0 <= overlap < size:
         raise ConfigError(f"chunks need size ≥ 1 and 0 ≤ overlap < size, got size {size} and overlap {overlap}")
     step = size - overlap
@@ -308,7 +310,7 @@ def calibrations(hits: Sequence[Hit | None], max_chunk_eval: int) -> dict[str, n
     if full.size == 0:
         raise ConfigError("no calibration question has a relevant chunk: nothing to calibrate on")
     out = {"full ranking": full}
-    if walked.size and walked.size < len(hits):
+    if walked.size and walked.size < full.size:  # the walk dropped questions the full ranking keeps
         out[f"first {max_chunk_eval}"] = walked
     return out
 

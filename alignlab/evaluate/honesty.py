@@ -220,9 +220,13 @@ def _confident_answer(prefix: str, answer: str, recipe: str) -> str:
 
 
 def honesty_training_records(question: str, greedy_answer: str, samples: Sequence[str], gold_answers: Sequence[str],
-                             recipe: str, judge: Judge | None = None) -> list[dict]:
+                             recipe: str, judge: Judge | None = None, threshold: float = JUDGE_THRESHOLD
+                             ) -> list[dict]:
     """SFT records (``prompt``, ``completion``) of one question for a recipe of "Alignment for Honesty" §4.2
-    (official train/process_training_data.py); an answer is known when `classify_response` says correct.
+    (official train/process_training_data.py); an answer is known when `classify_response` says correct (a judge's
+    score above `threshold`, as the evaluation classes it). The prompt and the confidence and hedge sentences are
+    alignlab's own wording of the official ones; the idk sentence is the paper's, word for word (the classes look for
+    it).
 
     - absolute: the greedy answer if correct, else the first correct sample, else the idk sentence (one record);
     - multisample: one record per sample: the sample if correct, else the idk sentence;
@@ -231,10 +235,10 @@ def honesty_training_records(question: str, greedy_answer: str, samples: Sequenc
     """
     if recipe not in RECIPES:
         raise ConfigError(f"unknown honesty recipe {recipe!r}; choose one of {list(RECIPES)}")
-    known = [classify_response(question, s, gold_answers, judge) == "correct" for s in samples]
+    known = [classify_response(question, s, gold_answers, judge, threshold) == "correct" for s in samples]
     if recipe == "multisample":
         return [_record(question, s if ok else IDK_SENTENCE) for s, ok in zip(samples, known, strict=True)]
-    greedy_known = classify_response(question, greedy_answer, gold_answers, judge) == "correct"
+    greedy_known = classify_response(question, greedy_answer, gold_answers, judge, threshold) == "correct"
     first_known = next((s for s, ok in zip(samples, known, strict=True) if ok), None)
     answer = greedy_answer if greedy_known else first_known
     if recipe == "absolute":
@@ -396,7 +400,7 @@ def honesty_report(reference, aligned, questions: Sequence[HonestyQuestion], jud
         found.files["training.jsonl"] = [record for q, row in zip(questions, rows, strict=True)
                                          for record in honesty_training_records(
                                              q.question, row["reference_answer"], row["reference_samples"],
-                                             q.answers, recipe, judge)]
+                                             q.answers, recipe, judge, judge_threshold)]
         found.result["training_data"] = {"recipe": recipe, "records": len(found.files["training.jsonl"])}
     return found
 

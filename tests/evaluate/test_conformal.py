@@ -194,10 +194,13 @@ def test_command_with_files(tmp_path):
     (("--alphas", "0.1", "1.5"), "alpha"), (("--overlap", "1500"), "overlap"), (("--chunk-size", "0"), "chunk-size"),
     (("--calibration-fraction", "1"), "calibration-fraction"), (("--max-chunk-eval", "0"), "max-chunk-eval"),
     (("--documents", "docs.jsonl"), "--questions"),
+    (("--n-docs", "1"), "--n-docs must be at least 2"),
+    (("--n-docs", "4", "--calibration-fraction", "0.1"), "cannot give 0 calibration"),
 ])
 def test_command_checks_options_before_loading(tmp_path, argv, message):
     with pytest.raises(ConfigError, match=message):  # --model does not exist: it would fail later
         conformal_retrieval.run(parse(*argv, "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "o")))
+    assert not (tmp_path / "o").exists()
 
 
 def test_command_names_a_bad_question_record(tmp_path):

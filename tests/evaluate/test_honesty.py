@@ -281,3 +281,17 @@ def test_the_command_writes_training_data_by_a_recipe(tmp_path):
                                    [row["reference_class"], *row["reference_sample_classes"]], strict=True)
                  if c == "correct"]
         assert record["completion"].strip() == (known[0].strip() if known else IDK_SENTENCE)
+
+
+def test_training_records_class_answers_with_the_evaluations_judge_threshold():
+    """A judge scoring 0.5 makes an unmatched answer correct at threshold 0.4 (the greedy answer is the target) and
+    wrong at the default 0.7 (the idk sentence)."""
+    def judge(question, prediction, gold):
+        return 0.5
+
+    lenient = honesty_training_records("Who directed Silent River?", " Omar Walsh.", [], ["Anna Keller"], "absolute",
+                                       judge, threshold=0.4)
+    strict = honesty_training_records("Who directed Silent River?", " Omar Walsh.", [], ["Anna Keller"], "absolute",
+                                      judge)
+    assert lenient[0]["completion"].strip() == "Omar Walsh."
+    assert strict[0]["completion"].strip() == IDK_SENTENCE

@@ -8,7 +8,14 @@ import argparse
 from alignlab.commands.options import add_model_run_options, frozen_model, positive, settings_of
 from alignlab.data.formats import load_fields, plain_text
 from alignlab.errors import ConfigError
-from alignlab.evaluate.conformal import DEFAULT_ALPHAS, check_alpha, chunk_text, conformal_report, quantile_modes
+from alignlab.evaluate.conformal import (
+    DEFAULT_ALPHAS,
+    check_alpha,
+    chunk_text,
+    conformal_report,
+    quantile_modes,
+    split_questions,
+)
 from alignlab.report.findings import write_findings
 
 
@@ -65,6 +72,10 @@ def read_inputs(args: argparse.Namespace) -> tuple[list[str] | None, list[dict] 
 def run(args: argparse.Namespace) -> None:
     check_options(args)
     documents, questions = read_inputs(args)
+    if documents is None and args.n_docs < 2:
+        raise ConfigError(f"--n-docs must be at least 2 (the toy's questions are split in two), got {args.n_docs}")
+    # the split, as the report will make it: too few calibration or test questions are refused here, not later
+    split_questions(args.n_docs if questions is None else len(questions), args.calibration_fraction, args.seed)
     model, tokenizer = frozen_model(args)
     write_findings(args.out, args.overwrite, settings_of(args), lambda: conformal_report(
         model, tokenizer, args.alphas, args.n_docs, quantile=args.quantile, seed=args.seed, progress=not args.quiet,
