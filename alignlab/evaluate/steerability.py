@@ -303,9 +303,11 @@ def steering_prefix(source: str, words: int = 5) -> str:
 
 def _rewrites(model, tokenizer, prompts: list, n: int, max_new_tokens: int, seed: int, progress: bool,
               prefixed: bool) -> list[list[str]]:
-    """`n` sampled rewrites per prompt: the prefix plus its continuation (`prefixed`), or the completion alone."""
+    """`n` sampled rewrites per prompt: the prefix plus its continuation (`prefixed`: decoded together, so that a
+    tokenizer that drops a leading space does not glue the two), or the completion alone."""
     samples = generate(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens, seed=seed, progress=progress)
-    texts = [(p + c if prefixed else c).strip() for p, c in zip(samples.prompts, samples.completions, strict=True)]
+    texts = [(tokenizer.decode(list(p) + list(c), skip_special_tokens=True) if prefixed else text).strip()
+             for p, c, text in zip(samples.prompt_ids, samples.completion_ids, samples.completions, strict=True)]
     return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
 
 
