@@ -166,6 +166,9 @@ def parse(argv):
     (["--attributes", "length", "tone"], "unknown goal-space attribute 'tone'"),
     (["--max-active", "3"], "--max-active must be at most the 2 attributes, got 3"),
     (["--methods", "sample", "sample"], "--methods must be distinct"),
+    (["--bounds", "length=5"], "--bounds length=5: expected NAME=MIN,MAX"),
+    (["--bounds", "length=9,3"], "attribute 'length' bounds must be finite with max > min"),
+    (["--bounds", "formality=0,1"], "--bounds for formality, which is not among --attributes"),
 ])
 def test_command_checks_options_first(tmp_path, argv, message):
     with pytest.raises(ConfigError, match=message):

@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "spec's probe has 64)")
     parser.add_argument("--goals-per-source", type=int, default=2)
     parser.add_argument("--max-active", type=int, default=2, help="at most this many attributes move per goal")
+    parser.add_argument("--bounds", nargs="+", default=[], metavar="NAME=MIN,MAX",
+                        help="an attribute's normalisation range, e.g. length=20,400 for longer texts than reviews "
+                        "(values outside it clip to 0 or 1)")
     parser.add_argument("--n", type=int, default=16, help="draws of best-of-N")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--max-new-tokens", type=int, default=48)
@@ -52,9 +55,25 @@ def model_label(path: str) -> str:
     return (folder.parent.name if folder.name == "final" and folder.parent.name else folder.name) or path
 
 
+def parse_bounds(items: list[str]) -> dict[str, tuple[float, float]]:
+    """--bounds NAME=MIN,MAX … as {name: (min, max)}; one line for a malformed item."""
+    bounds = {}
+    for item in items:
+        name, _, values = item.partition("=")
+        try:
+            low, high = (float(v) for v in values.split(","))
+        except ValueError:
+            raise ConfigError(f"--bounds {item}: expected NAME=MIN,MAX, e.g. length=20,400") from None
+        bounds[name] = (low, high)
+    return bounds
+
+
 def run(args: argparse.Namespace) -> None:
     positive(args, "n_sources", "goals_per_source", "max_active", "n", "max_new_tokens", "prefix_words")
-    attributes = goal_space(args.attributes)
+    bounds = parse_bounds(args.bounds)
+    if unused := sorted(set(bounds) - set(args.attributes)):
+        raise ConfigError(f"--bounds for {', '.join(unused)}, which is not among --attributes {args.attributes}")
+    attributes = goal_space(args.attributes, bounds)
     if args.max_active > len(attributes):
         raise ConfigError(f"--max-active must be at most the {len(attributes)} attributes, got {args.max_active}")
     if len(set(args.methods)) != len(args.methods):
