@@ -1,0 +1,1 @@
+"""`alignlab data …`: commands that prepare training data, one module each."""
