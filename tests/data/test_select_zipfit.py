@@ -193,6 +193,19 @@ def test_deita_selection_command_ranks_by_complexity_times_quality(files):
     assert json.loads((out / "result.json").read_text())["score"] == "Deita score"
 
 
+@pytest.mark.parametrize("record, message", [
+    ({"text": "t", "prompt": 5}, r"bad\.jsonl:line 2: field 'prompt': expected a string"),
+    ({"text": ""}, r"bad\.jsonl:line 2: the record's text is empty"),
+])
+def test_deita_refuses_a_bad_record_with_its_line_before_the_folder(tmp_path, record, message):
+    pool = write_jsonl(tmp_path / "bad.jsonl", [{"text": "A long and moving film."}, record])
+    out = tmp_path / "run"
+    with pytest.raises(DataError, match=message):
+        command.run(parse([pool, "--method", "deita", "-k", "1", "--model", str(tmp_path / "absent"), "--out",
+                           str(out)]))
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(("options", "message"), [
     (["-k", "0"], "-k must be positive"),
     (["-k", "21"], r"between 1 and the number of records \(20\)"),

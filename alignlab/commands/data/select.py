@@ -31,7 +31,7 @@ from alignlab.data.select import (
     top_k,
     zip_fit_scores,
 )
-from alignlab.errors import ConfigError
+from alignlab.errors import ConfigError, DataError
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.report.findings import Findings, write_findings
 
@@ -73,7 +73,8 @@ def _texts(path: str) -> tuple[list[dict], list[str], list[str]]:
 def _check(args: argparse.Namespace) -> None:
     """Every option, before anything is read or written."""
     positive(args, "k")
-    check_compressor(args.compressor)
+    if args.method == "zip_fit" or args.target:
+        check_compressor(args.compressor)
     if args.method == "zip_fit" and not args.target:
         raise ConfigError("--method zip_fit needs --target FILE: examples of the data wanted")
     if args.method == "deita" and not 0 < args.threshold <= 1:
@@ -119,7 +120,7 @@ def deita_selection(args: argparse.Namespace, records: list[dict]) -> tuple[list
     for the paper's LLaMA scorers, and the diversity filter over `args.embedder`'s last-token embeddings of each
     record's text."""
     model, tokenizer = args.embedder
-    pairs = [instruction_and_response(record) for record in records]
+    pairs = args.deita_pairs
     embeddings = last_token_embeddings(model, tokenizer, [f"{i}\n{r}".strip() for i, r in pairs])
     kept, scores = deita_select([i for i, _ in pairs], [r for _, r in pairs], embeddings, args.k, args.threshold)
     return kept, [float(score) for score in scores]
@@ -168,6 +169,20 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def deita_pairs(path: str, pool: tuple[list[dict], list[str], list[str]]) -> list[tuple[str, str]]:
+    """Each record's (instruction, response) for Deita, read with its file and line for errors; a record whose text
+    is empty is refused (it has nothing to embed). Multi-turn messages are scored as one turn: all but the last
+    turn the instruction (the paper sums complexity × quality over turns)."""
+    pairs = []
+    for record, location in zip(pool[0], pool[2], strict=True):
+        instruction, response = instruction_and_response(record, str(path), location)
+        if not f"{instruction}{response}".strip():
+            raise DataError("the record's text is empty: nothing to score or embed", source=str(path),
+                            location=location)
+        pairs.append((instruction, response))
+    return pairs
+
+
 def run(args: argparse.Namespace) -> None:
     _check(args)
     pool = _texts(args.data)
@@ -176,7 +191,8 @@ def run(args: argparse.Namespace) -> None:
     if args.target and not targets[1]:
         raise ConfigError(f"--target {args.target} holds no records")
     settings = settings_of(args)
-    if args.method == "deita":  # loaded before the folder is made: a missing model is one line, no folder left
+    if args.method == "deita":  # read and loaded before the folder is made: bad records and a missing model are one
+        args.deita_pairs = deita_pairs(args.data, pool)  # line each, no folder left behind
         embedder = load_model(args.model, "float32", args.trust_remote_code)
         embedder.requires_grad_(False)
         args.embedder = (embedder, load_tokenizer(args.model, args.trust_remote_code))
