@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from alignlab.assets import corpus
 from alignlab.errors import ConfigError
+from alignlab.evaluate.conformal import mean_pooled_embedder
 from alignlab.redteam.perturbers import RULES
 from alignlab.report.findings import Findings
 
@@ -203,28 +204,17 @@ def _padded(tokenizer, ids: list[list[int]]) -> dict[str, torch.Tensor]:
             "attention_mask": torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids])}
 
 
-@torch.no_grad()
-def mean_pooled(model, tokenizer, texts: list[str], batch_size: int = 32) -> torch.Tensor:
-    """Mean over real tokens of the last hidden states, one row per text."""
-    device = next(model.parameters()).device
-    rows, ids = [], [tokenizer(t)["input_ids"] or [tokenizer.pad_token_id] for t in texts]
-    for start in range(0, len(texts), batch_size):
-        batch = {k: v.to(device) for k, v in _padded(tokenizer, ids[start:start + batch_size]).items()}
-        hidden = model(**batch, output_hidden_states=True).hidden_states[-1].float()
-        mask = batch["attention_mask"].unsqueeze(-1).float()
-        rows.append((hidden * mask).sum(1) / mask.sum(1))
-    return torch.cat(rows).cpu()
-
-
 def embedding_similarity(model, tokenizer) -> Similarity:
-    """cos(mean-pooled h(x), mean-pooled h(x')) of a causal LM: the offline substitute for BERTScore."""
+    """cos(mean-pooled h(x), mean-pooled h(x')) of a causal LM (`mean_pooled_embedder`): the offline substitute for
+    BERTScore."""
     cache: dict[str, torch.Tensor] = {}  # the originals come back once per instruction
+    mean_pooled = mean_pooled_embedder(model, tokenizer, batch_size=32)
 
     def similarity(originals: list[str], candidates: list[str]) -> list[float]:
         missing = [text for text in dict.fromkeys(originals) if text not in cache]
         if missing:
-            cache.update(zip(missing, mean_pooled(model, tokenizer, missing), strict=True))
-        a, b = torch.stack([cache[text] for text in originals]), mean_pooled(model, tokenizer, candidates)
+            cache.update(zip(missing, mean_pooled(missing), strict=True))
+        a, b = torch.stack([cache[text] for text in originals]), mean_pooled(candidates)
         return torch.nn.functional.cosine_similarity(a, b, dim=-1).tolist()
     return similarity
 
