@@ -70,6 +70,8 @@ COMMANDS = (
             "distance cut-off (CONFLARE): coverage and retrieved chunks against alpha"),
     Command("data select", "data.select", "keep the K records of a pool that suit a target set (ZIP-FIT), the best "
             "by Deita score and diversity, or K at random"),
+    Command("data synthesize", "data.synthesize", "preference pairs from prompts: P-Aligner's tree search over "
+            "principle rewrites, or Anyprefer's judged candidates with feedback"),
     Command("report", "report", "(re)write a run folder's report.html from its files"),
     Command("compare", "compare", "several runs on one frontier, one table, curves overlaid"),
     Command("push", "push", "upload a run's final/ (weights, tokenizer, model card) to the hub"),
@@ -83,7 +85,8 @@ GROUPS = {
                  "over-optimisation)"),
     "redteam": ("ATTACK", "red-teaming attacks that find a model's failures (GBRT, PromptAttack, activation "
                 "steering, taxonomy-driven prompts)"),
-    "data": ("STEP", "data for alignment: selection (ZIP-FIT, Deita)"),
+    "data": ("STEP", "data for alignment: selection (ZIP-FIT, Deita) and synthesis (P-Aligner, "
+             "Anyprefer)"),
     "evaluate": ("EVALUATION", "safety evaluations (prefilling and decoding attacks, refusal), judges, fairness, "
                  "steerability, honesty and conformal retrieval"),
 }

@@ -159,11 +159,16 @@ def _plot_sentence(rng: random.Random, title: str, genre: str) -> str:
     return rng.choice(templates)
 
 
-def review(rng: random.Random, title: str | None = None, genre: str | None = None) -> str:
-    """One review: a plot sentence or two, then sentiment sentences of one polarity or mixed."""
+MOODS = ("positive", "negative", "mixed")
+"""A review's polarity: every sentiment sentence positive, every one negative, or each a coin flip."""
+
+
+def review(rng: random.Random, title: str | None = None, genre: str | None = None, mood: str | None = None) -> str:
+    """One review: a plot sentence or two, then sentiment sentences of one polarity or mixed (`mood`, one of
+    `MOODS`; drawn at random when not given)."""
     title = title or movie_title(rng)
     genre = genre or rng.choice(GENRES)
-    mood = rng.choice(("positive", "negative", "mixed"))
+    mood = mood or rng.choice(MOODS)
     sentences = [_plot_sentence(rng, title, genre)]
     if rng.random() < 0.3:
         sentences.append(_plot_sentence(rng, title, genre))
