@@ -8,10 +8,13 @@ file, one prompt at a time, written as it goes (a killed run continues with ``--
   its rewriter on. The offline rewriter puts a principle's text before the instruction; a real P-Aligner needs an
   instruction-following rewriter LLM (library: any `Rewriter` callable).
 * ``anyprefer`` (Zhou et al., ICLR 2025): the target (--model) samples --candidates answers under a target prompt
-  (a line of --target-prompts, started as the answer's first words), a judge scores them with its tools' knowledge
-  (the toy's: the reward minus --penalty per genre the answer contradicts, `genre_facts` the tool), the best and
-  worst form a pair whose judge margin must reach --threshold, or the prompts change and the round is played again
-  (`alignlab.data.anyprefer`). ``pairs.jsonl`` holds the accepted pairs (``--keep-unaccepted``: all).
+  (a line of --target-prompts; here the answer's first words, kept in the answer, so that a pair trains on what was
+  sampled after its prompt — the paper's target prompt is a system prompt, which the embedded model never saw), a
+  judge scores them with its tools' knowledge (the toy's: the reward minus --penalty per genre the answer
+  contradicts, `genre_facts` the tool), the best and worst form a pair whose judge margin must reach --threshold, or
+  the prompts change and the round is played again (`alignlab.data.anyprefer`). ``pairs.jsonl`` holds the accepted
+  pairs (``--keep-unaccepted``: all). The toy judge reads a numeric judge prompt as its penalty, so margins of rounds
+  judged under different prompts are on different scales (the best round of an unaccepted prompt compares them).
 
 ``rows.jsonl`` (one row per prompt, with every reward and the round history) grows as prompts finish; at the end
 ``result.json``, ``synthesize.png`` and ``report.html`` are written from it.
@@ -20,11 +23,15 @@ file, one prompt at a time, written as it goes (a killed run continues with ``--
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import math
+import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
+import numpy as np
 import yaml
 from tqdm import tqdm
 
@@ -36,6 +43,7 @@ from alignlab.data.anyprefer import (
     anyprefer_pair,
     genre_facts,
     judge_margin,
+    judge_penalty,
     lexicon_judge,
     pair_record,
 )
@@ -58,10 +66,11 @@ from alignlab.run_folder import RunFolder
 
 METHODS = ("p_aligner", "anyprefer")
 ROWS, PAIRS, SFT = "rows.jsonl", "pairs.jsonl", "sft.jsonl"
-KEPT_ON_RESUME = ("data", "method", "model", "seed", "max_new_tokens", "reward", "principles", "groups", "iterations",
-                  "c", "responses", "target_prompts", "judge_prompts", "candidates", "max_rounds", "threshold",
-                  "penalty", "chat")
-"""The settings a resumed run must share with the rows already written."""
+KEPT_ON_RESUME = ("method", "model", "seed", "max_new_tokens", "reward", "groups", "iterations", "c", "responses",
+                  "judge_prompts", "candidates", "max_rounds", "threshold", "penalty", "chat", "inputs")
+"""The settings a resumed run must share with the rows already written (``inputs``: the sha256 of every file read,
+so that an edited prompt, principle or target-prompt file is noticed whatever path names it)."""
+INPUT_FILES = ("data", "principles", "target_prompts", "reward")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,8 +111,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check(args: argparse.Namespace) -> None:
     """Every option, before anything is read or written."""
     positive(args, "max_new_tokens", "iterations", "responses", "candidates", "max_rounds")
+    for name in ("c", "penalty", "threshold"):
+        if not math.isfinite(getattr(args, name)):
+            raise ConfigError(f"--{name} must be a finite number, got {getattr(args, name)}")
     if args.c < 0:
         raise ConfigError(f"--c must be ≥ 0, got {args.c}")
+    for prompt in args.judge_prompts:
+        judge_penalty(prompt, args.penalty)
     if args.candidates < 2:
         raise ConfigError(f"--candidates must be at least 2 (a pair needs two answers), got {args.candidates}")
     if args.method == "p_aligner" and not args.principles:
@@ -139,24 +153,39 @@ def read_target_prompts(path: str | None) -> list[str]:
 
 
 Sampler = Callable[[str, str, int, int], list[str]]
-"""(instruction, first words of the answer, n, seed) → n sampled answers."""
+"""(instruction, first words of the answer, n, seed) → n sampled answers, each starting with the given words."""
+
+
+def uses_chat(args: argparse.Namespace, tokenizer) -> bool:
+    """--chat, where the model has a chat template to render it."""
+    return bool(args.chat) and getattr(tokenizer, "chat_template", None) is not None
+
+
+def training_prompt(instruction: str, chat: bool) -> str | list[dict]:
+    """What an answer was sampled after, as a training record's prompt: the user turn, or the text continued."""
+    return [{"role": "user", "content": instruction}] if chat else instruction
 
 
 def sampler(model, tokenizer, args: argparse.Namespace) -> Sampler:
-    """Sampling from --model at temperature 1: the instruction as a user turn of the chat template (--chat) or as
-    text to continue, then the answer's given first words; the answers are what follows them."""
-    chat = bool(args.chat) and getattr(tokenizer, "chat_template", None) is not None
+    """Sampling from --model at temperature 1 after `training_prompt(instruction)` (rendered by the chat template
+    with the assistant's turn opened, or as plain text). Given first words (Anyprefer's target prompt) open the
+    answer and are part of it: the answer is the words, a space, and what the model writes after them, so a pair
+    trains on exactly what was sampled after the record's prompt."""
+    chat = uses_chat(args, tokenizer)
 
     def sample(instruction: str, start: str, n: int, seed: int) -> list[str]:
-        if chat:
-            text = tokenizer.apply_chat_template([{"role": "user", "content": instruction}], tokenize=False,
-                                                 add_generation_prompt=True)
-        else:
-            text = instruction + ("\n" if start else "")
-        prompt = f"{text}{start} " if start else text
-        return generate(model, tokenizer, [prompt], n=n, max_new_tokens=args.max_new_tokens, seed=seed,
-                        progress=False).completions
+        text = (tokenizer.apply_chat_template(training_prompt(instruction, True), tokenize=False,
+                                              add_generation_prompt=True) if chat else instruction)
+        opening = f" {start}" if start and not chat else start
+        completions = generate(model, tokenizer, [text + opening], n=n, max_new_tokens=args.max_new_tokens,
+                               seed=seed, progress=False).completions
+        return [opening + completion for completion in completions]
     return sample
+
+
+def stream_seed(*parts: int) -> int:
+    """A sampling seed for one call, distinct for every (seed, prompt index, call) (numpy's SeedSequence hash)."""
+    return int(np.random.SeedSequence([abs(part) for part in parts]).generate_state(1)[0])
 
 
 def p_aligner_row(args: argparse.Namespace, sample: Sampler, reward, principles) -> Callable[[int, str], dict]:
@@ -165,9 +194,10 @@ def p_aligner_row(args: argparse.Namespace, sample: Sampler, reward, principles)
         calls = iter(range(10**6))
 
         def simulate(instruction: str, source: str) -> float:
-            answers = sample(instruction, "", args.responses, args.seed * 1_000_003 + index * 1_000 + next(calls))
+            answers = sample(instruction, "", args.responses, stream_seed(args.seed, index, next(calls)))
             return float(reward.score([source] * len(answers), answers).mean())
-        root = search(original, principles, prefix_rewriter, simulate, args.iterations, args.c, args.seed + index)
+        root = search(original, principles, prefix_rewriter, simulate, args.iterations, args.c,
+                      stream_seed(args.seed, index))
         record = preference_record(root)
         return {**record, "accepted": record["chosen_reward"] > record["rejected_reward"]}
     return synthesize
@@ -184,26 +214,26 @@ def anyprefer_row(args: argparse.Namespace, sample: Sampler, reward, target_prom
         rounds = iter(range(10**6))
 
         def candidates(start: str, x: str, n: int) -> list[str]:
-            return sample(x, start, n, args.seed * 1_000_003 + index * 1_000 + next(rounds))
+            return sample(x, start, n, stream_seed(args.seed, index, next(rounds)))
         result = anyprefer_pair(instruction, target_prompts, args.judge_prompts, candidates, [genre_facts], judge,
                                 judge_margin, args.threshold, args.candidates, args.max_rounds)
         return {**pair_record(result), "history": result.history}
     return synthesize
 
 
-def _training_prompt(prompt: str, chat: bool) -> str | list[dict]:
-    return [{"role": "user", "content": prompt}] if chat else prompt
-
-
 def done_rows(path: Path) -> int:
-    """How many whole rows `path` holds; a half-written last line (a killed run) is cut off."""
+    """How many whole rows `path` holds, counted as a stream; a half-written last line (a killed run) is cut off in
+    place (truncated, never rewritten: a kill during the cut loses nothing else)."""
     if not path.is_file():
         return 0
-    text = path.read_text()
-    whole = text[: text.rfind("\n") + 1]
-    if whole != text:
-        path.write_text(whole)
-    return whole.count("\n")
+    rows, end = 0, 0
+    with path.open("rb") as lines:
+        for line in lines:
+            if line.endswith(b"\n"):
+                rows, end = rows + 1, end + len(line)
+    if end != path.stat().st_size:
+        os.truncate(path, end)
+    return rows
 
 
 def synthesize_rows(folder: RunFolder, prompts: list[tuple[str, str]], synthesize: Callable[[int, str], dict],
@@ -225,18 +255,16 @@ def _rows(path: Path) -> Iterator[dict]:
 
 
 def finish(folder: RunFolder, args: argparse.Namespace, chat: bool) -> dict:
-    """pairs.jsonl (and sft.jsonl for p_aligner) from rows.jsonl, streamed; result.json and the chart."""
-    counts = {"prompts": 0, "pairs": 0, "accepted": 0, "no_preference": 0}
+    """pairs.jsonl (and sft.jsonl for p_aligner) from rows.jsonl, streamed, and the result's numbers. Every prompt
+    is counted once: written as a pair, not accepted (below --threshold, or p_aligner's best and worst equally
+    rewarded; written too with --keep-unaccepted), or without a preference (no pair, or one text twice)."""
+    counts = {"prompts": 0, "pairs": 0, "accepted": 0, "unaccepted": 0, "no_preference": 0}
     sums = {"chosen": 0.0, "rejected": 0.0, "root": 0.0, "rounds": 0}
     with ExitStack() as files:
         pairs = files.enter_context(folder.file(PAIRS).open("w"))
         sft = files.enter_context(folder.file(SFT).open("w")) if args.method == "p_aligner" else None
         for row in _rows(folder.file(ROWS)):
             counts["prompts"] += 1
-            counts["accepted"] += bool(row["accepted"])
-            if row["chosen"] is None or row["chosen"] == row["rejected"]:
-                counts["no_preference"] += 1
-                continue
             if args.method == "p_aligner":
                 sums["chosen"] += row["chosen_reward"]
                 sums["rejected"] += row["rejected_reward"]
@@ -244,22 +272,25 @@ def finish(folder: RunFolder, args: argparse.Namespace, chat: bool) -> dict:
                 sft.write(json.dumps({"prompt": row["prompt"], "completion": row["chosen"]}) + "\n")
             else:
                 sums["rounds"] += row["rounds"]
+            if row["chosen"] is None or row["chosen"] == row["rejected"]:
+                counts["no_preference"] += 1
+                continue
+            counts["accepted" if row["accepted"] else "unaccepted"] += 1
             if row["accepted"] or args.keep_unaccepted:
                 counts["pairs"] += 1
-                pairs.write(json.dumps({"prompt": _training_prompt(row["prompt"], chat and args.method == "anyprefer"),
-                                        "chosen": row["chosen"], "rejected": row["rejected"]}) + "\n")
+                prompt = training_prompt(row["prompt"], chat) if args.method == "anyprefer" else row["prompt"]
+                pairs.write(json.dumps({"prompt": prompt, "chosen": row["chosen"], "rejected": row["rejected"]}) + "\n")
     return _result(args, counts, sums)
 
 
 def _result(args: argparse.Namespace, counts: dict, sums: dict) -> dict:
-    n = max(1, counts["prompts"] - counts["no_preference"])
-    result = {"method": args.method, **counts, "acceptance_rate": counts["accepted"] / max(1, counts["prompts"]),
-              "pairs_file": PAIRS}
+    n = max(1, counts["prompts"])
+    result = {"method": args.method, **counts, "acceptance_rate": counts["accepted"] / n, "pairs_file": PAIRS}
     if args.method == "p_aligner":
         result.update(mean_reward_original=sums["root"] / n, mean_reward_chosen=sums["chosen"] / n,
                       mean_reward_rejected=sums["rejected"] / n, sft_file=SFT,
                       note="rewards are the search's own estimates (the best of many noisy nodes is optimistic); "
-                           "re-sample the chosen rewrites to measure them")
+                           "sample the chosen rewrites afresh to measure them")
         bars = {"original": {"mean reward": result["mean_reward_original"]},
                 "chosen rewrite": {"mean reward": result["mean_reward_chosen"]},
                 "rejected rewrite": {"mean reward": result["mean_reward_rejected"]}}
@@ -267,6 +298,12 @@ def _result(args: argparse.Namespace, counts: dict, sums: dict) -> dict:
         result["mean_rounds"] = sums["rounds"] / n
         bars = {"pairs": {"acceptance rate": result["acceptance_rate"]}}
     return {**result, "headline_numbers": bars}
+
+
+def file_digests(args: argparse.Namespace) -> dict[str, str]:
+    """The sha256 of every input file the options name (a reward given by name has none)."""
+    return {name: hashlib.sha256(Path(getattr(args, name)).read_bytes()).hexdigest() for name in INPUT_FILES
+            if getattr(args, name) and Path(getattr(args, name)).is_file()}
 
 
 def _check_resumed(folder: RunFolder, settings: dict) -> None:
@@ -286,7 +323,7 @@ def run(args: argparse.Namespace) -> None:
     target_prompts = read_target_prompts(args.target_prompts)
     folder = RunFolder(args.out)
     folder.check_usable(resume=args.resume, overwrite=args.overwrite)
-    settings = settings_of(args)
+    settings = {**settings_of(args), "inputs": file_digests(args)}
     if args.resume and folder.holds_results():
         _check_resumed(folder, settings)
     model, tokenizer = frozen_model(args)
@@ -298,9 +335,10 @@ def run(args: argparse.Namespace) -> None:
     with folder.writing(args.overwrite, on_success=lambda path: page.append(write_report_safely(path))):
         folder.write_yaml("config.yaml", settings)
         synthesize_rows(folder, prompts, synthesize, not args.quiet)
-        result = finish(folder, args, bool(args.chat) and getattr(tokenizer, "chat_template", None) is not None)
+        result = finish(folder, args, uses_chat(args, tokenizer))
         folder.write_json("result.json", result)
         bar_chart(folder.file("synthesize.png"), result["headline_numbers"], "mean",
                   f"data synthesize: {args.method}")
     print(f"{result['prompts']} prompts, {result['pairs']} pairs written ({result['accepted']} accepted, "
-          f"{result['no_preference']} without a preference); wrote {folder.file('result.json')}{''.join(page)}")
+          f"{result['unaccepted']} not, {result['no_preference']} without a preference); "
+          f"wrote {folder.file('result.json')}{''.join(page)}")
