@@ -82,9 +82,13 @@ class Page:
             raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    def screenshot(self, path: Path) -> None:
-        self.send("Emulation.setDeviceMetricsOverride", {"width": 1280, "height": 2200, "deviceScaleFactor": 1,
+    def viewport(self, width: int = 1400, height: int = 2200) -> None:
+        self.send("Emulation.setDeviceMetricsOverride", {"width": width, "height": height, "deviceScaleFactor": 1,
                                                           "mobile": False}, session=True)
+
+    def screenshot(self, path: Path, width: int = 1400, height: int = 2200) -> None:
+        """A PNG of the page's top `height` pixels at `width` wide."""
+        self.viewport(width, height)
         data = self.send("Page.captureScreenshot", {"format": "png"}, session=True)["data"]
         path.write_bytes(base64.b64decode(data))
 
@@ -122,7 +126,7 @@ def check_report(path: Path, screenshot: Path) -> dict:
             "errors": page.console_errors(),
             "other_requests": [url for url in page.requests()  # data: pictures are inline, not requests
                                if url != path.resolve().as_uri() and not url.startswith("data:")],
-            "frontier_points": page.evaluate("document.querySelectorAll('#frontier circle').length"),
+            "frontier_points": page.evaluate("document.querySelectorAll('#frontier .point').length"),
             "table_rows": page.evaluate("document.querySelectorAll('#sample-body tr').length"),
             "page_info": page.evaluate("(document.getElementById('page-info')||{}).textContent || ''"),
             "curves": page.evaluate("document.querySelectorAll('#curves svg').length"),
@@ -135,6 +139,27 @@ def check_report(path: Path, screenshot: Path) -> dict:
             page.evaluate("(function(){var s=document.getElementById('search'); s.value='';"
                           "s.dispatchEvent(new Event('input'));})()")
         page.screenshot(screenshot)
+        facts["errors"] = page.console_errors()
+    finally:
+        page.close()
+    return facts
+
+
+LABEL_BOXES = """JSON.stringify((function(){
+  var svg=document.getElementById('frontier'), r=svg.getBoundingClientRect();
+  return {svg:[r.left,r.top,r.right,r.bottom], labels:Array.prototype.map.call(svg.querySelectorAll('text.label'),
+    function(t){var b=t.getBoundingClientRect();return {text:t.textContent,box:[b.left,b.top,b.right,b.bottom]};})};
+})())"""
+
+
+def frontier_label_boxes(path: Path, width: int = 1400) -> dict:
+    """The frontier's SVG box and each of its labels' text and box ([left, top, right, bottom], from
+    getBoundingClientRect) in a page `width` pixels wide; with any console errors."""
+    page = Page(find_chromium())
+    try:
+        page.viewport(width, 1200)
+        page.open(path, settle=0.3)
+        facts = json.loads(page.evaluate(LABEL_BOXES))
         facts["errors"] = page.console_errors()
     finally:
         page.close()
