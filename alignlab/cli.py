@@ -29,7 +29,8 @@ class Command:
 
 COMMANDS = (
     Command("train", "train", "train a model with a preference objective from a YAML config"),
-    Command("demo", "demo", "controlled-sentiment DPO vs best-of-N and ARGS on the embedded model (~2 min)"),
+    Command("demo", "demo", "controlled-sentiment DPO vs best-of-N and ARGS on the embedded model (under 2 min on 2 "
+            "cores)"),
     Command("decode", "decode", "decoding-time alignment methods on one prompt set, on one reward-KL frontier, "
             "from a YAML config"),
     Command("label", "label", "score completions with a reward (sampling them for prompt-only records) into scored "
@@ -75,9 +76,10 @@ COMMANDS = (
     Command("report", "report", "(re)write a run folder's report.html from its files"),
     Command("compare", "compare", "several runs on one frontier, one table, curves overlaid"),
     Command("push", "push", "upload a run's final/ (weights, tokenizer, model card) to the hub"),
-    Command("decoders", "decoders", "list the decoding methods and the rewards"),
+    Command("decoders", "decoders", "list the decoding methods and the rewards (NAME or --long: in full)"),
     Command("merge", "merge", "fold a run's LoRA adapters into its base model and save the result"),
-    Command("objectives", "objectives", "list the objectives, the data each needs, and its reference"),
+    Command("objectives", "objectives", "list the objectives, the data each needs, and its reference (NAME or --long: "
+            "in full)"),
 )
 
 GROUPS = {
@@ -98,6 +100,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         prog="alignlab",
         description="Align language models with preferences: train, decode, diagnose, on one reward-KL frontier.",
     )
+    parser.add_argument("--version", action=VersionAction, help="print the version and code revision, and exit")
     top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
     asked = [word for word in argv[:2] if not word.startswith("-")]
@@ -114,6 +117,26 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
             module.add_arguments(subparser)
             subparser.set_defaults(run=module.run)
     return parser
+
+
+class VersionAction(argparse.Action):
+    """``--version``: the version line, worked out only when asked for (it may read the source tree's git)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        print(version_line())
+        parser.exit()
+
+
+def version_line() -> str:
+    """``alignlab 0.1.0 (git abc1234)``: the package version and, in a git checkout, the commit (the same line a
+    report's environment shows); imported here, as the commands are, so that ``--help`` loads no model library."""
+    from alignlab.run_folder import code_version
+
+    return code_version()
 
 
 UNWRITABLE = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM)

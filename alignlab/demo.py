@@ -16,7 +16,10 @@ methods on the reward–KL frontier. Here, on the embedded model:
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -42,6 +45,41 @@ from alignlab.run_folder import RunFolder
 from alignlab.train.loop import train
 
 BEST_OF_N = (1, 2, 4, 8, 16)
+HEARTBEAT_SECONDS = 30.0
+"""Seconds between the progress lines of a quiet demo (``--quiet``) while a long phase runs."""
+
+
+class Heartbeat:
+    """Progress lines of a quiet run: "demo: <phase> … <elapsed>" at most every `interval` seconds while a phase
+    runs, from a background thread that only waits and prints (the phase's computation is untouched); with
+    `interval` None, none."""
+
+    def __init__(self, log: Callable[[str], object], interval: float | None) -> None:
+        self.log = log
+        self.interval = interval
+        self.started = time.monotonic()
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Beat while the body runs; the thread is stopped and joined when it ends, however it ends."""
+        if self.interval is None:
+            yield
+            return
+        stop = threading.Event()
+        thread = threading.Thread(target=self._beat, args=(name, stop, time.monotonic()), daemon=True,
+                                  name=f"demo heartbeat: {name}")
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def _beat(self, name: str, stop: threading.Event, since: float) -> None:
+        """Until `stop` is set: every `interval` seconds, one line with the time in this phase and in all."""
+        while not stop.wait(self.interval):
+            now = time.monotonic()
+            self.log(f"demo: {name} … {now - since:.0f} s in this phase, {now - self.started:.0f} s in all")
 
 
 def preference_pairs(samples, rewards: torch.Tensor, per_prompt: int, min_gap: float) -> tuple[list[dict], int]:
@@ -158,8 +196,11 @@ def run_demo(
     epochs: int = 3,
     progress: bool = True,
     log=print,
+    heartbeat: float | None = HEARTBEAT_SECONDS,
 ) -> dict:
-    """Run the experiment; write pairs, samples, ``summary.json`` and ``frontier.png`` to `out_dir`.
+    """Run the experiment; write pairs, samples, ``summary.json`` and ``frontier.png`` to `out_dir`. Without
+    `progress` (no progress bars), a line every `heartbeat` seconds during sampling, training, evaluation and
+    decoding says the demo is still at work (None: none).
 
     Kept whole on purpose (just over 60 lines): the demo's recipe in order — sample and pair, train DPO, evaluate,
     decode, write — each step a call of its own."""
@@ -172,21 +213,27 @@ def run_demo(
     torch.manual_seed(seed)
     reference, tokenizer = load_model_and_tokenizer(model_path)
     reward = build_reward("sentiment")
+    beat = Heartbeat(log, None if progress else heartbeat)
 
     log(f"1-3. sampling {samples_per_prompt} completions for {train_prompts} review prompts, scoring, pairing")
-    pairs, records, skipped = self_generated_pairs(reference, tokenizer, reward, folder,
-                                                   review_prompts(train_prompts, seed=seed + 1), samples_per_prompt,
-                                                   max_new_tokens, seed, progress, log)
+    with beat.phase("sampling"):
+        pairs, records, skipped = self_generated_pairs(reference, tokenizer, reward, folder,
+                                                       review_prompts(train_prompts, seed=seed + 1),
+                                                       samples_per_prompt, max_new_tokens, seed, progress, log)
     log("4. training with DPO")
     config = dpo_config(out, model_path, beta, lr, epochs, seed, progress)
-    policy = train(config, log=lambda message: log(f"   {message}"), records=records).model.eval()
+    with beat.phase("training"):
+        policy = train(config, log=lambda message: log(f"   {message}"), records=records).model.eval()
 
     log(f"5. evaluating on {eval_prompts} held-out prompts")
     held_out = review_prompts(eval_prompts, seed=seed + 2)
-    points, rows = frontier_points(policy, reference, tokenizer, reward, held_out, samples_per_prompt, max_new_tokens,
-                                   seed, progress)
+    with beat.phase("evaluation"):
+        points, rows = frontier_points(policy, reference, tokenizer, reward, held_out, samples_per_prompt,
+                                       max_new_tokens, seed, progress)
     log("6. decoding-time alignment of the reference: best-of-N through a shared prompt cache, ARGS")
-    decoded, decoded_rows = decoding_points(reference, tokenizer, reward, held_out, max_new_tokens, seed, progress)
+    with beat.phase("decoding"):
+        decoded, decoded_rows = decoding_points(reference, tokenizer, reward, held_out, max_new_tokens, seed,
+                                                progress)
     summary = {
         **points,
         "decoding": decoded,

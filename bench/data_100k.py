@@ -12,7 +12,8 @@ memory (RSS) and seconds:
   prompt, written by a stand-in synthesizer that returns a fixed pair — the policy's sampling costs the same per
   prompt at any pool size and is left out) and the pairs.jsonl written from it.
 
-Prints each phase's peak RSS above a bare interpreter with alignlab imported (``baseline``) and its seconds.
+Prints each phase's peak RSS above an interpreter that imported the two commands (``baseline``: torch and
+transformers come with them) and its seconds.
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory: VmHWM (Linux; begins anew at exec), else ru_maxrss (which Linux carries
+    over from the parent through fork and exec, so a parent holding the pool would inflate every phase)."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -79,8 +87,9 @@ def main() -> None:
         started = time.time()
         if args.phase != "baseline":
             phase(args.phase, Path(args.folder))
-        else:
-            import alignlab.cli  # noqa: F401
+        else:  # what every phase imports: the commands, torch and transformers with them
+            import alignlab.commands.data.select
+            import alignlab.commands.data.synthesize  # noqa: F401
         print(json.dumps({"phase": args.phase, "peak_rss_mb": peak_rss_mb(), "seconds": time.time() - started}))
         return
     with tempfile.TemporaryDirectory() as tmp:

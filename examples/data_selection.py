@@ -17,7 +17,7 @@ Deita's filter: 60 (request, review) records plus 3 near-copies of each (one wor
 stand-ins (length × VADER) and embedded by the embedded model's last-token hidden state; for each θ, how many records
 are kept with a budget of 60 and how many of them are near-copies of one kept before.
 
-    python examples/data_selection.py --out runs/data-selection      # ~3 min on 2 CPU cores
+    python examples/data_selection.py --out runs/data-selection      # ~2 min on 2 CPU cores
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ VADER sentiment reward and the embedded model:
 Every trained model is measured the same way: `--eval-samples` completions per held-out prompt, mean reward, and
 sampled KL = mean over its own samples of log π(y|x) − log π_ref(y|x) (both from the scoring engine).
 
-    python examples/frontier.py --out runs/frontier          # ~12 min on 2 CPU cores
+    python examples/frontier.py --out runs/frontier          # ~11 min on 2 CPU cores
     python examples/frontier.py --out runs/frontier-quick --quick
 
 Writes summary.json, frontier.png and every run's folder under --out.

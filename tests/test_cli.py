@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+import alignlab
 from alignlab.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,3 +139,97 @@ def test_listing_fits_a_terminal_and_survives_a_closed_pipe():
     full = subprocess.run([sys.executable, "-m", "alignlab", "objectives"], capture_output=True, text=True, timeout=120)
     assert max(len(line) for line in full.stdout.splitlines()) <= 120
 
+
+
+def test_version_names_the_package_and_the_checked_out_commit(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"alignlab {alignlab.__version__}")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode == 0:  # a checkout: the commit is named
+        assert line.endswith(f"(git {head.stdout.strip()})")
+
+
+@pytest.mark.parametrize("command", ["objectives", "decoders"])
+def test_listings_point_to_the_full_text_and_an_unknown_name_is_one_line(command, capsys):
+    assert main([command]) == 0
+    assert f"alignlab {command} NAME, or alignlab {command} --long" in capsys.readouterr().out
+    assert main([command, "dpoo"]) == 2
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1 and "'dpoo'" in error
+    assert ("Did you mean 'dpo'" in error and "simpo" in error) if command == "objectives" else "best_of_n" in error
+
+
+def test_an_objective_in_full_has_its_formula_paper_and_defaults(capsys):
+    assert main(["objectives", "dpo"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("dpo\n") and "reference: needed" in text and "beta=0.1" in text
+    assert "Rafailov et al., 2023" in text and "loss = −(1 − ε)·log σ(β·Δ)" in text and "…" not in text
+    assert main(["objectives", "--long"]) == 0
+    every = capsys.readouterr().out
+    from alignlab import objectives
+
+    assert all(f"\n{spec.name}\n" in f"\n{every}" for spec in objectives.available())
+    assert text.strip() in every
+
+
+def test_a_decoder_and_a_reward_in_full(capsys):
+    assert main(["decoders", "best_of_n"]) == 0
+    text = capsys.readouterr().out
+    assert "reward: needed" in text and "candidates=4" in text and "engine one of hf, vllm" in text
+    assert "Beirami et al.'s estimate beside the bound log N − (N−1)/N" in text  # the summary cuts this off
+    assert main(["decoders", "length"]) == 0
+    assert "kind: reward" in (text := capsys.readouterr().out) and "target=20" in text and "−|words − target|" in text
+    assert main(["decoders", "--long"]) == 0
+    every = capsys.readouterr().out
+    assert every.startswith("args\n") and "\nsentiment\n" in every and "\nreward_model\n" in every
+
+
+def test_heartbeat_beats_while_a_phase_runs_and_stops_with_it():
+    import time
+
+    from alignlab.demo import Heartbeat
+
+    lines: list[str] = []
+    beat = Heartbeat(lines.append, interval=0.01)
+    with beat.phase("training"):
+        time.sleep(0.2)
+    count = len(lines)
+    time.sleep(0.05)
+    assert count >= 2 and len(lines) == count  # none after the phase
+    assert all(line.startswith("demo: training … ") and line.endswith(" s in all") for line in lines)
+    with Heartbeat(lines.append, interval=None).phase("sampling"):
+        time.sleep(0.05)
+    assert len(lines) == count
+
+
+def test_a_quiet_demo_says_each_long_phase_is_still_at_work(tmp_path, monkeypatch):
+    """run_demo's four long phases (stood in for by slow fakes here) each print heartbeat lines when quiet, none
+    with progress bars; `alignlab demo --quiet` beats every 30 s."""
+    import time
+    from types import SimpleNamespace
+
+    from alignlab import demo
+    from alignlab.commands import demo as demo_command
+
+    def slow(result):
+        return lambda *args, **kwargs: time.sleep(0.15) or result
+
+    points = {"reference": {"reward": 0.0, "kl": 0.0}, "dpo": {"reward": 0.5, "kl": 1.0},
+              "best_of_n": {str(n): {"reward": 0.0, "kl": 0.0, "kl_is_upper_bound": True} for n in demo.BEST_OF_N}}
+    for name, fake in {"load_model_and_tokenizer": lambda path: (None, None), "build_reward": lambda name: None,
+                       "self_generated_pairs": slow(([], [], 0)), "frontier_points": slow((points, [])),
+                       "train": slow(SimpleNamespace(model=SimpleNamespace(eval=lambda: None))),
+                       "decoding_points": slow(({}, [])), "plot_frontier": lambda *args: None,
+                       "write_report_safely": lambda out, log: ""}.items():
+        monkeypatch.setattr(demo, name, fake)
+    for progress, expected in ((False, {"sampling", "training", "evaluation", "decoding"}), (True, set())):
+        lines: list[str] = []
+        demo.run_demo(tmp_path / f"demo-{progress}", progress=progress, log=lines.append, heartbeat=0.02)
+        assert {line.split()[1] for line in lines if line.startswith("demo: ")} == expected
+    called = {}
+    monkeypatch.setattr(demo_command, "run_demo", lambda **kwargs: called.update(kwargs) or points)
+    assert main(["demo", "--quiet", "--out", str(tmp_path / "cli")]) == 0
+    assert called["progress"] is False and "heartbeat" not in called and demo.HEARTBEAT_SECONDS == 30
