@@ -24,12 +24,15 @@ LOCK = "run.lock"
 
 
 def code_version() -> str:
-    """``alignlab 0.1.0 (git abc1234)``, without the git part outside a checkout."""
+    """``alignlab 0.1.0 (git abc1234)``, without the git part outside alignlab's own checkout."""
+    source = Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5).stdout.strip()
+        found = subprocess.run(["git", "rev-parse", "--show-toplevel", "--short", "HEAD"], capture_output=True,
+                               text=True, cwd=source, timeout=5).stdout.split()
     except (OSError, subprocess.SubprocessError):
-        commit = ""
+        found = []
+    # only alignlab's own checkout: installed into a project's .venv, the enclosing repository is not ours
+    commit = found[1] if len(found) == 2 and Path(found[0]).resolve() == source else ""
     return f"alignlab {alignlab.__version__}" + (f" (git {commit})" if commit else "")
 
 

@@ -28,7 +28,7 @@ def read_jsonl(path: Path) -> list[dict]:
         for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 value = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):  # cut off, or nested too deep to read
                 continue
             if isinstance(value, dict):
                 rows.append(value)
@@ -36,9 +36,15 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def number(value) -> float | None:
-    """`value` as a float when it is a finite number (not a bool), else None."""
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(
-        value) else None
+    """`value` as a float when it is a finite number (not a bool, not an integer too large for a float), else
+    None."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def cut(value) -> str:
@@ -78,21 +84,25 @@ def generic_row(record: dict, columns: list[str]) -> list:
     return [v if number(v := record.get(key)) is not None else "" if v is None else cut(v) for key in columns]
 
 
+def embedded(value) -> str:
+    """`value` as the page embeds it: JSON with every ``<`` escaped, so that nothing can close the script."""
+    return json.dumps(value).replace("<", "\\u003c")
+
+
 def take_evenly(records: list[dict], make_row, budget: int) -> list[list]:
-    """Rows made from records taken evenly across `records` until their JSON reaches `budget` bytes."""
+    """Rows made from records taken evenly across `records` whose embedded JSON fits `budget` bytes: the row
+    count is set from the size of an even sample of ≤ 200 records across the file, then rows are taken at even
+    steps, and the last ones dropped if the estimate ran over."""
     if not records:
         return []
-    head = records[:200]
-    average = max(1, sum(len(json.dumps(make_row(r))) for r in head) // len(head))
+    probe = records[:: max(1, len(records) // 200)][:200]
+    average = max(1, sum(len(embedded(make_row(r))) for r in probe) // len(probe))
     keep = min(len(records), max(1, budget // (average + 2)))
     step = len(records) / keep
-    rows, used = [], 0
-    for i in range(keep):
-        made = make_row(records[int(i * step)])
-        used += len(json.dumps(made)) + 2
-        if used > budget and rows:
-            break
-        rows.append(made)
+    rows = [make_row(records[int(i * step)]) for i in range(keep)]
+    used = sum(len(embedded(row)) + 2 for row in rows)
+    while used > budget and len(rows) > 1:
+        used -= len(embedded(rows.pop())) + 2
     return rows
 
 
@@ -170,7 +180,7 @@ def table_html(index: int, name: str, columns: list[str], rows: list[list], tota
     noun = "samples" if columns == list(SAMPLE_COLUMNS) else "rows"
     note = (f"showing {len(rows):,} of {total:,} {noun} (evenly spaced; all in {name})" if len(rows) < total
             else f"{total:,} {noun} (from {name})")
-    data = json.dumps({"columns": columns, "rows": rows}).replace("<", "\\u003c")  # nothing can close the script
+    data = embedded({"columns": columns, "rows": rows})
     widths = {"method": " class='method'", "reward": " class='num'"}
     head = "".join(f"<th{widths.get(c, '')}>{html.escape(c)}</th>" for c in columns)
     return (f"<div class='rowtable' id='table{suffix}'><h3>{html.escape(name)}</h3>"

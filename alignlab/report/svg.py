@@ -68,7 +68,8 @@ def nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
     magnitude = 10 ** math.floor(math.log10((hi - lo) / target))
     best: list[float] = []
     for step in (m * magnitude * scale for scale in (0.1, 1, 10) for m in (1, 2, 2.5, 5)):
-        ticks = [round(k * step, 12) for k in range(math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9) + 1)]
+        ticks = [round(k * step / magnitude, 9) * magnitude
+                 for k in range(math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9) + 1)]
         if not best or abs(len(ticks) - target) < abs(len(best) - target) or (
                 4 <= len(ticks) <= 6 and not 4 <= len(best) <= 6):
             best = ticks
@@ -77,7 +78,8 @@ def nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
 
 def tick_label(value: float, ticks: Sequence[float]) -> str:
     """`value` with as many decimals as the tick step needs (``1.05e-4`` style for tiny or huge numbers)."""
-    step = abs(ticks[1] - ticks[0]) if len(ticks) > 1 else abs(value) or 1.0
+    step = abs(ticks[1] - ticks[0]) if len(ticks) > 1 else 0.0
+    step = step or abs(value) or 1.0
     if value == 0:
         return "0"
     power = math.floor(math.log10(step) + 1e-9)
@@ -93,7 +95,7 @@ def axis_range(values: Sequence[float], pad: float = 0.05, include: float | None
     lo, hi = min(values), max(values)
     if include is not None:
         lo, hi = min(lo, include), max(hi, include)
-    if hi == lo:
+    if hi - lo <= 1e-9 * max(abs(lo), abs(hi)) or hi == lo:  # equal up to rounding noise: one value
         lo, hi = lo - (abs(lo) * 0.1 or 1), hi + (abs(hi) * 0.1 or 1)
     span = hi - lo
     return lo - pad * span, hi + pad * span
@@ -140,12 +142,31 @@ def color_key(names: Sequence[str], x: float, y: float, right: float) -> tuple[l
     return parts, y + 8
 
 
+MAX_LINE_POINTS = 2000
+"""A line with more points is thinned to each bucket's lowest and highest (`thinned`): a 100k-step run's page stays
+small and its spikes stay visible."""
+
+
+def thinned(values: list[tuple[float, float]], limit: int = MAX_LINE_POINTS) -> list[tuple[float, float]]:
+    """`values` in order, or — past `limit` points — the lowest and the highest of each of `limit` / 2 buckets."""
+    if len(values) <= limit:
+        return values
+    size = math.ceil(len(values) / (limit // 2))
+    kept = []
+    for start in range(0, len(values), size):
+        bucket = values[start:start + size]
+        low, high = min(bucket, key=lambda v: v[1]), max(bucket, key=lambda v: v[1])
+        kept += sorted({low, high}, key=lambda v: v[0])
+    return kept
+
+
 def line_chart(series: dict[str, list[tuple[float, float]]], title: str, xlabel: str, ylabel: str,
                zero_line: bool = False, width: int = 370, height: int = 250) -> str:
     """Lines against x, one colour per series with its key under the title; a dashed zero line where asked
-    (its 0 always in view)."""
+    (its 0 always in view). Long lines are `thinned`."""
     if not any(series.values()):
         return ""
+    series = {name: thinned(values) for name, values in series.items()}
     key, below = color_key(list(series), 10, 34, width - 10)
     plot = Box(58, below + 4, width - 12, height - 40)
     xs = [x for values in series.values() for x, _ in values]

@@ -8,6 +8,7 @@ import pytest
 
 from alignlab.cli import main
 from alignlab.report.html import frontier_points, sample_rows, write_report
+from alignlab.report.svg import MAX_LINE_POINTS, thinned
 from tests.report.browser import check_report, find_chromium, frontier_label_boxes
 
 needs_chromium = pytest.mark.skipif(find_chromium() is None, reason="Chromium is not installed (the CI set-up "
@@ -202,3 +203,38 @@ def test_report_help_lists_the_folders_it_reads(capsys):
     out = capsys.readouterr().out
     assert all(command in out for command in ("alignlab diagnose", "alignlab evaluate", "alignlab decode",
                                               "online.jsonl", "scores.jsonl", "rows.jsonl"))
+
+
+def test_values_equal_up_to_rounding_noise_and_hostile_record_lines_still_give_a_page(tmp_path):
+    """Losses 0.3 and 0.1 + 0.2 (one value up to float noise) once crashed the tick labels; a record with an
+    integer too large for a float, or nested too deep to read, once crashed the table."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": [0.3, 0.1 + 0.2][s % 2]}) + "\n"
+                                                  for s in range(1, 30)))
+    (folder / "rows.jsonl").write_text(json.dumps({"a": 10**400, "b": "x"}) + "\n" + "[" * 100_000 + "\n"
+                                       + json.dumps({"a": 1, "b": "y"}) + "\n")
+    page = write_report(folder).read_text()
+    assert "y" in page and "loss" in page
+
+
+def test_angle_brackets_count_against_the_table_budget_and_rows_come_from_the_whole_file():
+    """`<` is embedded as the 6-byte ``\\u003c``; the budget counts what the page holds. Short early records must
+    not make the table stop a few per cent into the file."""
+    records = [{"prompt": "p<" * 300, "completion": "c", "reward": 0.0} for _ in range(20_000)]
+    rows, total = sample_rows(records, budget=100_000)
+    embedded = sum(len(json.dumps(row).replace("<", "\\u003c")) + 2 for row in rows)
+    assert total == 20_000 and embedded <= 100_000 and len(rows) > 10
+    records = [{"prompt": "short", "completion": "c", "reward": float(i)} for i in range(200)] + [
+        {"prompt": "long " * 70, "completion": "c", "reward": float(i)} for i in range(200, 100_000)]
+    rows, _ = sample_rows(records, budget=100_000)
+    assert rows[-1][3] > 90_000, "the last row shown lies near the end of the file"
+
+
+def test_a_long_curve_is_thinned_to_bucket_extremes():
+    values = [(float(i), math.sin(i / 100)) for i in range(100_000)]
+    values[54_321] = (54_321.0, 9.0)  # a spike must survive
+    kept = thinned(values)
+    assert len(kept) <= MAX_LINE_POINTS and (54_321.0, 9.0) in kept
+    assert [x for x, _ in kept] == sorted(x for x, _ in kept)
+    assert thinned(values[:10]) == values[:10]
