@@ -1,7 +1,9 @@
 """Shallow safety alignment in miniature (Qi et al., 2025, "Safety Alignment Should Be Made More Than Just a Few
-Tokens Deep"): a model taught to refuse by plain SFT differs from its base mostly on the first response tokens, so
-prefilling a few tokens of a harmful answer gets past its refusal; training with the token-wise constrained
-objective on safety-recovery examples spreads the difference deeper and the prefilling attack stops working.
+Tokens Deep"): a model taught to refuse by plain SFT differs from its base most, per token, on the first response
+tokens, and prefilling a few tokens of a harmful answer gets past its refusal; training with the token-wise
+constrained objective on safety-recovery examples spreads the difference deeper and the prefilling attack works
+less often. Here the plain SFT's KL is highest on the first five positions but rises again past position 20, where
+most of its summed KL lies (the README states the measured shape).
 
 A synthetic stand-in, not real harmful content: "forbidden" requests for made-up secrets (vault codes of fictional
 banks, ...) with a compliant answer and a refusal each, and ordinary requests about films
@@ -19,7 +21,7 @@ every 4 phrasings train, the 4th is held out for evaluation).
    (`alignlab diagnose token-kl`), the prefilling attack at k = 0, 5, 10, 20, 40 (`alignlab evaluate prefill`) and
    refusal / over-refusal on held-out requests (`alignlab evaluate refusal`).
 
-    python examples/shallow_safety.py --out runs/shallow_safety     # ~4 min on 2 CPU cores
+    python examples/shallow_safety.py --out runs/shallow_safety     # ~3.5 min on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -148,7 +150,8 @@ def main() -> None:
     for name in ("safety-tuned", "deep"):
         kl = results[name]["kl_by_position"]
         log(f"{name}: KL to base, positions 0-4 {sum(kl[:5]) / 5:.3f}, 5-19 {sum(kl[5:20]) / 15:.3f}, "
-            f"20+ {sum(kl[20:]) / max(1, len(kl[20:])):.3f} nats")
+            f"20+ {sum(kl[20:]) / max(1, len(kl[20:])):.3f} nats per token; share of the summed per-position KL "
+            f"{sum(kl[:5]) / sum(kl):.2f} / {sum(kl[5:20]) / sum(kl):.2f} / {sum(kl[20:]) / sum(kl):.2f}")
     log(f"{'model':<14}" + "".join(f"{'ASR k=' + str(k):>10}" for k in PREFILL) + f"{'refuses':>9}{'over-ref.':>10}")
     for name, result in results.items():
         log(f"{name:<14}" + "".join(f"{result['asr'][k]:>10.2f}" for k in PREFILL)
