@@ -63,12 +63,12 @@ def text(x: float, y: float, content: str, size: float = 11, anchor: str = "star
 
 def nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
     """4–6 round numbers (1, 2, 2.5 or 5 × 10^k apart) inside [lo, hi], as close to `target` ticks as they come."""
-    if not hi > lo:
+    if not hi > lo or hi - lo <= 1e-9 * max(abs(lo), abs(hi)):  # one value, up to rounding noise
         return [lo]
     magnitude = 10 ** math.floor(math.log10((hi - lo) / target))
     best: list[float] = []
     for step in (m * magnitude * scale for scale in (0.1, 1, 10) for m in (1, 2, 2.5, 5)):
-        ticks = [round(k * step / magnitude, 9) * magnitude
+        ticks = [float(f"{k * step:.12g}")  # 12 significant digits: 1e-4, not 9.999999999999999e-05
                  for k in range(math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9) + 1)]
         if not best or abs(len(ticks) - target) < abs(len(best) - target) or (
                 4 <= len(ticks) <= 6 and not 4 <= len(best) <= 6):
