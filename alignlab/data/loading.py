@@ -349,3 +349,40 @@ def read_records(source: Source) -> Iterator[tuple[str, Any]]:
     source = as_source(source)
     records = _read(source)
     return _renamed(records, source.columns, str(source)) if source.columns else records
+
+
+WRITTEN_TYPES = (".jsonl", ".json", ".csv", ".parquet")
+"""The file types `write_records` writes; any other source (gzipped, a saved dataset, a hub id) is written as
+JSONL."""
+
+
+def same_type_name(source: Source, stem: str) -> str:
+    """``stem`` with the suffix of `source`'s file type where `write_records` writes it (``selected.csv`` for a
+    CSV pool), else ``stem.jsonl``."""
+    path = Path(str(as_source(source)))
+    suffix = _file_type(path) if path.is_file() else ""
+    return stem + (suffix if suffix in WRITTEN_TYPES else ".jsonl")
+
+
+def write_records(path: Path, records: list[dict[str, Any]]) -> None:
+    """`records` to `path` in the type its suffix names, so that `read_records` reads them back: JSONL, a JSON
+    list, CSV (the header from the records' keys in order of appearance; records read from a CSV hold strings,
+    so they come back as they were) or parquet."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(records), path)
+    elif suffix == ".csv":
+        columns = list(dict.fromkeys(key for record in records for key in record))
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(records)
+    elif suffix == ".json":
+        path.write_text(json.dumps(records, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    else:
+        path.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records),
+                        encoding="utf-8")
+

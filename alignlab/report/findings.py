@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from alignlab.data.loading import write_records
 from alignlab.report.html import write_report_safely
 from alignlab.report.plots import bar_chart, line_chart
 from alignlab.run_folder import RunFolder
@@ -45,8 +46,9 @@ def write_findings(out: str, overwrite: bool, settings: dict, make: Callable[[],
         headline = {"headline_numbers": report.bars} if report.bars else {}
         folder.write_json("result.json", {**report.result, **headline})
         folder.write_jsonl("rows.jsonl", report.rows)
-        for name, records in report.files.items():
-            folder.write_jsonl(name, records)
+        for name, records in report.files.items():  # JSONL, or the type the name's suffix says (write_records)
+            if folder.writer:
+                write_records(folder.file(name), records)
         if report.bars:
             bar_chart(folder.file(chart), report.bars, report.ylabel, report.title)
         elif report.series:

@@ -13,6 +13,7 @@ import pytest
 
 from alignlab.commands.data import select as command
 from alignlab.data import select
+from alignlab.data.loading import read_records, write_records
 from alignlab.data.select import ncd, random_selection, record_text, top_k, zip_fit_scores
 from alignlab.errors import ConfigError, DataError
 
@@ -171,6 +172,22 @@ def test_random_selection_command_is_scored_against_the_target(files):
     result = json.loads((out / "result.json").read_text())
     assert result["method"] == "random" and result["k"] == 5 and result["mean_score_all"] is not None
     assert len((out / "selected.jsonl").read_text().splitlines()) == 5
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".json"])
+def test_a_pool_in_another_type_gives_its_selection_in_that_type(files, suffix):
+    """The same pool as CSV, parquet or a JSON list: the kept records come back in that type, and read back as the
+    same records the JSONL pool gives (CSV cells are strings either way)."""
+    pool, target, tmp_path = files
+    records = [record for _, record in read_records(pool)]
+    other = tmp_path / f"pool{suffix}"
+    write_records(other, records)
+    command.run(parse([pool, "--target", target, "-k", "5", "--out", str(tmp_path / "as-jsonl"), "--quiet"]))
+    command.run(parse([str(other), "--target", target, "-k", "5", "--out", str(tmp_path / "as-other"), "--quiet"]))
+    assert json.loads((tmp_path / "as-other" / "result.json").read_text())["selected_file"] == f"selected{suffix}"
+    from_jsonl = [record for _, record in read_records(tmp_path / "as-jsonl" / "selected.jsonl")]
+    from_other = [record for _, record in read_records(tmp_path / "as-other" / f"selected{suffix}")]
+    assert from_other == from_jsonl and len(from_other) == 5
 
 
 def test_deita_selection_command_ranks_by_complexity_times_quality(files):

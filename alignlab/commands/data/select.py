@@ -2,7 +2,8 @@
 suit a target set best (ZIP-FIT, Obbad et al.: compression alignment to the target examples), the K best by Deita
 score and diversity (Liu et al., ICLR 2024), or K at random.
 
-The run folder holds ``selected.jsonl`` (the kept records, in pool order, as JSONL whatever DATA's format),
+The run folder holds ``selected.jsonl`` (the kept records, in pool order, in DATA's own type: ``selected.csv``,
+``selected.json`` or ``selected.parquet`` for such a pool, JSONL for a gzipped file, a saved dataset or a hub id),
 ``rows.jsonl`` (one row per pool record: index, location, score, rank, selected, domain), ``result.json`` (method,
 k, n, compressor, mean score of the selected records and of all, in-domain precision when records carry a
 ``domain``), ``select.png`` and ``report.html``. ZIP-FIT scores (alignment = 1 − mean NCD to the targets) are
@@ -13,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from alignlab.assets import EMBEDDED_MODEL_NAME
 from alignlab.commands.options import add_folder_options, add_quiet_option, positive, settings_of
 from alignlab.data.deita import deita_select, last_token_embeddings
-from alignlab.data.loading import read_records
+from alignlab.data.loading import read_records, same_type_name
 from alignlab.data.select import (
     COMPRESSORS,
     METHODS,
@@ -34,8 +34,6 @@ from alignlab.data.select import (
 from alignlab.errors import ConfigError, DataError
 from alignlab.models.loading import load_model, load_tokenizer
 from alignlab.report.findings import Findings, write_findings
-
-SELECTED = "selected.jsonl"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -137,13 +135,12 @@ def _findings(args: argparse.Namespace, pool: tuple[list[dict], list[str], list[
             for index, record in enumerate(records)]
     chosen, others = [scores[i] for i in sorted(kept)], [s for i, s in enumerate(scores) if i not in rank]
     domains = _domain_numbers(records, kept, _in_domain(args, targets[0]))
-    same_format = str(args.data).lower().endswith(".jsonl")
+    selected = same_type_name(args.data, "selected")
     result = {"method": args.method, "k": len(kept), "n": len(records), "targets": len(targets[1]),
               "compressor": args.compressor if alignment is not None else None,
               "score": "Deita score" if args.method == "deita" else ("ZIP-FIT alignment" if alignment else None),
-              "mean_score_selected": _mean(chosen), "mean_score_all": _mean(scores), "selected_file": SELECTED,
-              **domains, **({} if same_format else {"note": f"{Path(args.data).name} is not .jsonl; the selected "
-                                                             "records are written as JSONL"})}
+              "mean_score_selected": _mean(chosen), "mean_score_all": _mean(scores), "selected_file": selected,
+              **domains}
     if len(kept) < args.k:
         result["note_fewer_kept"] = (f"{len(kept)} of the {args.k} asked for: every other record is more similar than "
                                      f"--threshold {args.threshold} to one kept before (Deita's diversity filter)")
@@ -157,7 +154,7 @@ def _findings(args: argparse.Namespace, pool: tuple[list[dict], list[str], list[
                f"{_fmt(result['mean_score_selected'])} selected vs {_fmt(result['mean_score_all'])} all"
                + (f"; in-domain precision {domains['precision']:.2f}" if "precision" in domains else ""))
     return Findings(result=result, rows=rows, bars=bars, ylabel="mean", title=f"data select: {args.method}",
-                    files={SELECTED: [records[index] for index in sorted(kept)]}, summary=summary)
+                    files={selected: [records[index] for index in sorted(kept)]}, summary=summary)
 
 
 def _rest_share(records: list[dict], kept: dict[int, int], in_domain: set[str]) -> float | None:
