@@ -62,15 +62,15 @@ def environment(launcher) -> dict:
 
 DPO, PAIRS = {"name": "dpo", "beta": 0.5}, "pairs_file"
 CASES = {  # name: (objective, data fixture, launcher, engine as the run names it)
+    # one case per thing sharding can get wrong, not every objective under every engine (the suite's time): no
+    # reference (sft), a pooled batch statistic (kto), a live full-vocabulary reference (sparsepo), LoRA's frozen
+    # and trained weights in one unit, both launchers, ZeRO-2 and ZeRO-3
     "fsdp dpo, accelerate launch": (DPO, PAIRS, ACCELERATE, "FSDP 2"),
     "fsdp kto": ({"name": "kto", "beta": 0.5}, "unpaired_file", TORCHRUN, "FSDP 2"),  # z0 pooled over processes
     "fsdp sft": ({"name": "sft"}, PAIRS, TORCHRUN, "FSDP 2"),  # a mean over the global micro-batch's tokens
-    "fsdp simpo": ({"name": "simpo", "beta": 2.0, "gamma": 0.5}, PAIRS, TORCHRUN, "FSDP 2"),  # no reference
     "fsdp sparsepo": ({"name": "sparsepo", "beta": 0.5}, PAIRS, TORCHRUN, "FSDP 2"),  # a live reference, full vocab
     "zero-2 dpo": (DPO, PAIRS, ZERO2, "DeepSpeed ZeRO-2"),
-    "zero-2 kto": ({"name": "kto", "beta": 0.5}, "unpaired_file", ZERO2, "DeepSpeed ZeRO-2"),
     "zero-3 dpo": (DPO, PAIRS, ZERO3, "DeepSpeed ZeRO-3"),
-    "zero-3 simpo": ({"name": "simpo", "beta": 2.0, "gamma": 0.5}, PAIRS, ZERO3, "DeepSpeed ZeRO-3"),
     "fsdp lora, live reference": (DPO, PAIRS, TORCHRUN, "FSDP 2"),  # frozen and trained weights in one unit
     "zero-2 lora": (DPO, PAIRS, ZERO2, "DeepSpeed ZeRO-2"),
 }
