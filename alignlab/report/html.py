@@ -279,8 +279,10 @@ def folder_kind(run_dir: Path, summary: dict, training: Path | None) -> tuple[st
     attack or data run), training, or run."""
     rounds = read_jsonl(run_dir / "online.jsonl")
     if rounds or (run_dir / "rounds").is_dir():
-        return "online", (f"An online run: {len(rounds)} round{'s' * (len(rounds) != 1)} of sampling, scoring and "
-                          "training (online.jsonl; each round's samples in rounds/round-NNN/).")
+        trained = sum("samples" in r or "train" in r for r in rounds)  # round 0 evaluates the initial model only
+        return "online", (f"An online run: {trained} round{'s' * (trained != 1)} of sampling, scoring and training"
+                          f"{', after evaluating the initial model (round 0)' if len(rounds) > trained else ''} "
+                          "(online.jsonl; each round's samples in rounds/round-NNN/).")
     if "methods" in summary or (run_dir / "methods").is_dir():
         return "decode", "A decoding run: every method on one prompt set, judged by one reward (summary.json)."
     if "dpo" in summary or "best_of_n" in summary:

@@ -14,7 +14,9 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+          "#393b79", "#637939", "#843c39", "#7b4173", "#8c6d31", "#6b6ecf", "#e7969c")
+"""Distinct colours for up to 16 method families (a decoding run has a dozen), then repeated."""
 FONT = "'Liberation Sans',Arial,Helvetica,sans-serif"
 NARROW, WIDE = set("ijlI.,:;'|!()[] ft-"), set("mwMW@%")
 CAPITALS = set("ABCDEFGHJKLNOPQRSTUVXYZ")

@@ -166,15 +166,17 @@ def test_an_online_run_shows_its_rounds_samples_and_reward_apart_from_kl(tmp_pat
     run = tmp_path / "online"
     (run / "rounds" / "round-001").mkdir(parents=True)
     (run / "config.yaml").write_text("model: {path: m}\nonline:\n  mode: grpo\n  rounds: 2\ntrain: {seed: 5}\n")
-    (run / "online.jsonl").write_text("".join(json.dumps(
-        {"round": r, "samples": {"reward_mean": 0.1 * r, "kl": 0.5 * r},
-         "eval": {"reward_mean": 0.1 * r + 0.05, "kl": 0.4 * r}}) + "\n" for r in (0, 1, 2)))
+    first = json.dumps({"round": 0, "eval": {"reward_mean": 0.05, "kl": 0.0}}) + "\n"  # the initial model only
+    (run / "online.jsonl").write_text(first + "".join(
+        json.dumps({"round": r, "samples": {"reward_mean": 0.1 * r, "kl": 0.5 * r},
+                    "eval": {"reward_mean": 0.1 * r + 0.05, "kl": 0.4 * r}}) + "\n" for r in (1, 2)))
     (run / "rounds" / "round-001" / "samples.jsonl").write_text("".join(json.dumps(
         {"group": i, "prompt": "The film", "completion": f" was fine {i}", "reward": 0.5,
          "prompt_ids": [1, 2], "completion_ids": list(range(32)), "sampler_logps": [-1.0] * 32}) + "\n"
         for i in range(3)))
     page = write_report(run).read_text()
-    assert "An online run: 3 rounds" in page and "training run" not in page and "No samples" not in page
+    assert "An online run: 2 rounds of sampling, scoring and training, after evaluating the initial model" in page
+    assert "training run" not in page and "No samples" not in page
     assert "rounds/round-*/samples.jsonl" in page and '["round 1", "The film", " was fine 0", 0.5]' in page
     assert "online rounds: mean reward" in page and "online rounds: sampled KL to the initial model" in page
     assert "<dt>seed</dt><dd>5</dd>" in page and "  rounds: 2" in page  # the config whole, its online: section too
