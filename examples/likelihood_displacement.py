@@ -22,7 +22,7 @@ average (−0.05), and dropping the high-LN-CHES pairs makes it fall more at the
 fall on the kept pairs (−0.44, against −2.80 for the all-pairs model on the same pairs); with 16 times fewer
 steps that is no evidence for the filter. The numbers are printed and written to DIR/summary.json.
 
-    python examples/likelihood_displacement.py --out runs/displacement
+    python examples/likelihood_displacement.py --out runs/displacement      # ~2 min on 2 CPU cores
 """
 
 
