@@ -14,7 +14,7 @@ the judge margin reaches 1.0, otherwise the prompts rotate, up to 3 rounds. The 
 worst of 5 answers by VADER alone (no target prompt, no tool, one round, every pair kept). DPO on each pair set
 (same steps); on 48 held-out requests: mean judge score, VADER and contradictions per answer of the trained models.
 
-    python examples/data_synthesis.py --out runs/data-synthesis      # ~2 min on 2 CPU cores
+    python examples/data_synthesis.py --out runs/data-synthesis      # ~1 min on 2 CPU cores
 """
 
 from __future__ import annotations
