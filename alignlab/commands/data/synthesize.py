@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -191,7 +192,7 @@ def stream_seed(*parts: int) -> int:
 def p_aligner_row(args: argparse.Namespace, sample: Sampler, reward, principles) -> Callable[[int, str], dict]:
     """The search of one prompt: every node simulated by --responses answers, their mean reward its local reward."""
     def synthesize(index: int, original: str) -> dict:
-        calls = iter(range(10**6))
+        calls = itertools.count()
 
         def simulate(instruction: str, source: str) -> float:
             answers = sample(instruction, "", args.responses, stream_seed(args.seed, index, next(calls)))
@@ -211,7 +212,7 @@ def anyprefer_row(args: argparse.Namespace, sample: Sampler, reward, target_prom
     judge = lexicon_judge(sentiment, args.penalty)
 
     def synthesize(index: int, instruction: str) -> dict:
-        rounds = iter(range(10**6))
+        rounds = itertools.count()
 
         def candidates(start: str, x: str, n: int) -> list[str]:
             return sample(x, start, n, stream_seed(args.seed, index, next(rounds)))
