@@ -316,10 +316,7 @@ def evaluate_fairness(data: str, out: str, model: str, text_field: str = "text",
     fairness instruction; a string: that text) the texts are scored again with it prepended; with `fpr_target`
     per-group thresholds equalising FPR at that target are fitted on the plain scores of this same data
     (in-sample). Writes ``result.json``, ``scores.jsonl`` and ``fairness.png`` into `out`; every setting and
-    record is checked before the folder is written.
-
-    Kept whole on purpose (over 60 lines): it reads top to bottom as the command's recipe — every check, then the
-    work, then the outputs — and each step is already a function of its own."""
+    record is checked before the folder is written."""
     _check_settings(threshold, fpr_target, batch_size, max_length, template, instruction)
     instruction_text = DEFAULT_FAIRNESS_INSTRUCTION if instruction is True else (instruction or None)
     folder = RunFolder(out)
@@ -344,44 +341,69 @@ def evaluate_fairness(data: str, out: str, model: str, text_field: str = "text",
             prompts, cut = encode_prompts(tokenizer, texts, template, question, instruction_text, chat, max_length)
             truncated += cut
             instructed = answer_probability(loaded, prompts, answer_ids, tokenizer.pad_token_id, batch_size, progress)
-            predicted = predict(instructed.tolist(), threshold)
-            methods["instruction"] = _method(predicted, labels, groups, {"all": threshold})
-            for row, s, p in zip(rows, instructed.tolist(), predicted, strict=True):
-                row |= {"score_instruction": s, "prediction_instruction": p}
+            methods["instruction"] = _instructed(instructed.tolist(), labels, groups, rows, threshold)
         if fpr_target is not None:
-            fitted = fpr_thresholds(scores.tolist(), labels, groups, fpr_target)
-            predicted = predict_by_group(scores.tolist(), groups, fitted, threshold)
-            methods["group_thresholds"] = _method(predicted, labels, groups, fitted)
-            for row, p in zip(rows, predicted, strict=True):
-                row["prediction_group_threshold"] = p
+            methods["group_thresholds"] = _group_thresholds(scores.tolist(), labels, groups, rows, fpr_target,
+                                                            threshold)
         settings = {"text_field": text_field, "group_field": group_field, "label_field": label_field,
                     "threshold": threshold, "question": question, "template": template, "answers": list(answers),
                     "chat": chat, "instruction": instruction_text, "fpr_target": fpr_target,
                     "fpr_thresholds_fit_on": "the evaluated data (in-sample)" if fpr_target is not None else None,
                     "batch_size": batch_size, "max_length": max_length}
-        counts = group_rates(plain, labels, groups)
         result = {"data": str(data), "model": model, "settings": settings, "records": len(records),
-                  "groups": {g: {"count": r.count, "positives": r.positives, "negatives": r.negatives}
-                             for g, r in counts.items()},
-                  "mean_score": {g: scores[[i for i, x in enumerate(groups) if x == g]].mean().item() for g in counts},
-                  **{key: methods["prompt"][key] for key in
-                     ("demographic_parity_difference", "tpr_gap", "fpr_gap", "equalised_odds")},
+                  **_group_numbers(plain, scores, labels, groups), **{key: methods["prompt"][key] for key in
+                                                                       ("demographic_parity_difference", "tpr_gap",
+                                                                        "fpr_gap", "equalised_odds")},
                   "methods": methods, "truncated_prompts": truncated}
         folder.write_jsonl("scores.jsonl", rows)
         folder.write_json("result.json", result)
-        plot_fairness(methods, folder.file("fairness.png"), f"{len(records)} texts in {len(counts)} groups "
-                      f"({Path(data).name})")
+        plot_fairness(methods, folder.file("fairness.png"), f"{len(records)} texts in {len(result['groups'])} "
+                      f"groups ({Path(data).name})")
         write_report_safely(folder.path, log)
     finally:
         folder.unlock()
-    if len(counts) < 2:
-        log(f"warning: every record is in one group ({next(iter(counts))}); the gaps across groups are undefined")
+    _log_fairness(result, folder, max_length, log)
+    return result
+
+
+def _instructed(scores: list[float], labels: list[int], groups: list[str], rows: list[dict], threshold: float
+                ) -> dict:
+    """The rates of the scores with the fairness instruction prepended, and each row's score and prediction."""
+    predicted = predict(scores, threshold)
+    for row, s, p in zip(rows, scores, predicted, strict=True):
+        row |= {"score_instruction": s, "prediction_instruction": p}
+    return _method(predicted, labels, groups, {"all": threshold})
+
+
+def _group_numbers(predicted: list[int], scores, labels: list[int], groups: list[str]) -> dict:
+    """Each group's count, positives and negatives, and its mean score."""
+    counts = group_rates(predicted, labels, groups)
+    return {"groups": {g: {"count": r.count, "positives": r.positives, "negatives": r.negatives}
+                       for g, r in counts.items()},
+            "mean_score": {g: scores[[i for i, x in enumerate(groups) if x == g]].mean().item() for g in counts}}
+
+
+def _group_thresholds(scores: list[float], labels: list[int], groups: list[str], rows: list[dict], fpr_target: float,
+                      threshold: float) -> dict:
+    """Per-group thresholds equalising FPR at `fpr_target`, fitted on these scores (in-sample): the method's rates,
+    and each row's prediction under them."""
+    fitted = fpr_thresholds(scores, labels, groups, fpr_target)
+    predicted = predict_by_group(scores, groups, fitted, threshold)
+    for row, p in zip(rows, predicted, strict=True):
+        row["prediction_group_threshold"] = p
+    return _method(predicted, labels, groups, fitted)
+
+
+def _log_fairness(result: dict, folder: RunFolder, max_length: int, log) -> None:
+    """The warnings (one group; truncated prompts) and the summary line of a fairness run."""
+    groups, methods, truncated = result["groups"], result["methods"], result["truncated_prompts"]
+    if len(groups) < 2:
+        log(f"warning: every record is in one group ({next(iter(groups))}); the gaps across groups are undefined")
     if truncated:
         log(f"warning: {truncated} prompts were longer than {max_length} tokens and lost their beginning")
     summary = "; ".join(f"{name}: FPR gap {format_rate(m['fpr_gap'])}, demographic parity "
                         f"{format_rate(m['demographic_parity_difference'])}, equalised odds "
                         f"{format_rate(m['equalised_odds'])}"
                         for name, m in methods.items())
-    log(f"{len(records)} texts in {len(counts)} groups classified — {summary}; wrote {folder.file('result.json')}, "
-        f"{folder.file('scores.jsonl')}, {folder.file('fairness.png')}")
-    return result
+    log(f"{result['records']} texts in {len(groups)} groups classified — {summary}; wrote "
+        f"{folder.file('result.json')}, {folder.file('scores.jsonl')}, {folder.file('fairness.png')}")

@@ -330,22 +330,8 @@ def evaluate_judge(data: str, out: str, model: str | None = None, reward: str | 
     """`alignlab evaluate judge`: judge every prompt/chosen/rejected record of `data` in both orders and after
     each bias injection, with a prompted `model` (`PromptedJudge`) or a `reward` (name or config mapping,
     `RewardJudge`); writes ``result.json``, ``verdicts.jsonl`` (one line per pair) and ``judges.png`` into `out`.
-    Every setting and record is checked before the folder is written.
-
-    Kept whole on purpose (over 60 lines): it reads top to bottom as the command's recipe — every check, then the
-    work, then the outputs — and each step is already a function of its own."""
-    if (model is None) == (reward is None):
-        raise ConfigError("a judge is a prompted model (--model) or a reward (--reward): give exactly one")
-    unknown = [b for b in biases if b not in INJECTIONS]
-    if unknown:
-        raise ConfigError(f"unknown bias injection(s) {unknown}; known: {', '.join(INJECTIONS)}")
-    if favour not in FAVOUR:
-        raise ConfigError(f"favour must be one of {', '.join(FAVOUR)}, got {favour!r}")
-    check_judge_settings(tie_margin, batch_size, max_length)
-    if model is not None:
-        check_template(template, JUDGE_FIELDS)
-    else:
-        rewards.check_entry(reward)
+    Every setting and record is checked before the folder is written."""
+    _check_judge_request(model, reward, template, tie_margin, biases, favour, batch_size, max_length)
     folder = RunFolder(out)
     folder.check_usable(resume=False, overwrite=overwrite)
     pairs = load_judged_pairs(data)
@@ -363,32 +349,15 @@ def evaluate_judge(data: str, out: str, model: str | None = None, reward: str | 
         injected = [INJECTIONS[bias](p, f) for bias in biases for p, f in zip(base, favoured, strict=True)]
         after, _ = _judge_all(judge, injected, batch_size, "judge (bias injections)", progress)
         by_bias = {bias: after[i * 2 * n: (i + 1) * 2 * n] for i, bias in enumerate(biases)}
-        bias = position_bias(ab, ba)
-        accuracy = preference_accuracy(ab, ba)
-        robust = {name: robustness(verdicts, v, favoured) for name, v in by_bias.items()}
         settings = {"template": template if model is not None else None, "choices": list(getattr(judge, "choices", ()))
                     or None, "chat": chat if model is not None else None, "tie_margin": tie_margin,
                     "biases": biases, "favour": favour, "batch_size": batch_size,
                     "max_length": getattr(judge, "max_length", None)}
+        result = _judge_result(ab, ba, {name: robustness(verdicts, v, favoured) for name, v in by_bias.items()})
         result = {"data": str(data), "judge": "prompted" if model is not None else "reward", "model": model,
-                  "reward": reward, "settings": settings, "pairs": n,
-                  "counts": {"ab": verdict_counts(ab), "ba": verdict_counts(ba), "consistent": bias.consistent,
-                             "primacy": bias.primacy_pairs, "recency": bias.recency_pairs,
-                             "tie_mismatch": bias.tie_mismatch_pairs},
-                  "consistency": bias.consistency, "primacy": bias.primacy, "recency": bias.recency,
-                  "accuracy": accuracy.accuracy, "accuracy_both_orders": accuracy.both_orders, "ties": accuracy.ties,
-                  "robustness": {name: r.robustness for name, r in robust.items()},
-                  "followed": {name: r.followed for name, r in robust.items()},
+                  "reward": reward, "settings": settings, "pairs": n, **result,
                   "truncated_prompts": getattr(judge, "truncated", 0)}
-        rows = []
-        for i, pair in enumerate(pairs):
-            row = {"location": pair.location, "ab": ab[i], "ba": ba[i], "margin_ab": margins[i],
-                   "margin_ba": margins[n + i], "consistent": (ab[i], ba[i]) in CONSISTENT,
-                   "chosen_wins": int(ab[i] == "first") + int(ba[i] == "second")}
-            for name, v in by_bias.items():
-                row[name] = {"ab": v[i], "ba": v[n + i], "favoured_ab": favoured[i], "favoured_ba": favoured[n + i]}
-            rows.append(row)
-        folder.write_jsonl("verdicts.jsonl", rows)
+        folder.write_jsonl("verdicts.jsonl", _verdict_rows(pairs, verdicts, margins, by_bias, favoured))
         folder.write_json("result.json", result)
         plot_judge(result, folder.file("judges.png"), f"Judge on {n} pairs ({Path(data).name})")
         write_report_safely(folder.path, log)
@@ -398,12 +367,58 @@ def evaluate_judge(data: str, out: str, model: str | None = None, reward: str | 
         log(f"warning: {result['truncated_prompts']} judge prompts were longer than {settings['max_length']} tokens "
             "and lost their beginning")
     rates = ", ".join(f"{name} {format_rate(rate)}" for name, rate in result["robustness"].items())
-    log(f"{n} pairs judged in both orders: consistency {format_rate(bias.consistency)} "
-        f"(primacy {format_rate(bias.primacy)}, recency {format_rate(bias.recency)}), "
-        f"accuracy {format_rate(accuracy.accuracy)}"
+    log(f"{n} pairs judged in both orders: consistency {format_rate(result['consistency'])} "
+        f"(primacy {format_rate(result['primacy'])}, recency {format_rate(result['recency'])}), "
+        f"accuracy {format_rate(result['accuracy'])}"
         f"{'; robustness ' + rates if rates else ''}; wrote {folder.file('result.json')}, "
         f"{folder.file('verdicts.jsonl')}, {folder.file('judges.png')}")
     return result
+
+
+def _check_judge_request(model: str | None, reward, template: str, tie_margin: float, biases: Sequence[str],
+                         favour: str, batch_size: int, max_length: int) -> None:
+    """One line for the first setting of `evaluate_judge` that cannot work, before anything is loaded."""
+    if (model is None) == (reward is None):
+        raise ConfigError("a judge is a prompted model (--model) or a reward (--reward): give exactly one")
+    unknown = [b for b in biases if b not in INJECTIONS]
+    if unknown:
+        raise ConfigError(f"unknown bias injection(s) {unknown}; known: {', '.join(INJECTIONS)}")
+    if favour not in FAVOUR:
+        raise ConfigError(f"favour must be one of {', '.join(FAVOUR)}, got {favour!r}")
+    check_judge_settings(tie_margin, batch_size, max_length)
+    if model is not None:
+        check_template(template, JUDGE_FIELDS)
+    else:
+        rewards.check_entry(reward)
+
+
+def _judge_result(ab: Sequence[str], ba: Sequence[str], robust: dict) -> dict:
+    """The verdict counts, position bias, accuracy and per-injection robustness of a judged run."""
+    bias = position_bias(ab, ba)
+    accuracy = preference_accuracy(ab, ba)
+    return {"counts": {"ab": verdict_counts(ab), "ba": verdict_counts(ba), "consistent": bias.consistent,
+                       "primacy": bias.primacy_pairs, "recency": bias.recency_pairs,
+                       "tie_mismatch": bias.tie_mismatch_pairs},
+            "consistency": bias.consistency, "primacy": bias.primacy, "recency": bias.recency,
+            "accuracy": accuracy.accuracy, "accuracy_both_orders": accuracy.both_orders, "ties": accuracy.ties,
+            "robustness": {name: r.robustness for name, r in robust.items()},
+            "followed": {name: r.followed for name, r in robust.items()}}
+
+
+def _verdict_rows(pairs: Sequence, verdicts: Sequence[str], margins: Sequence, by_bias: dict[str, list],
+                  favoured: Sequence) -> list[dict]:
+    """verdicts.jsonl: per pair its verdicts and margins in both orders (the first half of `verdicts` in the
+    pair's order, the second half swapped), and what each injection changed."""
+    n = len(pairs)
+    rows = []
+    for i, pair in enumerate(pairs):
+        ab, ba = verdicts[i], verdicts[n + i]
+        row = {"location": pair.location, "ab": ab, "ba": ba, "margin_ab": margins[i], "margin_ba": margins[n + i],
+               "consistent": (ab, ba) in CONSISTENT, "chosen_wins": int(ab == "first") + int(ba == "second")}
+        for name, v in by_bias.items():
+            row[name] = {"ab": v[i], "ba": v[n + i], "favoured_ab": favoured[i], "favoured_ba": favoured[n + i]}
+        rows.append(row)
+    return rows
 
 
 def verdict_counts(verdicts: Sequence[str]) -> dict[str, int]:
