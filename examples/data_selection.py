@@ -38,7 +38,7 @@ from alignlab.config import config_from_dict
 from alignlab.data.deita import deita_select, last_token_embeddings
 from alignlab.decode.sampling import generate
 from alignlab.models.loading import load_model, load_tokenizer
-from alignlab.models.scoring import completion_logps
+from alignlab.models.scoring import summed_logps
 from alignlab.report.plots import bar_chart
 from alignlab.rewards.sentiment import SentimentReward
 from alignlab.run_folder import RunFolder
@@ -88,17 +88,12 @@ def write(path: Path, rows: list[dict]) -> str:
 
 def held_out_cross_entropy(model, tokenizer, texts: list[str]) -> float:
     """Mean negative log-likelihood per token (nats) of `texts` after their first token (as the tokenizer encodes
-    them, with its beginning-of-sequence token where it has one)."""
+    them, with its beginning-of-sequence token where it has one), scored by the engine training uses."""
     rows = [tokenizer(text)["input_ids"] for text in texts]
-    width = max(map(len, rows))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows])
-    attention = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
-    completion = attention.clone()
-    completion[:, 0] = 0
     with torch.no_grad():
-        logps = completion_logps(model, input_ids, attention, completion)
-    return float(-logps.sum() / completion.sum())
+        total = summed_logps(model, [row[:1] for row in rows], [row[1:] for row in rows], pad)
+    return float(-total.sum() / sum(len(row) - 1 for row in rows))
 
 
 def evaluate(path: str, held_out: list[str], prompts: list[str], seed: int) -> dict:
@@ -198,6 +193,7 @@ def main() -> None:
         row = rows[name]
         log(f"{name:8s} held-out CE {row['held_out_cross_entropy']:.3f}  mean VADER {row['mean_vader']:+.3f}"
             + (f"  precision {row['precision']:.2f}" if "precision" in row else ""))
+    folder.unlock()
     log(f"done in {time.time() - started:.0f} s; {out / 'result.json'}")
 
 

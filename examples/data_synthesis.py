@@ -149,6 +149,7 @@ def main() -> None:
     for name, row in results["anyprefer"].items():
         log(f"Anyprefer  {name:10s} judge {row['judge_score']:+.3f}  VADER {row['vader']:+.3f}  contradictions "
             f"{row['contradictions']:.3f}" + (f"  ({row['pairs']} pairs)" if "pairs" in row else ""))
+    folder.unlock()
     log(f"done in {time.time() - started:.0f} s; {out / 'result.json'}")
 
 

@@ -274,10 +274,9 @@ def _read_json(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def folder_kind(run_dir: Path, summary: dict, training: Path | None) -> tuple[str, str]:
-    """(kind, a line saying what the folder holds): online, decode, demo, result (a diagnostic, evaluation,
-    attack or data run), training, or run."""
-    rounds = read_jsonl(run_dir / "online.jsonl")
+def folder_kind(run_dir: Path, summary: dict, training: Path | None, rounds: list[dict]) -> tuple[str, str]:
+    """(kind, a line saying what the folder holds): online (`rounds`: its online.jsonl), decode, demo, result (a
+    diagnostic, evaluation, attack or data run), training, or run."""
     if rounds or (run_dir / "rounds").is_dir():
         trained = sum("samples" in r or "train" in r for r in rounds)  # round 0 evaluates the initial model only
         return "online", (f"An online run: {trained} round{'s' * (trained != 1)} of sampling, scoring and training"
@@ -388,13 +387,13 @@ def render(run_dir: Path) -> str:
     """The page of `run_dir`, from its files alone."""
     training = training_folder(run_dir)
     summary = _read_json(run_dir / "summary.json")
-    kind, description = folder_kind(run_dir, summary, training)
+    rounds = read_jsonl(run_dir / "online.jsonl")
+    kind, description = folder_kind(run_dir, summary, training, rounds)
     config_path = next((p for p in (run_dir / "config.yaml", (training or run_dir) / "config.yaml") if p.is_file()),
                        None)
     config_text = config_path.read_text(encoding="utf-8") if config_path else ""
     settings = _read_json(run_dir / "result.json").get("settings") or summary.get("settings") or {}
     settings = settings if isinstance(settings, dict) else {}
-    rounds = read_jsonl(run_dir / "online.jsonl")
     points = frontier_points(summary) + online_points(rounds)
     out = [*_head(run_dir, description), _result_section(run_dir), _frontier_section(points, kind, run_dir),
            _curves_section(read_jsonl(training / "metrics.jsonl") if training else [], rounds, kind),

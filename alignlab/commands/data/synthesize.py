@@ -48,6 +48,7 @@ from alignlab.data.anyprefer import (
     lexicon_judge,
     pair_record,
 )
+from alignlab.data.formats import RecordChecker
 from alignlab.data.loading import read_records
 from alignlab.data.p_aligner import (
     DEFAULT_C,
@@ -60,7 +61,7 @@ from alignlab.data.p_aligner import (
     search,
 )
 from alignlab.decode.sampling import generate
-from alignlab.errors import ConfigError, DataError
+from alignlab.errors import ConfigError
 from alignlab.report.html import write_report_safely
 from alignlab.report.plots import bar_chart
 from alignlab.run_folder import RunFolder
@@ -133,10 +134,11 @@ def read_prompts(path: str) -> list[tuple[str, str]]:
     """(location, prompt) of every record; a record without a non-empty 'prompt' string stops with its line."""
     prompts = []
     for location, record in read_records(path):
-        prompt = record.get("prompt") if isinstance(record, dict) else None
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise DataError("expected a non-empty string (the instruction to synthesise data for)", source=str(path),
-                            location=location, field="prompt")
+        check = RecordChecker(str(path), location)
+        prompt = check.text(check.required(check.record(record, "prompt"), "prompt"), "prompt", allow_empty=False)
+        if not isinstance(prompt, str):
+            raise check.error("expected a string (the instruction to rewrite or answer), got chat messages",
+                              field="prompt")
         prompts.append((location, prompt))
     if not prompts:
         raise ConfigError(f"{path} holds no prompts")
